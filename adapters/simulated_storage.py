@@ -1,0 +1,195 @@
+"""In-memory storage with qemu-img's semantics: qcow2 images as cluster maps over backing chains.
+
+Content is a map from cluster index to one pattern byte (what `qemu-io write -P` writes); a
+cluster not allocated in an image reads through its backing file, and reads 0 at the bottom.
+Faults can be injected: fail (an error the executor sees) or crash (the process dies) at the k-th
+mutating call, with merges left half done the way an interrupted qemu-img leaves them.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from snapledger.domain.errors import StorageError
+from snapledger.domain.images import ImageFacts
+
+CLUSTER = 64 * 1024
+HEADER = 192 * 1024  # what an empty qcow2 file takes on the host
+
+
+class SimulatedCrash(BaseException):
+    """The process died here. A BaseException, so no `except Exception` swallows it."""
+
+
+@dataclass
+class SimImage:
+    format: str
+    backing: str | None
+    backing_format: str | None
+    virtual_size: int
+    clusters: dict[int, int] = field(default_factory=dict)
+    inode: int = 0
+
+    @property
+    def allocated(self) -> int:
+        return len(self.clusters) * CLUSTER
+
+
+class SimulatedStorage:
+    device = 4242
+
+    def __init__(self) -> None:
+        self.files: dict[str, SimImage] = {}
+        self._inodes = itertools.count(1000)
+        self._calls = 0
+        self.fail_at: int | None = None
+        self.crash_at: int | None = None
+        self.bytes_written = 0
+
+    # ---- what tests and users do outside snapledger ----------------------------------
+
+    def make_image(
+        self,
+        path: str,
+        virtual_size: int,
+        clusters: dict[int, int] | None = None,
+        backing: str | None = None,
+        fmt: str = "qcow2",
+    ) -> None:
+        if path in self.files:
+            raise StorageError(f"{path} exists")
+        backing_format = self.files[backing].format if backing is not None else None
+        self.files[path] = SimImage(
+            fmt, backing, backing_format, virtual_size, dict(clusters or {}), next(self._inodes)
+        )
+
+    def write(self, path: str, cluster: int, pattern: int) -> None:
+        image = self._get(path)
+        if not 0 <= cluster < image.virtual_size // CLUSTER:
+            raise StorageError(f"cluster {cluster} is outside {path}")
+        image.clusters[cluster] = pattern
+
+    def read(self, path: str, cluster: int) -> int:
+        current: str | None = path
+        while current is not None:
+            image = self._get(current)
+            if cluster in image.clusters:
+                return image.clusters[cluster]
+            current = image.backing
+        return 0
+
+    def read_all(self, path: str) -> dict[int, int]:
+        """Every non-zero cluster as read through the chain."""
+        image = self._get(path)
+        content: dict[int, int] = {}
+        for cluster in range(image.virtual_size // CLUSTER):
+            value = self.read(path, cluster)
+            if value:
+                content[cluster] = value
+        return content
+
+    def inject(self, *, fail_at: int | None = None, crash_at: int | None = None) -> None:
+        """Fail or crash at the k-th mutating call from now (1 = the next one)."""
+        self._calls = 0
+        self.fail_at = fail_at
+        self.crash_at = crash_at
+
+    # ---- the storage port ------------------------------------------------------------
+
+    def exists(self, path: str) -> bool:
+        return path in self.files
+
+    def inspect(self, path: str) -> ImageFacts:
+        image = self._get(path)
+        return ImageFacts(
+            path,
+            image.format,
+            image.backing,
+            image.backing_format,
+            image.virtual_size,
+            image.allocated,
+            self.device,
+            image.inode,
+            HEADER + image.allocated,
+        )
+
+    def inspect_chain(self, path: str) -> list[ImageFacts]:
+        chain = [self.inspect(path)]
+        while chain[-1].backing is not None:
+            if len(chain) > 1000:
+                raise StorageError(f"backing chain of {path} is too long or loops")
+            chain.append(self.inspect(chain[-1].backing))  # type: ignore[arg-type]
+        return chain
+
+    def create_overlay(
+        self, path: str, backing: str, backing_format: str, virtual_size: int
+    ) -> None:
+        self._fault()
+        if path in self.files:
+            raise StorageError(f"{path} exists")
+        below = self._get(backing)
+        if below.format != backing_format:
+            raise StorageError(f"{backing} is {below.format}, not {backing_format}")
+        self.files[path] = SimImage("qcow2", backing, backing_format, virtual_size, {}, next(self._inodes))
+
+    def commit(self, top: str, base: str) -> None:
+        image = self._get(top)
+        if image.backing != base:
+            raise StorageError(f"{base} is not the backing file of {top}")
+        target = self._get(base)
+        self._copy(list(image.clusters.items()), target)
+
+    def pull(self, image: str, new_backing: str | None, new_backing_format: str | None) -> None:
+        target = self._get(image)
+        chain: list[str] = []
+        current = target.backing
+        while current is not None and current != new_backing:
+            chain.append(current)
+            current = self._get(current).backing
+        if current != new_backing:
+            raise StorageError(f"{new_backing} is not below {image}")
+        missing: dict[int, int] = {}
+        for path in reversed(chain):  # upper layers win
+            missing.update(self._get(path).clusters)
+        moves = [(c, v) for c, v in sorted(missing.items()) if c not in target.clusters]
+        self._copy(moves, target)
+        target.backing, target.backing_format = new_backing, new_backing_format
+
+    def rebase_unsafe(
+        self, image: str, new_backing: str | None, new_backing_format: str | None
+    ) -> None:
+        self._fault()
+        target = self._get(image)
+        target.backing, target.backing_format = new_backing, new_backing_format
+
+    def delete(self, path: str) -> None:
+        self._fault()
+        self._get(path)
+        del self.files[path]
+
+    # ---- internals -------------------------------------------------------------------
+
+    def _get(self, path: str) -> SimImage:
+        try:
+            return self.files[path]
+        except KeyError:
+            raise StorageError(f"{path}: no such file") from None
+
+    def _fault(self, half_done: list[tuple[int, int]] | None = None, target: SimImage | None = None) -> None:
+        self._calls += 1
+        if self._calls == self.fail_at:
+            self.fail_at = None
+            raise StorageError(f"injected failure at call {self._calls}")
+        if self._calls == self.crash_at:
+            self.crash_at = None
+            if half_done and target is not None:
+                for cluster, value in half_done[: len(half_done) // 2]:
+                    target.clusters[cluster] = value
+            raise SimulatedCrash(f"injected crash at call {self._calls}")
+
+    def _copy(self, moves: list[tuple[int, int]], target: SimImage) -> None:
+        self._fault(moves, target)
+        for cluster, value in moves:
+            target.clusters[cluster] = value
+        self.bytes_written += len(moves) * CLUSTER

@@ -1,0 +1,1 @@
+"""Pure domain: events, aggregates and errors. No I/O, no clock."""

@@ -1,0 +1,80 @@
+"""Cross-VM facts about one image file, as its own aggregate.
+
+Each VM that starts using an image, and each operation that will write or delete it, appends an
+event here in the same atomic save as the VM's own events. Two writers that both saw version n
+of this stream cannot both save version n+1: eventsourcing's optimistic concurrency makes one of
+them fail, so "an image used by two VMs is read-only" and "an image is not deleted while another
+VM starts using it" hold across processes and hosts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+from .errors import ConcurrentUpdate
+from .vm import LEDGER_NAMESPACE
+
+
+def image_id(path: str) -> UUID:
+    return uuid5(LEDGER_NAMESPACE, f"image:{path}")
+
+
+class ImageRegistration(Aggregate):
+    @staticmethod
+    def create_id(path: str, **_: Any) -> UUID:  # type: ignore[override]
+        return image_id(path)
+
+    @event("FirstUsed")
+    def __init__(self, path: str, vm: str) -> None:
+        self.path = path
+        self.users: set[str] = {vm}
+        self.reserved_by: tuple[str, str] | None = None  # (vm, operation id)
+
+    def add_user(self, vm: str) -> None:
+        if self.reserved_by is not None and self.reserved_by[0] != vm:
+            raise ConcurrentUpdate(
+                f"{self.path} is being changed by an operation of VM {self.reserved_by[0]!r}"
+            )
+        if vm not in self.users:
+            self._use_added(vm=vm)
+
+    @event("UseAdded")
+    def _use_added(self, vm: str) -> None:
+        self.users.add(vm)
+
+    def end_use(self, vm: str, deleted: bool) -> None:
+        if vm in self.users or self.reserved_by is not None:
+            self._use_ended(vm=vm, deleted=deleted)
+
+    @event("UseEnded")
+    def _use_ended(self, vm: str, deleted: bool) -> None:
+        self.users.discard(vm)
+        if self.reserved_by is not None and self.reserved_by[0] == vm:
+            self.reserved_by = None
+
+    def reserve_change(self, vm: str, op_id: str) -> None:
+        """The operation `op_id` of `vm` will write or delete this file."""
+        if self.users - {vm}:
+            raise ConcurrentUpdate(
+                f"{self.path} is also used by {', '.join(sorted(self.users - {vm}))}; "
+                "it became read-only after this plan was made"
+            )
+        if self.reserved_by is not None and self.reserved_by != (vm, op_id):
+            raise ConcurrentUpdate(f"{self.path} is reserved by operation {self.reserved_by[1]}")
+        if self.reserved_by is None:
+            self._change_reserved(vm=vm, op_id=op_id)
+
+    @event("ChangeReserved")
+    def _change_reserved(self, vm: str, op_id: str) -> None:
+        self.reserved_by = (vm, op_id)
+
+    def finish_change(self, vm: str, op_id: str) -> None:
+        if self.reserved_by == (vm, op_id):
+            self._change_finished(vm=vm, op_id=op_id)
+
+    @event("ChangeFinished")
+    def _change_finished(self, vm: str, op_id: str) -> None:
+        self.reserved_by = None

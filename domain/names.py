@@ -1,0 +1,64 @@
+"""Naming rules of semantics.md: valid names and the libvirt/RFC overlay names."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Callable, Container
+
+from .errors import BadName, BadPath
+
+_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+-]{0,63}")
+_DISK = re.compile(r"[a-z][a-z0-9]{0,15}")
+
+
+def check_name(kind: str, name: str) -> str:
+    """Snapshot and VM names: 1-64 of [A-Za-z0-9._+-], not starting with '-' or '.'."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise BadName(
+            f"bad {kind} name {name!r}: use 1-64 characters of A-Z a-z 0-9 . _ + -, "
+            "not starting with '-' or '.'"
+        )
+    return name
+
+
+def check_disk_target(target: str) -> str:
+    if not isinstance(target, str) or not _DISK.fullmatch(target):
+        raise BadName(f"bad disk target {target!r}: expected a name like vda")
+    return target
+
+
+def stem(path: str) -> str:
+    """The file name without its last '.suffix' (libvirt's rule), in its directory."""
+    directory, file_name = posixpath.split(path)
+    base, dot, _suffix = file_name.rpartition(".")
+    return posixpath.join(directory, base if dot and base else file_name)
+
+
+def snapshot_overlay_path(active: str, snapshot: str) -> str:
+    """`base.qcow2` -> `base.s1`; active `base.s1` -> `base.s2`."""
+    return f"{stem(active)}.{snapshot}"
+
+
+def revert_overlay_path(
+    frozen: str, snapshot: str, is_taken: Callable[[str], bool]
+) -> str:
+    """`base.<snapshot>-<n>` with the smallest n whose path is not taken (RFC naming)."""
+    n = 1
+    while is_taken(f"{stem(frozen)}.{snapshot}-{n}"):
+        n += 1
+    return f"{stem(frozen)}.{snapshot}-{n}"
+
+
+def check_user_path(path: str, allowed_dirs: Container[str] | None = None) -> str:
+    """A user-given path: absolute and normalised, inside an allowed directory when one is set."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise BadPath(f"path {path!r} is not absolute")
+    if "\x00" in path:
+        raise BadPath("path contains a NUL byte")
+    normal = posixpath.normpath(path)
+    if normal != path.rstrip("/") or normal.startswith("//"):
+        raise BadPath(f"path {path!r} is not normalised (use {normal})")
+    if allowed_dirs is not None and posixpath.dirname(normal) not in allowed_dirs:
+        raise BadPath(f"path {path!r} is outside the allowed directories of this VM")
+    return normal

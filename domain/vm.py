@@ -1,0 +1,422 @@
+"""The VirtualMachine aggregate: one VM's whole history as one event stream.
+
+Public methods check the rules and raise errors; the `@event` methods are the facts, and their
+bodies are the only code that changes state, so replay is the same code path as the command.
+Everything an event needs is passed in (paths, facts observed by adapters, times): no clock,
+filesystem or randomness runs while an event is applied.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field, replace
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
+
+from .errors import (
+    BadInput,
+    DuplicateName,
+    OperationInProgress,
+    Refused,
+    UnknownDisk,
+    UnknownSnapshot,
+)
+from .images import ImageFacts, ImageRecord, Origin
+from .names import check_disk_target, check_name
+from .steps import (
+    Commit,
+    CreateOverlay,
+    DeleteFile,
+    MoveFrozen,
+    Plan,
+    Pull,
+    RebaseUnsafe,
+    ReleaseImage,
+    SetActive,
+    Step,
+    step_from_dict,
+)
+
+LEDGER_NAMESPACE = uuid5(NAMESPACE_URL, "https://snapledger.invalid/")
+
+
+def vm_id(name: str) -> UUID:
+    return uuid5(LEDGER_NAMESPACE, f"vm:{name}")
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    name: str
+    parent: str | None
+    disks: dict[str, str]  # target -> frozen image
+    created: str
+    domain_xml: str | None = None
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class OperationRecord:
+    """An operation whose intent is recorded; `done` steps are finished on disk."""
+
+    op_id: str
+    kind: str
+    target: str | None  # the snapshot it is about, if any
+    steps: tuple[Step, ...]
+    done: int = 0
+    failure: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def started_destruction(self) -> bool:
+        return any(s.destructive for s in self.steps[: self.done])
+
+
+class VirtualMachine(Aggregate):
+    @staticmethod
+    def create_id(name: str, **_: Any) -> UUID:  # type: ignore[override]
+        return vm_id(name)
+
+    @event("Adopted")
+    def __init__(
+        self,
+        name: str,
+        disks: dict[str, str],
+        images: list[dict[str, Any]],
+        pools: list[str],
+        domain_xml: str | None,
+        at: str,
+    ) -> None:
+        self.name = name
+        self.disks: dict[str, str] = dict(disks)
+        self.images: dict[str, ImageRecord] = {}
+        for item in images:
+            record = _record_from_dict(item)
+            self.images[record.path] = record
+        self.pools: list[str] = list(pools)
+        self.domain_xml = domain_xml
+        self.snapshots: dict[str, SnapshotRecord] = {}
+        self.current: str | None = None
+        self.operation: OperationRecord | None = None
+        self.used_paths: set[str] = set(self.images)
+        self.adopted_at = at
+        self.drift_findings: list[str] = []
+
+    # ---- queries -------------------------------------------------------------------------
+
+    def snapshot(self, name: str) -> SnapshotRecord:
+        try:
+            return self.snapshots[name]
+        except KeyError:
+            raise UnknownSnapshot(f"VM {self.name!r} has no snapshot {name!r}") from None
+
+    def check_disk(self, target: str) -> str:
+        check_disk_target(target)
+        if target not in self.disks:
+            raise UnknownDisk(f"VM {self.name!r} has no disk {target!r}")
+        return target
+
+    def check_idle(self) -> None:
+        if self.operation is not None:
+            op = self.operation
+            raise OperationInProgress(
+                f"VM {self.name!r} has an unfinished {op.kind} operation {op.op_id}"
+                f"{' (failed: ' + op.failure + ')' if op.failure else ''}; run 'snapledger recover'"
+            )
+
+    def check_new_snapshot_name(self, name: str) -> None:
+        check_name("snapshot", name)
+        if name in self.snapshots:
+            raise DuplicateName(f"VM {self.name!r} already has a snapshot {name!r}")
+
+    def frozen_images(self) -> dict[str, tuple[str, str]]:
+        """Frozen image path -> (snapshot, disk)."""
+        return {
+            path: (snap.name, disk)
+            for snap in self.snapshots.values()
+            for disk, path in snap.disks.items()
+        }
+
+    def children_of(self, snapshot: str | None) -> list[str]:
+        return sorted(s.name for s in self.snapshots.values() if s.parent == snapshot)
+
+    def allowed_dirs(self) -> set[str]:
+        dirs = {
+            posixpath.dirname(r.path) for r in self.images.values() if r.origin is Origin.ADOPTED
+        }
+        return dirs | set(self.pools)
+
+    # ---- operations ----------------------------------------------------------------------
+
+    def start_operation(
+        self,
+        op_id: str,
+        kind: str,
+        target: str | None,
+        plan: Plan,
+        observed: list[ImageFacts],
+        details: dict[str, Any],
+        at: str,
+    ) -> None:
+        self.check_idle()
+        self._operation_started(
+            op_id=op_id,
+            kind=kind,
+            target=target,
+            plan=plan.to_dict(),
+            observed=[f.to_dict() for f in observed],
+            details=details,
+            at=at,
+        )
+
+    @event("OperationStarted")
+    def _operation_started(
+        self,
+        op_id: str,
+        kind: str,
+        target: str | None,
+        plan: dict[str, Any],
+        observed: list[dict[str, Any]],
+        details: dict[str, Any],
+        at: str,
+    ) -> None:
+        self._observe(observed)
+        steps = tuple(step_from_dict(s) for s in plan["steps"])
+        for step in steps:
+            if isinstance(step, CreateOverlay):
+                self.used_paths.add(step.path)
+        self.operation = OperationRecord(op_id, kind, target, steps, 0, None, dict(details))
+
+    def _check_current_operation(self, op_id: str) -> OperationRecord:
+        if self.operation is None or self.operation.op_id != op_id:
+            raise OperationInProgress(f"operation {op_id} is not the one in progress")
+        return self.operation
+
+    def complete_step(self, op_id: str, index: int, observed: list[ImageFacts]) -> None:
+        op = self._check_current_operation(op_id)
+        if index != op.done:
+            raise BadInput(f"step {index} completed out of order (next is {op.done})")
+        self._step_completed(op_id=op_id, index=index, observed=[f.to_dict() for f in observed])
+
+    @event("StorageStepCompleted")
+    def _step_completed(self, op_id: str, index: int, observed: list[dict[str, Any]]) -> None:
+        assert self.operation is not None
+        self._apply_step(self.operation.steps[index])
+        self._observe(observed)
+        self.operation = replace(self.operation, done=index + 1, failure=None)
+
+    def _apply_step(self, step: Step) -> None:
+        """The ledger side of a step: what it changes in the image graph and the metadata."""
+        if isinstance(step, CreateOverlay):
+            facts = ImageFacts(
+                step.path, "qcow2", step.backing, step.backing_format, step.virtual_size, 0, 0, 0, 0
+            )
+            self.images[step.path] = ImageRecord(facts, Origin.MANAGED)
+        elif isinstance(step, (Pull, RebaseUnsafe)):
+            record = self.images[step.image]
+            self.images[step.image] = replace(
+                record, facts=record.facts.with_backing(step.new_backing, step.new_backing_format)
+            )
+        elif isinstance(step, (DeleteFile, ReleaseImage)):
+            self.images.pop(step.path, None)
+        elif isinstance(step, SetActive):
+            self.disks[step.disk] = step.path
+            record = self.images[step.path]
+            if record.detached:
+                self.images[step.path] = replace(record, detached=False)
+        elif isinstance(step, MoveFrozen):
+            snap = self.snapshots[step.snapshot]
+            self.snapshots[step.snapshot] = replace(
+                snap, disks={**snap.disks, step.disk: step.path}
+            )
+        else:
+            assert isinstance(step, Commit)  # content moves; facts arrive as observations
+
+    def _observe(self, observed: list[dict[str, Any]]) -> None:
+        for item in observed:
+            facts = ImageFacts.from_dict(item)
+            record = self.images.get(facts.path)
+            if record is not None:
+                self.images[facts.path] = replace(record, facts=facts)
+
+    def fail_operation(self, op_id: str, index: int, error: str) -> None:
+        self._check_current_operation(op_id)
+        self._operation_failed(op_id=op_id, index=index, error=error)
+
+    @event("OperationFailed")
+    def _operation_failed(self, op_id: str, index: int, error: str) -> None:
+        assert self.operation is not None
+        self.operation = replace(self.operation, failure=f"step {index}: {error}")
+
+    def roll_back_operation(self, op_id: str, undone: list[str], reason: str) -> None:
+        """Close an operation that changed nothing destructive; `undone` are files removed."""
+        op = self._check_current_operation(op_id)
+        if op.started_destruction:
+            raise BadInput("an operation past a destructive step can only be finished")
+        self._operation_rolled_back(op_id=op_id, undone=undone, reason=reason)
+
+    @event("OperationRolledBack")
+    def _operation_rolled_back(self, op_id: str, undone: list[str], reason: str) -> None:
+        assert self.operation is not None
+        for step in reversed(self.operation.steps[: self.operation.done]):
+            if isinstance(step, SetActive):
+                previous = self.operation.details.get("previous_active", {})
+                self.disks[step.disk] = previous.get(step.disk, self.disks[step.disk])
+        for path in undone:
+            self.images.pop(path, None)
+        self.operation = None
+
+    def _check_finished(self, op_id: str, kind: str) -> OperationRecord:
+        op = self._check_current_operation(op_id)
+        if op.kind != kind or op.done != len(op.steps):
+            raise BadInput(f"operation {op_id} is not a finished {kind}")
+        return op
+
+    # ---- closing events, one per kind -----------------------------------------------------
+
+    def record_snapshot_taken(self, op_id: str, at: str) -> None:
+        op = self._check_finished(op_id, "snapshot")
+        assert op.target is not None
+        self._snapshot_taken(
+            op_id=op_id,
+            name=op.target,
+            parent=self.current,
+            frozen=dict(op.details["frozen"]),
+            domain_xml=op.details.get("domain_xml", self.domain_xml),
+            description=op.details.get("description"),
+            at=at,
+        )
+
+    @event("SnapshotTaken")
+    def _snapshot_taken(
+        self,
+        op_id: str,
+        name: str,
+        parent: str | None,
+        frozen: dict[str, str],
+        domain_xml: str | None,
+        description: str | None,
+        at: str,
+    ) -> None:
+        self.snapshots[name] = SnapshotRecord(name, parent, frozen, at, domain_xml, description)
+        self.current = name
+        self.operation = None
+
+    def record_reverted(self, op_id: str, at: str) -> None:
+        op = self._check_finished(op_id, "revert")
+        assert op.target is not None
+        self._reverted(op_id=op_id, name=op.target, at=at)
+
+    @event("Reverted")
+    def _reverted(self, op_id: str, name: str, at: str) -> None:
+        snap = self.snapshots[name]
+        self.current = name
+        if snap.domain_xml is not None:
+            self.domain_xml = snap.domain_xml
+        self.operation = None
+
+    def record_snapshot_deleted(self, op_id: str, at: str) -> None:
+        op = self._check_finished(op_id, "delete")
+        assert op.target is not None
+        self._snapshot_deleted(op_id=op_id, name=op.target, at=at)
+
+    @event("SnapshotDeleted")
+    def _snapshot_deleted(self, op_id: str, name: str, at: str) -> None:
+        gone = self.snapshots.pop(name)
+        for child in [s for s in self.snapshots.values() if s.parent == name]:
+            self.snapshots[child.name] = replace(child, parent=gone.parent)
+        if self.current == name:
+            self.current = gone.parent
+        self.operation = None
+
+    def record_images_discarded(self, op_id: str, at: str) -> None:
+        op = self._check_finished(op_id, "gc")
+        paths = [s.path for s in op.steps if isinstance(s, (DeleteFile, ReleaseImage))]
+        self._images_discarded(op_id=op_id, paths=paths, at=at)
+
+    @event("ImagesDiscarded")
+    def _images_discarded(self, op_id: str, paths: list[str], at: str) -> None:
+        self.operation = None
+
+    # ---- facts without storage steps ----------------------------------------------------
+
+    def swap_disk(self, disk: str, chain: list[ImageFacts], at: str) -> None:
+        """The user put another image in place: it becomes adopted and active."""
+        self.check_idle()
+        self.check_disk(disk)
+        new = chain[0].path
+        if new == self.disks[disk]:
+            raise BadInput(f"{new} is already the active image of {disk}")
+        if new in self.frozen_images():
+            snap, _ = self.frozen_images()[new]
+            raise Refused(
+                f"{new} holds snapshot {snap!r}; writing it would change that snapshot"
+            )
+        if new in self.disks.values():
+            raise BadInput(f"{new} is already active for another disk of {self.name!r}")
+        added = []
+        for i, facts in enumerate(chain):
+            if facts.path not in self.images:
+                origin = Origin.ADOPTED if i == 0 else Origin.FOUND
+                added.append({**facts.to_dict(), "origin": origin.value})
+        self._disk_swapped(
+            disk=disk, path=new, previous=self.disks[disk], images=added, at=at
+        )
+
+    @event("DiskSwapped")
+    def _disk_swapped(
+        self, disk: str, path: str, previous: str, images: list[dict[str, Any]], at: str
+    ) -> None:
+        for item in images:
+            record = _record_from_dict(item)
+            self.images[record.path] = record
+            self.used_paths.add(record.path)
+        old = self.images[previous]
+        self.images[previous] = replace(old, detached=True)
+        self.disks[disk] = path
+        record = self.images[path]
+        if record.detached:
+            self.images[path] = replace(record, detached=False)
+
+    def observe_images(self, observed: list[ImageFacts]) -> None:
+        """Record fresh sizes of images that change legitimately (active images a guest writes)."""
+        changed = [
+            f.to_dict()
+            for f in observed
+            if f.path in self.images and self.images[f.path].facts != f
+        ]
+        if changed:
+            self._images_observed(observed=changed)
+
+    @event("ImagesObserved")
+    def _images_observed(self, observed: list[dict[str, Any]]) -> None:
+        self._observe(observed)
+
+    def record_drift(self, findings: list[str], at: str) -> None:
+        self._drift_detected(findings=findings, at=at)
+
+    @event("DriftDetected")
+    def _drift_detected(self, findings: list[str], at: str) -> None:
+        self.drift_findings = list(findings)
+
+
+def _record_from_dict(item: dict[str, Any]) -> ImageRecord:
+    values = dict(item)
+    origin = Origin(values.pop("origin"))
+    detached = bool(values.pop("detached", False))
+    return ImageRecord(ImageFacts.from_dict(values), origin, detached)
+
+
+def image_record_to_dict(record: ImageRecord) -> dict[str, Any]:
+    return {**record.facts.to_dict(), "origin": record.origin.value, "detached": record.detached}
+
+
+__all__ = [
+    "OperationRecord",
+    "SnapshotRecord",
+    "VirtualMachine",
+    "check_name",
+    "image_record_to_dict",
+    "vm_id",
+]

@@ -1,0 +1,1 @@
+"""Read models and planners: pure functions of events."""

@@ -1,0 +1,331 @@
+"""Planners: pure functions from the ledger's state to a Plan of steps, or a refusal that says why.
+
+The rules are those of semantics.md; each refusal raises an error of the one hierarchy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from snapledger.domain.errors import (
+    BadInput,
+    BadPath,
+    BranchPointRefused,
+    Refused,
+    StrategyNotAllowed,
+    UnknownDisk,
+)
+from snapledger.domain.images import OwnerClass
+from snapledger.domain.names import revert_overlay_path, snapshot_overlay_path
+from snapledger.domain.steps import (
+    Commit,
+    CreateOverlay,
+    DeleteFile,
+    MoveFrozen,
+    Plan,
+    Pull,
+    RebaseUnsafe,
+    ReleaseImage,
+    SetActive,
+    Step,
+)
+from snapledger.domain.vm import VirtualMachine
+
+from .cost import CostModel
+from .dag import ImageDag
+from .view import LedgerView
+
+PathTaken = Callable[[str], bool]
+STRATEGIES = ("auto", "commit", "pull")
+BRANCH_OPTIONS = ("forbid", "pull", "keep")
+
+
+def _vm(view: LedgerView, name: str) -> VirtualMachine:
+    from snapledger.domain.errors import UnknownVm
+
+    try:
+        return view.vms[name]
+    except KeyError:
+        raise UnknownVm(f"no VM named {name!r} in the ledger") from None
+
+
+def _overlay_for(
+    disk: str, default: str, overlays: Mapping[str, str], taken: PathTaken
+) -> str:
+    path = overlays.get(disk, default)
+    if taken(path):
+        hint = "" if disk in overlays else f"; choose another with --overlay {disk}=PATH"
+        raise BadPath(f"overlay {path} exists or was used before in this ledger{hint}")
+    return path
+
+
+def _check_overlay_disks(vm: VirtualMachine, disks: list[str], overlays: Mapping[str, str]) -> None:
+    for disk in overlays:
+        if disk not in vm.disks:
+            raise UnknownDisk(f"VM {vm.name!r} has no disk {disk!r}")
+        if disk not in disks:
+            raise BadInput(f"--overlay names disk {disk!r}, which is not captured")
+    chosen = [overlays[d] for d in overlays]
+    if len(set(chosen)) != len(chosen):
+        raise BadPath("two disks were given the same overlay path")
+
+
+def plan_snapshot(
+    view: LedgerView,
+    vm_name: str,
+    name: str,
+    taken: PathTaken,
+    overlays: Mapping[str, str] | None = None,
+    exclude: frozenset[str] = frozenset(),
+) -> Plan:
+    """Per captured disk: a new managed overlay over the active image, which then freezes."""
+    vm = _vm(view, vm_name)
+    vm.check_idle()
+    vm.check_new_snapshot_name(name)
+    for disk in exclude:
+        vm.check_disk(disk)
+    disks = sorted(d for d in vm.disks if d not in exclude)
+    if not disks:
+        raise BadInput("every disk is excluded: a snapshot must capture at least one disk")
+    overlays = dict(overlays or {})
+    _check_overlay_disks(vm, disks, overlays)
+    creates: list[Step] = []
+    activations: list[Step] = []
+    new_paths: set[str] = set()
+    for disk in disks:
+        active = vm.images[vm.disks[disk]].facts
+        path = _overlay_for(disk, snapshot_overlay_path(active.path, name), overlays, taken)
+        if path in new_paths:
+            raise BadPath(f"two disks would get the same overlay {path}; use --overlay")
+        new_paths.add(path)
+        creates.append(CreateOverlay(path, active.path, active.format, active.virtual_size))
+        activations.append(SetActive(disk, path))
+    return Plan("snapshot", tuple(creates + activations), "new overlay per captured disk")
+
+
+def plan_revert(
+    view: LedgerView,
+    vm_name: str,
+    name: str,
+    taken: PathTaken,
+    overlays: Mapping[str, str] | None = None,
+) -> Plan:
+    """New overlays over the snapshot's frozen images; the abandoned present goes if nothing needs it."""
+    vm = _vm(view, vm_name)
+    vm.check_idle()
+    snap = vm.snapshot(name)
+    disks = sorted(snap.disks)
+    overlays = dict(overlays or {})
+    _check_overlay_disks(vm, disks, overlays)
+    dag = ImageDag(view)
+    creates: list[Step] = []
+    activations: list[Step] = []
+    deletions: list[Step] = []
+    new_paths: set[str] = set()
+    notes: list[str] = []
+    for disk in disks:
+        frozen = dag.nodes[snap.disks[disk]].facts
+        path = _overlay_for(
+            disk,
+            revert_overlay_path(frozen.path, name, lambda p: taken(p) or p in new_paths),
+            overlays,
+            taken,
+        )
+        new_paths.add(path)
+        creates.append(CreateOverlay(path, frozen.path, frozen.format, frozen.virtual_size))
+        activations.append(SetActive(disk, path))
+        abandoned = dag.nodes[vm.disks[disk]]
+        others = [n for n in abandoned.needs if not (n.kind == "active" and n.vm == vm.name and n.detail == disk)]
+        if abandoned.owner is OwnerClass.MANAGED and not others:
+            deletions.append(DeleteFile(abandoned.facts.path))
+        else:
+            why = "; ".join(n.describe() for n in others) or f"it is {abandoned.owner.value}"
+            notes.append(f"{disk}: abandoned present {abandoned.facts.path} is kept ({why})")
+    return Plan("revert", tuple(creates + activations + deletions), f"revert to {name}", tuple(notes))
+
+
+def plan_swap(view: LedgerView, vm_name: str, disk: str, path: str) -> Plan:
+    """Recording a swap moves no data: the plan is the change of active image, checked."""
+    vm = _vm(view, vm_name)
+    vm.check_idle()
+    vm.check_disk(disk)
+    if path in vm.frozen_images():
+        snap, _ = vm.frozen_images()[path]
+        raise Refused(f"{path} holds snapshot {snap!r} of {vm_name}; writing it would change that snapshot")
+    others = view.users_of(path) - {vm_name}
+    if others:
+        raise Refused(f"{path} is used by VM {', '.join(sorted(others))}; put an overlay over it instead")
+    return Plan("swap", (SetActive(disk, path),), "record the image the user put in place")
+
+
+@dataclass(frozen=True)
+class _DiskMerge:
+    steps: tuple[Step, ...]
+    strategy: str
+
+
+def plan_delete(
+    view: LedgerView,
+    vm_name: str,
+    name: str,
+    strategy: str = "auto",
+    branches: str = "forbid",
+    cost: CostModel = CostModel(),
+) -> Plan:
+    """Per disk of the snapshot, the cheapest safe way to let its frozen image go (semantics.md)."""
+    if strategy not in STRATEGIES:
+        raise BadInput(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    if branches not in BRANCH_OPTIONS:
+        raise BadInput(f"unknown branches option {branches!r}: use one of {', '.join(BRANCH_OPTIONS)}")
+    vm = _vm(view, vm_name)
+    vm.check_idle()
+    snap = vm.snapshot(name)
+    dag = ImageDag(view)
+    steps: list[Step] = []
+    ways: list[str] = []
+    for disk in sorted(snap.disks):
+        merge = _plan_disk_delete(view, dag, vm, name, disk, strategy, branches, cost)
+        steps.extend(merge.steps)
+        ways.append(f"{disk}: {merge.strategy}")
+    return Plan("delete", tuple(steps), "; ".join(ways))
+
+
+def _plan_disk_delete(
+    view: LedgerView,
+    dag: ImageDag,
+    vm: VirtualMachine,
+    snapshot: str,
+    disk: str,
+    strategy: str,
+    branches: str,
+    cost: CostModel,
+) -> _DiskMerge:
+    frozen_path = vm.snapshots[snapshot].disks[disk]
+    frozen = dag.nodes[frozen_path]
+    kept = dag.needed_children(frozen_path)
+    forced = strategy != "auto"
+    other_holds = [
+        n for n in frozen.direct_needs if not (n.kind == "frozen" and n.vm == vm.name and n.detail == snapshot)
+    ]
+
+    def metadata_only(why: str) -> _DiskMerge:
+        if forced and len(kept) == 1:
+            raise StrategyNotAllowed(f"--strategy {strategy} is not possible for {disk}: {why}")
+        return _DiskMerge((), f"metadata only ({why}); {frozen_path} stays")
+
+    if other_holds:
+        return metadata_only("; ".join(n.describe() for n in other_holds))
+    if frozen.owner is OwnerClass.READ_ONLY:
+        return metadata_only(f"{frozen_path} is read-only")
+    detached = [c for c in kept if dag.nodes[c].detached]
+    if detached:
+        return metadata_only(f"{', '.join(detached)} is detached")
+    if not kept:
+        if frozen.owner is OwnerClass.MANAGED:
+            return _DiskMerge((DeleteFile(frozen_path),), f"{frozen_path} is not needed: deleted")
+        return _DiskMerge((ReleaseImage(frozen_path),), f"{frozen_path} is {frozen.owner.value}: released, left on disk")
+    if len(kept) > 1:
+        return _plan_branch_point(dag, vm, disk, frozen_path, kept, branches, cost)
+
+    child_path = kept[0]
+    child = dag.nodes[child_path]
+    options: dict[str, tuple[Step, ...]] = {}
+    refusals: dict[str, str] = {}
+    if child.owner is not OwnerClass.MANAGED:
+        refusals["commit"] = refusals["pull"] = f"{child_path} is {child.owner.value}, not managed"
+    else:
+        if dag.may_write(frozen_path, vm.name, ignoring_snapshot=snapshot):
+            options["commit"] = _commit_steps(dag, vm, frozen_path, child_path)
+        else:
+            refusals["commit"] = f"{frozen_path} may not be written"
+        if frozen.owner is OwnerClass.MANAGED:
+            options["pull"] = (_pull_step(dag, child_path, frozen_path, cost), DeleteFile(frozen_path))
+        else:
+            refusals["pull"] = f"{frozen_path} is {frozen.owner.value} and can't be deleted"
+    if forced:
+        if strategy not in options:
+            raise StrategyNotAllowed(f"--strategy {strategy} is not possible for {disk}: {refusals[strategy]}")
+        return _DiskMerge(options[strategy], f"{strategy} (forced)")
+    if not options:
+        return metadata_only(refusals["commit"])
+    chosen = min(options, key=lambda way: (cost.total(options[way]), way))
+    figures = ", ".join(f"{way} {sum(s.bytes for s in options[way])} B" for way in sorted(options))
+    return _DiskMerge(options[chosen], f"{chosen} ({figures})")
+
+
+def _commit_steps(dag: ImageDag, vm: VirtualMachine, base: str, top: str) -> tuple[Step, ...]:
+    """Commit `top` into `base`; `base` takes over `top`'s role, `top` goes."""
+    base_format = dag.nodes[base].facts.format
+    steps: list[Step] = [Commit(top, base, dag.nodes[top].facts.allocated)]
+    steps += [RebaseUnsafe(child, base, base_format) for child in dag.children.get(top, [])]
+    steps += [SetActive(disk, base) for disk, path in sorted(vm.disks.items()) if path == top]
+    holders = vm.frozen_images()
+    if top in holders:
+        snap, disk = holders[top]
+        steps.append(MoveFrozen(snap, disk, base))
+    steps.append(DeleteFile(top))
+    return tuple(steps)
+
+
+def _pull_step(dag: ImageDag, image: str, frozen: str, cost: CostModel) -> Pull:
+    """Pull `frozen`'s data into `image`, which then backs onto `frozen`'s own backing."""
+    below = dag.nodes[frozen].facts
+    return Pull(
+        image,
+        below.backing,
+        below.backing_format,
+        bytes=below.allocated,
+        scanned_bytes=dag.nodes[image].facts.virtual_size,
+    )
+
+
+def _plan_branch_point(
+    dag: ImageDag,
+    vm: VirtualMachine,
+    disk: str,
+    frozen_path: str,
+    kept: list[str],
+    branches: str,
+    cost: CostModel,
+) -> _DiskMerge:
+    frozen = dag.nodes[frozen_path]
+    if frozen.owner is not OwnerClass.MANAGED:
+        return _DiskMerge((), f"metadata only: {frozen_path} is {frozen.owner.value} and stays as the shared base")
+    if branches == "keep":
+        return _DiskMerge((), f"metadata only (--branches keep): {frozen_path} stays as the shared base")
+    if branches == "forbid":
+        described = ", ".join(_describe_branch(dag, c) for c in kept)
+        raise BranchPointRefused(
+            f"{frozen_path} ({disk}) is the base of {len(kept)} branches ({described}); "
+            "use --branches pull to copy it into every branch, or --branches keep to keep it as their shared base"
+        )
+    unmanaged = [c for c in kept if dag.nodes[c].owner is not OwnerClass.MANAGED]
+    if unmanaged:
+        raise StrategyNotAllowed(
+            f"--branches pull can't write {', '.join(unmanaged)}: not managed; use --branches keep"
+        )
+    pulls = tuple(_pull_step(dag, c, frozen_path, cost) for c in kept)
+    return _DiskMerge(pulls + (DeleteFile(frozen_path),), f"pull into {len(kept)} branches")
+
+
+def _describe_branch(dag: ImageDag, path: str) -> str:
+    holds = [n.describe() for n in dag.nodes[path].direct_needs]
+    return f"{path}: {holds[0]}" if holds else path
+
+
+def plan_gc(view: LedgerView, vm_name: str, include_detached: bool = False) -> Plan:
+    """Delete this VM's managed images that nothing needs; forget unneeded ones it does not own."""
+    vm = _vm(view, vm_name)
+    vm.check_idle()
+    dag = ImageDag(view, ignore_detached_of=vm.name if include_detached else None)
+    unneeded = [p for p in vm.images if not dag.nodes[p].needed]
+    unneeded.sort(key=lambda p: (-dag.depth(p), p))  # children first: nothing dangles mid-way
+    steps: list[Step] = []
+    for path in unneeded:
+        node = dag.nodes[path]
+        if node.owner is OwnerClass.MANAGED:
+            steps.append(DeleteFile(path))
+        else:
+            steps.append(ReleaseImage(path))
+    return Plan("gc", tuple(steps), f"{len(steps)} images nothing needs")

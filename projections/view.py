@@ -1,0 +1,91 @@
+"""LedgerView: every aggregate of the ledger, folded from its events in ledger order.
+
+The same `@event` bodies that ran when a command was accepted run here again, so the view is
+the ledger's state by construction. It can be built in one pass over the whole notification log
+or kept up to date event by event; both must give the same state (`canonical()` compares them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, is_dataclass
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, DomainEventProtocol
+
+from snapledger.domain.image_registry import ImageRegistration
+from snapledger.domain.vm import VirtualMachine
+
+
+class LedgerView:
+    def __init__(self) -> None:
+        self.vms: dict[str, VirtualMachine] = {}
+        self.registrations: dict[str, ImageRegistration] = {}
+        self._by_id: dict[UUID, Aggregate] = {}
+        self.position = 0  # the ledger position of the last event applied
+        self.version = 0  # bumped on every change, for caches of derived views
+
+    def apply(self, event: DomainEventProtocol[UUID], position: int) -> None:
+        aggregate = self._by_id.get(event.originator_id)
+        aggregate = event.mutate(aggregate)  # type: ignore[attr-defined]
+        if aggregate is not None:
+            if aggregate.id not in self._by_id:
+                self._by_id[aggregate.id] = aggregate
+                if isinstance(aggregate, VirtualMachine):
+                    self.vms[aggregate.name] = aggregate
+                elif isinstance(aggregate, ImageRegistration):
+                    self.registrations[aggregate.path] = aggregate
+        self.position = position
+        self.version += 1
+
+    def apply_all(self, events: Iterable[tuple[DomainEventProtocol[UUID], int]]) -> None:
+        for event, position in events:
+            self.apply(event, position)
+
+    def users_of(self, path: str) -> set[str]:
+        registration = self.registrations.get(path)
+        return set(registration.users) if registration is not None else set()
+
+    def paths_ever_used(self) -> set[str]:
+        used: set[str] = set(self.registrations)
+        for vm in self.vms.values():
+            used |= vm.used_paths
+        return used
+
+    def canonical(self) -> dict[str, Any]:
+        """Plain data for comparing two views."""
+        return {
+            "vms": {name: _plain(vm.__dict__) for name, vm in sorted(self.vms.items())},
+            "images": {
+                path: _plain(reg.__dict__) for path, reg in sorted(self.registrations.items())
+            },
+            "position": self.position,
+        }
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {"__type__": type(value).__name__, **_plain(asdict(value))}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (set, frozenset)):
+        return sorted(_plain(v) for v in value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "value") and type(value).__module__.startswith("snapledger"):
+        return value.value
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+def replacing(view: LedgerView, vm: VirtualMachine) -> LedgerView:
+    """A view like `view` but holding `vm` (freshly loaded, maybe with unsaved events)."""
+    copy = LedgerView()
+    copy.vms = {**view.vms, vm.name: vm}
+    copy.registrations = view.registrations
+    copy._by_id = {**view._by_id, vm.id: vm}
+    copy.position = view.position
+    copy.version = view.version
+    return copy
