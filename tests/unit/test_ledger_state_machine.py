@@ -1,0 +1,387 @@
+"""The proof: random histories against the real application and an independent byte model.
+
+The machine drives snapledger (commands -> planner -> executor on simulated storage) and, side by
+side, a model that only knows bytes: what each VM's present reads and what each snapshot read when
+it was taken. After every step the disk must agree with the model, whatever snapledger believes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from hypothesis import assume, event, note
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+)
+
+from snapledger.adapters.event_store import LedgerApplication
+from snapledger.adapters.service import Snapledger
+from snapledger.adapters.simulated_storage import CLUSTER, SimulatedCrash, SimulatedStorage
+from snapledger.domain.errors import (
+    BranchPointRefused,
+    DuplicateName,
+    Refused,
+    StorageError,
+    StrategyNotAllowed,
+)
+from snapledger.domain.images import OwnerClass
+from snapledger.domain.steps import Plan
+from snapledger.projections.dag import ImageDag
+from snapledger.projections.view import LedgerView
+
+CLUSTERS = 12
+SIZE = CLUSTERS * CLUSTER
+TEMPLATE = "/templates/template.qcow2"
+
+Content = dict[int, int]
+contents = st.dictionaries(st.integers(0, CLUSTERS - 1), st.integers(1, 255), max_size=6)
+
+
+@dataclass(frozen=True)
+class SnapRef:
+    vm: str
+    name: str
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    vms = Bundle("vms")
+    snapshots = Bundle("snapshots")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.storage = SimulatedStorage()
+        self.app = LedgerApplication("memory:")
+        ticks = itertools.count()
+        self.clock = lambda: f"2026-01-01T00:00:00.{next(ticks):06d}+00:00"
+        self.ledger = Snapledger(self.app, self.storage, clock=self.clock)
+        self.names = itertools.count(1)
+        # The byte model.
+        self.present: dict[tuple[str, str], Content] = {}
+        self.taken: dict[SnapRef, dict[str, Content]] = {}
+        # Files the user made: never deleted; `frozen_files` are never changed either.
+        self.user_files: set[str] = set()
+        self.frozen_files: dict[str, Content] = {}
+
+    @initialize()
+    def make_template(self) -> None:
+        content = {c: 0x70 + c for c in range(0, CLUSTERS, 3)}
+        self.storage.make_image(TEMPLATE, SIZE, content)
+        self.user_files.add(TEMPLATE)
+        self.frozen_files[TEMPLATE] = dict(content)
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def fresh(self) -> Snapledger:
+        """A new process on the same store: a fresh view rebuilt from the events."""
+        self.ledger = Snapledger(self.app, self.storage, clock=self.clock)
+        return self.ledger
+
+    def world(self) -> tuple[int, dict[str, tuple[object, ...]]]:
+        files = {
+            path: (img.backing, img.backing_format, tuple(sorted(img.clusters.items())))
+            for path, img in self.storage.files.items()
+        }
+        return self.app.recorder.max_notification_id() or 0, files
+
+    def active(self, vm: str, disk: str) -> str:
+        return self.ledger.view.vms[vm].disks[disk]
+
+    def idle(self, vm: str) -> bool:
+        return self.ledger.view.vms[vm].operation is None
+
+    # ---- rules ---------------------------------------------------------------------------
+
+    @precondition(lambda self: len(self.ledger.view.vms) < 3)
+    @rule(target=vms, own=st.lists(contents, min_size=1, max_size=2), on_template=st.booleans())
+    def adopt(self, own: list[Content], on_template: bool) -> str:
+        vm = f"vm{next(self.names)}"
+        disks = {}
+        for i, content in enumerate(own):
+            disk = "vda" if i == 0 else "vdb"
+            path = f"/vms/{vm}/{disk}.qcow2"
+            backing = TEMPLATE if on_template and i == 0 else None
+            self.storage.make_image(path, SIZE, content, backing=backing)
+            self.user_files.add(path)
+            disks[disk] = path
+            below = self.frozen_files[TEMPLATE] if backing else {}
+            self.present[(vm, disk)] = {**below, **content}
+        self.ledger.adopt(vm, disks)
+        return vm
+
+    @rule(vm=vms, data=st.data())
+    def guest_writes(self, vm: str, data: st.DataObject) -> None:
+        assume(self.idle(vm))
+        disk = data.draw(st.sampled_from(sorted(self.ledger.view.vms[vm].disks)))
+        writes = data.draw(contents)
+        for cluster, pattern in writes.items():
+            self.storage.write(self.active(vm, disk), cluster, pattern)
+        self.present[(vm, disk)].update(writes)
+
+    def _expect_snapshot(self, vm: str, name: str, exclude: frozenset[str]) -> SnapRef:
+        ref = SnapRef(vm, name)
+        disks = self.ledger.view.vms[vm].disks
+        self.taken[ref] = {d: dict(self.present[(vm, d)]) for d in disks if d not in exclude}
+        return ref
+
+    @rule(target=snapshots, vm=vms, exclude_second=st.booleans())
+    def snapshot(self, vm: str, exclude_second: bool) -> SnapRef:
+        assume(self.idle(vm))
+        name = f"s{next(self.names)}"
+        exclude = frozenset({"vdb"} & set(self.ledger.view.vms[vm].disks)) if exclude_second else frozenset()
+        self.ledger.snapshot(vm, name, exclude=exclude)
+        return self._expect_snapshot(vm, name, exclude)
+
+    @rule(snap=snapshots)
+    def duplicate_snapshot_name_is_refused(self, snap: SnapRef) -> None:
+        assume(snap in self.taken and self.idle(snap.vm))
+        before = self.world()
+        try:
+            self.ledger.snapshot(snap.vm, snap.name)
+        except DuplicateName:
+            pass
+        else:
+            raise AssertionError("a duplicate snapshot name was accepted")
+        assert self.world() == before
+
+    def _expect_revert(self, snap: SnapRef) -> None:
+        for disk, content in self.taken[snap].items():
+            self.present[(snap.vm, disk)] = dict(content)
+
+    @rule(snap=snapshots)
+    def revert(self, snap: SnapRef) -> None:
+        assume(snap in self.taken and self.idle(snap.vm))
+        self.ledger.revert(snap.vm, snap.name)
+        self._expect_revert(snap)
+
+    def snapshots_where(self, wanted: str) -> list[SnapRef]:
+        """Model snapshots whose frozen image is a managed image with 1 (`middle`) or 2+ children."""
+        dag = ImageDag(self.ledger.view)
+        found = []
+        for ref in sorted(self.taken, key=lambda r: (r.vm, r.name)):
+            vm = self.ledger.view.vms[ref.vm]
+            if vm.operation is not None:
+                continue
+            for path in vm.snapshots[ref.name].disks.values():
+                kids = len(dag.needed_children(path))
+                managed = dag.nodes[path].owner is OwnerClass.MANAGED
+                if (wanted == "middle" and kids == 1) or (wanted == "branch point" and managed and kids > 1):
+                    found.append(ref)
+                    break
+        return found
+
+    @precondition(lambda self: self.snapshots_where("middle"))
+    @rule(data=st.data())
+    def revert_to_a_middle_snapshot(self, data: st.DataObject) -> None:
+        """Reverting to a snapshot with a child snapshot starts an alternate history."""
+        snap = data.draw(st.sampled_from(self.snapshots_where("middle")))
+        self.ledger.revert(snap.vm, snap.name)
+        self._expect_revert(snap)
+
+    @precondition(lambda self: self.snapshots_where("branch point"))
+    @rule(data=st.data(), branches=st.sampled_from(["forbid", "pull", "keep"]))
+    def delete_a_branch_point(self, data: st.DataObject, branches: str) -> None:
+        snap = data.draw(st.sampled_from(self.snapshots_where("branch point")))
+        before = self.world()
+        try:
+            plan = self.ledger.delete(snap.vm, snap.name, "auto", branches)
+        except BranchPointRefused:
+            assert branches == "forbid"
+            assert self.world() == before, "a refused delete changed something"
+            return
+        assert branches != "forbid", "a managed branch point was deleted without --branches"
+        event(f"branch point delete: {describe(plan)}")
+        del self.taken[snap]
+
+    @rule(vm=vms, content=contents)
+    def swap_disk(self, vm: str, content: Content) -> None:
+        assume(self.idle(vm))
+        path = f"/vms/{vm}/swapped{next(self.names)}.qcow2"
+        self.storage.make_image(path, SIZE, content)
+        self.user_files.add(path)
+        self.ledger.swap_disk(vm, "vda", path)
+        self.present[(vm, "vda")] = dict(content)
+
+    @rule(
+        target=snapshots,
+        snap=consumes(snapshots),
+        strategy=st.sampled_from(["auto", "auto", "commit", "pull"]),
+        branches=st.sampled_from(["forbid", "pull", "keep"]),
+    )
+    def delete(self, snap: SnapRef, strategy: str, branches: str) -> object:
+        if snap not in self.taken:
+            return multiple()
+        assume(self.idle(snap.vm))
+        before = self.world()
+        written = self.storage.bytes_written
+        try:
+            plan = self.ledger.delete(snap.vm, snap.name, strategy, branches)
+        except (BranchPointRefused, StrategyNotAllowed) as refusal:
+            note(f"refused: {refusal}")
+            event(f"delete refused: {type(refusal).__name__}")
+            assert self.world() == before, "a refused delete changed something"
+            assert strategy != "auto" or branches != "keep", "auto + keep must never refuse"
+            if isinstance(refusal, BranchPointRefused):
+                assert branches == "forbid"
+            return snap
+        assert self.storage.bytes_written - written <= plan.bytes_moved
+        event(f"delete: {describe(plan)}")
+        del self.taken[snap]
+        return multiple()
+
+    @rule(vm=vms, include_detached=st.booleans())
+    def gc(self, vm: str, include_detached: bool) -> None:
+        assume(self.idle(vm))
+        self.ledger.gc(vm, include_detached)
+        self.check_nothing_unreachable(vm, include_detached)
+
+    @rule(
+        snap=snapshots,
+        operation=st.sampled_from(["snapshot", "revert", "delete", "gc"]),
+        at_call=st.integers(1, 6),
+        crash=st.booleans(),
+    )
+    def interrupted_operation_then_recover(
+        self, snap: SnapRef, operation: str, at_call: int, crash: bool
+    ) -> None:
+        """Crash (the process dies) or fail (an error) at a storage call, then `recover`."""
+        assume(snap in self.taken and self.idle(snap.vm))
+        vm = snap.vm
+        if crash:
+            self.storage.inject(crash_at=at_call)
+        else:
+            self.storage.inject(fail_at=at_call)
+        name = f"s{next(self.names)}"
+        expect = None
+        try:
+            try:
+                if operation == "snapshot":
+                    self.ledger.snapshot(vm, name)
+                    expect = "snapshot"
+                elif operation == "revert":
+                    self.ledger.revert(vm, snap.name)
+                    expect = "revert"
+                elif operation == "delete":
+                    self.ledger.delete(vm, snap.name, "auto", "keep")
+                    expect = "delete"
+                else:
+                    self.ledger.gc(vm)
+            except SimulatedCrash:
+                note(f"crashed in {operation} at storage call {at_call}")
+                event(f"crash recovered: {operation}")
+                self.fresh().recover()
+                expect = operation
+            except StorageError as error:
+                note(f"failed in {operation} at storage call {at_call}: {error}")
+                op = self.ledger.view.vms[vm].operation
+                if op is not None:  # past a destructive step: finish it
+                    self.ledger.recover(vm)
+                    expect = operation
+        finally:
+            self.storage.inject()
+        if expect == "snapshot":
+            self._expect_snapshot(vm, name, frozenset())
+        elif expect == "revert":
+            self._expect_revert(snap)
+        elif expect == "delete":
+            del self.taken[snap]
+        assert self.idle(vm)
+
+    @rule(vm=vms, data=st.data())
+    def adopt_disk_of_another_vm_is_refused(self, vm: str, data: st.DataObject) -> None:
+        other = f"vm{next(self.names)}"
+        path = data.draw(st.sampled_from(sorted(set(self.ledger.view.vms[vm].disks.values()))))
+        before = self.world()
+        try:
+            self.ledger.adopt(other, {"vda": path})
+        except Refused:
+            pass
+        else:
+            raise AssertionError("a disk active in another VM was adopted again")
+        assert self.world() == before
+
+    # ---- invariants ----------------------------------------------------------------------
+
+    @invariant()
+    def every_snapshot_reads_what_it_read_when_taken(self) -> None:
+        for ref, disks in self.taken.items():
+            record = self.ledger.view.vms[ref.vm].snapshots[ref.name]
+            assert set(record.disks) == set(disks)
+            for disk, content in disks.items():
+                got = self.storage.read_all(record.disks[disk])
+                assert got == content, f"snapshot {ref} {disk}: {got} != {content}"
+
+    @invariant()
+    def every_present_reads_what_the_model_expects(self) -> None:
+        for (vm, disk), content in self.present.items():
+            got = self.storage.read_all(self.active(vm, disk))
+            assert got == content, f"present {vm}/{disk}: {got} != {content}"
+
+    @invariant()
+    def user_files_are_never_deleted_and_templates_never_change(self) -> None:
+        for path in self.user_files:
+            assert self.storage.exists(path), f"{path} was deleted"
+        for path, content in self.frozen_files.items():
+            assert self.storage.files[path].clusters == content, f"{path} was written"
+
+    @invariant()
+    def read_only_images_are_never_written(self) -> None:
+        dag = ImageDag(self.ledger.view)
+        for path, node in dag.nodes.items():
+            if node.owner is OwnerClass.READ_ONLY and path in self.frozen_files:
+                assert self.storage.files[path].clusters == self.frozen_files[path]
+
+    @invariant()
+    def ledger_agrees_with_disk_on_backing(self) -> None:
+        for vm in self.ledger.view.vms.values():
+            for record in vm.images.values():
+                seen = self.storage.inspect(record.path)
+                assert (seen.backing, seen.backing_format) == (
+                    record.facts.backing,
+                    record.facts.backing_format,
+                ), record.path
+
+    @invariant()
+    def rebuilt_projection_equals_incremental(self) -> None:
+        rebuilt = LedgerView()
+        rebuilt.apply_all(self.app.events_after(0))
+        assert rebuilt.canonical() == self.ledger.view.canonical()
+
+    def check_nothing_unreachable(self, vm: str, include_detached: bool) -> None:
+        dag = ImageDag(self.ledger.view)
+        for path in self.ledger.view.vms[vm].images:
+            node = dag.nodes[path]
+            assert node.needed, f"{path} is unreachable after gc"
+            if include_detached:
+                assert not node.detached
+        known = {p for v in self.ledger.view.vms.values() for p in v.images}
+        for path in self.storage.files:
+            assert path in known or path in self.user_files, f"{path} is an orphan file"
+
+
+def describe(plan: Plan) -> str:
+    """What kind of merge a delete plan is, for hypothesis' statistics."""
+    actions = [step.action for step in plan.steps]
+    pulls = actions.count("pull")
+    if "commit" in actions:
+        return "commit"
+    if pulls > 1 or (pulls == 1 and len(plan.steps) > 2):
+        return "pull into branches"
+    if pulls:
+        return "pull"
+    if "delete-file" in actions:
+        return "drop unneeded image"
+    if "release-image" in actions:
+        return "release unowned image"
+    return "metadata only"
+
+
+TestLedgerStateMachine = LedgerMachine.TestCase
