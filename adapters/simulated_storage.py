@@ -81,13 +81,17 @@ class SimulatedStorage:
 
     def read_all(self, path: str) -> dict[int, int]:
         """Every non-zero cluster as read through the chain."""
-        image = self._get(path)
+        layers = []
+        current: str | None = path
+        while current is not None:
+            image = self._get(current)
+            layers.append(image.clusters)
+            current = image.backing
         content: dict[int, int] = {}
-        for cluster in range(image.virtual_size // CLUSTER):
-            value = self.read(path, cluster)
-            if value:
-                content[cluster] = value
-        return content
+        for layer in reversed(layers):  # upper layers win
+            content.update(layer)
+        limit = self._get(path).virtual_size // CLUSTER
+        return {c: v for c, v in content.items() if v and c < limit}
 
     def inject(self, *, fail_at: int | None = None, crash_at: int | None = None) -> None:
         """Fail or crash at the k-th mutating call from now (1 = the next one)."""
