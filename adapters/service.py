@@ -21,7 +21,6 @@ from snapledger.domain.errors import (
     ConcurrentUpdate,
     DriftFound,
     DuplicateName,
-    Refused,
     StorageError,
     UnknownVm,
 )
@@ -106,11 +105,7 @@ class Snapledger:
         images: dict[str, dict[str, object]] = {}
         for target, path in sorted(paths.items()):
             chain = self.storage.inspect_chain(path)
-            users = self.view.users_of(path)
-            if users:
-                raise Refused(
-                    f"{path} is used by VM {', '.join(sorted(users))}; put an overlay over it instead"
-                )
+            planners.check_new_disk_chain(self.view, name, [f.path for f in chain])
             for i, facts in enumerate(chain):
                 if facts.path in images:
                     if i == 0 or images[facts.path]["origin"] == Origin.ADOPTED.value:
@@ -188,9 +183,9 @@ class Snapledger:
 
     def swap_disk(self, vm_name: str, disk: str, path: str) -> None:
         vm, view = self._prepare(vm_name)
-        path = check_user_path(path)
-        planners.plan_swap(view, vm_name, disk, path)
-        chain = self.storage.inspect_chain(path)
+        vm.check_disk(disk)
+        chain = self.storage.inspect_chain(check_user_path(path))
+        planners.plan_swap(view, vm_name, disk, [f.path for f in chain])
         vm.swap_disk(disk, chain, self.clock())
         claims = [self._claimed(f.path, vm_name) for f in chain]
         self._save(vm, *claims)
@@ -300,7 +295,8 @@ class Snapledger:
             if self.storage.exists(path):
                 self.storage.delete(path)
         vm.roll_back_operation(op.op_id, created, str(error))
-        registrations = self._release(vm.name, op, gone={p: True for p in created})
+        planned = [s.path for s in op.steps if isinstance(s, CreateOverlay)]  # failed one too
+        registrations = self._release(vm.name, op, gone={p: True for p in planned})
         self._save(vm, *registrations)
 
     def _finish(self, vm: VirtualMachine, op: OperationRecord) -> None:

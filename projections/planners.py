@@ -145,18 +145,34 @@ def plan_revert(
     return Plan("revert", tuple(creates + activations + deletions), f"revert to {name}", tuple(notes))
 
 
-def plan_swap(view: LedgerView, vm_name: str, disk: str, path: str) -> Plan:
-    """Recording a swap moves no data: the plan is the change of active image, checked."""
-    vm = _vm(view, vm_name)
-    vm.check_idle()
-    vm.check_disk(disk)
-    if path in vm.frozen_images():
-        snap, _ = vm.frozen_images()[path]
-        raise Refused(f"{path} holds snapshot {snap!r} of {vm_name}; writing it would change that snapshot")
-    others = view.users_of(path) - {vm_name}
+def check_new_disk_chain(
+    view: LedgerView, vm_name: str, chain: list[str], replacing: str | None = None
+) -> None:
+    """A disk a VM starts using (adopt, swap-disk) must not be another VM's image, and nothing in
+    its chain may be an image some VM writes: the new disk would change whenever that VM writes.
+    `replacing` is the active image a swap takes out of use (it may lie below the new one)."""
+    others = view.users_of(chain[0]) - {vm_name}
     if others:
-        raise Refused(f"{path} is used by VM {', '.join(sorted(others))}; put an overlay over it instead")
-    return Plan("swap", (SetActive(disk, path),), "record the image the user put in place")
+        raise Refused(
+            f"{chain[0]} is used by VM {', '.join(sorted(others))}; put an overlay over it instead"
+        )
+    for other in view.vms.values():
+        for disk, active in other.disks.items():
+            if active in chain[1:] and not (other.name == vm_name and active == replacing):
+                raise Refused(
+                    f"{chain[0]} is backed by {active}, the active image of {other.name}/{disk}, "
+                    "which that VM keeps writing"
+                )
+
+
+def plan_swap(view: LedgerView, vm_name: str, disk: str, chain: list[str]) -> Plan:
+    """Recording a swap moves no data: the plan is the change of active image, checked.
+
+    `chain` is the new image's backing chain as the storage adapter read it, new image first.
+    The VM's own rules (idle, known disk, not a frozen image) are the aggregate's to check."""
+    vm = _vm(view, vm_name)
+    check_new_disk_chain(view, vm_name, chain, replacing=vm.disks.get(disk))
+    return Plan("swap", (SetActive(disk, chain[0]),), "record the image the user put in place")
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,20 @@ class LedgerMachine(RuleBasedStateMachine):
         }
         return self.app.recorder.max_notification_id() or 0, files
 
+    def deleting(self, snap: SnapRef, strategy: str, branches: str, crash_at: int | None) -> Plan:
+        """Delete, maybe dying at the `crash_at`-th storage call; a new process then recovers."""
+        self.storage.inject(crash_at=crash_at)
+        try:
+            return self.ledger.delete(snap.vm, snap.name, strategy, branches)
+        except SimulatedCrash:
+            event("crash recovered: delete")
+            plan = self.fresh().view.vms[snap.vm].operation
+            assert plan is not None
+            self.ledger.recover(snap.vm)
+            return Plan("delete", plan.steps)
+        finally:
+            self.storage.inject()
+
     def active(self, vm: str, disk: str) -> str:
         return self.ledger.view.vms[vm].disks[disk]
 
@@ -171,12 +185,32 @@ class LedgerMachine(RuleBasedStateMachine):
             if vm.operation is not None:
                 continue
             for path in vm.snapshots[ref.name].disks.values():
-                kids = len(dag.needed_children(path))
+                kids = dag.needed_children(path)
                 managed = dag.nodes[path].owner is OwnerClass.MANAGED
-                if (wanted == "middle" and kids == 1) or (wanted == "branch point" and managed and kids > 1):
+                # A detached child makes any delete metadata only (semantics.md), so skip those.
+                attached = not any(dag.nodes[k].detached for k in kids)
+                if (wanted == "middle" and len(kids) == 1) or (
+                    wanted == "branch point" and managed and attached and len(kids) > 1
+                ):
                     found.append(ref)
                     break
         return found
+
+    @rule(target=snapshots, vm=vms, writes=st.lists(contents, min_size=3, max_size=3))
+    def branch_out(self, vm: str, writes: list[Content]) -> object:
+        """Three snapshots with writes between them, then back to the middle one: the middle
+        snapshot's image (a managed overlay) becomes a branch point with two histories."""
+        assume(self.idle(vm))
+        refs = []
+        for content in writes:
+            refs.append(self.snapshot(vm, exclude_second=False))
+            for disk in sorted(self.ledger.view.vms[vm].disks):
+                for cluster, pattern in content.items():
+                    self.storage.write(self.active(vm, disk), cluster, pattern)
+                self.present[(vm, disk)].update(content)
+        self.ledger.revert(vm, refs[1].name)
+        self._expect_revert(refs[1])
+        return multiple(*refs)
 
     @precondition(lambda self: self.snapshots_where("middle"))
     @rule(data=st.data())
@@ -187,12 +221,16 @@ class LedgerMachine(RuleBasedStateMachine):
         self._expect_revert(snap)
 
     @precondition(lambda self: self.snapshots_where("branch point"))
-    @rule(data=st.data(), branches=st.sampled_from(["forbid", "pull", "keep"]))
-    def delete_a_branch_point(self, data: st.DataObject, branches: str) -> None:
+    @rule(
+        data=st.data(),
+        branches=st.sampled_from(["forbid", "pull", "keep"]),
+        crash_at=st.none() | st.integers(1, 4),
+    )
+    def delete_a_branch_point(self, data: st.DataObject, branches: str, crash_at: int | None) -> None:
         snap = data.draw(st.sampled_from(self.snapshots_where("branch point")))
         before = self.world()
         try:
-            plan = self.ledger.delete(snap.vm, snap.name, "auto", branches)
+            plan = self.deleting(snap, "auto", branches, crash_at)
         except BranchPointRefused:
             assert branches == "forbid"
             assert self.world() == before, "a refused delete changed something"
@@ -215,15 +253,16 @@ class LedgerMachine(RuleBasedStateMachine):
         snap=consumes(snapshots),
         strategy=st.sampled_from(["auto", "auto", "commit", "pull"]),
         branches=st.sampled_from(["forbid", "pull", "keep"]),
+        crash_at=st.none() | st.integers(1, 4),
     )
-    def delete(self, snap: SnapRef, strategy: str, branches: str) -> object:
+    def delete(self, snap: SnapRef, strategy: str, branches: str, crash_at: int | None) -> object:
         if snap not in self.taken:
             return multiple()
         assume(self.idle(snap.vm))
         before = self.world()
         written = self.storage.bytes_written
         try:
-            plan = self.ledger.delete(snap.vm, snap.name, strategy, branches)
+            plan = self.deleting(snap, strategy, branches, crash_at)
         except (BranchPointRefused, StrategyNotAllowed) as refusal:
             note(f"refused: {refusal}")
             event(f"delete refused: {type(refusal).__name__}")
@@ -232,7 +271,8 @@ class LedgerMachine(RuleBasedStateMachine):
             if isinstance(refusal, BranchPointRefused):
                 assert branches == "forbid"
             return snap
-        assert self.storage.bytes_written - written <= plan.bytes_moved
+        if crash_at is None:
+            assert self.storage.bytes_written - written <= plan.bytes_moved
         event(f"delete: {describe(plan)}")
         del self.taken[snap]
         return multiple()
@@ -307,6 +347,37 @@ class LedgerMachine(RuleBasedStateMachine):
         else:
             raise AssertionError("a disk active in another VM was adopted again")
         assert self.world() == before
+
+    @precondition(lambda self: len(self.ledger.view.vms) < 4 and self.taken)
+    @rule(target=vms, data=st.data(), content=contents)
+    def adopt_over_a_snapshot_of_another_vm(self, data: st.DataObject, content: Content) -> str:
+        """A user builds a new VM's disk on another VM's snapshot: that image becomes read-only."""
+        snap = data.draw(st.sampled_from(sorted(self.taken, key=lambda r: (r.vm, r.name))))
+        disk = data.draw(st.sampled_from(sorted(self.taken[snap])))
+        frozen = self.ledger.view.vms[snap.vm].snapshots[snap.name].disks[disk]
+        vm = f"vm{next(self.names)}"
+        path = f"/vms/{vm}/vda.qcow2"
+        self.storage.make_image(path, SIZE, content, backing=frozen)
+        self.user_files.add(path)
+        self.ledger.adopt(vm, {"vda": path})
+        self.present[(vm, "vda")] = {**self.taken[snap][disk], **content}
+        return vm
+
+    @rule(vm=vms, data=st.data())
+    def disk_over_an_active_image_is_refused(self, vm: str, data: st.DataObject) -> None:
+        active = data.draw(st.sampled_from(sorted(set(self.ledger.view.vms[vm].disks.values()))))
+        other = f"vm{next(self.names)}"
+        path = f"/vms/{other}/vda.qcow2"
+        self.storage.make_image(path, SIZE, {}, backing=active)
+        before = self.world()
+        try:
+            self.ledger.adopt(other, {"vda": path})
+        except Refused:
+            pass
+        else:
+            raise AssertionError("a disk backed by another VM's active image was adopted")
+        assert self.world() == before
+        self.storage.delete(path)
 
     # ---- invariants ----------------------------------------------------------------------
 
