@@ -1,0 +1,172 @@
+"""The SQLite store: events outlive the process, and two processes racing on one file conflict."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+from snapledger.adapters.event_store import LedgerApplication
+from snapledger.adapters.service import Snapledger
+from snapledger.adapters.simulated_storage import CLUSTER, SimulatedCrash, SimulatedStorage
+from snapledger.domain.errors import ConcurrentUpdate, OperationInProgress
+from snapledger.domain.vm import VirtualMachine
+from snapledger.projections.view import LedgerView
+
+VM = "vm"
+BASE = "/images/base.qcow2"
+VSIZE = 64 * CLUSTER
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/l.sqlite"
+
+
+@pytest.fixture
+def storage() -> SimulatedStorage:
+    """One host's disks, seen by every process of the test."""
+    storage = SimulatedStorage()
+    storage.make_image(BASE, VSIZE, {0: 0x10})
+    return storage
+
+
+def open_ledger(url: str, storage: SimulatedStorage) -> Snapledger:
+    """What a new process does: its own application object on the same file."""
+    return Snapledger(LedgerApplication(url), storage)
+
+
+def with_snapshots(url: str, storage: SimulatedStorage) -> Snapledger:
+    ledger = open_ledger(url, storage)
+    ledger.adopt(VM, {"vda": BASE})
+    for n in (1, 2, 3):
+        ledger.snapshot(VM, f"s{n}")
+        storage.write(ledger.vm(VM).disks["vda"], n, 0x20 + n)
+    return ledger
+
+
+def events(ledger: Snapledger) -> list[str]:
+    return [type(e).__qualname__ for e, _ in ledger.app.events_after(0)]
+
+
+def test_events_persist_across_application_instances(
+    url: str, storage: SimulatedStorage, tmp_path: Path
+) -> None:
+    first = with_snapshots(url, storage)
+    first.revert(VM, "s2")
+    recorded = events(first)
+    assert (tmp_path / "l.sqlite").exists()
+    del first
+
+    second = open_ledger(url, storage)
+    assert events(second) == recorded
+    vm = second.vm(VM)
+    assert set(vm.snapshots) == {"s1", "s2", "s3"} and vm.current == "s2"
+    assert vm.disks["vda"] == "/images/base.s2-1"
+    rebuilt = LedgerView()
+    rebuilt.apply_all(second.app.events_after(0))
+    assert rebuilt.canonical() == second.view.canonical()
+    second.delete(VM, "s1")  # and it carries on from there
+    assert "s1" not in open_ledger(url, storage).vm(VM).snapshots
+
+
+def test_two_processes_racing_on_one_delete_conflict_and_act_once(
+    url: str, storage: SimulatedStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    winner = with_snapshots(url, storage)
+    loser = open_ledger(url, storage)
+    loaded = loser._prepare
+
+    def load_then_lose_the_race(name: str) -> tuple[VirtualMachine, LedgerView]:
+        prepared = loaded(name)  # the loser has loaded and will plan on this version ...
+        winner.delete(VM, "s2", strategy="commit")  # ... when the winner saves first
+        return prepared
+
+    monkeypatch.setattr(loser, "_prepare", load_then_lose_the_race)
+    written = storage.bytes_written
+    with pytest.raises(ConcurrentUpdate) as caught:
+        loser.delete(VM, "s2", strategy="commit")
+    assert caught.value.exit_code == 4
+    assert storage.bytes_written - written == CLUSTER  # base.s2's one cluster, committed once
+    recorded = events(open_ledger(url, storage))
+    assert recorded.count("VirtualMachine.SnapshotDeleted") == 1
+    assert recorded.count("VirtualMachine.OperationStarted") == 4  # 3 snapshots, 1 delete
+    vm = open_ledger(url, storage).vm(VM)
+    assert vm.operation is None and set(vm.snapshots) == {"s1", "s3"}
+    assert storage.read_all(vm.snapshots["s3"].disks["vda"]) == {0: 0x10, 1: 0x21, 2: 0x22}
+
+
+def test_a_delete_planned_before_another_process_snapshot_conflicts(
+    url: str, storage: SimulatedStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stale plan would commit base.s3 into base.s2 and delete it: base.s3 now holds s4."""
+    winner = with_snapshots(url, storage)
+    loser = open_ledger(url, storage)
+    loaded = loser._prepare
+
+    def load_then_lose_the_race(name: str) -> tuple[VirtualMachine, LedgerView]:
+        prepared = loaded(name)
+        winner.snapshot(VM, "s4")
+        return prepared
+
+    monkeypatch.setattr(loser, "_prepare", load_then_lose_the_race)
+    files = copy.deepcopy(storage.files)
+    before = events(winner)
+    with pytest.raises(ConcurrentUpdate) as caught:
+        loser.delete(VM, "s3", strategy="commit")
+    assert caught.value.exit_code == 4
+    after = events(open_ledger(url, storage))
+    assert after[: len(before)] == before
+    new = after[len(before):]  # the winner's snapshot, nothing of the loser's delete
+    assert new.count("VirtualMachine.OperationStarted") == 1
+    assert new.count("VirtualMachine.SnapshotTaken") == 1
+    assert "VirtualMachine.SnapshotDeleted" not in new
+    assert set(storage.files) == set(files) | {"/images/base.s4"}
+    assert all(storage.files[p].clusters == files[p].clusters for p in files)
+    vm = open_ledger(url, storage).vm(VM)
+    assert vm.operation is None and set(vm.snapshots) == {"s1", "s2", "s3", "s4"}
+    assert storage.read_all(vm.snapshots["s4"].disks["vda"]) == {
+        0: 0x10, 1: 0x21, 2: 0x22, 3: 0x23
+    }
+
+
+def test_an_operation_left_open_by_a_crash_holds_off_other_processes(
+    url: str, storage: SimulatedStorage
+) -> None:
+    first = with_snapshots(url, storage)
+    storage.inject(crash_at=1)
+    with pytest.raises(SimulatedCrash):
+        first.delete(VM, "s2", strategy="commit")
+    other = open_ledger(url, storage)
+    with pytest.raises(OperationInProgress) as caught:
+        other.snapshot(VM, "s4")
+    assert caught.value.exit_code == 4
+    assert other.recover() != []
+    assert "s2" not in other.vm(VM).snapshots
+    other.snapshot(VM, "s4")
+
+
+def test_adopting_an_image_another_vms_operation_reserved_conflicts(
+    url: str, storage: SimulatedStorage
+) -> None:
+    first = with_snapshots(url, storage)
+    storage.inject(crash_at=3)  # delete s2 by commit: commit, rebase base.s3, then crash at delete
+    with pytest.raises(SimulatedCrash):
+        first.delete(VM, "s2", strategy="commit")
+    # meanwhile someone builds a second VM on base.s2, which that operation is about to delete
+    storage.make_image("/images/other.qcow2", VSIZE, {9: 0x99}, backing="/images/base.s2")
+    other = open_ledger(url, storage)
+    before = events(other)
+    files = copy.deepcopy(storage.files)
+    with pytest.raises(ConcurrentUpdate) as caught:
+        other.adopt("other", {"vda": "/images/other.qcow2"})
+    assert caught.value.exit_code == 4
+    assert "/images/base.s2" in str(caught.value)
+    assert events(other) == before and storage.files == files
+    assert "other" not in other.refresh().vms
+
+    other.recover()
+    vm = other.vm(VM)
+    assert vm.operation is None and "/images/base.s2" not in storage.files
+    assert storage.read_all(vm.snapshots["s3"].disks["vda"]) == {0: 0x10, 1: 0x21, 2: 0x22}
+    assert storage.read_all(vm.disks["vda"]) == {0: 0x10, 1: 0x21, 2: 0x22, 3: 0x23}
