@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import RecordConflictError
-
 from snapledger.domain.errors import (
     BadInput,
     BadPath,
@@ -35,6 +34,7 @@ from snapledger.domain.steps import (
     Pull,
     RebaseUnsafe,
     ReleaseImage,
+    SetActive,
     Step,
     touched_paths,
 )
@@ -50,7 +50,7 @@ Clock = Callable[[], str]
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 class Snapledger:
@@ -77,7 +77,7 @@ class Snapledger:
 
     def vm(self, name: str) -> VirtualMachine:
         try:
-            return self.app.repository.get(vm_id(name))  # type: ignore[return-value]
+            return self.app.repository.get(vm_id(name))
         except AggregateNotFoundError:
             raise UnknownVm(f"no VM named {name!r} in the ledger") from None
 
@@ -103,7 +103,7 @@ class Snapledger:
         if name in self.view.vms:
             raise DuplicateName(f"VM {name!r} is already in the ledger")
         images: dict[str, dict[str, object]] = {}
-        for target, path in sorted(paths.items()):
+        for path in sorted(paths.values()):
             chain = self.storage.inspect_chain(path)
             planners.check_new_disk_chain(self.view, name, [f.path for f in chain])
             for i, facts in enumerate(chain):
@@ -139,10 +139,8 @@ class Snapledger:
         plan = planners.plan_snapshot(
             view, vm_name, name, self._taken(view), overlays, frozenset(exclude)
         )
-        frozen = {
-            s.disk: vm.disks[s.disk] for s in plan.steps if s.action == "set-active"  # type: ignore[union-attr]
-        }
-        details = {"frozen": frozen, "description": description, "domain_xml": domain_xml or vm.domain_xml}
+        frozen = {s.disk: vm.disks[s.disk] for s in plan.steps if isinstance(s, SetActive)}
+        details: dict[str, object] = {"frozen": frozen, "description": description, "domain_xml": domain_xml or vm.domain_xml}
         return self._run(vm, plan, name, details, dry_run)
 
     def revert(
@@ -318,7 +316,7 @@ class Snapledger:
 
     def _registration(self, path: str) -> ImageRegistration | None:
         try:
-            return self.app.repository.get(image_id(path))  # type: ignore[return-value]
+            return self.app.repository.get(image_id(path))
         except AggregateNotFoundError:
             return None
 

@@ -120,10 +120,10 @@ class SimulatedStorage:
 
     def inspect_chain(self, path: str) -> list[ImageFacts]:
         chain = [self.inspect(path)]
-        while chain[-1].backing is not None:
+        while (backing := chain[-1].backing) is not None:
             if len(chain) > 1000:
                 raise StorageError(f"backing chain of {path} is too long or loops")
-            chain.append(self.inspect(chain[-1].backing))  # type: ignore[arg-type]
+            chain.append(self.inspect(backing))
         return chain
 
     def create_overlay(

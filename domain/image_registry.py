@@ -24,7 +24,7 @@ def image_id(path: str) -> UUID:
 
 class ImageRegistration(Aggregate):
     @staticmethod
-    def create_id(path: str, **_: Any) -> UUID:  # type: ignore[override]
+    def create_id(path: str, **_: Any) -> UUID:
         return image_id(path)
 
     @event("FirstUsed")

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class Origin(str, Enum):
+class Origin(StrEnum):
     """How an image came into a VM's ledger; with sharing it decides the owner class."""
 
     MANAGED = "managed"  # an overlay snapledger created
@@ -15,7 +15,7 @@ class Origin(str, Enum):
     FOUND = "found"  # below an adopted disk (a template): read-only
 
 
-class OwnerClass(str, Enum):
+class OwnerClass(StrEnum):
     MANAGED = "managed"
     ADOPTED = "adopted"
     READ_ONLY = "read-only"

@@ -8,7 +8,7 @@ Every step is ordered so that, at each boundary, what the ledger says reads the 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 
 @dataclass(frozen=True)
@@ -105,11 +105,11 @@ class ReleaseImage:
     destructive: ClassVar[bool] = False
 
 
-Step = Union[
-    CreateOverlay, Commit, Pull, RebaseUnsafe, DeleteFile, SetActive, MoveFrozen, ReleaseImage
-]
+Step = (
+    CreateOverlay | Commit | Pull | RebaseUnsafe | DeleteFile | SetActive | MoveFrozen | ReleaseImage
+)
 STEP_TYPES: dict[str, type[Step]] = {
-    t.action: t  # type: ignore[misc]
+    t.action: t
     for t in (
         CreateOverlay, Commit, Pull, RebaseUnsafe, DeleteFile, SetActive, MoveFrozen, ReleaseImage
     )

@@ -75,7 +75,7 @@ class OperationRecord:
 
 class VirtualMachine(Aggregate):
     @staticmethod
-    def create_id(name: str, **_: Any) -> UUID:  # type: ignore[override]
+    def create_id(name: str, **_: Any) -> UUID:
         return vm_id(name)
 
     @event("Adopted")

@@ -187,13 +187,14 @@ def plan_delete(
     name: str,
     strategy: str = "auto",
     branches: str = "forbid",
-    cost: CostModel = CostModel(),
+    cost: CostModel | None = None,
 ) -> Plan:
     """Per disk of the snapshot, the cheapest safe way to let its frozen image go (semantics.md)."""
     if strategy not in STRATEGIES:
         raise BadInput(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
     if branches not in BRANCH_OPTIONS:
         raise BadInput(f"unknown branches option {branches!r}: use one of {', '.join(BRANCH_OPTIONS)}")
+    cost = cost or CostModel()
     vm = _vm(view, vm_name)
     vm.check_idle()
     snap = vm.snapshot(name)
@@ -242,6 +243,11 @@ def _plan_disk_delete(
             return _DiskMerge((DeleteFile(frozen_path),), f"{frozen_path} is not needed: deleted")
         return _DiskMerge((ReleaseImage(frozen_path),), f"{frozen_path} is {frozen.owner.value}: released, left on disk")
     if len(kept) > 1:
+        if forced:
+            raise StrategyNotAllowed(
+                f"--strategy {strategy} is for a snapshot with one child; {frozen_path} ({disk}) "
+                f"has {len(kept)} branches: use --branches pull or --branches keep"
+            )
         return _plan_branch_point(dag, vm, disk, frozen_path, kept, branches, cost)
 
     child_path = kept[0]
