@@ -105,13 +105,40 @@ class ReleaseImage:
     destructive: ClassVar[bool] = False
 
 
+@dataclass(frozen=True)
+class DetachImage:
+    """Ledger only: an image this VM no longer uses but must keep (a user's own file abandoned by
+    a revert) is detached: it and its chain stay until the user discards it."""
+
+    path: str
+    bytes: int = 0
+    action: ClassVar[str] = "detach-image"
+    destructive: ClassVar[bool] = False
+
+
 Step = (
-    CreateOverlay | Commit | Pull | RebaseUnsafe | DeleteFile | SetActive | MoveFrozen | ReleaseImage
+    CreateOverlay
+    | Commit
+    | Pull
+    | RebaseUnsafe
+    | DeleteFile
+    | SetActive
+    | MoveFrozen
+    | ReleaseImage
+    | DetachImage
 )
 STEP_TYPES: dict[str, type[Step]] = {
     t.action: t
     for t in (
-        CreateOverlay, Commit, Pull, RebaseUnsafe, DeleteFile, SetActive, MoveFrozen, ReleaseImage
+        CreateOverlay,
+        Commit,
+        Pull,
+        RebaseUnsafe,
+        DeleteFile,
+        SetActive,
+        MoveFrozen,
+        ReleaseImage,
+        DetachImage,
     )
 }
 STORAGE_STEPS = (CreateOverlay, Commit, Pull, RebaseUnsafe, DeleteFile)

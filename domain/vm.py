@@ -29,6 +29,7 @@ from .steps import (
     Commit,
     CreateOverlay,
     DeleteFile,
+    DetachImage,
     MoveFrozen,
     Plan,
     Pull,
@@ -225,6 +226,8 @@ class VirtualMachine(Aggregate):
             record = self.images[step.path]
             if record.detached:
                 self.images[step.path] = replace(record, detached=False)
+        elif isinstance(step, DetachImage):
+            self.images[step.path] = replace(self.images[step.path], detached=True)
         elif isinstance(step, MoveFrozen):
             snap = self.snapshots[step.snapshot]
             self.snapshots[step.snapshot] = replace(

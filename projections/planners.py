@@ -22,6 +22,7 @@ from snapledger.domain.steps import (
     Commit,
     CreateOverlay,
     DeleteFile,
+    DetachImage,
     MoveFrozen,
     Plan,
     Pull,
@@ -139,9 +140,16 @@ def plan_revert(
         others = [n for n in abandoned.needs if not (n.kind == "active" and n.vm == vm.name and n.detail == disk)]
         if abandoned.owner is OwnerClass.MANAGED and not others:
             deletions.append(DeleteFile(abandoned.facts.path))
-        else:
-            why = "; ".join(n.describe() for n in others) or f"it is {abandoned.owner.value}"
+        elif others:
+            why = "; ".join(n.describe() for n in others)
             notes.append(f"{disk}: abandoned present {abandoned.facts.path} is kept ({why})")
+        else:
+            # A user's own file is never deleted; detached, it keeps its chain until discarded.
+            activations.append(DetachImage(abandoned.facts.path))
+            notes.append(
+                f"{disk}: abandoned present {abandoned.facts.path} is {abandoned.owner.value}: "
+                "kept as detached (gc --include-detached discards it)"
+            )
     return Plan("revert", tuple(creates + activations + deletions), f"revert to {name}", tuple(notes))
 
 
@@ -257,10 +265,16 @@ def _plan_disk_delete(
     if child.owner is not OwnerClass.MANAGED:
         refusals["commit"] = refusals["pull"] = f"{child_path} is {child.owner.value}, not managed"
     else:
-        if dag.may_write(frozen_path, vm.name, ignoring_snapshot=snapshot):
-            options["commit"] = _commit_steps(dag, vm, frozen_path, child_path)
-        else:
+        # A commit re-points the child's own children; only files snapledger made may be rewritten.
+        unowned = [
+            c for c in dag.children.get(child_path, []) if dag.nodes[c].owner is not OwnerClass.MANAGED
+        ]
+        if not dag.may_write(frozen_path, vm.name, ignoring_snapshot=snapshot):
             refusals["commit"] = f"{frozen_path} may not be written"
+        elif unowned:
+            refusals["commit"] = f"{', '.join(unowned)} is backed by {child_path} and is not managed"
+        else:
+            options["commit"] = _commit_steps(dag, vm, frozen_path, child_path)
         if frozen.owner is OwnerClass.MANAGED:
             options["pull"] = (_pull_step(dag, child_path, frozen_path, cost), DeleteFile(frozen_path))
         else:

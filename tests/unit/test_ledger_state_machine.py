@@ -22,7 +22,6 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-
 from snapledger.adapters.event_store import LedgerApplication
 from snapledger.adapters.service import Snapledger
 from snapledger.adapters.simulated_storage import CLUSTER, SimulatedCrash, SimulatedStorage
@@ -239,14 +238,26 @@ class LedgerMachine(RuleBasedStateMachine):
         event(f"branch point delete: {describe(plan)}")
         del self.taken[snap]
 
-    @rule(vm=vms, content=contents)
-    def swap_disk(self, vm: str, content: Content) -> None:
+    @rule(vm=vms, content=contents, data=st.data())
+    def swap_disk(self, vm: str, content: Content, data: st.DataObject) -> None:
+        """The user puts their own file in place: standalone, or an overlay they made over one
+        of the VM's snapshots (a user's file backed by a managed image)."""
         assume(self.idle(vm))
         path = f"/vms/{vm}/swapped{next(self.names)}.qcow2"
-        self.storage.make_image(path, SIZE, content)
+        bases = sorted(
+            (ref for ref in self.taken if ref.vm == vm and "vda" in self.taken[ref]),
+            key=lambda r: r.name,
+        )
+        base = data.draw(st.none() | st.sampled_from(bases)) if bases else None
+        below: Content = {}
+        backing = None
+        if base is not None:
+            backing = self.ledger.view.vms[vm].snapshots[base.name].disks["vda"]
+            below = self.taken[base]["vda"]
+        self.storage.make_image(path, SIZE, content, backing=backing)
         self.user_files.add(path)
         self.ledger.swap_disk(vm, "vda", path)
-        self.present[(vm, "vda")] = dict(content)
+        self.present[(vm, "vda")] = {**below, **content}
 
     @rule(
         target=snapshots,
@@ -400,6 +411,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def user_files_are_never_deleted_and_templates_never_change(self) -> None:
         for path in self.user_files:
             assert self.storage.exists(path), f"{path} was deleted"
+            self.storage.read_all(path)  # its whole chain is still there (raises if not)
         for path, content in self.frozen_files.items():
             assert self.storage.files[path].clusters == content, f"{path} was written"
 

@@ -200,13 +200,18 @@ def test_swap_disk_keeps_swapped_in_and_detached_images() -> None:
     plan = ledger.revert(VM, "s1")
     assert not any(isinstance(s, DeleteFile) for s in plan.steps)
     assert storage.read_all("/images/own.qcow2") == {9: 0x99}
-    # base.s2 is detached and base.s1 lies below it: kept; own.qcow2 is only forgotten
-    assert [p.steps for p in ledger.gc()] == [(ReleaseImage("/images/own.qcow2"),)]
+    # the abandoned own.qcow2 is the user's file: detached, like base.s2, and kept with its chain
+    assert ledger.vm(VM).images["/images/own.qcow2"].detached
+    assert ledger.gc() == []
     assert {"/images/base.s1", "/images/base.s2", "/images/own.qcow2"} <= set(storage.files)
 
     plans = ledger.gc(VM, include_detached=True)
     assert [p.steps for p in plans] == [
-        (DeleteFile("/images/base.s2"), DeleteFile("/images/base.s1"))  # children first
+        (  # children first; the user's own file is only forgotten
+            DeleteFile("/images/base.s2"),
+            DeleteFile("/images/base.s1"),
+            ReleaseImage("/images/own.qcow2"),
+        )
     ]
     assert set(storage.files) == {BASE, "/images/own.qcow2", "/images/base.s1-1"}
     assert storage.read_all("/images/own.qcow2") == {9: 0x99}

@@ -299,8 +299,10 @@ def test_diagram1_abandoned_present_that_is_not_managed_is_kept() -> None:
     assert shape(plan) == [
         ("create-overlay", img("base.snap1-1"), BASE, "qcow2"),
         ("set-active", "vda", img("base.snap1-1")),
+        ("detach-image", own),  # the user's own file is kept, detached, with its chain
     ]
     assert any(own in note for note in plan.notes)
+    assert rig.ledger.vm(VM).images[own].detached
     assert rig.storage.read_all(own) == {9: 0x77}
     # the swapped-out overlay base.snap2 is detached, not abandoned: kept too
     assert {own, img("base.snap2")} <= rig.files()
