@@ -134,7 +134,7 @@ class Snapledger:
         domain_xml: str | None = None,
         dry_run: bool = False,
     ) -> Plan:
-        vm, view = self._prepare(vm_name)
+        vm, view = self._prepare(vm_name, dry_run)
         overlays = self._user_overlays(vm, overlays)
         plan = planners.plan_snapshot(
             view, vm_name, name, self._taken(view), overlays, frozenset(exclude)
@@ -150,7 +150,7 @@ class Snapledger:
         overlays: Mapping[str, str] | None = None,
         dry_run: bool = False,
     ) -> Plan:
-        vm, view = self._prepare(vm_name)
+        vm, view = self._prepare(vm_name, dry_run)
         overlays = self._user_overlays(vm, overlays)
         plan = planners.plan_revert(view, vm_name, name, self._taken(view), overlays)
         return self._run(vm, plan, name, {}, dry_run)
@@ -163,7 +163,7 @@ class Snapledger:
         branches: str = "forbid",
         dry_run: bool = False,
     ) -> Plan:
-        vm, view = self._prepare(vm_name)
+        vm, view = self._prepare(vm_name, dry_run)
         plan = planners.plan_delete(view, vm_name, name, strategy, branches, self.cost)
         return self._run(vm, plan, name, {}, dry_run)
 
@@ -173,7 +173,7 @@ class Snapledger:
         names = [vm_name] if vm_name is not None else sorted(self.refresh().vms)
         plans = []
         for name in names:
-            vm, view = self._prepare(name)
+            vm, view = self._prepare(name, dry_run)
             plan = planners.plan_gc(view, name, include_detached)
             if plan.steps:
                 plans.append(self._run(vm, plan, None, {}, dry_run))
@@ -201,15 +201,17 @@ class Snapledger:
 
     # ---- the operation lifecycle -----------------------------------------------------
 
-    def _prepare(self, vm_name: str) -> tuple[VirtualMachine, LedgerView]:
+    def _prepare(
+        self, vm_name: str, dry_run: bool = False
+    ) -> tuple[VirtualMachine, LedgerView]:
         """Load the VM fresh, refresh the sizes of its active images, and give a view holding it."""
         self.refresh()
         vm = self.vm(vm_name)
         vm.check_idle()
         actives = sorted(set(vm.disks.values()))
-        seen = [self.storage.inspect(p) for p in actives]
-        self._check_drift(vm, seen, sizes_may_change=set(actives))
-        vm.observe_images(seen)
+        seen = [self._seen(p) for p in actives]
+        self._check_drift(vm, seen, sizes_may_change=set(actives), record=not dry_run)
+        vm.observe_images([f for f in seen if isinstance(f, ImageFacts)])
         return vm, replacing(self.view, vm)
 
     def _run(
@@ -372,6 +374,7 @@ class Snapledger:
         vm: VirtualMachine,
         seen: list[ImageFacts | str] | list[ImageFacts],
         sizes_may_change: set[str],
+        record: bool = True,
     ) -> None:
         findings: list[str] = []
         for facts in seen:
@@ -383,8 +386,9 @@ class Snapledger:
             if changed:
                 findings.append(f"{facts.path}: {', '.join(changed)}")
         if findings:
-            vm.record_drift(findings, self.clock())
-            self._save(vm)
+            if record:  # a dry run reports drift but records nothing
+                vm.record_drift(findings, self.clock())
+                self._save(vm)
             raise DriftFound(f"the disk disagrees with the ledger: {'; '.join(findings)}")
 
     def _taken(self, view: LedgerView) -> Callable[[str], bool]:

@@ -249,6 +249,11 @@ def _plan_disk_delete(
     if not kept:
         if frozen.owner is OwnerClass.MANAGED:
             return _DiskMerge((DeleteFile(frozen_path),), f"{frozen_path} is not needed: deleted")
+        if _rests_on_managed(dag, frozen_path):
+            return _DiskMerge(
+                (DetachImage(frozen_path),),
+                f"{frozen_path} is {frozen.owner.value} and rests on managed images: kept as detached",
+            )
         return _DiskMerge((ReleaseImage(frozen_path),), f"{frozen_path} is {frozen.owner.value}: released, left on disk")
     if len(kept) > 1:
         if forced:
@@ -350,18 +355,34 @@ def _describe_branch(dag: ImageDag, path: str) -> str:
     return f"{path}: {holds[0]}" if holds else path
 
 
+def _rests_on_managed(dag: ImageDag, path: str) -> bool:
+    """A user's file backed by images snapledger made: forgetting it would let them be deleted
+    under it, so it can only be kept (detached), never released."""
+    return any(dag.nodes[p].owner is OwnerClass.MANAGED for p in dag.chain(path)[1:])
+
+
 def plan_gc(view: LedgerView, vm_name: str, include_detached: bool = False) -> Plan:
-    """Delete this VM's managed images that nothing needs; forget unneeded ones it does not own."""
+    """Delete this VM's managed images that nothing needs; forget unneeded ones it does not own.
+
+    A user's file that rests on managed images is never forgotten, and its chain is kept."""
     vm = _vm(view, vm_name)
     vm.check_idle()
     dag = ImageDag(view, ignore_detached_of=vm.name if include_detached else None)
     unneeded = [p for p in vm.images if not dag.nodes[p].needed]
     unneeded.sort(key=lambda p: (-dag.depth(p), p))  # children first: nothing dangles mid-way
+    kept_user_files = [
+        p for p in unneeded if dag.nodes[p].owner is not OwnerClass.MANAGED and _rests_on_managed(dag, p)
+    ]
+    protected = {below for p in kept_user_files for below in dag.chain(p)}
     steps: list[Step] = []
     for path in unneeded:
-        node = dag.nodes[path]
-        if node.owner is OwnerClass.MANAGED:
+        if path in protected:
+            continue
+        if dag.nodes[path].owner is OwnerClass.MANAGED:
             steps.append(DeleteFile(path))
         else:
             steps.append(ReleaseImage(path))
-    return Plan("gc", tuple(steps), f"{len(steps)} images nothing needs")
+    notes = tuple(
+        f"{p} is the user's file and rests on managed images: kept with its chain" for p in kept_user_files
+    )
+    return Plan("gc", tuple(steps), f"{len(steps)} images nothing needs", notes)

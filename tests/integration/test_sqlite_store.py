@@ -77,8 +77,8 @@ def test_two_processes_racing_on_one_delete_conflict_and_act_once(
     loser = open_ledger(url, storage)
     loaded = loser._prepare
 
-    def load_then_lose_the_race(name: str) -> tuple[VirtualMachine, LedgerView]:
-        prepared = loaded(name)  # the loser has loaded and will plan on this version ...
+    def load_then_lose_the_race(name: str, dry_run: bool = False) -> tuple[VirtualMachine, LedgerView]:
+        prepared = loaded(name, dry_run)  # the loser has loaded and will plan on this version ...
         winner.delete(VM, "s2", strategy="commit")  # ... when the winner saves first
         return prepared
 
@@ -104,8 +104,8 @@ def test_a_delete_planned_before_another_process_snapshot_conflicts(
     loser = open_ledger(url, storage)
     loaded = loser._prepare
 
-    def load_then_lose_the_race(name: str) -> tuple[VirtualMachine, LedgerView]:
-        prepared = loaded(name)
+    def load_then_lose_the_race(name: str, dry_run: bool = False) -> tuple[VirtualMachine, LedgerView]:
+        prepared = loaded(name, dry_run)
         winner.snapshot(VM, "s4")
         return prepared
 

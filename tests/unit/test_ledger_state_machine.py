@@ -443,8 +443,10 @@ class LedgerMachine(RuleBasedStateMachine):
         for path in self.ledger.view.vms[vm].images:
             node = dag.nodes[path]
             assert node.needed, f"{path} is unreachable after gc"
-            if include_detached:
-                assert not node.detached
+            if include_detached and node.detached:  # only a user's file on managed images stays
+                chain = dag.chain(path)
+                assert node.owner is not OwnerClass.MANAGED, f"{path} was not discarded"
+                assert any(dag.nodes[p].owner is OwnerClass.MANAGED for p in chain[1:])
         known = {p for v in self.ledger.view.vms.values() for p in v.images}
         for path in self.storage.files:
             assert path in known or path in self.user_files, f"{path} is an orphan file"
