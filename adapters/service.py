@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import RecordConflictError
+
 from snapledger.domain.errors import (
     BadInput,
     BadPath,

@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 import pytest
+
 from snapledger.adapters.event_store import LedgerApplication
 from snapledger.adapters.service import Snapledger
 from snapledger.adapters.simulated_storage import CLUSTER, SimulatedCrash, SimulatedStorage

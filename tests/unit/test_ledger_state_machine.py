@@ -22,6 +22,7 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+
 from snapledger.adapters.event_store import LedgerApplication
 from snapledger.adapters.service import Snapledger
 from snapledger.adapters.simulated_storage import CLUSTER, SimulatedCrash, SimulatedStorage

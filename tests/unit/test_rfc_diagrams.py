@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+
 from snapledger.adapters.event_store import LedgerApplication
 from snapledger.adapters.service import Snapledger
 from snapledger.adapters.simulated_storage import CLUSTER, SimulatedStorage
