@@ -200,6 +200,19 @@ class Snapledger:
                 finished.append(f"{name}: finished {op.kind} {op.op_id}")
         return finished
 
+    def verify(self, vm_name: str | None = None) -> list[str]:
+        """Compare every image the ledger knows with the disk; read-only. Findings, or []."""
+        self.refresh()
+        names = [vm_name] if vm_name is not None else sorted(self.view.vms)
+        findings: list[str] = []
+        for name in names:
+            vm = self.vm(name)
+            if vm.operation is not None:
+                findings.append(f"{name}: unfinished {vm.operation.kind} {vm.operation.op_id}")
+            drift = self._drift(vm, self._look(sorted(vm.images)))
+            findings += [f"{name}: {finding}" for finding in drift]
+        return findings
+
     # ---- the operation lifecycle -----------------------------------------------------
 
     def _prepare(
@@ -209,10 +222,9 @@ class Snapledger:
         self.refresh()
         vm = self.vm(vm_name)
         vm.check_idle()
-        actives = sorted(set(vm.disks.values()))
-        seen = [self._seen(p) for p in actives]
-        self._check_drift(vm, seen, sizes_may_change=set(actives), record=not dry_run)
-        vm.observe_images([f for f in seen if isinstance(f, ImageFacts)])
+        seen = self._look(sorted(set(vm.disks.values())))
+        self._refuse_on_drift(vm, seen, record=not dry_run)
+        vm.observe_images([facts for facts in seen.values() if isinstance(facts, ImageFacts)])
         return vm, replacing(self.view, vm)
 
     def _run(
@@ -229,7 +241,7 @@ class Snapledger:
             {p for s in plan.steps if s.destructive for p in touched_paths(s) if p in vm.images}
             - set(vm.disks.values())
         )
-        self._check_drift(vm, [self._seen(p) for p in involved], sizes_may_change=set())
+        self._refuse_on_drift(vm, self._look(involved))
         op_id = uuid.uuid4().hex
         details = {**details, "previous_active": dict(vm.disks)}
         vm.start_operation(op_id, plan.kind, target, plan, [], details, self.clock())
@@ -370,22 +382,27 @@ class Snapledger:
         except StorageError as error:
             return f"{path}: {error}"
 
-    def _check_drift(
-        self,
-        vm: VirtualMachine,
-        seen: list[ImageFacts | str] | list[ImageFacts],
-        sizes_may_change: set[str],
-        record: bool = True,
-    ) -> None:
+    def _drift(self, vm: VirtualMachine, seen_on_disk: Mapping[str, ImageFacts | str]) -> list[str]:
+        """Where the disk disagrees with what `vm` recorded. Active images change size as the
+        guest writes; every other image must keep its size too."""
+        actives = set(vm.disks.values())
         findings: list[str] = []
-        for facts in seen:
-            if isinstance(facts, str):
-                findings.append(facts)
+        for path, seen in seen_on_disk.items():
+            if isinstance(seen, str):
+                findings.append(seen)
                 continue
-            recorded = vm.images[facts.path].facts
-            changed = recorded.identity_differs(facts, check_size=facts.path not in sizes_may_change)
+            changed = vm.images[path].facts.identity_differs(seen, check_size=path not in actives)
             if changed:
-                findings.append(f"{facts.path}: {', '.join(changed)}")
+                findings.append(f"{path}: {', '.join(changed)}")
+        return findings
+
+    def _look(self, paths: Iterable[str]) -> dict[str, ImageFacts | str]:
+        return {path: self._seen(path) for path in paths}
+
+    def _refuse_on_drift(
+        self, vm: VirtualMachine, seen_on_disk: Mapping[str, ImageFacts | str], record: bool = True
+    ) -> None:
+        findings = self._drift(vm, seen_on_disk)
         if findings:
             if record:  # a dry run reports drift but records nothing
                 vm.record_drift(findings, self.clock())
