@@ -32,7 +32,7 @@ class SnapshotTree:
     def branches(self) -> list[tuple[str, ...]]:
         """Every history from a root snapshot to a leaf; the present hangs below `current`."""
         out: list[tuple[str, ...]] = []
-        stack = [(root,) for root in reversed(self.roots)]
+        stack: list[tuple[str, ...]] = [(root,) for root in reversed(self.roots)]
         while stack:
             path = stack.pop()
             children = self.nodes[path[-1]].children
