@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from snapledger.domain.errors import BadInput, SnapledgerError
+from snapledger.domain.errors import BadInput, Refused, SnapledgerError
 from snapledger.domain.names import check_disk_target
 from snapledger.projections.trail import trail
 from snapledger.projections.tree import snapshot_tree
@@ -25,6 +25,10 @@ from .service import Snapledger
 from .xml_input import domain_xml, revert_overlays, snapshot_request
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class DriftReported(Refused):
+    """verify found the ledger and the disks disagreeing (exit 3)."""
 
 
 class Context:
@@ -234,7 +238,7 @@ def verify(c: Context, vm: str | None) -> None:
     else:
         output.say("\n".join(findings) if findings else "ok: the disks agree with the ledger")
     if findings:
-        sys.exit(3)
+        raise DriftReported(f"verify: {len(findings)} finding(s); the ledger and the disks disagree")
 
 
 @cli.command("list")

@@ -105,7 +105,7 @@ class Snapledger:
             raise DuplicateName(f"VM {name!r} is already in the ledger")
         images: dict[str, dict[str, object]] = {}
         for path in sorted(paths.values()):
-            chain = self.storage.inspect_chain(path)
+            chain = self._user_chain(path)
             planners.check_new_disk_chain(self.view, name, [f.path for f in chain])
             for i, facts in enumerate(chain):
                 if facts.path in images:
@@ -183,7 +183,7 @@ class Snapledger:
     def swap_disk(self, vm_name: str, disk: str, path: str) -> None:
         vm, view = self._prepare(vm_name)
         vm.check_disk(disk)
-        chain = self.storage.inspect_chain(check_user_path(path))
+        chain = self._user_chain(check_user_path(path))
         planners.plan_swap(view, vm_name, disk, [f.path for f in chain])
         vm.swap_disk(disk, chain, self.clock())
         claims = [self._claimed(f.path, vm_name) for f in chain]
@@ -375,6 +375,16 @@ class Snapledger:
         return out
 
     # ---- checks ----------------------------------------------------------------------
+
+    def _user_chain(self, path: str) -> list[ImageFacts]:
+        """The chain of a file the user names: a file that is missing or not an image we can use
+        is bad input, not a storage failure."""
+        if not self.storage.exists(path):
+            raise BadPath(f"{path} does not exist")
+        try:
+            return self.storage.inspect_chain(path)
+        except StorageError as error:
+            raise BadInput(f"{path} can't be used: {error}") from None
 
     def _seen(self, path: str) -> ImageFacts | str:
         try:
