@@ -235,6 +235,10 @@ class LedgerMachine(RuleBasedStateMachine):
             assert branches == "forbid"
             assert self.world() == before, "a refused delete changed something"
             return
+        except StrategyNotAllowed as refusal:  # a branch is a user's file: never written
+            assert branches == "pull" and "not managed" in str(refusal)
+            assert self.world() == before, "a refused delete changed something"
+            return
         assert branches != "forbid", "a managed branch point was deleted without --branches"
         event(f"branch point delete: {describe(plan)}")
         del self.taken[snap]
