@@ -1,0 +1,113 @@
+"""Test helpers on real images: write cluster patterns and verify them with qemu-io.
+
+qemu-io is the test's own eye on the disk: it writes what a guest would write and reads what a
+guest would read through the whole backing chain. A pattern mismatch is found from its output
+("Pattern verification failed"), not only from its exit status.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+CLUSTER = 64 * 1024
+TIMEOUT = 60
+
+_FAILED_AT = re.compile(r"Pattern verification failed at offset (\d+)")
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+
+
+def qemu_io(path: str | Path, commands: Iterable[str], *, read_only: bool = False,
+            fmt: str = "qcow2") -> str:
+    argv = ["qemu-io", "-f", fmt]
+    if read_only:
+        argv += ["-r", "-U"]
+    for command in commands:
+        argv += ["-c", command]
+    argv.append(str(path))
+    done = _run(argv)
+    out = done.stdout + done.stderr
+    if done.returncode != 0 and "Pattern verification failed" not in out:
+        raise AssertionError(f"qemu-io {argv[1:]} failed ({done.returncode}): {out}")
+    return out
+
+
+def write_clusters(path: str | Path, clusters: Mapping[int, int], fmt: str = "qcow2") -> None:
+    """Write each cluster full of its pattern byte, as `qemu-io write -P` does."""
+    if not clusters:
+        return
+    out = qemu_io(
+        path, [f"write -P {p:#x} {c * CLUSTER} {CLUSTER}" for c, p in sorted(clusters.items())],
+        fmt=fmt,
+    )
+    if out.count("wrote ") != len(clusters):
+        raise AssertionError(f"qemu-io did not write every cluster of {path}: {out}")
+
+
+def mismatched_clusters(path: str | Path, expected: Mapping[int, int], count: int) -> list[int]:
+    """Clusters 0..count-1 that don't read their expected pattern (0 where none is given)."""
+    commands = [f"read -P {expected.get(c, 0):#x} {c * CLUSTER} {CLUSTER}" for c in range(count)]
+    out = qemu_io(path, commands, read_only=True)
+    if out.count("read ") < count and not _FAILED_AT.search(out):
+        raise AssertionError(f"qemu-io did not read every cluster of {path}: {out}")
+    return sorted({int(m.group(1)) // CLUSTER for m in _FAILED_AT.finditer(out)})
+
+
+def assert_reads(path: str | Path, expected: Mapping[int, int], count: int) -> None:
+    bad = mismatched_clusters(path, expected, count)
+    assert not bad, f"{path}: clusters {bad} don't read {[expected.get(c, 0) for c in bad]}"
+
+
+def make_image(path: str | Path, virtual_size: int, clusters: Mapping[int, int] | None = None,
+               backing: str | Path | None = None, backing_format: str = "qcow2",
+               fmt: str = "qcow2") -> str:
+    """A new image made the way a user would make it, outside the adapter under test."""
+    argv = ["qemu-img", "create", "-q", "-f", fmt]
+    if backing is not None:
+        argv += ["-F", backing_format, "-b", str(backing)]
+    argv += [str(path), str(virtual_size)]
+    done = _run(argv)
+    if done.returncode != 0:
+        raise AssertionError(f"qemu-img create failed: {done.stderr}")
+    write_clusters(path, clusters or {}, fmt=fmt)
+    return str(path)
+
+
+def raw_bytes(path: str | Path, fmt: str = "qcow2") -> bytes:
+    """Every byte `path` reads through its chain (converted to raw in a scratch file)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch, "out.raw")
+        done = _run(["qemu-img", "convert", "-U", "-f", fmt, "-O", "raw", str(path), str(out)])
+        if done.returncode != 0:
+            raise AssertionError(f"qemu-img convert failed: {done.stderr}")
+        return out.read_bytes()
+
+
+def set_backing_unchecked(path: str | Path, backing: str, backing_format: str | None) -> None:
+    """Point `path` at any backing string without opening it (to build hostile images)."""
+    argv = ["qemu-img", "rebase", "-u", "-f", "qcow2", "-b", backing]
+    if backing_format is not None:
+        argv += ["-F", backing_format]
+    done = _run([*argv, str(path)])
+    if done.returncode != 0:
+        raise AssertionError(f"qemu-img rebase -u failed: {done.stderr}")
+
+
+def forget_backing_format(path: str | Path) -> None:
+    """Make `path` an old-style overlay whose header does not record its backing format.
+
+    qemu-img 7.2 refuses to write one, so the backing-format header extension (magic
+    0xE2792ACA) gets an unknown magic, which qcow2 ignores.
+    """
+    data = bytearray(Path(path).read_bytes())
+    at = data.find(bytes.fromhex("e2792aca"), 72, CLUSTER)
+    if at < 0:
+        raise AssertionError(f"{path} records no backing format")
+    data[at : at + 4] = bytes.fromhex("0bad0bad")
+    Path(path).write_bytes(bytes(data))
