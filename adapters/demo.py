@@ -1,73 +1,75 @@
-"""The RFC's story, played on the embedded SQLite store over simulated qcow2 storage.
+"""The RFC's story on small real qcow2 images, through the `snapledger` command itself.
 
-Run with `python -m snapledger.adapters.demo [STORE_URL]`. Real disks come with the CLI.
+Run with `python -m snapledger.adapters.demo [SCRATCH_DIR]` (needs qemu-img and qemu-io). Every
+command is printed before it runs; a guest's writes are stood in for by `qemu-io write`.
 """
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from snapledger.domain.errors import SnapledgerError
-from snapledger.domain.steps import Plan
+from .cli import main as snapledger
 
-from .event_store import LedgerApplication
-from .service import Snapledger
-from .simulated_storage import CLUSTER, SimulatedStorage
+MIB = 1 << 20
 
 
-def _print_plan(title: str, plan: Plan) -> None:
-    print(f"\n== {title}: {plan.strategy}")
-    for step in plan.steps:
-        print(f"   {step.action:14} {step}  ({step.bytes} bytes)")
-    for note in plan.notes:
-        print(f"   note: {note}")
-    print(f"   bytes moved: {plan.bytes_moved}")
+def sh(*argv: str) -> None:
+    print(f"$ {shlex.join(argv)}", flush=True)
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
 
 
-def _print_tree(ledger: Snapledger, vm_name: str) -> None:
-    vm = ledger.vm(vm_name)
+def run(*argv: str, expect: int = 0) -> None:
+    print(f"\n$ snapledger {shlex.join(argv)}", flush=True)
+    code = snapledger(list(argv))
+    sys.stdout.flush()
+    if code != expect:
+        raise SystemExit(f"demo: 'snapledger {shlex.join(argv)}' exited {code}, expected {expect}")
 
-    def walk(parent: str | None, depth: int) -> None:
-        for name in vm.children_of(parent):
-            mark = " *" if name == vm.current else ""
-            print(f"   {'  ' * depth}{name}{mark}  frozen: {vm.snapshots[name].disks}")
-            walk(name, depth + 1)
 
-    print(f"\n-- snapshot tree of {vm_name} (* = current); present: {vm.disks}")
-    walk(None, 0)
+def guest_writes(image: Path, pattern: int, offset_mib: int) -> None:
+    sh("qemu-io", "-f", "qcow2", "-c", f"write -P {pattern:#x} {offset_mib}M 1M", str(image))
+
+
+def play(scratch: Path) -> None:
+    os.environ["SNAPLEDGER_STORE"] = f"sqlite:///{scratch / 'ledger.sqlite'}"
+    print(f"scratch directory: {scratch}\nstore: {os.environ['SNAPLEDGER_STORE']}")
+    base = scratch / "base.qcow2"
+    sh("qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M")
+    guest_writes(base, 0x11, 0)
+    run("adopt", "demo", "--disk", f"vda={base}")
+    for n, name in enumerate(["snap1", "snap2", "snap3"], start=1):
+        run("snapshot", "demo", name)
+        guest_writes(scratch / f"base.{name}", 0x20 + n, n)
+    run("tree", "demo")
+    print("\n# back to snap1: a new overlay base.snap1-1; the snapshot-less present base.snap3 goes")
+    run("revert", "demo", "snap1")
+    guest_writes(scratch / "base.snap1-1", 0x5A, 8)  # the alternate history
+    run("tree", "demo", "--images")
+    print("\n# deleting snap2 merges base.snap1 and base.snap2 by the cheaper way (dry run first)")
+    run("delete", "demo", "snap2", "--dry-run")
+    run("delete", "demo", "snap2")
+    print("\n# snap1 is a branch point on the user's own disk: its metadata goes, no data moves")
+    run("delete", "demo", "snap1")
+    run("delete", "demo", "bad name", expect=2)
+    run("tree", "demo", "--images")
+    run("verify")
+    run("log", "demo")
+    print("\nfiles now:", ", ".join(sorted(p.name for p in scratch.iterdir())))
 
 
 def main(argv: list[str]) -> int:
-    store = argv[1] if len(argv) > 1 else None
-    with tempfile.TemporaryDirectory() as scratch:
-        url = store or f"sqlite:///{Path(scratch, 'ledger.sqlite')}"
-        print(f"store: {url}")
-        storage = SimulatedStorage()
-        base = "/images/base.qcow2"
-        storage.make_image(base, 256 * CLUSTER, {c: 0x11 for c in range(64)})
-        ledger = Snapledger(LedgerApplication(url), storage)
-        ledger.adopt("demo", {"vda": base})
-        for n, name in enumerate(["snap1", "snap2", "snap3"], start=1):
-            ledger.snapshot("demo", name)
-            active = ledger.vm("demo").disks["vda"]
-            for cluster in range(n * 8, n * 8 + 4 * n):
-                storage.write(active, cluster, 0x20 + n)
-        _print_tree(ledger, "demo")
-        _print_plan("revert to snap1", ledger.revert("demo", "snap1"))
-        storage.write(ledger.vm("demo").disks["vda"], 100, 0x5A)  # the alternate history
-        _print_tree(ledger, "demo")
-        _print_plan("delete snap2 (dry run)", ledger.delete("demo", "snap2", dry_run=True))
-        _print_plan("delete snap3", ledger.delete("demo", "snap3"))
-        _print_plan("delete snap1 (branch point)", ledger.delete("demo", "snap1"))
-        try:
-            ledger.snapshot("demo", "bad name")
-        except SnapledgerError as error:
-            print(f"\n== bad input is refused (exit {error.exit_code}): {error}")
-        _print_tree(ledger, "demo")
-        print(f"\n-- files now: {sorted(storage.files)}")
-        print(f"-- the ledger holds {ledger.view.position} events")
+    if len(argv) > 1:
+        scratch = Path(argv[1]).absolute()
+        scratch.mkdir(parents=True, exist_ok=True)
+        play(scratch)
+    else:
+        with tempfile.TemporaryDirectory(prefix="snapledger-demo-") as tmp:
+            play(Path(tmp))
     return 0
 
 

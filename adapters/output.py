@@ -21,6 +21,8 @@ from snapledger.projections.tree import SnapshotTree
 from snapledger.projections.view import LedgerView
 
 console = Console()
+if not console.is_terminal:  # piped or logged: keep long paths on one line
+    console.width = max(console.width, 200)
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
