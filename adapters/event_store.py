@@ -14,7 +14,7 @@ from eventsourcing.domain import DomainEventProtocol
 
 from snapledger.domain.errors import BadInput
 
-NOTIFICATION_BATCH = 5000
+NOTIFICATION_BATCH = 20_000  # big batches keep per-query cost out of a rebuild
 
 
 def default_store_url() -> str:

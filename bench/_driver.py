@@ -1,0 +1,309 @@
+"""A lean driver of the real aggregates, for building big ledgers quickly in the benchmarks.
+
+It plays the same command sequence as `snapledger.adapters.service.Snapledger` (prepare ->
+plan -> record intent and reservations -> carry out each step on SimulatedStorage -> closing
+event -> release), with the project's own planners, aggregates and storage simulation, but keeps
+every aggregate in memory instead of reloading it from the store for each command, and leaves
+saving to the caller, who saves many aggregates at once (`app.save(*fleet.dirty())`).
+
+So the events are the ones the service records for the same commands; only their interleaving
+across aggregates in the notification log differs (each aggregate's own order is the same), which
+a LedgerView fold does not depend on.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from snapledger.adapters.simulated_storage import CLUSTER, SimulatedStorage
+from snapledger.domain.errors import BranchPointRefused, StorageError, StrategyNotAllowed
+from snapledger.domain.image_registry import ImageRegistration
+from snapledger.domain.images import ImageFacts, Origin
+from snapledger.domain.steps import (
+    Commit,
+    CreateOverlay,
+    DeleteFile,
+    Plan,
+    Pull,
+    RebaseUnsafe,
+    ReleaseImage,
+    Step,
+    touched_paths,
+)
+from snapledger.domain.vm import OperationRecord, VirtualMachine
+from snapledger.projections import planners
+from snapledger.projections.view import LedgerView
+
+
+class Clock:
+    """Deterministic ISO-8601 times, a few seconds apart."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2025, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> str:
+        self.now += timedelta(seconds=7)
+        return self.now.isoformat(timespec="microseconds")
+
+
+class Fleet:
+    """VMs and image registrations sharing one SimulatedStorage; nothing is saved here."""
+
+    def __init__(self, rng: random.Random, clock: Callable[[], str] | None = None) -> None:
+        self.rng = rng
+        self.clock = clock or Clock()
+        self.storage = SimulatedStorage()
+        self.vms: dict[str, VirtualMachine] = {}
+        self.registrations: dict[str, ImageRegistration] = {}
+        self._touched: dict[Any, Any] = {}
+
+    # ---- bookkeeping -----------------------------------------------------------------
+
+    def _touch(self, *aggregates: Any) -> None:
+        for aggregate in aggregates:
+            self._touched[aggregate.id] = aggregate
+
+    def dirty(self) -> list[Any]:
+        """Aggregates with unsaved events since the last call (pass them to app.save)."""
+        out = list(self._touched.values())
+        self._touched.clear()
+        return out
+
+    def view_of(self, vm: VirtualMachine) -> LedgerView:
+        """A view holding `vm` alone (and every registration): what its planners need."""
+        view = LedgerView()
+        view.vms = {vm.name: vm}
+        view.registrations = self.registrations
+        return view
+
+    def _op_id(self) -> str:
+        return uuid.UUID(int=self.rng.getrandbits(128), version=4).hex
+
+    # ---- commands (service.py's flow) ----------------------------------------------------
+
+    def adopt(self, name: str, disks: Mapping[str, str], pools: list[str] | None = None) -> VirtualMachine:
+        images: dict[str, dict[str, Any]] = {}
+        for _target, path in sorted(disks.items()):
+            for i, facts in enumerate(self.storage.inspect_chain(path)):
+                if facts.path in images:
+                    continue
+                origin = Origin.ADOPTED if i == 0 else Origin.FOUND
+                images[facts.path] = {**facts.to_dict(), "origin": origin.value}
+        vm = VirtualMachine(
+            name=name,
+            disks=dict(disks),
+            images=list(images.values()),
+            pools=sorted(pools or []),
+            domain_xml=f"<domain><name>{name}</name></domain>",
+            at=self.clock(),
+        )
+        self.vms[name] = vm
+        self._touch(vm, *(self._claimed(path, name) for path in images))
+        return vm
+
+    def guest_writes(self, vm_name: str, clusters: int) -> None:
+        """The guest writes some clusters of every active image (sizes change)."""
+        vm = self.vms[vm_name]
+        for path in sorted(set(vm.disks.values())):
+            image = self.storage.files[path]
+            top = image.virtual_size // CLUSTER
+            for _ in range(clusters):
+                self.storage.write(path, self.rng.randrange(top), self.rng.randrange(1, 256))
+
+    def prepare(self, vm_name: str) -> VirtualMachine:
+        vm = self.vms[vm_name]
+        vm.check_idle()
+        vm.observe_images([self.storage.inspect(p) for p in sorted(set(vm.disks.values()))])
+        self._touch(vm)
+        return vm
+
+    def taken(self, vm: VirtualMachine) -> Callable[[str], bool]:
+        return lambda p: p in vm.used_paths or p in self.registrations or self.storage.exists(p)
+
+    def snapshot(self, vm_name: str, name: str, *, fail_at: int | None = None) -> Plan:
+        vm = self.prepare(vm_name)
+        plan = planners.plan_snapshot(self.view_of(vm), vm_name, name, self.taken(vm))
+        frozen = {s.disk: vm.disks[s.disk] for s in plan.steps if s.action == "set-active"}  # type: ignore[union-attr]
+        details = {"frozen": frozen, "description": f"bench {name}", "domain_xml": vm.domain_xml}
+        return self._run(vm, plan, name, details, fail_at)
+
+    def revert(self, vm_name: str, name: str) -> Plan:
+        vm = self.prepare(vm_name)
+        plan = planners.plan_revert(self.view_of(vm), vm_name, name, self.taken(vm))
+        return self._run(vm, plan, name, {}, None)
+
+    def delete(self, vm_name: str, name: str, *, fail_at: int | None = None) -> Plan | None:
+        vm = self.prepare(vm_name)
+        view = self.view_of(vm)
+        try:
+            plan = planners.plan_delete(view, vm_name, name)
+        except BranchPointRefused:
+            way = self.rng.choice(("pull", "keep"))
+            try:
+                plan = planners.plan_delete(view, vm_name, name, branches=way)
+            except StrategyNotAllowed:
+                plan = planners.plan_delete(view, vm_name, name, branches="keep")
+        return self._run(vm, plan, name, {}, fail_at)
+
+    def gc(self, vm_name: str) -> Plan | None:
+        vm = self.prepare(vm_name)
+        plan = planners.plan_gc(self.view_of(vm), vm_name)
+        return self._run(vm, plan, None, {}, None) if plan.steps else None
+
+    def swap_disk(self, vm_name: str, disk: str, path: str) -> None:
+        vm = self.prepare(vm_name)
+        planners.plan_swap(self.view_of(vm), vm_name, disk, path)
+        chain = self.storage.inspect_chain(path)
+        vm.swap_disk(disk, chain, self.clock())
+        self._touch(vm, *(self._claimed(f.path, vm_name) for f in chain))
+
+    def record_drift(self, vm_name: str, path: str) -> None:
+        vm = self.vms[vm_name]
+        vm.record_drift([f"{path}: size 196608 -> 200704"], self.clock())
+        self._touch(vm)
+
+    # ---- the operation lifecycle -------------------------------------------------------
+
+    def _run(
+        self,
+        vm: VirtualMachine,
+        plan: Plan,
+        target: str | None,
+        details: dict[str, Any],
+        fail_at: int | None,
+    ) -> Plan:
+        op_id = self._op_id()
+        details = {**details, "previous_active": dict(vm.disks)}
+        vm.start_operation(op_id, plan.kind, target, plan, [], details, self.clock())
+        self._touch(vm, *self._reserve(vm.name, op_id, plan.steps))
+        if fail_at is not None:
+            self.storage.inject(fail_at=fail_at)
+        try:
+            self._execute(vm)
+        except StorageError:
+            if vm.operation is not None:  # failed past a destructive step: `recover`
+                self._execute(vm)
+        finally:
+            self.storage.inject()
+        return plan
+
+    def _execute(self, vm: VirtualMachine) -> None:
+        while True:
+            op = vm.operation
+            if op is None:
+                return
+            if op.done == len(op.steps):
+                self._finish(vm, op)
+                return
+            index = op.done
+            try:
+                observed = self._carry_out(op.steps[index])
+            except StorageError as error:
+                self._on_failure(vm, op, index, error)
+                raise
+            vm.complete_step(op.op_id, index, observed)
+
+    def _carry_out(self, step: Step) -> list[ImageFacts]:
+        storage = self.storage
+        if isinstance(step, CreateOverlay):
+            if not storage.exists(step.path):
+                storage.create_overlay(step.path, step.backing, step.backing_format, step.virtual_size)
+            return [storage.inspect(step.path)]
+        if isinstance(step, Commit):
+            storage.commit(step.top, step.base)
+            return [storage.inspect(step.base), storage.inspect(step.top)]
+        if isinstance(step, (Pull, RebaseUnsafe)):
+            if storage.inspect(step.image).backing != step.new_backing:
+                if isinstance(step, Pull):
+                    storage.pull(step.image, step.new_backing, step.new_backing_format)
+                else:
+                    storage.rebase_unsafe(step.image, step.new_backing, step.new_backing_format)
+            return [storage.inspect(step.image)]
+        if isinstance(step, DeleteFile):
+            if storage.exists(step.path):
+                storage.delete(step.path)
+            return []
+        return []
+
+    def _on_failure(self, vm: VirtualMachine, op: OperationRecord, index: int, error: StorageError) -> None:
+        step = op.steps[index]
+        if op.started_destruction or step.destructive:
+            vm.fail_operation(op.op_id, index, str(error))
+            return
+        created = [s.path for s in op.steps[:index] if isinstance(s, CreateOverlay)]
+        for path in reversed(created):
+            if self.storage.exists(path):
+                self.storage.delete(path)
+        vm.roll_back_operation(op.op_id, created, str(error))
+        self._touch(*self._release(vm.name, op, gone={p: True for p in created}))
+
+    def _finish(self, vm: VirtualMachine, op: OperationRecord) -> None:
+        at = self.clock()
+        if op.kind == "snapshot":
+            vm.record_snapshot_taken(op.op_id, at)
+        elif op.kind == "revert":
+            vm.record_reverted(op.op_id, at)
+        elif op.kind == "delete":
+            vm.record_snapshot_deleted(op.op_id, at)
+        else:
+            vm.record_images_discarded(op.op_id, at)
+        gone = {
+            s.path: isinstance(s, DeleteFile)
+            for s in op.steps
+            if isinstance(s, (DeleteFile, ReleaseImage))
+        }
+        self._touch(*self._release(vm.name, op, gone))
+
+    # ---- registrations ------------------------------------------------------------------
+
+    def _claimed(self, path: str, vm_name: str) -> ImageRegistration:
+        registration = self.registrations.get(path)
+        if registration is None:
+            registration = self.registrations[path] = ImageRegistration(path=path, vm=vm_name)
+        else:
+            registration.add_user(vm_name)
+        return registration
+
+    def _reserve(self, vm_name: str, op_id: str, steps: tuple[Step, ...]) -> list[ImageRegistration]:
+        out: dict[str, ImageRegistration] = {}
+        for step in steps:
+            if isinstance(step, CreateOverlay):
+                assert step.path not in self.registrations
+                out[step.path] = self.registrations[step.path] = ImageRegistration(
+                    path=step.path, vm=vm_name
+                )
+            elif step.destructive:
+                for path in touched_paths(step):
+                    registration = out.get(path) or self.registrations.get(path)
+                    if registration is None:
+                        registration = self.registrations[path] = ImageRegistration(path=path, vm=vm_name)
+                    registration.reserve_change(vm_name, op_id)
+                    out[path] = registration
+        return list(out.values())
+
+    def _release(self, vm_name: str, op: OperationRecord, gone: Mapping[str, bool]) -> list[ImageRegistration]:
+        out = []
+        for path in sorted({p for s in op.steps for p in touched_paths(s)} | set(gone)):
+            registration = self.registrations.get(path)
+            if registration is None:
+                continue
+            if path in gone:
+                registration.end_use(vm_name, deleted=gone[path])
+            else:
+                registration.finish_change(vm_name, op.op_id)
+            out.append(registration)
+        return out
+
+
+def expected_view(fleets: list[Fleet], position: int) -> LedgerView:
+    """The state the driver holds, as a LedgerView, to compare with a rebuilt one."""
+    view = LedgerView()
+    for fleet in fleets:
+        view.vms.update(fleet.vms)
+        view.registrations.update(fleet.registrations)
+    view.position = position
+    return view
