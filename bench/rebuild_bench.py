@@ -1,7 +1,7 @@
 """Full projection rebuild over a 1,000,000-event SQLite ledger.
 
     python bench/rebuild_bench.py [--db /tmp/snapledger-bench-1m.sqlite] [--events 1000000]
-                                  [--repeat 3] [--fresh] [--no-orjson]
+                                  [--repeat 3] [--fresh]
 
 The ledger is built once (a few minutes) and cached at --db; later runs only time the rebuild.
 It holds the project's real events: VMs (one or two disks, some over a template shared by the
@@ -26,12 +26,9 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-if "--no-orjson" in sys.argv:  # decode as where orjson is not installed (the standard json)
-    sys.modules["orjson"] = None  # type: ignore[assignment]
 
 from _driver import Fleet, expected_view  # noqa: E402
 
-from snapledger.adapters import event_store  # noqa: E402
 from snapledger.adapters.event_store import LedgerApplication  # noqa: E402
 from snapledger.projections.view import LedgerView  # noqa: E402
 
@@ -158,7 +155,6 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--fresh", action="store_true", help="rebuild the cached ledger")
-    parser.add_argument("--no-orjson", action="store_true", help="decode with the standard json")
     args = parser.parse_args()
     db = Path(args.db).resolve()
     if args.fresh:
@@ -169,11 +165,7 @@ def main() -> int:
         print("event types:", ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])))
     app = LedgerApplication(f"sqlite:///{db}")
     total = app.recorder.max_notification_id() or 0
-    uses_orjson = getattr(event_store, "orjson", None) is not None
-    print(
-        f"ledger: {db} ({total:,} events, {db.stat().st_size / 1e6:.0f} MB); "
-        f"JSON by {'orjson' if uses_orjson else 'the standard json'}"
-    )
+    print(f"ledger: {db} ({total:,} events, {db.stat().st_size / 1e6:.0f} MB)")
     rates = []
     view = LedgerView()
     for run in range(1, args.repeat + 1):
