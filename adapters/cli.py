@@ -21,6 +21,7 @@ from snapledger.projections.tree import snapshot_tree
 
 from . import output
 from .compose import open_ledger
+from .qemu_img import QemuImgStorage
 from .service import Snapledger
 from .xml_input import domain_xml, revert_overlays, snapshot_request
 
@@ -42,7 +43,9 @@ class Context:
     @property
     def ledger(self) -> Snapledger:
         if self._ledger is None:
-            self._ledger = open_ledger(self.store)
+            storage = QemuImgStorage()
+            storage.progress = output.MergeProgress()
+            self._ledger = open_ledger(self.store, storage)
         return self._ledger
 
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
@@ -207,3 +209,39 @@ def show_rows(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]])
 
 def say(text: str) -> None:
     console.print(text, markup=False, highlight=False)
+
+
+class MergeProgress:
+    """A progress bar for a block operation (commit, pull), drawn on a terminal only and only
+    once the operation has run for a second; fed with the fraction done by the storage adapter."""
+
+    def __init__(self) -> None:
+        self._bar: Progress | None = None
+        self._task: Any = None
+        self._started: float | None = None
+        self._last = 0.0
+
+    def __call__(self, fraction: float) -> None:
+        if not console.is_terminal:
+            return
+        now = time.monotonic()
+        if self._started is None or fraction < self._last:  # a new operation began
+            self.close()
+            self._started = now
+        self._last = fraction
+        if self._bar is None and now - self._started >= 1.0 and fraction < 1.0:
+            self._bar = Progress(
+                TextColumn("merging"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+                console=console, transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("merge", total=100.0)
+        if self._bar is not None:
+            self._bar.update(self._task, completed=fraction * 100.0)
+        if fraction >= 1.0:
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+        self._bar, self._started, self._last = None, None, 0.0

@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
+import select
 import signal
 import stat
 import subprocess
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -44,6 +47,18 @@ GIB = 1 << 30
 def _one_line(text: str, limit: int = 400) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+_PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+
+
+def _how(returncode: int) -> str:
+    if returncode >= 0:
+        return f"exit {returncode}"
+    try:
+        return f"killed by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"killed by signal {-returncode}"
 
 
 def _limits(cpu_seconds: int, address_space: int) -> Callable[[], None]:
@@ -87,6 +102,8 @@ class QemuImgStorage:
         self.probe_address_space = probe_address_space
         self.max_chain = max_chain
         self.file_mode = file_mode
+        # Told the fraction done of a running merge (the CLI draws a progress bar with it).
+        self.progress: Callable[[float], None] | None = None
 
     # ---- the storage port ------------------------------------------------------------
 
@@ -154,7 +171,7 @@ class QemuImgStorage:
         if len(chain) < 2 or chain[1][0] != base:
             raise StorageError(f"{base} is not the backing file of {top}")
         self._run(
-            "commit", top, ["-q", "-d", "-f", chain[0][1]["format"], "-b", base, top], merge=True
+            "commit", top, ["-d", "-f", chain[0][1]["format"], "-b", base, top], merge=True
         )
 
     def pull(self, image: str, new_backing: str | None, new_backing_format: str | None) -> None:
@@ -169,7 +186,7 @@ class QemuImgStorage:
             if new_backing_format is None or new_backing_format != recorded:
                 raise StorageError(f"{new_backing} is {recorded}, not {new_backing_format}")
             args = ["-b", new_backing, "-F", new_backing_format]
-        self._run("rebase", image, ["-q", "-f", chain[0][1]["format"], *args, image], merge=True)
+        self._run("rebase", image, ["-f", chain[0][1]["format"], *args, image], merge=True)
 
     def rebase_unsafe(
         self, image: str, new_backing: str | None, new_backing_format: str | None
@@ -265,6 +282,8 @@ class QemuImgStorage:
     ) -> str:
         argv = [self.qemu_img, command, *args]
         timeout = self.merge_timeout if merge else self.timeout
+        if merge:
+            return self._run_merge(command, path, argv, timeout)
         preexec = _limits(self.probe_cpu_seconds, self.probe_address_space) if limited else None
         try:
             done = subprocess.run(
@@ -283,16 +302,46 @@ class QemuImgStorage:
         except OSError as error:
             raise StorageError(f"qemu-img {command} {path}: can't run {self.qemu_img}: {error.strerror}") from None
         if done.returncode != 0:
-            if done.returncode < 0:
-                try:
-                    how = f"killed by {signal.Signals(-done.returncode).name}"
-                except ValueError:
-                    how = f"killed by signal {-done.returncode}"
-            else:
-                how = f"exit {done.returncode}"
             detail = _one_line(done.stderr) or "no message"
-            raise StorageError(f"qemu-img {command} {path} failed ({how}): {detail}")
+            raise StorageError(f"qemu-img {command} {path} failed ({_how(done.returncode)}): {detail}")
         return done.stdout
+
+    def _run_merge(self, command: str, path: str, argv: list[str], timeout: float) -> str:
+        """A long block operation: qemu-img's own progress (`-p`: "(12.50/100%)" lines ended by
+        a carriage return) is passed to `self.progress` as it comes."""
+        argv = [*argv[:2], "-p", *argv[2:]]
+        deadline = time.monotonic() + timeout
+        try:
+            child = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        except OSError as error:
+            raise StorageError(f"qemu-img {command} {path}: can't run {self.qemu_img}: {error.strerror}") from None
+        assert child.stdout is not None and child.stderr is not None
+        pending = b""
+        with child:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    child.kill()
+                    raise StorageError(f"qemu-img {command} {path}: timed out after {timeout:g} s")
+                ready, _, _ = select.select([child.stdout], [], [], min(left, 1.0))
+                if not ready:
+                    continue
+                chunk = os.read(child.stdout.fileno(), 4096)
+                if not chunk:
+                    break
+                pending += chunk
+                *done_parts, pending = re.split(rb"[\r\n]", pending)
+                for part in done_parts:
+                    match = _PROGRESS.search(part)
+                    if match and self.progress is not None:
+                        self.progress(float(match.group(1)) / 100.0)
+            stderr = child.stderr.read().decode(errors="replace")
+            code = child.wait(max(deadline - time.monotonic(), 1.0))
+        if code != 0:
+            raise StorageError(f"qemu-img {command} {path} failed ({_how(code)}): {_one_line(stderr) or 'no message'}")
+        return ""
 
     def _info(self, path: str, fmt: str | None) -> dict[str, Any]:
         """`qemu-img info` of one file (never opens its backing), under resource limits."""

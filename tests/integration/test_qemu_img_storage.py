@@ -491,7 +491,15 @@ def test_every_call_is_an_argument_list_with_a_timeout(
         calls.append((args, kwargs))
         return real_run(args, **kwargs)
 
+    merges: list[tuple[Any, dict[str, Any]]] = []
+    real_popen = subprocess.Popen
+
+    def spy_popen(args: Any, **kwargs: Any) -> Any:
+        merges.append((args, kwargs))
+        return real_popen(args, **kwargs)
+
     monkeypatch.setattr(subprocess, "run", spy)
+    monkeypatch.setattr(subprocess, "Popen", spy_popen)
     storage = QemuImgStorage(timeout=17, merge_timeout=99)
     base, mid, top = chain
     storage.inspect_chain(top)
@@ -499,13 +507,28 @@ def test_every_call_is_an_argument_list_with_a_timeout(
     storage.commit(str(tmp_path / "new"), top)
     storage.pull(top, base, "qcow2")
     storage.rebase_unsafe(str(tmp_path / "new"), base, "qcow2")
-    assert {args[1] for args, _ in calls} == {"info", "map", "create", "commit", "rebase"}
+    assert {args[1] for args, _ in calls} == {"info", "map", "create", "rebase"}
     for args, kwargs in calls:
         assert isinstance(args, list) and all(isinstance(a, str) for a in args)
         assert not kwargs.get("shell")
-        expected = 99 if args[1] in ("commit",) or (args[1] == "rebase" and "-u" not in args) else 17
-        assert kwargs["timeout"] == expected
+        assert kwargs["timeout"] == 17
         assert (kwargs["preexec_fn"] is not None) == (args[1] in ("info", "map"))
+    # merges stream qemu-img's progress; their timeout is enforced while reading it
+    merges = [(a, k) for a, k in merges if a[1] in ("commit", "rebase") and "-u" not in a]
+    assert [args[1] for args, _ in merges] == ["commit", "rebase"]  # (run() uses Popen too)
+    for args, kwargs in merges:
+        assert isinstance(args, list) and all(isinstance(a, str) for a in args)
+        assert not kwargs.get("shell") and "-p" in args and "-u" not in args
+
+
+def test_merges_report_progress(chain: tuple[str, str, str]) -> None:
+    base, mid, top = chain
+    storage = QemuImgStorage()
+    seen: list[float] = []
+    storage.progress = seen.append
+    storage.commit(top, mid)
+    assert seen and all(0.0 <= f <= 1.0 for f in seen) and seen[-1] == 1.0
+    assert seen == sorted(seen)
 
 
 def fake_qemu_img(tmp_path: Path, body: str) -> str:
