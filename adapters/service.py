@@ -50,6 +50,13 @@ from .storage_port import StoragePort
 Clock = Callable[[], str]
 
 
+class DriftDuringOperation(StorageError):
+    """A file changed identity in the middle of an operation: the step is not done, the
+    operation stays open (failed) and `recover` retries once the user has put things right."""
+
+    exit_code = 3
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
@@ -260,13 +267,30 @@ class Snapledger:
                 self._finish(vm, op)
                 return
             index = op.done
+            step = op.steps[index]
             try:
-                observed = self._carry_out(op.steps[index])
+                if step.destructive:
+                    self._check_same_files(vm, touched_paths(step))
+                observed = self._carry_out(step)
             except StorageError as error:
                 self._on_failure(vm, op, index, error)
                 raise
             vm.complete_step(op.op_id, index, observed)
             self._save(vm)
+
+    def _check_same_files(self, vm: VirtualMachine, paths: Iterable[str]) -> None:
+        """Right before a destructive step: each file is still the one the ledger knows (device
+        and inode; sizes and backing may be mid-change after a crash). A file replaced behind
+        our back is never written or deleted."""
+        for path in paths:
+            record = vm.images.get(path)
+            if record is None or not self.storage.exists(path):
+                continue
+            seen = self.storage.inspect(path)
+            if (seen.device, seen.inode) != (record.facts.device, record.facts.inode):
+                finding = f"{path}: replaced (inode {record.facts.inode} -> {seen.inode})"
+                vm.record_drift([finding], self.clock())
+                raise DriftDuringOperation(f"the disk disagrees with the ledger: {finding}")
 
     def _carry_out(self, step: Step) -> list[ImageFacts]:
         """Do one storage step, or see from the disk that it was done before a crash."""

@@ -92,7 +92,7 @@ class ImageDag:
             for disk, path in vm.disks.items():
                 roots.append((path, Need("active", vm.name, disk)))
             for snap in vm.snapshots.values():
-                for disk, path in snap.disks.items():
+                for path in snap.disks.values():
                     roots.append((path, Need("frozen", vm.name, snap.name)))
             for record in vm.images.values():
                 if record.detached and vm.name != ignore_detached_of:
