@@ -293,31 +293,7 @@ class Snapledger:
                 raise DriftDuringOperation(f"the disk disagrees with the ledger: {finding}")
 
     def _carry_out(self, step: Step) -> list[ImageFacts]:
-        """Do one storage step, or see from the disk that it was done before a crash."""
-        storage = self.storage
-        if isinstance(step, CreateOverlay):
-            if storage.exists(step.path):
-                facts = storage.inspect(step.path)
-                if facts.backing != step.backing or facts.format != "qcow2":
-                    raise StorageError(f"{step.path} exists and is not the overlay this operation made")
-            else:
-                storage.create_overlay(step.path, step.backing, step.backing_format, step.virtual_size)
-            return [storage.inspect(step.path)]
-        if isinstance(step, Commit):
-            storage.commit(step.top, step.base)
-            return [storage.inspect(step.base), storage.inspect(step.top)]
-        if isinstance(step, (Pull, RebaseUnsafe)):
-            if storage.inspect(step.image).backing != step.new_backing:
-                if isinstance(step, Pull):
-                    storage.pull(step.image, step.new_backing, step.new_backing_format)
-                else:
-                    storage.rebase_unsafe(step.image, step.new_backing, step.new_backing_format)
-            return [storage.inspect(step.image)]
-        if isinstance(step, DeleteFile):
-            if storage.exists(step.path):
-                storage.delete(step.path)
-            return []
-        return []  # ledger-only steps
+        return carry_out(self.storage, step)
 
     def _on_failure(
         self, vm: VirtualMachine, op: OperationRecord, index: int, error: StorageError
@@ -470,4 +446,32 @@ class Snapledger:
             self.refresh()
 
 
-__all__ = ["Snapledger", "utc_now"]
+def carry_out(storage: StoragePort, step: Step) -> list[ImageFacts]:
+    """Do one storage step, or see from the disk that it was done before a crash; return the
+    facts of the files it changed, as observed afterwards."""
+    if isinstance(step, CreateOverlay):
+        if storage.exists(step.path):
+            facts = storage.inspect(step.path)
+            if facts.backing != step.backing or facts.format != "qcow2":
+                raise StorageError(f"{step.path} exists and is not the overlay this operation made")
+        else:
+            storage.create_overlay(step.path, step.backing, step.backing_format, step.virtual_size)
+        return [storage.inspect(step.path)]
+    if isinstance(step, Commit):
+        storage.commit(step.top, step.base)
+        return [storage.inspect(step.base), storage.inspect(step.top)]
+    if isinstance(step, (Pull, RebaseUnsafe)):
+        if storage.inspect(step.image).backing != step.new_backing:
+            if isinstance(step, Pull):
+                storage.pull(step.image, step.new_backing, step.new_backing_format)
+            else:
+                storage.rebase_unsafe(step.image, step.new_backing, step.new_backing_format)
+        return [storage.inspect(step.image)]
+    if isinstance(step, DeleteFile):
+        if storage.exists(step.path):
+            storage.delete(step.path)
+        return []
+    return []  # ledger-only steps
+
+
+__all__ = ["Snapledger", "carry_out", "utc_now"]

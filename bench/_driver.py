@@ -19,17 +19,15 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from snapledger.adapters.service import carry_out
 from snapledger.adapters.simulated_storage import CLUSTER, SimulatedStorage
 from snapledger.domain.errors import BranchPointRefused, StorageError, StrategyNotAllowed
 from snapledger.domain.image_registry import ImageRegistration
 from snapledger.domain.images import ImageFacts, Origin
 from snapledger.domain.steps import (
-    Commit,
     CreateOverlay,
     DeleteFile,
     Plan,
-    Pull,
-    RebaseUnsafe,
     ReleaseImage,
     Step,
     touched_paths,
@@ -208,26 +206,7 @@ class Fleet:
             vm.complete_step(op.op_id, index, observed)
 
     def _carry_out(self, step: Step) -> list[ImageFacts]:
-        storage = self.storage
-        if isinstance(step, CreateOverlay):
-            if not storage.exists(step.path):
-                storage.create_overlay(step.path, step.backing, step.backing_format, step.virtual_size)
-            return [storage.inspect(step.path)]
-        if isinstance(step, Commit):
-            storage.commit(step.top, step.base)
-            return [storage.inspect(step.base), storage.inspect(step.top)]
-        if isinstance(step, (Pull, RebaseUnsafe)):
-            if storage.inspect(step.image).backing != step.new_backing:
-                if isinstance(step, Pull):
-                    storage.pull(step.image, step.new_backing, step.new_backing_format)
-                else:
-                    storage.rebase_unsafe(step.image, step.new_backing, step.new_backing_format)
-            return [storage.inspect(step.image)]
-        if isinstance(step, DeleteFile):
-            if storage.exists(step.path):
-                storage.delete(step.path)
-            return []
-        return []
+        return carry_out(self.storage, step)
 
     def _on_failure(self, vm: VirtualMachine, op: OperationRecord, index: int, error: StorageError) -> None:
         step = op.steps[index]
