@@ -34,7 +34,6 @@ from snapledger.domain.steps import (
     Plan,
     Pull,
     RebaseUnsafe,
-    ReleaseImage,
     SetActive,
     Step,
     touched_paths,
@@ -313,18 +312,8 @@ class Snapledger:
         self._save(vm, *registrations)
 
     def _finish(self, vm: VirtualMachine, op: OperationRecord) -> None:
-        at = self.clock()
-        if op.kind == "snapshot":
-            vm.record_snapshot_taken(op.op_id, at)
-        elif op.kind == "revert":
-            vm.record_reverted(op.op_id, at)
-        elif op.kind == "delete":
-            vm.record_snapshot_deleted(op.op_id, at)
-        elif op.kind == "gc":
-            vm.record_images_discarded(op.op_id, at)
-        else:
-            raise StorageError(f"unknown operation kind {op.kind!r}")
-        gone = {s.path: isinstance(s, DeleteFile) for s in op.steps if isinstance(s, (DeleteFile, ReleaseImage))}
+        gone = vm.paths_let_go(op.op_id)
+        vm.close_operation(op.op_id, self.clock())
         self._save(vm, *self._release(vm.name, op, gone))
 
     # ---- cross-VM registrations ------------------------------------------------------

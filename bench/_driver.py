@@ -26,9 +26,7 @@ from snapledger.domain.image_registry import ImageRegistration
 from snapledger.domain.images import ImageFacts, Origin
 from snapledger.domain.steps import (
     CreateOverlay,
-    DeleteFile,
     Plan,
-    ReleaseImage,
     Step,
     touched_paths,
 )
@@ -221,20 +219,8 @@ class Fleet:
         self._touch(*self._release(vm.name, op, gone={p: True for p in created}))
 
     def _finish(self, vm: VirtualMachine, op: OperationRecord) -> None:
-        at = self.clock()
-        if op.kind == "snapshot":
-            vm.record_snapshot_taken(op.op_id, at)
-        elif op.kind == "revert":
-            vm.record_reverted(op.op_id, at)
-        elif op.kind == "delete":
-            vm.record_snapshot_deleted(op.op_id, at)
-        else:
-            vm.record_images_discarded(op.op_id, at)
-        gone = {
-            s.path: isinstance(s, DeleteFile)
-            for s in op.steps
-            if isinstance(s, (DeleteFile, ReleaseImage))
-        }
+        gone = vm.paths_let_go(op.op_id)
+        vm.close_operation(op.op_id, self.clock())
         self._touch(*self._release(vm.name, op, gone))
 
     # ---- registrations ------------------------------------------------------------------

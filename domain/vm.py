@@ -278,6 +278,28 @@ class VirtualMachine(Aggregate):
 
     # ---- closing events, one per kind -----------------------------------------------------
 
+    def close_operation(self, op_id: str, at: str) -> None:
+        """Record the closing event of the finished operation `op_id`, by its kind."""
+        kind = self._check_current_operation(op_id).kind
+        closers = {
+            "snapshot": self.record_snapshot_taken,
+            "revert": self.record_reverted,
+            "delete": self.record_snapshot_deleted,
+            "gc": self.record_images_discarded,
+        }
+        if kind not in closers:
+            raise BadInput(f"operation {op_id} has an unknown kind {kind!r}")
+        closers[kind](op_id, at)
+
+    def paths_let_go(self, op_id: str) -> dict[str, bool]:
+        """Files the operation deletes (True) or only stops tracking (False)."""
+        op = self._check_current_operation(op_id)
+        return {
+            s.path: isinstance(s, DeleteFile)
+            for s in op.steps
+            if isinstance(s, (DeleteFile, ReleaseImage))
+        }
+
     def record_snapshot_taken(self, op_id: str, at: str) -> None:
         op = self._check_finished(op_id, "snapshot")
         assert op.target is not None

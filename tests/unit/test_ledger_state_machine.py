@@ -8,6 +8,7 @@ it was taken. After every step the disk must agree with the model, whatever snap
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hypothesis import assume, event, note
@@ -105,6 +106,16 @@ class LedgerMachine(RuleBasedStateMachine):
             return Plan("delete", plan.steps)
         finally:
             self.storage.inject()
+
+    def refused_and_nothing_changed(self, command: Callable[[], object], accepted: str) -> None:
+        before = self.world()
+        try:
+            command()
+        except Refused:
+            pass
+        else:
+            raise AssertionError(accepted)
+        assert self.world() == before, "a refused command changed something"
 
     def active(self, vm: str, disk: str) -> str:
         return self.ledger.view.vms[vm].disks[disk]
@@ -355,14 +366,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def adopt_disk_of_another_vm_is_refused(self, vm: str, data: st.DataObject) -> None:
         other = f"vm{next(self.names)}"
         path = data.draw(st.sampled_from(sorted(set(self.ledger.view.vms[vm].disks.values()))))
-        before = self.world()
-        try:
-            self.ledger.adopt(other, {"vda": path})
-        except Refused:
-            pass
-        else:
-            raise AssertionError("a disk active in another VM was adopted again")
-        assert self.world() == before
+        self.refused_and_nothing_changed(
+            lambda: self.ledger.adopt(other, {"vda": path}), "a disk active in another VM was adopted"
+        )
 
     @precondition(lambda self: len(self.ledger.view.vms) < 4 and self.taken)
     @rule(target=vms, data=st.data(), content=contents)
@@ -385,14 +391,10 @@ class LedgerMachine(RuleBasedStateMachine):
         other = f"vm{next(self.names)}"
         path = f"/vms/{other}/vda.qcow2"
         self.storage.make_image(path, SIZE, {}, backing=active)
-        before = self.world()
-        try:
-            self.ledger.adopt(other, {"vda": path})
-        except Refused:
-            pass
-        else:
-            raise AssertionError("a disk backed by another VM's active image was adopted")
-        assert self.world() == before
+        self.refused_and_nothing_changed(
+            lambda: self.ledger.adopt(other, {"vda": path}),
+            "a disk backed by another VM's active image was adopted",
+        )
         self.storage.delete(path)
 
     # ---- invariants ----------------------------------------------------------------------
