@@ -19,6 +19,10 @@ Safety rules, beyond what qemu-img checks itself:
   writes into that very file through /proc/self/fd/N (Linux), so a path swapped in between can't
   redirect the write; with -u it opens nothing else (the backing was checked with `info`).
 - Loops in a backing chain are found by path and by file identity (device, inode).
+- `inspect_chain(path, within=DIRS)` checks each file of the chain, resolved, against DIRS before
+  opening it (OutsideAllowedDirs): the service confines every chain to its VM's directories.
+- A qemu-img that can't get an image lock (another process holds the image) raises ImageInUse
+  (exit 4): qemu-img did nothing, and the step can be retried.
 - `pull` is a safe `qemu-img rebase` in place: the image keeps its inode. When the new backing is
   in the image's chain, qemu-img (7.2, measured) only visits clusters allocated above it.
 """
@@ -37,8 +41,9 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from snapledger.domain.errors import StorageError
+from snapledger.domain.errors import ImageInUse, StorageError
 from snapledger.domain.images import ImageFacts
+from snapledger.domain.names import confinement, is_within
 
 FORMATS = frozenset({"qcow2", "raw"})
 GIB = 1 << 30
@@ -50,6 +55,21 @@ def _one_line(text: str, limit: int = 400) -> str:
 
 
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+# qemu's image locking: 'Failed to get "write" lock' / 'Failed to get shared "write" lock',
+# followed by 'Is another process using the image [PATH]?'
+_LOCKED = re.compile(r'Failed to get (?:shared )?"[^"]*" lock|Is another process using the image')
+_LOCKED_IMAGE = re.compile(r"Is another process using the image \[(.*?)\]\?")
+
+
+def _failure(command: str, path: str, how: str, stderr: str) -> StorageError:
+    """The error for a failed qemu-img run: ImageInUse when another process holds a lock."""
+    detail = _one_line(stderr) or "no message"
+    locked = _LOCKED.search(stderr)
+    if locked:
+        held = _LOCKED_IMAGE.search(stderr)
+        image = held.group(1) if held else path
+        return ImageInUse(f"another process still holds {image} (qemu-img {command}: {locked.group(0)})")
+    return StorageError(f"qemu-img {command} {path} failed ({how}): {detail}")
 
 
 def _how(returncode: int) -> str:
@@ -110,10 +130,15 @@ class QemuImgStorage:
     def exists(self, path: str) -> bool:
         return os.path.lexists(path)
 
+    def resolve(self, path: str) -> str:
+        return os.path.realpath(path)
+
     def inspect(self, path: str) -> ImageFacts:
         return self._inspect(path, None)
 
-    def inspect_chain(self, path: str) -> list[ImageFacts]:
+    def inspect_chain(self, path: str, within: Iterable[str] | None = None) -> list[ImageFacts]:
+        confine = confinement(self.resolve, within)
+        confine(path, None)
         chain = [self._inspect(path, None)]
         seen = {path, (chain[0].device, chain[0].inode)}
         while (backing := chain[-1].backing) is not None:
@@ -121,6 +146,7 @@ class QemuImgStorage:
                 raise StorageError(f"backing chain of {path} loops at {backing}")
             if len(chain) >= self.max_chain:
                 raise StorageError(f"backing chain of {path} is longer than {self.max_chain}")
+            confine(backing, chain[-1].path)
             facts = self._inspect(backing, chain[-1].backing_format)
             if (facts.device, facts.inode) in seen:  # the same file under another name
                 raise StorageError(f"backing chain of {path} loops at {backing}")
@@ -230,7 +256,7 @@ class QemuImgStorage:
             raise StorageError(f"{path!r} is not a normalised file path")
         if self.allowed_dirs is not None:
             real = os.path.realpath(path)
-            if not any(os.path.commonpath([real, d]) == d for d in self.allowed_dirs):
+            if not is_within(real, self.allowed_dirs):
                 raise StorageError(f"{path} (resolved {real}) is outside the allowed directories")
 
     def _check_file(self, path: str) -> os.stat_result:
@@ -302,8 +328,7 @@ class QemuImgStorage:
         except OSError as error:
             raise StorageError(f"qemu-img {command} {path}: can't run {self.qemu_img}: {error.strerror}") from None
         if done.returncode != 0:
-            detail = _one_line(done.stderr) or "no message"
-            raise StorageError(f"qemu-img {command} {path} failed ({_how(done.returncode)}): {detail}")
+            raise _failure(command, path, _how(done.returncode), done.stderr)
         return done.stdout
 
     def _run_merge(self, command: str, path: str, argv: list[str], timeout: float) -> str:
@@ -340,7 +365,7 @@ class QemuImgStorage:
             stderr = child.stderr.read().decode(errors="replace")
             code = child.wait(max(deadline - time.monotonic(), 1.0))
         if code != 0:
-            raise StorageError(f"qemu-img {command} {path} failed ({_how(code)}): {_one_line(stderr) or 'no message'}")
+            raise _failure(command, path, _how(code), stderr)
         return ""
 
     def _info(self, path: str, fmt: str | None) -> dict[str, Any]:

@@ -3,16 +3,21 @@
 Content is a map from cluster index to one pattern byte (what `qemu-io write -P` writes); a
 cluster not allocated in an image reads through its backing file, and reads 0 at the bottom.
 Faults can be injected: fail (an error the executor sees) or crash (the process dies) at the k-th
-mutating call, with merges left half done the way an interrupted qemu-img leaves them.
+mutating call, with merges left half done the way an interrupted qemu-img leaves them, or find the
+image locked by another process there (a merge or rebase that does nothing and raises ImageInUse).
+Symlinks can be simulated (`symlink`): `resolve` follows them, as realpath does.
 """
 
 from __future__ import annotations
 
 import itertools
+import posixpath
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from snapledger.domain.errors import StorageError
+from snapledger.domain.errors import ImageInUse, StorageError
 from snapledger.domain.images import ImageFacts
+from snapledger.domain.names import confinement
 
 CLUSTER = 64 * 1024
 HEADER = 192 * 1024  # what an empty qcow2 file takes on the host
@@ -41,10 +46,13 @@ class SimulatedStorage:
 
     def __init__(self) -> None:
         self.files: dict[str, SimImage] = {}
+        self.links: dict[str, str] = {}  # simulated symlinks: path -> absolute target
         self._inodes = itertools.count(1000)
         self._calls = 0
+        self._opens = 0
         self.fail_at: int | None = None
         self.crash_at: int | None = None
+        self.busy_at: int | None = None
         self.bytes_written = 0
 
     # ---- what tests and users do outside snapledger ----------------------------------
@@ -93,16 +101,39 @@ class SimulatedStorage:
         limit = self._get(path).virtual_size // CLUSTER
         return {c: v for c, v in content.items() if v and c < limit}
 
-    def inject(self, *, fail_at: int | None = None, crash_at: int | None = None) -> None:
-        """Fail or crash at the k-th mutating call from now (1 = the next one)."""
+    def symlink(self, link: str, target: str) -> None:
+        """`link` (a file or directory name) now leads to `target`."""
+        self.links[link] = target
+
+    def inject(
+        self, *, fail_at: int | None = None, crash_at: int | None = None, busy_at: int | None = None
+    ) -> None:
+        """Fail or crash at the k-th mutating call from now (1 = the next one), or find the
+        image locked at the k-th call that opens images (merges and rebases)."""
         self._calls = 0
+        self._opens = 0
         self.fail_at = fail_at
         self.crash_at = crash_at
+        self.busy_at = busy_at
 
     # ---- the storage port ------------------------------------------------------------
 
     def exists(self, path: str) -> bool:
-        return path in self.files
+        return path in self.files or self.resolve(path) in self.files
+
+    def resolve(self, path: str) -> str:
+        if not self.links:
+            return path
+        for _ in range(40):
+            parts = path.split("/")
+            for i in range(2, len(parts) + 1):
+                prefix = "/".join(parts[:i])
+                if prefix in self.links:
+                    path = posixpath.normpath(posixpath.join(self.links[prefix], *parts[i:]))
+                    break
+            else:
+                return path
+        raise StorageError(f"{path}: too many levels of symbolic links")
 
     def inspect(self, path: str) -> ImageFacts:
         image = self._get(path)
@@ -118,11 +149,14 @@ class SimulatedStorage:
             HEADER + image.allocated,
         )
 
-    def inspect_chain(self, path: str) -> list[ImageFacts]:
+    def inspect_chain(self, path: str, within: Iterable[str] | None = None) -> list[ImageFacts]:
+        confine = confinement(self.resolve, within)
+        confine(path, None)
         chain = [self.inspect(path)]
         while (backing := chain[-1].backing) is not None:
             if len(chain) > 1000:
                 raise StorageError(f"backing chain of {path} is too long or loops")
+            confine(backing, chain[-1].path)
             chain.append(self.inspect(backing))
         return chain
 
@@ -163,7 +197,7 @@ class SimulatedStorage:
     def rebase_unsafe(
         self, image: str, new_backing: str | None, new_backing_format: str | None
     ) -> None:
-        self._fault()
+        self._fault(opens_images=True)
         target = self._get(image)
         target.backing, target.backing_format = new_backing, new_backing_format
 
@@ -176,12 +210,21 @@ class SimulatedStorage:
 
     def _get(self, path: str) -> SimImage:
         try:
-            return self.files[path]
+            return self.files[path] if path in self.files else self.files[self.resolve(path)]
         except KeyError:
             raise StorageError(f"{path}: no such file") from None
 
-    def _fault(self, half_done: list[tuple[int, int]] | None = None, target: SimImage | None = None) -> None:
+    def _fault(
+        self,
+        half_done: list[tuple[int, int]] | None = None,
+        target: SimImage | None = None,
+        opens_images: bool = False,
+    ) -> None:
         self._calls += 1
+        self._opens += opens_images
+        if opens_images and self._opens == self.busy_at:
+            self.busy_at = None
+            raise ImageInUse(f"another process still holds the image (injected at call {self._calls})")
         if self._calls == self.fail_at:
             self.fail_at = None
             raise StorageError(f"injected failure at call {self._calls}")
@@ -193,7 +236,7 @@ class SimulatedStorage:
             raise SimulatedCrash(f"injected crash at call {self._calls}")
 
     def _copy(self, moves: list[tuple[int, int]], target: SimImage) -> None:
-        self._fault(moves, target)
+        self._fault(moves, target, opens_images=True)
         for cluster, value in moves:
             target.clusters[cluster] = value
         self.bytes_written += len(moves) * CLUSTER

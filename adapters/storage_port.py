@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
 from snapledger.domain.images import ImageFacts
 
 
 class StoragePort(Protocol):
+    """Failures raise StorageError; a step that could not start because another process holds
+    a lock on an image (a running VM, a qemu-img still running) raises ImageInUse and has done
+    nothing."""
+
     def exists(self, path: str) -> bool: ...
 
-    def inspect(self, path: str) -> ImageFacts:
-        """Facts about one file; StorageError if it is missing or unreadable."""
+    def resolve(self, path: str) -> str:
+        """`path` with every symlink resolved (realpath); the file need not exist."""
 
-    def inspect_chain(self, path: str) -> list[ImageFacts]:
-        """`path` first, then every backing file down to the bottom image."""
+    def inspect(self, path: str) -> ImageFacts:
+        """Facts about one file (its backing is named, never opened); StorageError if it is
+        missing or unreadable."""
+
+    def inspect_chain(self, path: str, within: Iterable[str] | None = None) -> list[ImageFacts]:
+        """`path` first, then every backing file down to the bottom image. With `within`, each
+        file, `path` included, must resolve inside one of these directories (or below one):
+        the first that does not raises OutsideAllowedDirs before it is opened."""
 
     def create_overlay(
         self, path: str, backing: str, backing_format: str, virtual_size: int

@@ -13,6 +13,7 @@ a LedgerView fold does not depend on.
 
 from __future__ import annotations
 
+import posixpath
 import random
 import uuid
 from collections.abc import Callable, Mapping
@@ -83,8 +84,9 @@ class Fleet:
 
     def adopt(self, name: str, disks: Mapping[str, str], pools: list[str] | None = None) -> VirtualMachine:
         images: dict[str, dict[str, Any]] = {}
+        allowed = sorted({posixpath.dirname(p) for p in disks.values()} | set(pools or []))
         for _target, path in sorted(disks.items()):
-            for i, facts in enumerate(self.storage.inspect_chain(path)):
+            for i, facts in enumerate(self.storage.inspect_chain(path, allowed)):
                 if facts.path in images:
                     continue
                 origin = Origin.ADOPTED if i == 0 else Origin.FOUND
@@ -153,7 +155,7 @@ class Fleet:
     def swap_disk(self, vm_name: str, disk: str, path: str) -> None:
         vm = self.prepare(vm_name)
         planners.plan_swap(self.view_of(vm), vm_name, disk, path)
-        chain = self.storage.inspect_chain(path)
+        chain = self.storage.inspect_chain(path, sorted(vm.allowed_dirs()))
         vm.swap_disk(disk, chain, self.clock())
         self._touch(vm, *(self._claimed(f.path, vm_name) for f in chain))
 

@@ -17,6 +17,7 @@ median of --repeat calls. Target: <= 20 ms per plan.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import sys
@@ -51,7 +52,7 @@ def build(snapshots: int, disks: int, seed: int) -> tuple[LedgerApplication, Fle
         target = "vd" + "abcdefgh"[i]
         paths[target] = f"/var/lib/libvirt/images/{name}/{target}.qcow2"
         storage.make_image(paths[target], 20 * GIB, {0: 2}, backing=template if i == 0 else None)
-    fleet.adopt(name, paths)
+    fleet.adopt(name, paths, pools=[os.path.dirname(template)])
     taken = 0
     names: list[str] = []
     started = time.perf_counter()

@@ -68,7 +68,8 @@ def _play_vm(fleet: Fleet, name: str, template: str | None, ops: int, budget: Bu
     if rng.random() < 0.3:
         disks["vdb"] = f"{directory}/vdb.qcow2"
         storage.make_image(disks["vdb"], 4 * GIB, {0: 0x22})
-    fleet.adopt(name, disks, pools=[f"/srv/pool/{name}"])
+    pools = [f"/srv/pool/{name}"] + ([os.path.dirname(template)] if template else [])
+    fleet.adopt(name, disks, pools=pools)
     snaps: list[str] = []
     counter = 0
     for _ in range(ops):

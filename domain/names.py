@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterable
 
-from .errors import BadName, BadPath
+from .errors import BadName, BadPath, OutsideAllowedDirs
 
 _NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+-]{0,63}")
 _DISK = re.compile(r"[a-z][a-z0-9]{0,15}")
@@ -62,3 +62,23 @@ def check_user_path(path: str, allowed_dirs: Container[str] | None = None) -> st
     if allowed_dirs is not None and posixpath.dirname(normal) not in allowed_dirs:
         raise BadPath(f"path {path!r} is outside the allowed directories of this VM")
     return normal
+
+
+def confinement(
+    resolve: Callable[[str], str], within: Iterable[str] | None
+) -> Callable[[str, str | None], None]:
+    """A check that raises OutsideAllowedDirs when a file of a chain (`below`: the image whose
+    backing it is) resolves outside `within`; with `within` None, every file passes. Storage
+    adapters call it before opening each file of a chain."""
+    confined = None if within is None else [resolve(d) for d in within]
+
+    def confine(name: str, below: str | None) -> None:
+        if confined is not None and not is_within(resolve(name), confined):
+            raise OutsideAllowedDirs(name, resolve(name), below)
+
+    return confine
+
+
+def is_within(path: str, directories: Iterable[str]) -> bool:
+    """`path` is one of `directories` or lies below one (both given resolved and normalised)."""
+    return any(posixpath.commonpath([path, d]) == d for d in directories)

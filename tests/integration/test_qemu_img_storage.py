@@ -24,7 +24,7 @@ from qemu_helpers import (
 
 from snapledger.adapters.qemu_img import QemuImgStorage
 from snapledger.adapters.storage_port import StoragePort
-from snapledger.domain.errors import StorageError
+from snapledger.domain.errors import ImageInUse, OutsideAllowedDirs, StorageError
 
 VSIZE = 16 * CLUSTER
 
@@ -268,6 +268,60 @@ def test_allowed_dirs(tmp_path: Path) -> None:
         storage.delete(template)
     assert sorted(os.listdir(inside)) == ["link.qcow2", "mine.qcow2", "over.qcow2"]
     assert os.path.exists(template)
+
+
+def test_inspect_chain_within_stops_before_a_file_outside(storage: QemuImgStorage,
+                                                          tmp_path: Path) -> None:
+    vm, pool, elsewhere = tmp_path / "vm", tmp_path / "pool", tmp_path / "elsewhere"
+    for directory in (vm, pool, elsewhere):
+        directory.mkdir()
+    template = make_image(pool / "template.qcow2", VSIZE, {0: 1})
+    disk = make_image(vm / "disk.qcow2", VSIZE, {1: 2}, backing=template)
+    assert [f.path for f in storage.inspect_chain(disk, [str(vm), str(pool)])] == [disk, template]
+    with pytest.raises(OutsideAllowedDirs) as caught:
+        storage.inspect_chain(disk, [str(vm)])
+    assert (caught.value.path, caught.value.below) == (template, disk)
+    # the file outside is never opened: a missing one is refused for where it is, not as missing
+    set_backing_unchecked(template, str(elsewhere / "missing.qcow2"), "qcow2")
+    with pytest.raises(OutsideAllowedDirs, match="missing.qcow2"):
+        storage.inspect_chain(disk, [str(vm), str(pool)])
+    # a symlinked directory inside that leads outside, and a disk that is itself such a symlink
+    (vm / "tpl").symlink_to(pool)
+    set_backing_unchecked(disk, str(vm / "tpl" / "template.qcow2"), "qcow2")
+    with pytest.raises(OutsideAllowedDirs) as caught:
+        storage.inspect_chain(disk, [str(vm)])
+    assert caught.value.resolved == template
+    (vm / "link.qcow2").symlink_to(template)
+    with pytest.raises(OutsideAllowedDirs) as caught:
+        storage.inspect_chain(str(vm / "link.qcow2"), [str(vm)])
+    assert (caught.value.resolved, caught.value.below) == (template, None)
+    assert storage.resolve(str(vm / "tpl" / "x")) == str(pool / "x")
+
+
+def test_an_image_another_process_holds_is_image_in_use(
+    storage: QemuImgStorage, chain: tuple[str, str, str]
+) -> None:
+    base, mid, top = chain
+    holder = subprocess.Popen(["qemu-io", "-f", "qcow2", "-c", "sleep 300000", mid],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120  # generous: a loaded machine starts qemu-io slowly
+        while subprocess.run(["qemu-img", "info", mid], capture_output=True,
+                             timeout=60).returncode == 0:
+            assert holder.poll() is None, "qemu-io ended before holding the lock"
+            assert time.monotonic() < deadline, "qemu-io never held the lock"
+            time.sleep(0.02)
+        before = raw_bytes(top)
+        for merge in (lambda: storage.commit(top, mid), lambda: storage.pull(top, base, "qcow2"),
+                      lambda: storage.rebase_unsafe(mid, None, None)):
+            with pytest.raises(ImageInUse, match=f"another process still holds {mid}") as caught:
+                merge()
+            assert caught.value.exit_code == 4
+        assert raw_bytes(top) == before and storage.inspect(top).backing == mid
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
+    storage.commit(top, mid)  # the lock is gone
 
 
 # ---- create_overlay ------------------------------------------------------------------------

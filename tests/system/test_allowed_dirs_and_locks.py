@@ -1,0 +1,307 @@
+"""A VM's files stay in its directories, and an image another process holds is a conflict.
+
+On real qcow2 files through the command line: a disk whose backing chain leaves the VM's
+directories (its disks' directories and its `--pool`s) is refused at adopt and at swap-disk; a
+backing pointer rewritten behind our back to a file outside is reported by verify and refuses
+every destructive operation, which never opens that file; symlinked directories are resolved
+first, so they are no way out. `recover` meeting an image still locked by another process exits
+with 4, records nothing, and succeeds once the lock is gone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_helpers import Cli
+from qemu_helpers import CLUSTER, assert_reads, make_image, set_backing_unchecked, write_clusters
+
+from snapledger.adapters.event_store import LedgerApplication
+from snapledger.adapters.qemu_img import QemuImgStorage
+from snapledger.adapters.service import Snapledger
+
+CLUSTERS = 16
+SIZE = CLUSTERS * CLUSTER
+
+
+class Layout:
+    """<tmp>/vm (the VM's disk), <tmp>/templates (a template), <tmp>/elsewhere (no VM's)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.vm = root / "vm"
+        self.templates = root / "templates"
+        self.elsewhere = root / "elsewhere"
+        for directory in (self.vm, self.templates, self.elsewhere):
+            directory.mkdir()
+        self.template = make_image(self.templates / "template.qcow2", SIZE, {0: 0x70, 7: 0x77})
+        self.stray = make_image(self.elsewhere / "stray.qcow2", SIZE, {0: 0xEE, 3: 0xEE})
+        self.cli = Cli(root)
+
+
+@pytest.fixture
+def lay(tmp_path: Path) -> Layout:
+    return Layout(tmp_path)
+
+
+def world(cli: Cli) -> tuple[list[str], dict[str, tuple[str, int]]]:
+    """The ledger's event types and every file's checksum and mtime, in every directory."""
+    files = {
+        str(p.relative_to(cli.dir)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(cli.dir.rglob("*"))
+        if p.is_file() and not p.is_symlink() and "ledger.sqlite" not in p.name
+    }
+    return [e["type"] for e in cli.json("log")], files
+
+
+def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+# ---- adopt ---------------------------------------------------------------------------------
+
+
+def test_adopt_refuses_a_template_outside_and_accepts_it_with_its_pool(lay: Layout) -> None:
+    cli = lay.cli
+    disk = make_image(lay.vm / "vda.qcow2", SIZE, {1: 0x11}, backing=lay.template)
+    refused = cli.run("adopt", "vm", "--disk", f"vda={disk}", expect=2)
+    message = one_line_error(refused)
+    assert lay.template in message and f"--pool {lay.templates}" in message, message
+    assert cli.json("log") == []  # nothing recorded
+    assert cli.json("list") == []
+
+    cli.run("adopt", "vm", "--disk", f"vda={disk}", "--pool", str(lay.templates))
+    assert cli.json("show", "vm")["disks"]["vda"]["chain"] == [disk, lay.template]
+    cli.run("snapshot", "vm", "s1")
+    cli.run("verify")
+
+
+def test_a_symlinked_directory_is_no_way_out(lay: Layout) -> None:
+    cli = lay.cli
+    (lay.vm / "tpl").symlink_to(lay.templates)  # looks like a subdirectory of the VM's
+    disk = make_image(lay.vm / "vda.qcow2", SIZE, {1: 0x11})
+    set_backing_unchecked(disk, str(lay.vm / "tpl" / "template.qcow2"), "qcow2")
+    before = world(cli)
+    refused = cli.run("adopt", "vm", "--disk", f"vda={disk}", expect=2)
+    message = one_line_error(refused)
+    assert f"resolves to {lay.template}" in message and f"--pool {lay.templates}" in message
+    # a disk that is itself a symlink to a file outside
+    (lay.vm / "link.qcow2").symlink_to(lay.stray)
+    refused = cli.run("adopt", "vm", "--disk", f"vda={lay.vm / 'link.qcow2'}", expect=2)
+    assert f"resolves to {lay.stray}" in one_line_error(refused)
+    assert world(cli) == before
+
+    # with the templates' real directory as a pool, the resolved chain is inside
+    cli.run("adopt", "vm", "--disk", f"vda={disk}", "--pool", str(lay.templates))
+    cli.run("verify")
+
+
+def test_an_overlay_the_user_names_must_not_go_through_a_symlink(lay: Layout) -> None:
+    cli = lay.cli
+    disk = make_image(lay.vm / "vda.qcow2", SIZE, {1: 0x11})
+    (lay.vm / "out").symlink_to(lay.elsewhere)
+    cli.run("adopt", "vm", "--disk", f"vda={disk}", "--pool", str(lay.vm / "out"))
+    before = world(cli)
+    for overlay in (lay.vm / "out" / "s1.qcow2", lay.elsewhere / "s1.qcow2"):
+        refused = cli.run("snapshot", "vm", "s1", "--overlay", f"vda={overlay}", expect=2)
+        one_line_error(refused)
+    assert world(cli) == before
+    assert not (lay.elsewhere / "s1.qcow2").exists()
+
+
+# ---- swap-disk -----------------------------------------------------------------------------
+
+
+def test_swap_disk_refuses_a_chain_that_leaves_the_vms_directories(lay: Layout) -> None:
+    cli = lay.cli
+    disk = make_image(lay.vm / "vda.qcow2", SIZE, {1: 0x11}, backing=lay.template)
+    cli.run("adopt", "vm", "--disk", f"vda={disk}", "--pool", str(lay.templates))
+    cli.run("snapshot", "vm", "s1")
+    over_stray = make_image(lay.vm / "new.qcow2", SIZE, {2: 0x22}, backing=lay.stray)
+    outside = make_image(lay.elsewhere / "own.qcow2", SIZE, {2: 0x22})
+    before = world(cli)
+    refused = cli.run("swap-disk", "vm", "vda", over_stray, expect=2)
+    assert lay.stray in one_line_error(refused)
+    refused = cli.run("swap-disk", "vm", "vda", outside, expect=2)
+    assert outside in one_line_error(refused)
+    assert world(cli) == before
+
+    # a new disk over the pool's template is fine
+    inside = make_image(lay.vm / "fine.qcow2", SIZE, {2: 0x22}, backing=lay.template)
+    cli.run("swap-disk", "vm", "vda", inside)
+    assert cli.json("show", "vm")["disks"]["vda"]["active"] == inside
+    cli.run("verify")
+
+
+# ---- a backing pointer rewritten behind our back -------------------------------------------
+
+
+def history(lay: Layout) -> dict[str, Any]:
+    """vda.qcow2 over the pool's template; s1 freezes vda.qcow2, s2 freezes vda.s1, the
+    present is vda.s2. Deleting s2 merges vda.s1 and vda.s2."""
+    cli = lay.cli
+    disk = make_image(lay.vm / "vda.qcow2", SIZE, {1: 0x11}, backing=lay.template)
+    cli.run("adopt", "vm", "--disk", f"vda={disk}", "--pool", str(lay.templates))
+    cli.run("snapshot", "vm", "s1")
+    write_clusters(lay.vm / "vda.s1", {2: 0x22})
+    cli.run("snapshot", "vm", "s2")
+    write_clusters(lay.vm / "vda.s2", {3: 0x33})
+    return cli.json("show", "vm")  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    "rewritten, was",
+    [
+        ("templates/template.qcow2", None),  # deep in the chain: only the merge would open it
+        ("vm/vda.s1", "vm/vda.qcow2"),  # the image the merge writes
+        ("vm/vda.s2", "vm/vda.s1"),  # the active image
+    ],
+)
+def test_a_backing_rewritten_to_point_outside_is_found_and_never_followed(
+    lay: Layout, rewritten: str, was: str | None
+) -> None:
+    cli = lay.cli
+    history(lay)
+    image = lay.root / rewritten
+    subprocess.run(
+        ["qemu-img", "rebase", "-u", "-f", "qcow2", "-b", lay.stray, "-F", "qcow2", str(image)],
+        check=True, capture_output=True, timeout=60,
+    )
+    events_before, files_before = world(cli)
+
+    found = cli.run("verify", expect=3)
+    assert f"backing file {lay.stray}" in found.stdout and "outside" in found.stdout, found.stdout
+    for strategy in ("commit", "pull"):
+        refused = cli.run("delete", "vm", "s2", "--strategy", strategy, expect=3)
+        message = one_line_error(refused)
+        assert lay.stray in message and "outside" in message, message
+    events_after, files_after = world(cli)
+    assert files_after == files_before  # no file was touched
+    recorded = {t.rsplit(".", 1)[-1] for t in events_after[len(events_before):]}
+    assert "DriftDetected" in recorded  # the finding; fresh sizes of the active image may come along
+    assert recorded <= {"DriftDetected", "ImagesObserved"}, recorded  # no operation was started
+
+    # put the pointer back: the delete goes through and every byte is where it was
+    if was is None:
+        subprocess.run(["qemu-img", "rebase", "-u", "-f", "qcow2", "-b", "", str(image)],
+                       check=True, capture_output=True, timeout=60)
+    else:
+        set_backing_unchecked(image, str(lay.root / was), "qcow2")
+    cli.run("verify")
+    cli.run("delete", "vm", "s2")
+    state = cli.json("show", "vm")
+    assert_reads(state["disks"]["vda"]["active"], {0: 0x70, 7: 0x77, 1: 0x11, 2: 0x22, 3: 0x33},
+                 CLUSTERS)
+    assert_reads(state["snapshots"][0]["disks"]["vda"], {0: 0x70, 7: 0x77, 1: 0x11}, CLUSTERS)
+    cli.run("verify")
+
+
+# ---- recover meets an image another process still holds --------------------------------------
+
+
+class Crash(BaseException):
+    """The process dies here."""
+
+
+class DiesAtTheMerge(QemuImgStorage):
+    def commit(self, top: str, base: str) -> None:
+        raise Crash("killed before the commit")
+
+
+@pytest.fixture
+def interrupted(lay: Layout) -> Layout:
+    """s2's delete (commit vda.s2 into vda.s1) recorded, then the process died before the
+    commit ran: an open operation for `recover`."""
+    history(lay)
+    ledger = Snapledger(LedgerApplication(lay.cli.env["SNAPLEDGER_STORE"]), DiesAtTheMerge())
+    with pytest.raises(Crash):
+        ledger.delete("vm", "s2", strategy="commit")
+    ledger.app.close()
+    assert [vm["operation"] for vm in lay.cli.json("list")] == ["delete"]
+    return lay
+
+
+def locked(path: Path) -> bool:
+    done = subprocess.run(["qemu-img", "info", str(path)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    return done.returncode != 0 and "lock" in done.stderr
+
+
+@pytest.fixture
+def holder() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        proc.kill()
+        proc.wait(timeout=60)
+
+
+def hold(path: Path, holders: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+    """Another process opens `path` for writing and keeps it (as a running VM or a qemu-img
+    left running by a killed snapledger does)."""
+    proc = subprocess.Popen(["qemu-io", "-f", "qcow2", "-c", "sleep 600000", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    holders.append(proc)
+    deadline = time.monotonic() + 120  # generous: a loaded machine starts qemu-io slowly
+    while not locked(path):
+        assert time.monotonic() < deadline and proc.poll() is None, "qemu-io never held the lock"
+        time.sleep(0.02)
+    return proc
+
+
+def test_recover_waits_for_a_process_that_still_holds_an_image(
+    interrupted: Layout, holder: list[subprocess.Popen[bytes]]
+) -> None:
+    lay = interrupted
+    cli = lay.cli
+    proc = hold(lay.vm / "vda.s1", holder)  # the commit's target
+    before = world(cli)
+    for _ in range(2):  # as often as it is tried
+        refused = cli.run("recover", expect=4)
+        message = one_line_error(refused)
+        assert "another process still holds" in message and str(lay.vm / "vda.s1") in message
+        assert "recover" in message.split("still holds", 1)[1]
+    assert world(cli)[0] == before[0]  # nothing recorded: no OperationFailed
+    assert [vm["operation"] for vm in cli.json("list")] == ["delete"]
+    other = cli.run("snapshot", "vm", "s3", expect=4)  # the VM is still busy with the delete
+    assert "recover" in one_line_error(other)
+
+    proc.kill()
+    proc.wait(timeout=60)
+    assert "finished delete" in cli.run("recover").stdout
+    state = cli.json("show", "vm")
+    assert [s["name"] for s in state["snapshots"]] == ["s1"]
+    assert_reads(state["disks"]["vda"]["active"], {0: 0x70, 7: 0x77, 1: 0x11, 2: 0x22, 3: 0x33},
+                 CLUSTERS)
+    assert not os.path.exists(lay.vm / "vda.s2")
+    cli.run("verify")
+
+
+def test_a_delete_meeting_a_held_image_is_rolled_back(
+    lay: Layout, holder: list[subprocess.Popen[bytes]]
+) -> None:
+    """A fresh operation whose first merge can't open its image has done nothing: it is rolled
+    back at once (exit 4), and the VM stays usable."""
+    cli = lay.cli
+    history(lay)
+    proc = hold(lay.vm / "vda.s1", holder)
+    _, files_before = world(cli)
+    refused = cli.run("delete", "vm", "s2", "--strategy", "commit", expect=4)
+    assert "nothing was done" in one_line_error(refused)
+    assert world(cli)[1] == files_before
+    assert [vm["operation"] for vm in cli.json("list")] == [None]
+    types = [e["type"] for e in cli.json("log")]
+    assert types.count("VirtualMachine.OperationRolledBack") == 1
+    assert "VirtualMachine.OperationFailed" not in types
+    proc.kill()
+    proc.wait(timeout=60)
+    cli.run("delete", "vm", "s2", "--strategy", "commit")
+    cli.run("verify")

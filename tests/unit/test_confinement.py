@@ -1,0 +1,134 @@
+"""A VM's files stay in its directories (its disks' and its pools), symlinks resolved; an image
+another process holds is a conflict that records nothing. Over simulated storage."""
+
+from __future__ import annotations
+
+import pytest
+
+from snapledger.adapters.event_store import LedgerApplication
+from snapledger.adapters.service import Snapledger
+from snapledger.adapters.simulated_storage import CLUSTER, SimulatedCrash, SimulatedStorage
+from snapledger.domain.errors import BadPath, DriftFound, ImageInUse, StorageError
+
+SIZE = 16 * CLUSTER
+TEMPLATE = "/templates/t.qcow2"
+DISK = "/vms/a/vda.qcow2"
+STRAY = "/elsewhere/stray.qcow2"
+
+
+def world() -> tuple[SimulatedStorage, Snapledger]:
+    storage = SimulatedStorage()
+    storage.make_image(TEMPLATE, SIZE, {0: 0x70})
+    storage.make_image(STRAY, SIZE, {0: 0xEE})
+    storage.make_image(DISK, SIZE, {1: 0x11}, backing=TEMPLATE)
+    return storage, Snapledger(LedgerApplication("memory:"), storage)
+
+
+def positions(ledger: Snapledger) -> int:
+    return ledger.app.recorder.max_notification_id() or 0
+
+
+def with_snapshots(storage: SimulatedStorage, ledger: Snapledger) -> None:
+    ledger.adopt("a", {"vda": DISK}, pools=["/templates"])
+    for name, cluster in (("s1", 2), ("s2", 3)):
+        ledger.snapshot("a", name)
+        storage.write(ledger.vm("a").disks["vda"], cluster, 0x20 + cluster)
+
+
+def test_adopt_refuses_a_chain_outside_and_names_the_pool_to_add() -> None:
+    storage, ledger = world()
+    with pytest.raises(BadPath) as refused:
+        ledger.adopt("a", {"vda": DISK})
+    assert refused.value.exit_code == 2
+    assert TEMPLATE in str(refused.value) and "add --pool /templates" in str(refused.value)
+    assert positions(ledger) == 0
+    ledger.adopt("a", {"vda": DISK}, pools=["/templates"])
+    assert set(ledger.vm("a").images) == {DISK, TEMPLATE}
+
+
+def test_a_symlinked_directory_is_resolved_first() -> None:
+    storage, ledger = world()
+    storage.symlink("/vms/a/tpl", "/templates")
+    storage.files[DISK].backing = "/vms/a/tpl/t.qcow2"
+    with pytest.raises(BadPath, match="resolves to /templates/t.qcow2"):
+        ledger.adopt("a", {"vda": DISK})
+    assert positions(ledger) == 0
+
+
+def test_swap_disk_keeps_to_the_vms_directories() -> None:
+    storage, ledger = world()
+    ledger.adopt("a", {"vda": DISK}, pools=["/templates"])
+    storage.make_image("/vms/a/over-stray.qcow2", SIZE, {}, backing=STRAY)
+    storage.make_image("/elsewhere/own.qcow2", SIZE, {})
+    before = positions(ledger)
+    for path in ("/vms/a/over-stray.qcow2", "/elsewhere/own.qcow2"):
+        with pytest.raises(BadPath, match="outside the allowed directories of VM 'a'"):
+            ledger.swap_disk("a", "vda", path)
+    assert positions(ledger) == before
+    storage.make_image("/vms/a/fine.qcow2", SIZE, {}, backing=TEMPLATE)
+    ledger.swap_disk("a", "vda", "/vms/a/fine.qcow2")
+
+
+@pytest.mark.parametrize("rewritten", [TEMPLATE, "/vms/a/vda.s1", "/vms/a/vda.s2"])
+def test_a_backing_pointing_outside_refuses_every_merge(rewritten: str) -> None:
+    storage, ledger = world()
+    with_snapshots(storage, ledger)
+    image = storage.files[rewritten]
+    image.backing, image.backing_format = STRAY, "qcow2"
+    assert any(f"backing file {STRAY} is outside" in f for f in ledger.verify("a"))
+    files = {p: (i.backing, dict(i.clusters)) for p, i in storage.files.items()}
+    for strategy in ("commit", "pull"):
+        with pytest.raises(DriftFound, match="outside the VM's allowed directories"):
+            ledger.delete("a", "s2", strategy=strategy)
+    assert {p: (i.backing, dict(i.clusters)) for p, i in storage.files.items()} == files
+    assert ledger.vm("a").operation is None and "s2" in ledger.vm("a").snapshots
+
+
+def test_recover_never_follows_a_backing_rewritten_while_the_operation_was_open() -> None:
+    storage, ledger = world()
+    with_snapshots(storage, ledger)
+    storage.inject(crash_at=1)  # dies at the commit of vda.s2 into vda.s1
+    with pytest.raises(SimulatedCrash):
+        ledger.delete("a", "s2", strategy="commit")
+    storage.inject()
+    storage.files[TEMPLATE].backing, storage.files[TEMPLATE].backing_format = STRAY, "qcow2"
+    recovering = Snapledger(ledger.app, storage)
+    with pytest.raises(StorageError) as refused:
+        recovering.recover("a")
+    assert refused.value.exit_code == 3 and STRAY in str(refused.value)
+    assert storage.files["/vms/a/vda.s1"].clusters == {2: 0x22}  # the commit did not run
+    storage.files[TEMPLATE].backing, storage.files[TEMPLATE].backing_format = None, None
+    recovering.recover("a")
+    assert storage.read_all(recovering.vm("a").disks["vda"]) == {0: 0x70, 1: 0x11, 2: 0x22, 3: 0x23}
+
+
+def test_recover_meeting_a_held_image_is_a_conflict_that_records_nothing() -> None:
+    storage, ledger = world()
+    with_snapshots(storage, ledger)
+    storage.inject(crash_at=1)
+    with pytest.raises(SimulatedCrash):
+        ledger.delete("a", "s2", strategy="commit")
+    recovering = Snapledger(ledger.app, storage)
+    before = positions(recovering)
+    storage.inject(busy_at=1)
+    with pytest.raises(ImageInUse) as busy:
+        recovering.recover("a")
+    assert busy.value.exit_code == 4 and "snapledger recover" in str(busy.value)
+    assert positions(recovering) == before
+    op = recovering.vm("a").operation
+    assert op is not None and op.failure is None and op.done == 0
+    storage.inject()
+    assert recovering.recover("a") == [f"a: finished delete {op.op_id}"]
+
+
+def test_a_fresh_delete_meeting_a_held_image_is_rolled_back() -> None:
+    storage, ledger = world()
+    with_snapshots(storage, ledger)
+    files = {p: (i.backing, dict(i.clusters)) for p, i in storage.files.items()}
+    storage.inject(busy_at=1)
+    with pytest.raises(ImageInUse, match="nothing was done"):
+        ledger.delete("a", "s2", strategy="commit")
+    storage.inject()
+    assert {p: (i.backing, dict(i.clusters)) for p, i in storage.files.items()} == files
+    assert ledger.vm("a").operation is None and "s2" in ledger.vm("a").snapshots
+    ledger.delete("a", "s2", strategy="commit")
