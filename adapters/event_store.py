@@ -11,10 +11,23 @@ from uuid import UUID
 
 from eventsourcing.application import Application
 from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import Notification
 
-from snapledger.domain.errors import BadInput
+from snapledger.domain.errors import BadInput, LedgerDamaged
+from snapledger.domain.ledger_hash import (
+    ChainFinding,
+    ChainRecord,
+    RecordedBy,
+    StoredEventRow,
+    check_chain,
+    head,
+)
+from snapledger.domain.vm import vm_id
+
+from .ledger_chain import UNKNOWN
 
 NOTIFICATION_BATCH = 20_000  # big batches keep per-query cost out of a rebuild
+CHAINED = "snapledger.adapters.ledger_chain"  # recorders that keep the hash chain
 
 
 def default_store_url() -> str:
@@ -25,7 +38,7 @@ def default_store_url() -> str:
 def persistence_env(url: str) -> dict[str, str]:
     """Map a SQLAlchemy-style store URL to eventsourcing's environment settings."""
     if url in ("memory:", "memory://"):
-        return {"PERSISTENCE_MODULE": "eventsourcing.popo"}
+        return {"PERSISTENCE_MODULE": f"{CHAINED}:ChainedPOPOFactory"}
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
         if not url.startswith("sqlite:///") or len(url) <= len("sqlite:///"):
@@ -33,7 +46,7 @@ def persistence_env(url: str) -> dict[str, str]:
         path = Path(unquote(url[len("sqlite:///") :])).absolute()
         path.parent.mkdir(parents=True, exist_ok=True)
         return {
-            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "PERSISTENCE_MODULE": f"{CHAINED}:ChainedSQLiteFactory",
             "SQLITE_DBNAME": str(path),
             "SQLITE_LOCK_TIMEOUT": "10",
         }
@@ -41,14 +54,14 @@ def persistence_env(url: str) -> dict[str, str]:
         if not parts.hostname or not parts.path.strip("/"):
             raise BadInput(f"bad store URL {url!r}: use postgresql://user@host:port/db")
         env = {
-            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "PERSISTENCE_MODULE": "snapledger.adapters.ledger_chain_postgres:ChainedPostgresFactory",
             "POSTGRES_DBNAME": unquote(parts.path.strip("/")),
             "POSTGRES_HOST": parts.hostname,
             "POSTGRES_PORT": str(parts.port or 5432),
             "POSTGRES_USER": unquote(parts.username or os.environ.get("USER", "postgres")),
         }
-        if parts.password is not None:
-            env["POSTGRES_PASSWORD"] = unquote(parts.password)
+        # No password in the URL: an empty one, so libpq falls back to ~/.pgpass or trust.
+        env["POSTGRES_PASSWORD"] = unquote(parts.password or "")
         return env
     raise BadInput(f"bad store URL {url!r}: expected sqlite://, postgresql:// or memory:")
 
@@ -58,18 +71,74 @@ class LedgerApplication(Application[UUID]):
 
     name = "snapledger"
 
-    def __init__(self, store_url: str = "memory:", env: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        store_url: str = "memory:",
+        env: dict[str, Any] | None = None,
+        recorded_by: RecordedBy = UNKNOWN,
+    ) -> None:
         self.store_url = store_url
+        self.recorded_by = recorded_by  # who/where/why, chained with every event saved
+        self.read_only = False  # a replayed history
         super().__init__(env={**persistence_env(store_url), **(env or {})})
 
-    def events_after(self, position: int) -> Iterator[tuple[DomainEventProtocol[UUID], int]]:
-        """Every event recorded after `position`, in ledger order, with its position."""
+    def save(self, *objs: Any, **kwargs: Any) -> Any:
+        if self.read_only:
+            raise BadInput("this ledger is a replay and read-only: nothing can be recorded")
+        kwargs.setdefault("recorded_by", self.recorded_by)
+        return super().save(*objs, **kwargs)
+
+    def events_after(
+        self, position: int, stop: int | None = None
+    ) -> Iterator[tuple[DomainEventProtocol[UUID], int]]:
+        """Every event recorded after `position` (and, given `stop`, at or before `stop`), in
+        ledger order, with its position."""
         while True:
             batch = self.recorder.select_notifications(
-                start=position, limit=NOTIFICATION_BATCH, inclusive_of_start=False
+                start=position, limit=NOTIFICATION_BATCH, stop=stop, inclusive_of_start=False
             )
             for notification in batch:
-                yield self.mapper.to_domain_event(notification), notification.id
+                yield self._decoded(notification), notification.id
             if len(batch) < NOTIFICATION_BATCH:
                 return
             position = batch[-1].id
+
+    def has_vm(self, name: str) -> bool:
+        return bool(self.recorder.select_events(vm_id(name), limit=1))
+
+    def _decoded(self, notification: Notification) -> DomainEventProtocol[UUID]:
+        try:
+            return self.mapper.to_domain_event(notification)
+        except Exception as error:  # any decoding failure means bytes changed under us
+            raise LedgerDamaged(
+                f"the stored event at ledger position {notification.id} can't be read "
+                f"({type(error).__name__}); run `snapledger verify`"
+            ) from None
+
+    # ---- the hash chain ----------------------------------------------------------------
+
+    def chain(self, after: int = 0, stop: int | None = None) -> list[ChainRecord]:
+        """The chain records after position `after` (up to `stop`), in ledger order."""
+        return self.recorder.select_chain(after, stop)  # type: ignore[attr-defined, no-any-return]
+
+    def stored_rows(self, after: int = 0, stop: int | None = None) -> Iterator[StoredEventRow]:
+        """The stored events as bytes, with positions: what the chain commits to."""
+        while True:
+            batch = self.recorder.select_notifications(
+                start=after, limit=NOTIFICATION_BATCH, stop=stop, inclusive_of_start=False
+            )
+            for n in batch:
+                originator = n.originator_id.hex if isinstance(n.originator_id, UUID) else str(n.originator_id)
+                yield StoredEventRow(n.id, originator, n.originator_version, n.topic, bytes(n.state))
+            if len(batch) < NOTIFICATION_BATCH:
+                return
+            after = batch[-1].id
+
+    def check_chain(self, expect_head: str | None = None) -> list[ChainFinding]:
+        return check_chain(list(self.stored_rows()), self.chain(), expect_head)
+
+    def head(self) -> tuple[int, str]:
+        """The last position and its chain hash: keep it elsewhere, give it to verify later."""
+        last = self.recorder.max_notification_id() or 0
+        records = self.chain(after=max(last - 1, 0)) if last else []
+        return head(records)

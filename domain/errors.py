@@ -31,6 +31,10 @@ class UnknownDisk(BadInput):
     pass
 
 
+class UnknownImage(BadInput):
+    """The VM holds no image at that path."""
+
+
 class DuplicateName(BadInput):
     pass
 
@@ -57,6 +61,14 @@ class DriftFound(Refused):
     pass
 
 
+class LedgerDamaged(Refused):
+    """A stored event can't be read back: the store was changed outside snapledger."""
+
+
+class TamperFound(Refused):
+    """verify found the hash chain broken, or the expected head missing."""
+
+
 class Conflict(SnapledgerError):
     """Another operation holds the VM or changed the ledger first (exit 4)."""
 
@@ -73,3 +85,21 @@ class ConcurrentUpdate(Conflict):
 
 class StorageError(SnapledgerError):
     """A storage adapter could not carry out a step (exit 1)."""
+
+
+class OutsideAllowedDirs(StorageError):
+    """A file of a backing chain resolves (symlinks followed) outside the directories it was
+    confined to. Raised before the file is opened."""
+
+    def __init__(self, path: str, resolved: str, below: str | None) -> None:
+        self.path = path  # as the chain names it
+        self.resolved = resolved  # with every symlink resolved
+        self.below = below  # the image whose backing it is (None: the top of the chain)
+        where = f" (backing file of {below})" if below is not None else ""
+        real = f", resolves to {resolved}" if resolved != path else ""
+        super().__init__(f"{path}{where}{real} is outside the allowed directories")
+
+
+class ImageInUse(OperationInProgress, StorageError):
+    """Another process (a running VM, a qemu-img still running) holds a lock on an image, so
+    qemu-img could not open it and did nothing (exit 4)."""

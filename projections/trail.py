@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import DomainEventProtocol
+
+from snapledger.domain.image_registry import ImageRegistration
+from snapledger.domain.ledger_hash import ChainRecord, RecordedBy
+from snapledger.domain.vm import VirtualMachine
 
 
 @dataclass(frozen=True)
@@ -18,18 +23,36 @@ class TrailEntry:
     image: str | None
     type: str
     summary: str
+    recorded_by: RecordedBy | None = None  # None only if the chain record is missing
+    hash: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        by = self.recorded_by
         return {
             "position": self.position,
             "time": self.time,
             "vm": self.vm,
             "image": self.image,
             "type": self.type,
-            "actor": None,  # recorded from issue 4 on
-            "host": None,
+            "actor": by.actor if by else None,
+            "host": by.host if by else None,
+            "tool_version": by.tool_version if by else None,
+            "reason": by.reason if by else None,
             "summary": self.summary,
+            "hash": self.hash,
         }
+
+
+def _event_types() -> frozenset[str]:
+    names = set()
+    for aggregate in (VirtualMachine, ImageRegistration):
+        for name, value in vars(aggregate).items():
+            if isinstance(value, type) and issubclass(value, aggregate.Event) and value is not aggregate.Event:
+                names.add(name)
+    return frozenset(names - {"Created"})
+
+
+EVENT_TYPES = _event_types()  # what `log --type` accepts
 
 
 def _summary(kind: str, data: dict[str, Any]) -> str:
@@ -45,6 +68,10 @@ def _summary(kind: str, data: dict[str, Any]) -> str:
         return f"step {data['index']} done"
     if kind in ("SnapshotTaken", "Reverted", "SnapshotDeleted"):
         return f"{kind} {data['name']}"
+    if kind == "LibvirtBound":
+        return f"libvirt domain {data['domain']} at {data['uri']}"
+    if kind == "SnapshotsImported":
+        return "imported snapshots " + ", ".join(s["name"] for s in data["snapshots"])
     if kind == "DiskSwapped":
         return f"{data['disk']}: {data['previous']} -> {data['path']}"
     if kind == "OperationFailed":
@@ -60,9 +87,14 @@ def _summary(kind: str, data: dict[str, Any]) -> str:
     return kind
 
 
-def trail(events: Iterable[tuple[DomainEventProtocol[UUID], int]]) -> list[TrailEntry]:
-    """Entries for `events` (with their positions), read from the events alone."""
-    names: dict[UUID, tuple[str | None, str | None]] = {}  # aggregate id -> (vm, image)
+def trail(
+    events: Iterable[tuple[DomainEventProtocol[UUID], int]],
+    chain: Mapping[int, ChainRecord] | None = None,
+    names: dict[UUID, tuple[str | None, str | None]] | None = None,
+) -> list[TrailEntry]:
+    """Entries for `events` (with their positions), with who/where/why from their chain records."""
+    chain = chain or {}
+    names = {} if names is None else names  # aggregate id -> (vm, image); grows as it reads
     entries = []
     for event, position in events:
         data = dict(vars(event))
@@ -77,11 +109,43 @@ def trail(events: Iterable[tuple[DomainEventProtocol[UUID], int]]) -> list[Trail
         entries.append(
             TrailEntry(
                 position,
-                data["timestamp"].isoformat(),  # every stored event has one
+                trail_time(data["timestamp"]),
                 vm or data.get("vm"),
                 image,
                 qualname,
                 _summary(kind, data),
+                chain[position].recorded_by if position in chain else None,
+                chain[position].hash if position in chain else None,
             )
         )
     return entries
+
+
+def trail_time(when: datetime) -> str:
+    """UTC, always with microseconds: the text sorts as the times do (the trail index relies on it)."""
+    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return when.isoformat(timespec="microseconds")
+
+
+def select(
+    entries: Iterable[TrailEntry],
+    vm: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    types: Collection[str] = (),
+) -> list[TrailEntry]:
+    """The entries of `vm` (or all), recorded in [since, until], of one of `types` (short names
+    like `SnapshotTaken` or full ones like `VirtualMachine.SnapshotTaken`)."""
+    chosen = []
+    for entry in entries:
+        if vm is not None and entry.vm != vm:
+            continue
+        if types and entry.type not in types and entry.type.rpartition(".")[2] not in types:
+            continue
+        if since is not None or until is not None:
+            when = datetime.fromisoformat(entry.time)
+            when = when.replace(tzinfo=UTC) if when.tzinfo is None else when
+            if (since is not None and when < since) or (until is not None and when > until):
+                continue
+        chosen.append(entry)
+    return chosen

@@ -1,0 +1,139 @@
+"""Recorders that write the hash chain beside the stored events, in the same transaction.
+
+eventsourcing's application recorders are extended, not replaced: after the library inserts the
+events (and knows their positions), the chain records for them are inserted in the same
+transaction, continuing from the last record. Writers are serialised by the store (SQLite's write
+lock; PostgreSQL's table lock, taken by the library before inserting), so "the record before" is
+well defined. `Application.save(..., recorded_by=RecordedBy(...))` passes who/where/why down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.popo import POPOApplicationRecorder, POPOFactory
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteFactory
+
+from snapledger.domain.ledger_hash import (
+    GENESIS,
+    ChainRecord,
+    RecordedBy,
+    StoredEventRow,
+    chain_records,
+)
+
+CHAIN_TABLE = "snapledger_chain"
+UNKNOWN = RecordedBy(actor="unknown", host="unknown", tool_version="unknown")
+
+
+def _recorded_by(stored_events: Sequence[StoredEvent], kwargs: dict[str, Any]) -> list[RecordedBy]:
+    """One RecordedBy per event: `recorded_by` is one for the whole save, or one per event
+    (replay keeps each event's original context)."""
+    given = kwargs.get("recorded_by") or UNKNOWN
+    if isinstance(given, RecordedBy):
+        return [given] * len(stored_events)
+    return list(given)
+
+
+def _rows(stored_events: Sequence[StoredEvent], positions: Sequence[int]) -> list[StoredEventRow]:
+    return [
+        StoredEventRow(
+            position,
+            s.originator_id.hex if hasattr(s.originator_id, "hex") else str(s.originator_id),
+            s.originator_version,
+            s.topic,
+            bytes(s.state),
+        )
+        for s, position in zip(stored_events, positions, strict=True)
+    ]
+
+
+def _records_for(
+    prev_hash: str, rows: list[StoredEventRow], contexts: list[RecordedBy]
+) -> list[ChainRecord]:
+    records: list[ChainRecord] = []
+    for row, by in zip(rows, contexts, strict=True):
+        records += chain_records(prev_hash, [row], by)
+        prev_hash = records[-1].hash
+    return records
+
+
+class ChainedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
+    def construct_create_table_statements(self) -> list[str]:
+        return [
+            *super().construct_create_table_statements(),
+            f"CREATE TABLE IF NOT EXISTS {CHAIN_TABLE} ("
+            "position INTEGER PRIMARY KEY, event_digest TEXT NOT NULL, prev_hash TEXT NOT NULL, "
+            "hash TEXT NOT NULL, actor TEXT NOT NULL, host TEXT NOT NULL, "
+            "tool_version TEXT NOT NULL, reason TEXT)",
+        ]
+
+    def _insert_events(
+        self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        positions = super()._insert_events(c, stored_events, **kwargs)
+        if not positions:
+            return positions
+        # The inserts above hold SQLite's write lock, so no other writer sits between.
+        c.execute(
+            f"SELECT hash FROM {CHAIN_TABLE} WHERE position < ? ORDER BY position DESC LIMIT 1",
+            (positions[0],),
+        )
+        found = c.fetchone()
+        prev_hash = found[0] if found else GENESIS
+        records = _records_for(
+            prev_hash, _rows(stored_events, positions), _recorded_by(stored_events, kwargs)
+        )
+        c.executemany(
+            f"INSERT INTO {CHAIN_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (r.position, r.event_digest, r.prev_hash, r.hash, r.actor, r.host, r.tool_version, r.reason)
+                for r in records
+            ],
+        )
+        return positions
+
+    def select_chain(self, after: int = 0, stop: int | None = None) -> list[ChainRecord]:
+        query = f"SELECT * FROM {CHAIN_TABLE} WHERE position > ?"
+        params: list[int] = [after]
+        if stop is not None:
+            query += " AND position <= ?"
+            params.append(stop)
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(query + " ORDER BY position", params)
+            return [ChainRecord(*tuple(row)) for row in c.fetchall()]
+
+
+class ChainedPOPOApplicationRecorder(POPOApplicationRecorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self._chain: list[ChainRecord] = []
+
+    def _insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        with self._database_lock:
+            positions = super()._insert_events(stored_events, **kwargs)
+            if positions:
+                prev_hash = self._chain[-1].hash if self._chain else GENESIS
+                self._chain += _records_for(
+                    prev_hash, _rows(stored_events, positions), _recorded_by(stored_events, kwargs)
+                )
+            return positions
+
+    def select_chain(self, after: int = 0, stop: int | None = None) -> list[ChainRecord]:
+        with self._database_lock:
+            return [
+                r for r in self._chain if r.position > after and (stop is None or r.position <= stop)
+            ]
+
+
+class ChainedSQLiteFactory(SQLiteFactory):
+    application_recorder_class = ChainedSQLiteApplicationRecorder
+
+
+class ChainedPOPOFactory(POPOFactory):
+    def application_recorder(self) -> ChainedPOPOApplicationRecorder:
+        return ChainedPOPOApplicationRecorder()

@@ -1,0 +1,78 @@
+"""The hash chain on PostgreSQL (the `postgres` extra): same records as ledger_chain.py.
+
+A module of its own so SQLite users never import psycopg.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
+from psycopg.sql import SQL, Composed, Identifier
+
+from snapledger.domain.ledger_hash import GENESIS, ChainRecord
+
+from .ledger_chain import CHAIN_TABLE, _recorded_by, _records_for, _rows
+
+
+class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._chain_table = Identifier(self.datastore.schema, CHAIN_TABLE)
+        self.sql_create_statements.append(
+            SQL(
+                "CREATE TABLE IF NOT EXISTS {} ("
+                "position bigint PRIMARY KEY, event_digest text NOT NULL, "
+                "prev_hash text NOT NULL, hash text NOT NULL, actor text NOT NULL, "
+                "host text NOT NULL, tool_version text NOT NULL, reason text)"
+            ).format(self._chain_table)
+        )
+
+    def _fetch_ids_after_insert_events(
+        self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        positions = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        if not positions:
+            return positions
+        # The library locked the events table before inserting: writers are serialised.
+        curs.execute(
+            SQL("SELECT hash FROM {} WHERE position < %s ORDER BY position DESC LIMIT 1").format(
+                self._chain_table
+            ),
+            (positions[0],),
+        )
+        found = curs.fetchone()
+        prev_hash = found["hash"] if found else GENESIS
+        records = _records_for(
+            prev_hash, _rows(stored_events, positions), _recorded_by(stored_events, kwargs)
+        )
+        curs.executemany(
+            SQL("INSERT INTO {} VALUES (%s, %s, %s, %s, %s, %s, %s, %s)").format(self._chain_table),
+            [
+                (r.position, r.event_digest, r.prev_hash, r.hash, r.actor, r.host, r.tool_version, r.reason)
+                for r in records
+            ],
+        )
+        return positions
+
+    def select_chain(self, after: int = 0, stop: int | None = None) -> list[ChainRecord]:
+        query: Composed = SQL("SELECT * FROM {} WHERE position > %s").format(self._chain_table)
+        params: list[int] = [after]
+        if stop is not None:
+            query += SQL(" AND position <= %s")
+            params.append(stop)
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(query + SQL(" ORDER BY position"), params)
+            return [
+                ChainRecord(
+                    row["position"], row["event_digest"], row["prev_hash"], row["hash"],
+                    row["actor"], row["host"], row["tool_version"], row["reason"],
+                )
+                for row in curs.fetchall()
+            ]
+
+
+class ChainedPostgresFactory(PostgresFactory):
+    application_recorder_class = ChainedPostgresApplicationRecorder

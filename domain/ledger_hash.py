@@ -1,0 +1,172 @@
+"""The ledger's hash chain: each recorded event commits to the one before it in ledger order.
+
+A chain record sits beside every stored event (same position, written in the same transaction):
+who recorded it, from which host, with which tool version and why, the digest of the stored
+event's bytes, the hash of the previous record, and its own hash over all of that. Editing,
+deleting, inserting or reordering stored events or their records breaks the chain at a position
+`check_chain` can name; truncating the tail is caught by comparing with a head kept elsewhere.
+
+Pure functions over plain values (hashlib only): the adapters read and write the rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+GENESIS = "0" * 64  # the "previous hash" of the first event
+
+
+@dataclass(frozen=True)
+class RecordedBy:
+    """Who, where and why: the context an event was recorded in (not part of the domain fact)."""
+
+    actor: str
+    host: str
+    tool_version: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredEventRow:
+    """A stored event as the store holds it: the bytes the chain commits to."""
+
+    position: int
+    originator_id: str  # hex, no dashes
+    originator_version: int
+    topic: str
+    state: bytes
+
+
+@dataclass(frozen=True)
+class ChainRecord:
+    position: int
+    event_digest: str
+    prev_hash: str
+    hash: str
+    actor: str
+    host: str
+    tool_version: str
+    reason: str | None
+
+    @property
+    def recorded_by(self) -> RecordedBy:
+        return RecordedBy(self.actor, self.host, self.tool_version, self.reason)
+
+
+def event_digest(originator_id: str, originator_version: int, topic: str, state: bytes) -> str:
+    head = json.dumps([originator_id, originator_version, topic]).encode()
+    return hashlib.sha256(head + b"\n" + state).hexdigest()
+
+
+def row_digest(row: StoredEventRow) -> str:
+    return event_digest(row.originator_id, row.originator_version, row.topic, row.state)
+
+
+def chain_hash(prev_hash: str, position: int, digest: str, by: RecordedBy) -> str:
+    body = json.dumps(
+        [prev_hash, position, digest, by.actor, by.host, by.tool_version, by.reason],
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def chain_records(
+    prev_hash: str, rows: Iterable[StoredEventRow], by: RecordedBy
+) -> list[ChainRecord]:
+    """The records for newly stored `rows` (in ledger order), continuing from `prev_hash`."""
+    records = []
+    for row in rows:
+        digest = row_digest(row)
+        record_hash = chain_hash(prev_hash, row.position, digest, by)
+        records.append(
+            ChainRecord(
+                row.position, digest, prev_hash, record_hash,
+                by.actor, by.host, by.tool_version, by.reason,
+            )
+        )
+        prev_hash = record_hash
+    return records
+
+
+@dataclass(frozen=True)
+class ChainFinding:
+    position: int
+    kind: str  # edited | deleted | inserted | reordered | broken | record-edited | truncated
+    detail: str
+
+    def __str__(self) -> str:
+        return f"ledger position {self.position}: {self.kind}: {self.detail}"
+
+
+def check_chain(
+    rows: Sequence[StoredEventRow],
+    records: Sequence[ChainRecord],
+    expect_head: str | None = None,
+    linked: bool = True,
+) -> list[ChainFinding]:
+    """Recompute the chain over `rows` (stored events) and `records` (chain records), both in
+    position order; name each position where they disagree. `linked=False` checks each record
+    on its own (a one-VM export holds every record but not the links between them)."""
+    findings: list[ChainFinding] = []
+    by_position = {r.position: r for r in records}
+    digests = {row.position: row_digest(row) for row in rows}
+    recorded_at = {r.event_digest: r.position for r in records}
+    event_positions = set(digests)
+
+    for record in records:
+        if record.position not in event_positions:
+            findings.append(ChainFinding(
+                record.position, "deleted", "the chain records an event the store no longer has"
+            ))
+    for row in rows:
+        found = by_position.get(row.position)
+        digest = digests[row.position]
+        if found is None:
+            findings.append(ChainFinding(
+                row.position, "inserted", "a stored event with no chain record"
+            ))
+            continue
+        if digest != found.event_digest:
+            origin = recorded_at.get(digest)
+            if origin is not None and origin != row.position:
+                findings.append(ChainFinding(
+                    row.position, "reordered", f"this event was recorded at position {origin}"
+                ))
+            else:
+                findings.append(ChainFinding(
+                    row.position, "edited", "the stored event's bytes differ from what was recorded"
+                ))
+        elif chain_hash(found.prev_hash, found.position, found.event_digest, found.recorded_by) != found.hash:
+            findings.append(ChainFinding(
+                row.position, "record-edited", "the chain record (who/where/why or hash) was changed"
+            ))
+
+    prev = GENESIS
+    for record in records if linked else ():
+        if record.prev_hash != prev:
+            findings.append(ChainFinding(
+                record.position, "broken",
+                "does not follow the record before it: events were deleted, inserted or rewritten",
+            ))
+        prev = record.hash
+
+    if expect_head is not None:
+        heads = {r.hash: r.position for r in records}
+        if expect_head not in heads:
+            last = records[-1].position if records else 0
+            findings.append(ChainFinding(
+                last, "truncated",
+                f"the expected head {expect_head[:16]}… is not in the chain: "
+                "events after it were removed or the ledger was rewritten",
+            ))
+    return sorted(findings, key=lambda f: (f.position, f.kind))
+
+
+def head(records: Sequence[ChainRecord]) -> tuple[int, str]:
+    """The position and hash of the last record (0 and GENESIS for an empty ledger)."""
+    if not records:
+        return 0, GENESIS
+    return records[-1].position, records[-1].hash

@@ -1,0 +1,99 @@
+"""The hash chain's checker on plain rows: every kind of tampering is named at its position."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from snapledger.domain.ledger_hash import (
+    ChainRecord,
+    RecordedBy,
+    StoredEventRow,
+    chain_records,
+    check_chain,
+    head,
+)
+
+BY = RecordedBy("alice", "host1", "1.0", None)
+
+
+def ledger(n: int) -> tuple[list[StoredEventRow], list[ChainRecord]]:
+    rows = [
+        StoredEventRow(p, f"{p % 3:032x}", p, "snapledger.domain.vm:VirtualMachine.SnapshotTaken", f'{{"n":{p}}}'.encode())
+        for p in range(1, n + 1)
+    ]
+    records: list[ChainRecord] = []
+    for row in rows:  # saved one at a time, each continuing from the last record
+        records += chain_records(head(records)[1], [row], BY)
+    return rows, records
+
+
+sizes = st.integers(min_value=3, max_value=30)
+
+
+@given(sizes)
+def test_an_untouched_chain_is_clean_and_heads_agree(n: int) -> None:
+    rows, records = ledger(n)
+    assert check_chain(rows, records) == []
+    assert check_chain(rows, records, expect_head=records[-1].hash) == []
+    assert check_chain(rows, records, expect_head=records[0].hash) == []  # the ledger grew since
+    one_go = chain_records(head([])[1], rows, BY)  # one save of many events gives the same chain
+    assert one_go == records
+
+
+@given(sizes, st.data())
+def test_an_edited_event_is_named(n: int, data: st.DataObject) -> None:
+    rows, records = ledger(n)
+    i = data.draw(st.integers(0, n - 1))
+    rows[i] = replace(rows[i], state=rows[i].state + b" ")
+    assert [(f.position, f.kind) for f in check_chain(rows, records)] == [(i + 1, "edited")]
+
+
+@given(sizes, st.data())
+def test_a_deleted_event_is_named(n: int, data: st.DataObject) -> None:
+    rows, records = ledger(n)
+    i = data.draw(st.integers(0, n - 1))
+    del rows[i]
+    assert [(f.position, f.kind) for f in check_chain(rows, records)] == [(i + 1, "deleted")]
+    del records[i]  # and its record: the chain breaks at the next one (if any)
+    expected = [(i + 2, "broken")] if i < n - 1 else []
+    assert [(f.position, f.kind) for f in check_chain(rows, records)] == expected
+
+
+@given(sizes)
+def test_an_inserted_event_is_named(n: int) -> None:
+    rows, records = ledger(n)
+    rows.append(replace(rows[0], position=n + 1, originator_version=999))
+    assert [(f.position, f.kind) for f in check_chain(rows, records)] == [(n + 1, "inserted")]
+
+
+@given(sizes, st.data())
+def test_reordered_events_are_named(n: int, data: st.DataObject) -> None:
+    rows, records = ledger(n)
+    i, j = sorted(data.draw(st.lists(st.integers(0, n - 1), min_size=2, max_size=2, unique=True)))
+    a, b = rows[i], rows[j]
+    rows[i] = replace(b, position=a.position)
+    rows[j] = replace(a, position=b.position)
+    assert [(f.position, f.kind) for f in check_chain(rows, records)] == [
+        (i + 1, "reordered"), (j + 1, "reordered")
+    ]
+
+
+@given(sizes, st.data())
+def test_an_edited_record_is_named(n: int, data: st.DataObject) -> None:
+    rows, records = ledger(n)
+    i = data.draw(st.integers(0, n - 1))
+    records[i] = replace(records[i], actor="mallory")
+    assert [(f.position, f.kind) for f in check_chain(rows, records)] == [(i + 1, "record-edited")]
+
+
+@given(sizes, st.data())
+def test_a_rewritten_tail_is_caught_only_by_a_kept_head(n: int, data: st.DataObject) -> None:
+    rows, records = ledger(n)
+    kept = records[-1].hash
+    cut = data.draw(st.integers(1, n - 1))
+    rows, records = rows[:cut], records[:cut]
+    assert check_chain(rows, records) == []
+    assert [f.kind for f in check_chain(rows, records, expect_head=kept)] == ["truncated"]
