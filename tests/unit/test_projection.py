@@ -1,0 +1,344 @@
+"""The persisted projection on the memory store: a new process starts from the checkpoint, not
+from position 0, and what it starts from is exactly what a full replay builds, whatever
+happened to the projection (a crash before its update, damage, another version's code)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from projection_helpers import rebuilt, view_state
+
+from snapledger.adapters import event_store, projection_store
+from snapledger.adapters.event_store import LedgerApplication
+from snapledger.adapters.projection import CheckpointTranscoder, PersistedProjection
+from snapledger.adapters.projection_store import (
+    BEHIND,
+    NEEDS_FULL,
+    SAME,
+    WRITTEN,
+    MemoryProjectionStore,
+    Row,
+    Tracking,
+    Update,
+    decide,
+)
+from snapledger.adapters.service import Snapledger
+from snapledger.adapters.simulated_storage import CLUSTER, SimulatedCrash, SimulatedStorage
+from snapledger.domain.errors import StorageError
+from snapledger.domain.images import Origin
+from snapledger.projections.documents import json_text, vm_document
+
+A_DISK = "/images/a.qcow2"
+B_DISK = "/images/b.qcow2"
+EVERY = 4
+
+
+class World:
+    """One host's disks and one in-memory ledger; `process()` is a new process on both."""
+
+    def __init__(self) -> None:
+        self.storage = SimulatedStorage()
+        self.storage.make_image(A_DISK, 16 * CLUSTER, {0: 1})
+        self.app = LedgerApplication("memory:")
+        ticks = itertools.count()
+        self.clock = lambda: f"2026-01-01T00:00:00.{next(ticks):06d}+00:00"
+
+    def process(self) -> Snapledger:
+        projection = PersistedProjection(self.app, every=EVERY)
+        return Snapledger(self.app, self.storage, clock=self.clock, projection=projection)
+
+    @property
+    def store(self) -> MemoryProjectionStore:
+        store = self.process().projection.store
+        assert isinstance(store, MemoryProjectionStore)
+        return store
+
+    def last(self) -> int:
+        return self.app.recorder.max_notification_id() or 0
+
+
+def history(world: World) -> Snapledger:
+    """Two VMs sharing an image (read-only), snapshots, a revert, a delete, and an operation
+    left open by a failure mid-way (tuples of steps, reservations)."""
+    ledger = world.process()
+    ledger.adopt("a", {"vda": A_DISK})
+    for name in ("s1", "s2", "s3"):
+        ledger.snapshot("a", name)
+        world.storage.write(ledger.vm("a").disks["vda"], 1, 0x20)
+    frozen = ledger.vm("a").snapshots["s1"].disks["vda"]
+    world.storage.make_image(B_DISK, 16 * CLUSTER, {2: 2}, backing=frozen)
+    ledger.adopt("b", {"vda": B_DISK})
+    ledger.snapshot("b", "t1")
+    ledger.revert("a", "s2")
+    ledger.delete("a", "s3")
+    world.storage.inject(fail_at=1)
+    with pytest.raises(StorageError):
+        ledger.delete("a", "s2", strategy="commit")
+    world.storage.inject()
+    assert ledger.vm("a").operation is not None
+    return ledger
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def spy_reads(app: LedgerApplication, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The positions each `events_after` call starts after."""
+    starts: list[int] = []
+    real = app.events_after
+
+    def events_after(position: int, stop: int | None = None) -> Iterator[Any]:
+        starts.append(position)
+        return real(position, stop=stop)
+
+    monkeypatch.setattr(app, "events_after", events_after)
+    return starts
+
+
+def test_a_new_process_starts_from_the_checkpoint_and_gets_what_a_replay_builds(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    history(world)
+    last = world.last()
+    assert world.store.tracking is not None and world.store.tracking.position == last
+    starts = spy_reads(world.app, monkeypatch)
+    view = world.process().view
+    assert starts and min(starts) == last  # only what follows the checkpoint was read
+    assert view_state(view) == view_state(rebuilt(world.app))
+
+
+def test_the_codec_keeps_every_type(world: World) -> None:
+    history(world)
+    view = world.process().view
+    a = view.vms["a"]
+    assert a.operation is not None and isinstance(a.operation.steps, tuple)
+    assert all(isinstance(r.origin, Origin) for r in a.images.values())
+    reserved = [r for r in view.registrations.values() if r.reserved_by is not None]
+    assert reserved and all(isinstance(r.reserved_by, tuple) for r in reserved)
+    assert isinstance(a.used_paths, set)
+
+
+def test_the_transcoder_refuses_classes_outside_the_domain() -> None:
+    transcoder = CheckpointTranscoder()
+    with pytest.raises(TypeError):
+        transcoder.encode({"x": object()})
+    smuggled = b'{"_type_":"dataclass","_data_":["os:system",{}]}'
+    with pytest.raises(ValueError, match="outside"):
+        transcoder.decode(smuggled)
+    assert transcoder.decode(transcoder.encode({"_type_": 1, "_data_": (1, "a")})) == {
+        "_type_": 1, "_data_": (1, "a"),
+    }
+
+
+def test_a_save_rewrites_only_the_aggregates_that_changed(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = history(world)
+    ledger.recover("a")
+    before = {a.id: a.version for a in rebuilt(world.app).aggregates().values()}
+    ledger = world.process()
+    ledger.view  # noqa: B018 (loads)
+    written: list[set[str]] = []
+    real = world.store.commit
+
+    def commit(update: Update, docs_for: Callable[..., Any]) -> str:
+        written.append({r.originator_id for r in update.rows})
+        return real(update, docs_for)
+
+    monkeypatch.setattr(ledger.projection.store, "commit", commit)
+    ledger.snapshot("b", "t2")
+    after = rebuilt(world.app).aggregates()
+    changed = {a.id.hex for a in after.values() if before.get(a.id) != a.version}
+    assert set().union(*written) == changed  # (an archive point on the way may split the writes)
+    assert len(changed) < len(after) / 2
+
+
+def test_time_travel_starts_from_the_nearest_checkpoint(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = history(world)
+    last = world.last()
+    assert len(world.store.archives) >= 2
+    starts = spy_reads(world.app, monkeypatch)
+    for position in range(last + 1):
+        starts.clear()
+        view = ledger.view_at(position)
+        assert view_state(view) == view_state(rebuilt(world.app, position)), position
+        assert position - starts[0] < EVERY or position < min(world.store.archives)
+
+
+def test_a_crash_between_a_save_and_the_projection_update_is_caught_up(world: World) -> None:
+    history(world).recover("a")
+    before = world.store.tracking
+    ledger = Snapledger(world.app, world.storage, clock=world.clock)  # no archive point on the way
+    ledger.view  # noqa: B018 (loads)
+
+    def die(*_: object, **__: object) -> str:
+        raise SimulatedCrash("killed after the events were saved")
+
+    ledger.projection.save = die  # type: ignore[method-assign]
+    with pytest.raises(SimulatedCrash):
+        ledger.snapshot("a", "s9")
+    assert world.store.tracking == before  # the projection was not updated
+    assert before is not None and before.position < world.last()
+    view = world.process().view  # the next reader catches up...
+    assert view_state(view) == view_state(rebuilt(world.app))
+    assert "s9" in view.vms["a"].snapshots
+    tracking = world.store.tracking  # ...and saves it
+    assert tracking is not None and tracking.position == world.last()
+
+
+def damage_a_row(store: MemoryProjectionStore) -> None:
+    oid, row = next(iter(store.rows.items()))
+    store.rows[oid] = row._replace(state=row.state.replace(b'"current":', b'"current" :'))
+
+
+def drop_a_row(store: MemoryProjectionStore) -> None:
+    store.rows.pop(next(iter(store.rows)))
+
+
+def claim_a_later_position(store: MemoryProjectionStore) -> None:
+    assert store.tracking is not None
+    store.tracking = store.tracking._replace(position=store.tracking.position + 3)
+
+
+def claim_an_earlier_position(store: MemoryProjectionStore) -> None:
+    """The rows stay as they are, ahead of what the tracking row says."""
+    assert store.tracking is not None
+    store.tracking = store.tracking._replace(position=store.tracking.position - 5)
+
+
+def written_by_other_code(store: MemoryProjectionStore) -> None:
+    assert store.tracking is not None
+    store.tracking = store.tracking._replace(fingerprint="1:00000000")
+
+
+def forge_a_document(store: MemoryProjectionStore) -> None:
+    doc = store.docs["a"]
+    store.docs["a"] = doc._replace(text=doc.text.replace('"current"', '"current" '))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [damage_a_row, drop_a_row, claim_a_later_position, claim_an_earlier_position,
+     written_by_other_code, forge_a_document],
+)
+def test_a_damaged_projection_never_changes_what_the_ledger_says(
+    world: World, damage: Callable[[MemoryProjectionStore], None]
+) -> None:
+    history(world)
+    expected = {name: json_text(vm_document(rebuilt(world.app), name)) for name in ("a", "b")}
+    damage(world.store)
+    assert world.store.doc_text("a") in (None, expected["a"])  # the fast path never forges
+    view = world.process().view
+    assert view_state(view) == view_state(rebuilt(world.app))
+    ledger = world.process()
+    ledger.checkpoint()
+    tracking = world.store.tracking
+    assert tracking is not None and tracking.position == world.last()
+    assert world.store.doc_text("a") == expected["a"]
+    assert view_state(world.process().view) == view_state(rebuilt(world.app))
+
+
+def test_documents_are_what_show_prints(world: World) -> None:
+    history(world)
+    whole = rebuilt(world.app)
+    for name in whole.vms:
+        assert world.store.doc_text(name) == json_text(vm_document(whole, name))
+    world.process().snapshot("b", "t2")  # changes b only: a's document stays, b's is rewritten
+    whole = rebuilt(world.app)
+    for name in whole.vms:
+        assert world.store.doc_text(name) == json_text(vm_document(whole, name))
+    assert world.store.doc_text("nope") is None
+
+
+def test_the_position_never_moves_back() -> None:
+    fp = "1:abc"
+    update = Update(10, fp, 5, False, [], 3, 1, True, 0)
+    assert decide(None, update) == NEEDS_FULL
+    assert decide(None, update._replace(full=True)) == WRITTEN
+    assert decide(Tracking(12, fp, 3, 0), update) == BEHIND
+    assert decide(Tracking(12, fp, 3, 0), update._replace(full=True)) == BEHIND
+    assert decide(Tracking(10, fp, 3, 0), update) == SAME
+    assert decide(Tracking(7, fp, 3, 0), update) == WRITTEN
+    assert decide(Tracking(4, fp, 3, 0), update) == NEEDS_FULL  # reset below our base
+    assert decide(Tracking(12, "1:other", 3, 0), update) == NEEDS_FULL
+    assert decide(Tracking(12, "1:other", 3, 0), update._replace(full=True)) == WRITTEN
+
+
+def test_two_processes_racing_on_the_projection(world: World) -> None:
+    history(world)
+    slow = world.process()
+    slow.view  # noqa: B018 (loaded at the current position)
+    fast = world.process()
+    fast.recover("a")  # a later position, saved
+    saved = world.store.tracking
+    assert saved is not None
+    slow.view.dirty.add(next(iter(slow.view.aggregates())))
+    assert slow.projection.save(slow.view) == BEHIND  # never back
+    assert world.store.tracking == saved
+    slow.refresh()  # catches up past the other process's save, then saves over it
+    slow.snapshot("b", "t5")
+    assert view_state(world.process().view) == view_state(rebuilt(world.app))
+
+
+def test_memory_store_rows_round_trip() -> None:
+    store = MemoryProjectionStore(lambda: 3)
+    row = Row("00", 1, 1, "t", b"{}", projection_store.row_checksum("00", 1, 1, "t", b"{}"))
+    update = Update(3, "fp", -1, True, [row], 1, 0, True, 2)
+    assert store.commit(update, lambda stored, only_missing: []) == WRITTEN
+    assert store.read_current() == (3, Tracking(3, "fp", 1, 3), [row])
+    assert store.read_at(2, "fp") is None
+    assert store.read_at(3, "fp") == (3, 1, [row])
+    assert store.read_at(3, "other") is None
+
+
+# ---- the command line's fast path ----------------------------------------------------------
+
+
+def test_importing_the_command_line_stays_light() -> None:
+    """`show VM --json` answers before eventsourcing, rich or the domain are imported."""
+    heavy = ["eventsourcing", "rich", "lxml", "snapledger.domain.vm", "snapledger.adapters.output",
+             "snapledger.adapters.service", "snapledger.projections.view"]
+    code = (
+        "import sys, snapledger.adapters.cli, snapledger.adapters.projection_store;"
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite:////abs/l.sqlite", "sqlite:///rel/l.sqlite", "sqlite:///a%20b/l.sqlite",
+     "sqlite:///../up.sqlite"],
+)
+def test_the_fast_path_finds_the_file_the_store_uses(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Path, "mkdir", lambda *_, **__: None)  # persistence_env makes the folder
+    assert projection_store.sqlite_file(url) == event_store.persistence_env(url)["SQLITE_DBNAME"]
+
+
+@pytest.mark.parametrize("url", ["memory:", "postgresql://u@h/db", "sqlite:///", "sqlite://x"])
+def test_the_fast_path_leaves_other_stores_alone(url: str) -> None:
+    assert projection_store.sqlite_file(url) is None
+    assert projection_store.stored_show_text(url, "vm") is None
+
+
+@pytest.mark.parametrize("xdg", [None, "/srv/data", "relative/data"])
+def test_the_fast_path_knows_the_default_store(xdg: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    if xdg is None:
+        monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    else:
+        monkeypatch.setenv("XDG_DATA_HOME", xdg)
+    assert projection_store.default_store_url() == event_store.default_store_url()
+    assert os.environ.get("XDG_DATA_HOME") == xdg
