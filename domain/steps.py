@@ -116,6 +116,48 @@ class DetachImage:
     destructive: ClassVar[bool] = False
 
 
+@dataclass(frozen=True)
+class SwitchDisks:
+    """Hypervisor: the running `domain` starts writing to new overlays, all disks at once (one
+    atomic disk-only external snapshot without hypervisor metadata). `disks` are (target,
+    overlay) pairs; each overlay exists already and is backed by that disk's active image."""
+
+    domain: str
+    disks: tuple[tuple[str, str], ...]
+    bytes: int = 0
+    action: ClassVar[str] = "switch-disks"
+    destructive: ClassVar[bool] = False  # atomic: when it fails, nothing changed
+
+    def __post_init__(self) -> None:  # from JSON, pairs come back as lists
+        object.__setattr__(self, "disks", tuple((str(t), str(p)) for t, p in self.disks))
+
+
+@dataclass(frozen=True)
+class StopDomain:
+    """Hypervisor: the running `domain` is stopped (its memory state is lost, as at a revert)."""
+
+    domain: str
+    bytes: int = 0
+    action: ClassVar[str] = "stop-domain"
+    destructive: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class DefineDomain:
+    """Hypervisor: `domain` is (re)defined from `xml`, whose disk sources are the ledger's
+    active images. For a transient domain (`persistent` false) nothing is defined: the XML is
+    what the domain is started from."""
+
+    domain: str
+    xml: str
+    persistent: bool = True
+    bytes: int = 0
+    action: ClassVar[str] = "define-domain"
+    destructive: ClassVar[bool] = True  # a rollback would not restore the old definition
+
+
+DOMAIN_STEPS = (SwitchDisks, StopDomain, DefineDomain)
+
 Step = (
     CreateOverlay
     | Commit
@@ -126,6 +168,9 @@ Step = (
     | MoveFrozen
     | ReleaseImage
     | DetachImage
+    | SwitchDisks
+    | StopDomain
+    | DefineDomain
 )
 STEP_TYPES: dict[str, type[Step]] = {
     t.action: t
@@ -139,6 +184,9 @@ STEP_TYPES: dict[str, type[Step]] = {
         MoveFrozen,
         ReleaseImage,
         DetachImage,
+        SwitchDisks,
+        StopDomain,
+        DefineDomain,
     )
 }
 STORAGE_STEPS = (CreateOverlay, Commit, Pull, RebaseUnsafe, DeleteFile)

@@ -1,0 +1,272 @@
+"""An in-memory libvirt for the unit tests: LibvirtPort over a SimulatedStorage.
+
+Domains have a persistent definition (sources only) and, while running, live sources; the live
+XML carries each disk's <backingStore> chain as the simulated files say. Block jobs advance one
+step per `block_job` call and change the simulated files the way QEMU does (a commit drops the top
+from the chain and re-points the image above it; a pull re-points the active image). Faults:
+`fail_jobs` (a job vanishes without doing anything, as a failed job does), `down` (every call
+fails, as while libvirtd restarts), `down_after` (that many calls succeed first) and `down_on`
+(from the n-th call of one kind). Jobs go on while libvirt is down, as QEMU's do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from snapledger.adapters.libvirt_port import BlockJob, LibvirtFailure, NoSuchDomain
+from snapledger.adapters.libvirt_xml import disk_sources, domain_name, parse_snapshot
+from snapledger.adapters.simulated_storage import SimulatedCrash, SimulatedStorage
+from snapledger.adapters.xml_input import parse_secure
+
+
+@dataclass
+class FakeDomain:
+    name: str
+    sources: dict[str, str]  # the persistent definition's disk sources
+    persistent: bool = True
+    running: bool = False
+    live: dict[str, str] = field(default_factory=dict)
+    extra_disks: str = ""  # XML of disks snapledger leaves alone
+
+
+@dataclass
+class FakeJob:
+    kind: str
+    top: str
+    base: str | None
+    steps_left: int = 2
+
+
+class FakeLibvirt:
+    uri = "test:///fake"
+
+    def __init__(self, storage: SimulatedStorage) -> None:
+        self.storage = storage
+        self.domains: dict[str, FakeDomain] = {}
+        self.snapshots: dict[str, list[str]] = {}
+        self.jobs: dict[tuple[str, str], FakeJob] = {}
+        self.fail_jobs = False
+        self.down = False
+        self.down_after: int | None = None
+        self.down_on: tuple[str, int] | None = None  # (call, n): down from the n-th such call
+        self.crash_after: str | None = None  # the process dies right after this call is done
+        self.calls: list[str] = []
+
+    # ---- what a test does ------------------------------------------------------------
+
+    def add(self, name: str, sources: dict[str, str], *, running: bool = True,
+            persistent: bool = True, extra_disks: str = "") -> None:
+        self.domains[name] = FakeDomain(name, dict(sources), persistent, running,
+                                        dict(sources) if running else {}, extra_disks)
+
+    def chain(self, domain: str, disk: str) -> list[str]:
+        return [f.path for f in self.storage.inspect_chain(self.domains[domain].live[disk])]
+
+    # ---- the port --------------------------------------------------------------------
+
+    def _enter(self, what: str) -> None:
+        self.calls.append(what)
+        if self.down_after is not None:
+            self.down_after -= 1
+            if self.down_after < 0:
+                self.down, self.down_after = True, None
+        if self.down_on is not None and self.down_on[0] == what:
+            if self.calls.count(what) >= self.down_on[1]:
+                self.down, self.down_on = True, None
+        if self.down:
+            raise LibvirtFailure(f"libvirt {what}: Cannot write data: Broken pipe")
+
+    def _dom(self, name: str) -> FakeDomain:
+        if name not in self.domains:
+            raise NoSuchDomain(f"no libvirt domain named {name!r} at {self.uri}")
+        return self.domains[name]
+
+    def is_running(self, domain: str) -> bool:
+        self._enter("isActive")
+        return self._dom(domain).running
+
+    def is_persistent(self, domain: str) -> bool:
+        self._enter("isPersistent")
+        return self._dom(domain).persistent
+
+    def xml(self, domain: str, inactive: bool = False) -> str:
+        self._enter("XMLDesc")
+        dom = self._dom(domain)
+        live = dom.running and not inactive
+        sources = dom.live if live else dom.sources
+        disks = []
+        for target, path in sorted(sources.items()):
+            backing = ""
+            if live:
+                for below in reversed(self.chain(domain, target)[1:]):
+                    backing = f"<backingStore type='file'><format type='qcow2'/><source file='{below}'/>{backing}</backingStore>"
+            disks.append(
+                f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+                f"<source file='{path}'/>{backing}<target dev='{target}' bus='virtio'/></disk>"
+            )
+        ident = " id='1'" if live else ""
+        return (f"<domain type='qemu'{ident}><name>{domain}</name><memory unit='KiB'>65536</memory>"
+                f"<devices>{''.join(disks)}{dom.extra_disks}</devices></domain>")
+
+    def running_domains(self) -> list[str]:
+        self._enter("listAllDomains")
+        return sorted(n for n, d in self.domains.items() if d.running)
+
+    def snapshot_xmls(self, domain: str) -> list[str]:
+        self._enter("listAllSnapshots")
+        self._dom(domain)
+        return list(self.snapshots.get(domain, []))
+
+    def delete_snapshot_metadata(self, domain: str, name: str) -> None:
+        self._enter("snapshot delete")
+        kept = [x for x in self.snapshots.get(domain, []) if parse_snapshot(x).name != name]
+        self.snapshots[domain] = kept
+
+    def create_disk_snapshot(self, domain: str, snapshot_xml: str) -> None:
+        self._enter("snapshotCreateXML")
+        dom = self._dom(domain)
+        if not dom.running:
+            raise LibvirtFailure("libvirt snapshotCreateXML: domain is not running")
+        root = parse_secure(snapshot_xml.encode(), "snapshot")
+        moves = {}
+        for disk in root.findall("disks/disk"):
+            if disk.get("snapshot") == "external":
+                source = disk.find("source")
+                assert source is not None
+                path = str(source.get("file"))
+                name = str(disk.get("name"))
+                if self.storage.inspect(path).backing != dom.live[name]:
+                    raise LibvirtFailure(f"libvirt: {path} is not backed by {dom.live[name]}")
+                moves[name] = path
+        dom.live.update(moves)
+        if dom.persistent:
+            dom.sources.update(moves)
+        self._maybe_crash("snapshotCreateXML")
+
+    def define(self, xml: str) -> None:
+        self._enter("defineXML")
+        name = domain_name(xml)
+        assert name is not None
+        root = parse_secure(xml.encode(), "domain")
+        assert root.find(".//alias") is None and root.get("id") is None
+        if name in self.domains:
+            self.domains[name].sources = disk_sources(xml)
+            self.domains[name].persistent = True
+        else:
+            self.domains[name] = FakeDomain(name, disk_sources(xml))
+
+    def start(self, domain: str) -> None:
+        self._enter("create")
+        dom = self._dom(domain)
+        dom.running, dom.live = True, dict(dom.sources)
+
+    def create(self, xml: str) -> None:
+        self._enter("createXML")
+        name = domain_name(xml)
+        assert name is not None
+        sources = disk_sources(xml)
+        self.domains[name] = FakeDomain(name, sources, False, True, dict(sources))
+
+    def destroy(self, domain: str) -> None:
+        self._enter("destroy")
+        dom = self._dom(domain)
+        dom.running, dom.live = False, {}
+        if not dom.persistent:
+            del self.domains[domain]
+
+    def block_commit(self, domain: str, disk: str, base: str, top: str | None) -> None:
+        self._enter("blockCommit")
+        dom = self._dom(domain)
+        chain = self.chain(domain, disk)
+        top = top or chain[0]
+        if chain.index(top) + 1 >= len(chain) or chain[chain.index(top) + 1] != base:
+            raise LibvirtFailure(f"libvirt blockCommit: {base} is not below {top}")
+        kind = "active-commit" if top == dom.live[disk] else "commit"
+        self.jobs[(domain, disk)] = FakeJob(kind, top, base)
+
+    def block_pull(self, domain: str, disk: str, base: str | None) -> None:
+        self._enter("blockRebase")
+        self._dom(domain)
+        self.jobs[(domain, disk)] = FakeJob("pull", self.domains[domain].live[disk], base)
+
+    def block_job(self, domain: str, disk: str) -> BlockJob | None:
+        self._enter("blockJobInfo")
+        job = self.jobs.get((domain, disk))
+        if job is None:
+            return None
+        if self.fail_jobs:
+            del self.jobs[(domain, disk)]
+            return None
+        if job.steps_left > 0:
+            job.steps_left -= 1
+            return BlockJob(job.kind, 2 - job.steps_left - 1, 2)
+        if job.kind == "active-commit":
+            return BlockJob(job.kind, 2, 2)  # ready: waits for the pivot
+        del self.jobs[(domain, disk)]
+        self._finish(domain, disk, job)
+        return None
+
+    def _finish(self, domain: str, disk: str, job: FakeJob) -> None:
+        if job.kind == "pull":
+            fmt = self.storage.inspect(job.base).format if job.base else None
+            self.storage.pull(job.top, job.base, fmt)
+            return
+        assert job.base is not None
+        self.storage.commit(job.top, job.base)
+        chain = self.chain(domain, disk)
+        above = chain[chain.index(job.top) - 1] if chain.index(job.top) > 0 else None
+        if above is not None:
+            self.storage.rebase_unsafe(above, job.base, "qcow2")
+
+    def pivot(self, domain: str, disk: str) -> None:
+        self._enter("pivot")
+        job = self.jobs.get((domain, disk))
+        if job is None or job.kind != "active-commit" or job.steps_left > 0:
+            raise LibvirtFailure("libvirt pivot: block job 'vda' not ready for pivot yet")
+        del self.jobs[(domain, disk)]
+        assert job.base is not None
+        self.storage.commit(job.top, job.base)
+        dom = self.domains[domain]
+        dom.live[disk] = job.base
+        if dom.persistent:
+            dom.sources[disk] = job.base
+        self._maybe_crash("pivot")
+
+    def _maybe_crash(self, what: str) -> None:
+        if self.crash_after == what:
+            self.crash_after = None
+            raise SimulatedCrash(f"the process died right after {what}")
+
+    def abort_job(self, domain: str, disk: str) -> None:
+        self._enter("blockJobAbort")
+        self.jobs.pop((domain, disk), None)
+
+
+def virsh_snapshot_xml(name: str, parent: str | None, domain: str, overlays: dict[str, str],
+                       frozen: dict[str, str], created: int, description: str | None = None) -> str:
+    """libvirt's metadata of a disk-only external snapshot, as `virsh snapshot-create-as
+    --disk-only` leaves it."""
+    root = etree.Element("domainsnapshot")
+    etree.SubElement(root, "name").text = name
+    if description:
+        etree.SubElement(root, "description").text = description
+    etree.SubElement(root, "state").text = "disk-snapshot"
+    if parent:
+        etree.SubElement(etree.SubElement(root, "parent"), "name").text = parent
+    etree.SubElement(root, "creationTime").text = str(created)
+    etree.SubElement(root, "memory", snapshot="no")
+    disks = etree.SubElement(root, "disks")
+    for target, path in overlays.items():
+        disk = etree.SubElement(disks, "disk", name=target, snapshot="external", type="file")
+        etree.SubElement(disk, "source", file=path)
+    dom = etree.SubElement(root, "domain", type="qemu")
+    etree.SubElement(dom, "name").text = domain
+    devices = etree.SubElement(dom, "devices")
+    for target, path in frozen.items():
+        disk = etree.SubElement(devices, "disk", type="file", device="disk")
+        etree.SubElement(disk, "driver", name="qemu", type="qcow2")
+        etree.SubElement(disk, "source", file=path)
+        etree.SubElement(disk, "target", dev=target, bus="virtio")
+    return str(etree.tostring(root, encoding="unicode"))

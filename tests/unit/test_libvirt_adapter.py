@@ -1,0 +1,378 @@
+"""The libvirt adapter against an in-memory libvirt (tests/libvirt_fake.py): plan shaping, live
+merges routed to block jobs, job failures, libvirtd going away mid-job and `recover`, drift, and
+adopting virsh-made history. The real thing is in tests/system/test_libvirt.py."""
+
+from __future__ import annotations
+
+import pytest
+from libvirt_fake import FakeLibvirt, virsh_snapshot_xml
+
+from snapledger.adapters.event_store import LedgerApplication
+from snapledger.adapters.libvirt_hypervisor import LibvirtHypervisor, adopt_libvirt
+from snapledger.adapters.libvirt_xml import snapshot_request_xml, with_sources
+from snapledger.adapters.service import Snapledger
+from snapledger.adapters.simulated_storage import CLUSTER, SimulatedCrash, SimulatedStorage
+from snapledger.domain.errors import (
+    BadInput,
+    BranchPointRefused,
+    DriftFound,
+    OperationInProgress,
+    Refused,
+    StorageError,
+)
+
+DOM = "web"
+BASE = "/images/web.qcow2"
+VSIZE = 16 * CLUSTER
+
+
+def make(*, running: bool = True, persistent: bool = True) -> tuple[SimulatedStorage, FakeLibvirt, Snapledger]:
+    storage = SimulatedStorage()
+    storage.make_image(BASE, VSIZE, {0: 0x01})
+    fake = FakeLibvirt(storage)
+    fake.add(DOM, {"vda": BASE}, running=running, persistent=persistent)
+    hypervisor = LibvirtHypervisor(lambda uri: fake, sleep=lambda _s: None)
+    ledger = Snapledger(LedgerApplication("memory:"), storage, hypervisor=hypervisor)
+    adopt_libvirt(ledger, hypervisor, DOM, fake.uri)
+    return storage, fake, ledger
+
+
+def guest_write(storage: SimulatedStorage, fake: FakeLibvirt, cluster: int, pattern: int) -> None:
+    storage.write(fake.domains[DOM].live["vda"], cluster, pattern)
+
+
+def actions(plan: object) -> list[str]:
+    return [s.action for s in plan.steps]  # type: ignore[attr-defined]
+
+
+def test_adopt_binds_the_vm_and_records_the_definition() -> None:
+    storage, fake, ledger = make()
+    vm = ledger.vm(DOM)
+    assert vm.libvirt == {"uri": fake.uri, "domain": DOM}
+    assert vm.disks == {"vda": BASE}
+    assert vm.domain_xml is not None and "<domain" in vm.domain_xml
+    assert ledger.verify(DOM) == []
+
+
+def test_adopt_leaves_other_disks_alone_and_refuses_a_domain_without_qcow2() -> None:
+    storage = SimulatedStorage()
+    storage.make_image(BASE, VSIZE)
+    fake = FakeLibvirt(storage)
+    extra = ("<disk type='block' device='disk'><driver name='qemu' type='raw'/>"
+             "<source dev='/dev/sdb'/><target dev='vdb' bus='virtio'/></disk>"
+             "<disk type='network' device='disk'><driver name='qemu' type='raw'/>"
+             "<source protocol='rbd' name='pool/img'/><target dev='vdc' bus='virtio'/></disk>")
+    fake.add(DOM, {"vda": BASE}, extra_disks=extra)
+    fake.add("nothing", {}, extra_disks=extra)
+    hypervisor = LibvirtHypervisor(lambda uri: fake, sleep=lambda _s: None)
+    ledger = Snapledger(LedgerApplication("memory:"), storage, hypervisor=hypervisor)
+    report = adopt_libvirt(ledger, hypervisor, DOM, fake.uri)
+    assert report.disks == {"vda": BASE}
+    assert [r.split(" ")[0] for r in report.left_alone] == ["vdb", "vdc"]
+    with pytest.raises(BadInput, match="no file-backed qcow2 disk"):
+        adopt_libvirt(ledger, hypervisor, "nothing", fake.uri)
+    with pytest.raises(BadInput, match="no libvirt domain"):
+        adopt_libvirt(ledger, hypervisor, "missing", fake.uri)
+    # the snapshot leaves the other disks out
+    ledger.snapshot(DOM, "s1")
+    assert ledger.vm(DOM).disks == {"vda": "/images/web.s1"}
+
+
+def test_live_snapshot_is_one_switch_of_every_disk_before_the_ledger_moves() -> None:
+    storage, fake, ledger = make()
+    plan = ledger.snapshot(DOM, "s1")
+    assert actions(plan) == ["create-overlay", "switch-disks", "set-active"]
+    assert fake.domains[DOM].live == {"vda": "/images/web.s1"}
+    snap = ledger.vm(DOM).snapshot("s1")
+    assert snap.disks == {"vda": BASE}
+    assert snap.domain_xml is not None and "<domain" in snap.domain_xml
+    assert fake.snapshots.get(DOM, []) == []  # no libvirt metadata
+
+
+def test_a_failed_switch_rolls_the_snapshot_back() -> None:
+    storage, fake, ledger = make()
+    fake.down_after = 4  # libvirt goes away right at the switch
+    with pytest.raises(StorageError):
+        ledger.snapshot(DOM, "s1")
+    fake.down = False
+    vm = ledger.vm(DOM)
+    assert vm.operation is None and vm.disks == {"vda": BASE}
+    assert not storage.exists("/images/web.s1")
+    assert fake.domains[DOM].live == {"vda": BASE}
+
+
+def test_a_crash_after_the_switch_is_finished_by_recover() -> None:
+    storage, fake, ledger = make()
+    fake.crash_after = "snapshotCreateXML"
+    with pytest.raises(SimulatedCrash):
+        ledger.snapshot(DOM, "s1")
+    assert ledger.vm(DOM).operation is not None  # libvirt switched, the ledger did not yet
+    assert fake.domains[DOM].live == {"vda": "/images/web.s1"}
+    assert ledger.recover(DOM)
+    assert ledger.vm(DOM).disks == {"vda": "/images/web.s1"}
+    assert fake.calls.count("snapshotCreateXML") == 1  # seen as done, not done twice
+    assert ledger.verify(DOM) == []
+
+
+def test_shut_off_snapshot_redefines_the_domain() -> None:
+    storage, fake, ledger = make(running=False)
+    plan = ledger.snapshot(DOM, "s1")
+    assert actions(plan) == ["create-overlay", "set-active", "define-domain"]
+    assert fake.domains[DOM].sources == {"vda": "/images/web.s1"}
+    assert ledger.verify(DOM) == []
+
+
+def test_revert_running_stops_redefines_and_starts() -> None:
+    storage, fake, ledger = make()
+    ledger.snapshot(DOM, "s1")
+    guest_write(storage, fake, 1, 0x22)
+    plan = ledger.revert(DOM, "s1", running=True)
+    assert actions(plan) == ["stop-domain", "create-overlay", "set-active", "define-domain", "delete-file"]
+    assert fake.domains[DOM].running and fake.domains[DOM].live == {"vda": "/images/web.s1-1"}
+    assert not storage.exists("/images/web.s1")
+    assert storage.read_all("/images/web.s1-1") == {0: 0x01}
+    # not running afterwards without --running
+    ledger.revert(DOM, "s1")
+    assert not fake.domains[DOM].running
+    assert fake.domains[DOM].sources == {"vda": "/images/web.s1-2"}
+    assert ledger.verify(DOM) == []
+
+
+def test_transient_revert_needs_running_and_creates_the_domain_again() -> None:
+    storage, fake, ledger = make(persistent=False)
+    ledger.snapshot(DOM, "s1")
+    with pytest.raises(BadInput, match="transient"):
+        ledger.revert(DOM, "s1")
+    ledger.revert(DOM, "s1", running=True)
+    assert fake.domains[DOM].running and not fake.domains[DOM].persistent
+    assert fake.domains[DOM].live == {"vda": "/images/web.s1-1"}
+
+
+def test_live_active_commit_pivots_and_deletes_the_old_top() -> None:
+    storage, fake, ledger = make()
+    ledger.snapshot(DOM, "s1")
+    guest_write(storage, fake, 2, 0x22)
+    plan = ledger.delete(DOM, "s1")
+    assert actions(plan)[0] == "commit"
+    assert "pivot" in fake.calls and "blockCommit" in fake.calls
+    assert fake.domains[DOM].live == {"vda": BASE}
+    assert not storage.exists("/images/web.s1")
+    assert storage.read_all(BASE) == {0: 0x01, 2: 0x22}
+    assert ledger.verify(DOM) == []
+
+
+def test_a_pull_into_a_running_backing_file_is_refused_or_becomes_a_commit() -> None:
+    storage, fake, ledger = make()
+    for n in (1, 2, 3):
+        ledger.snapshot(DOM, f"s{n}")
+        guest_write(storage, fake, n, 0x10 * n)
+    with pytest.raises(Refused, match="libvirt pulls only into the active image"):
+        ledger.delete(DOM, "s2", strategy="pull")
+    plan = ledger.delete(DOM, "s2")  # auto: a live commit of web.s2 into web.s1
+    assert actions(plan)[:2] == ["commit", "rebase-unsafe"]
+    assert fake.chain(DOM, "vda") == ["/images/web.s3", "/images/web.s1", BASE]
+    assert storage.read_all("/images/web.s3") == {0: 0x01, 1: 0x10, 2: 0x20, 3: 0x30}
+    assert ledger.verify(DOM) == []
+
+
+def test_a_failed_block_job_deletes_nothing_and_records_the_failure() -> None:
+    storage, fake, ledger = make()
+    ledger.snapshot(DOM, "s1")
+    guest_write(storage, fake, 2, 0x22)
+    fake.fail_jobs = True
+    with pytest.raises(StorageError, match="did not finish"):
+        ledger.delete(DOM, "s1")
+    vm = ledger.vm(DOM)
+    assert vm.operation is not None and vm.operation.failure is not None
+    assert storage.exists("/images/web.s1") and fake.domains[DOM].live == {"vda": "/images/web.s1"}
+    with pytest.raises(OperationInProgress):
+        ledger.snapshot(DOM, "s2")
+    fake.fail_jobs = False
+    ledger.recover(DOM)
+    assert ledger.vm(DOM).operation is None
+    assert fake.domains[DOM].live == {"vda": BASE}
+    assert storage.read_all(BASE) == {0: 0x01, 2: 0x22}
+
+
+@pytest.mark.parametrize(
+    "down_on", [("blockCommit", 1), ("blockJobInfo", 2), ("pivot", 1)],
+    ids=["before-the-job", "mid-job", "at-the-pivot"],
+)
+def test_libvirtd_going_away_mid_job_is_reconciled_by_recover(down_on: tuple[str, int]) -> None:
+    storage, fake, ledger = make()
+    for n in (1, 2):
+        ledger.snapshot(DOM, f"s{n}")
+        guest_write(storage, fake, n, 0x10 * n)
+    fake.down_on = down_on
+    with pytest.raises(StorageError):
+        ledger.delete(DOM, "s2", strategy="commit")  # commit web.s2 (active) into web.s1
+    fake.down = False  # libvirtd is back; the job went on (or had not started)
+    assert ledger.vm(DOM).operation is not None
+    ledger.recover(DOM)
+    assert ledger.vm(DOM).operation is None
+    assert fake.domains[DOM].live == {"vda": "/images/web.s1"}
+    assert not storage.exists("/images/web.s2")
+    assert storage.read_all("/images/web.s1") == {0: 0x01, 1: 0x10, 2: 0x20}
+    assert ledger.verify(DOM) == []
+
+
+def test_recover_after_a_pivot_never_commits_again() -> None:
+    storage, fake, ledger = make()
+    ledger.snapshot(DOM, "s1")
+    guest_write(storage, fake, 2, 0x22)
+    fake.crash_after = "pivot"
+    with pytest.raises(SimulatedCrash):
+        ledger.delete(DOM, "s1")
+    assert fake.domains[DOM].live == {"vda": BASE}  # pivoted: the guest writes into the base
+    storage.write(BASE, 2, 0x99)
+    ledger.recover(DOM)  # qemu-img must not commit the old top over the guest's new data
+    assert storage.read_all(BASE) == {0: 0x01, 2: 0x99}
+    assert not storage.exists("/images/web.s1")
+    assert ledger.verify(DOM) == []
+
+
+def test_branch_point_pull_while_running() -> None:
+    storage, fake, ledger = make()
+    ledger.snapshot(DOM, "s1")
+    guest_write(storage, fake, 1, 0x11)
+    ledger.snapshot(DOM, "s2")
+    guest_write(storage, fake, 2, 0x22)
+    ledger.snapshot(DOM, "s3")
+    ledger.revert(DOM, "s2", running=True)
+    guest_write(storage, fake, 3, 0x33)
+    with pytest.raises(BranchPointRefused):
+        ledger.delete(DOM, "s2")
+    ledger.delete(DOM, "s2", branches="pull")
+    assert fake.chain(DOM, "vda") == ["/images/web.s2-1", BASE]
+    assert not storage.exists("/images/web.s1")
+    assert storage.read_all("/images/web.s2-1") == {0: 0x01, 1: 0x11, 3: 0x33}
+    assert storage.read_all("/images/web.s2") == {0: 0x01, 1: 0x11, 2: 0x22}
+
+
+def test_a_disk_changed_behind_our_back_is_drift_with_a_hint() -> None:
+    storage, fake, ledger = make(running=False)
+    storage.make_image("/images/other.qcow2", VSIZE)
+    fake.domains[DOM].sources["vda"] = "/images/other.qcow2"
+    findings = ledger.verify(DOM)
+    assert len(findings) == 1 and "swap-disk web vda /images/other.qcow2" in findings[0]
+    with pytest.raises(DriftFound):
+        ledger.snapshot(DOM, "s1")
+    ledger.swap_disk(DOM, "vda", "/images/other.qcow2")
+    assert ledger.verify(DOM) == []
+    storage.make_image("/images/mine.qcow2", VSIZE)
+    ledger.swap_disk(DOM, "vda", "/images/mine.qcow2")  # shut off: libvirt follows
+    assert fake.domains[DOM].sources == {"vda": "/images/mine.qcow2"}
+    fake.start(DOM)
+    with pytest.raises(BadInput, match="running"):
+        ledger.swap_disk(DOM, "vda", "/images/other.qcow2")
+
+
+def _virsh_history(storage: SimulatedStorage, fake: FakeLibvirt) -> None:
+    """What `virsh snapshot-create-as --disk-only` twice leaves: web.qcow2 <- web.s1 <- web.s2."""
+    storage.make_image("/images/web.s1", VSIZE, {1: 0x11}, backing=BASE)
+    storage.make_image("/images/web.s2", VSIZE, {2: 0x22}, backing="/images/web.s1")
+    fake.domains[DOM].live["vda"] = fake.domains[DOM].sources["vda"] = "/images/web.s2"
+    fake.snapshots[DOM] = [
+        virsh_snapshot_xml("s2", "s1", DOM, {"vda": "/images/web.s2"}, {"vda": "/images/web.s1"}, 200),
+        virsh_snapshot_xml("s1", None, DOM, {"vda": "/images/web.s1"}, {"vda": BASE}, 100, "first"),
+    ]
+
+
+def test_adopting_virsh_history_imports_it_and_drops_libvirts_metadata() -> None:
+    storage = SimulatedStorage()
+    storage.make_image(BASE, VSIZE, {0: 0x01})
+    fake = FakeLibvirt(storage)
+    fake.add(DOM, {"vda": BASE})
+    _virsh_history(storage, fake)
+    hypervisor = LibvirtHypervisor(lambda uri: fake, sleep=lambda _s: None)
+    ledger = Snapledger(LedgerApplication("memory:"), storage, hypervisor=hypervisor)
+    report = adopt_libvirt(ledger, hypervisor, DOM, fake.uri)
+    assert report.imported == ["s1", "s2"]
+    assert fake.snapshots[DOM] == []  # virsh can't act on it any more
+    vm = ledger.vm(DOM)
+    assert vm.current == "s2"
+    assert vm.snapshot("s1").disks == {"vda": BASE} and vm.snapshot("s1").description == "first"
+    assert vm.snapshot("s2").parent == "s1" and vm.snapshot("s2").disks == {"vda": "/images/web.s1"}
+    origins = {p: r.origin.value for p, r in vm.images.items()}
+    assert origins == {BASE: "adopted", "/images/web.s1": "managed", "/images/web.s2": "managed"}
+    # s2's frozen image and its only child are both managed: either merge is allowed
+    plan = ledger.delete(DOM, "s2", strategy="pull")
+    assert actions(plan)[0] == "pull"
+    assert fake.chain(DOM, "vda") == ["/images/web.s2", BASE]
+    assert ledger.verify(DOM) == []
+
+
+def test_adopting_virsh_history_keeping_metadata_removes_it_per_deleted_snapshot() -> None:
+    storage = SimulatedStorage()
+    storage.make_image(BASE, VSIZE, {0: 0x01})
+    fake = FakeLibvirt(storage)
+    fake.add(DOM, {"vda": BASE})
+    _virsh_history(storage, fake)
+    hypervisor = LibvirtHypervisor(lambda uri: fake, sleep=lambda _s: None)
+    ledger = Snapledger(LedgerApplication("memory:"), storage, hypervisor=hypervisor)
+    adopt_libvirt(ledger, hypervisor, DOM, fake.uri, keep_metadata=True)
+    assert len(fake.snapshots[DOM]) == 2
+    plan = ledger.delete(DOM, "s1")  # non-active commit of web.s1 into the adopted disk
+    assert any("metadata of snapshot s1 was removed" in n for n in plan.notes)
+    assert len(fake.snapshots[DOM]) == 1 and "<name>s2</name>" in fake.snapshots[DOM][0]
+
+
+def test_internal_snapshots_are_refused_at_adopt() -> None:
+    storage = SimulatedStorage()
+    storage.make_image(BASE, VSIZE)
+    fake = FakeLibvirt(storage)
+    fake.add(DOM, {"vda": BASE})
+    fake.snapshots[DOM] = [
+        "<domainsnapshot><name>int</name><state>running</state><memory snapshot='internal'/>"
+        "<disks><disk name='vda' snapshot='internal'/></disks></domainsnapshot>"
+    ]
+    hypervisor = LibvirtHypervisor(lambda uri: fake, sleep=lambda _s: None)
+    ledger = Snapledger(LedgerApplication("memory:"), storage, hypervisor=hypervisor)
+    with pytest.raises(Refused, match="internal"):
+        adopt_libvirt(ledger, hypervisor, DOM, fake.uri)
+    assert DOM not in ledger.refresh().vms
+
+
+def test_libvirt_xml_helpers() -> None:
+    xml = ("<domain type='qemu' id='4'><name>x</name><devices><disk type='file' device='disk'>"
+           "<driver name='qemu' type='qcow2'/><source file='/a/b.s1' index='2'/>"
+           "<backingStore type='file'><source file='/a/b.qcow2'/></backingStore>"
+           "<target dev='vda'/><alias name='virtio-disk0'/></disk></devices></domain>")
+    out = with_sources(xml, {"vda": "/a/b.s1-1"})
+    assert "backingStore" not in out and "alias" not in out and "id=" not in out
+    assert "/a/b.s1-1" in out
+    with pytest.raises(BadInput):
+        with_sources(xml, {"vdz": "/a/x"})
+    request = snapshot_request_xml(["vda", "hdc"], {"vda": "/a/o"})
+    assert "snapshot=\"no\"" in request or "snapshot='no'" in request
+    with pytest.raises(BadInput, match="DOCTYPE"):
+        with_sources("<!DOCTYPE x [<!ENTITY a 'b'>]><domain/>", {})
+
+
+def test_a_ledger_without_the_libvirt_adapter_plans_but_never_acts() -> None:
+    """An exported history replayed elsewhere has no libvirt: dry runs plan, nothing runs."""
+    import io
+
+    from snapledger.adapters.history_file import (
+        RecordedFactsStorage,
+        export_jsonl,
+        read_export,
+        replay_store,
+    )
+
+    storage, fake, ledger = make()
+    ledger.snapshot(DOM, "s1")
+    out = io.StringIO()
+    export_jsonl(ledger.app, DOM, out)
+    history = read_export(out.getvalue().splitlines(), "export")
+    facts = RecordedFactsStorage()
+    replayed = Snapledger(replay_store(history), facts)
+    facts.view = replayed.view
+    vm = replayed.vm(DOM)
+    assert vm.libvirt == {"uri": fake.uri, "domain": DOM} and "s1" in vm.snapshots
+    plan = replayed.delete(DOM, "s1", dry_run=True)
+    assert actions(plan)[0] == "commit"
+    offline = Snapledger(ledger.app, storage)  # the same store, no libvirt adapter
+    with pytest.raises(BadInput, match="libvirt"):
+        offline.delete(DOM, "s1")
+    assert ledger.vm(DOM).operation is None
