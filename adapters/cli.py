@@ -7,23 +7,44 @@ semantics.md; they never show a traceback.
 
 from __future__ import annotations
 
+import importlib
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from snapledger.domain.errors import BadInput, Refused, SnapledgerError
+from snapledger.domain.errors import (
+    BadInput,
+    LedgerDamaged,
+    Refused,
+    SnapledgerError,
+    TamperFound,
+    UnknownVm,
+)
 from snapledger.domain.names import check_disk_target
-from snapledger.projections.trail import trail
-from snapledger.projections.tree import snapshot_tree
 
-from . import output
-from .compose import open_ledger
-from .qemu_img import QemuImgStorage
-from .service import Snapledger
-from .xml_input import domain_xml, revert_overlays, snapshot_request
+# Only click and the lines above are imported at start: `show VM --json` answers from the
+# persisted projection before eventsourcing, rich or the domain are imported (about 60 ms
+# instead of 250 ms of imports; docs/performance.md). Every command imports what it uses;
+# tests/unit/test_projection.py checks that importing this module stays light.
+if TYPE_CHECKING:
+    from . import output
+    from .event_store import LedgerApplication
+    from .service import Snapledger
+    from .trail_index import TrailIndex
+else:
+
+    class _Deferred(ModuleType):
+        """A module imported on first use."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(importlib.import_module(self.__name__), name)
+
+    output = _Deferred("snapledger.adapters.output")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,24 +60,52 @@ class Context:
         self.actor = actor
         self.reason = reason
         self._ledger: Snapledger | None = None
+        self._app: LedgerApplication | None = None
+
+    @property
+    def ledger_app(self) -> LedgerApplication:
+        """The store alone, without folding the ledger (verify reads raw rows first)."""
+        if self._app is None:
+            from .compose import recording_context, store_url
+            from .event_store import LedgerApplication
+
+            self._app = LedgerApplication(
+                store_url(self.store), recorded_by=recording_context(self.actor, self.reason)
+            )
+        return self._app
 
     @property
     def ledger(self) -> Snapledger:
         if self._ledger is None:
+            from .libvirt_hypervisor import LibvirtHypervisor  # imports libvirt only when used
+            from .qemu_img import QemuImgStorage
+            from .service import Snapledger
+
             storage = QemuImgStorage()
             storage.progress = output.MergeProgress()
-            self._ledger = open_ledger(self.store, storage)
+            self._ledger = Snapledger(self.ledger_app, storage, hypervisor=LibvirtHypervisor())
         return self._ledger
 
+    def stored_show_text(self, vm: str) -> str | None:
+        """`show VM --json`'s text from the persisted projection, if it is current; else None."""
+        if self._app is not None or self._ledger is not None:  # a ledger given (replay)
+            return None
+        from .projection_store import default_store_url, stored_show_text
 
-def json_option(command: F) -> F:
-    """`--json` is accepted after the command too (`snapledger show vm --json`)."""
+        return stored_show_text(self.store or default_store_url(), vm)
 
-    def remember(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+
+def after_command_options(command: F) -> F:
+    """`--json`, `--actor` and `--reason` are accepted after the command too
+    (`snapledger show vm --json`, `snapledger snapshot vm s1 --reason "before upgrade"`)."""
+
+    def remember(ctx: click.Context, param: click.Parameter, value: object) -> object:
         if value:
-            ctx.find_object(Context).as_json = True  # type: ignore[union-attr]
+            setattr(ctx.find_object(Context), str(param.name), value)
         return value
 
+    command = click.option("--reason", expose_value=False, callback=remember, help="Why (recorded with every event).")(command)
+    command = click.option("--actor", expose_value=False, callback=remember, help="Who acts (recorded with every event).")(command)
     return click.option(
         "--json", "as_json", is_flag=True, expose_value=False, callback=remember, help="JSON output"
     )(command)
@@ -92,7 +141,8 @@ def read_file(path: str, what: str) -> bytes:
 @click.pass_context
 def cli(ctx: click.Context, store: str | None, as_json: bool, actor: str | None, reason: str | None) -> None:
     """Keep the complete history of external VM disk snapshots; revert to and delete any of them."""
-    ctx.obj = Context(store, as_json, actor, reason)
+    if not isinstance(ctx.obj, Context):  # replay passes the replayed ledger's context in
+        ctx.obj = Context(store, as_json, actor, reason)
 
 
 pass_context = click.make_pass_decorator(Context)
@@ -101,18 +151,42 @@ pass_context = click.make_pass_decorator(Context)
 @cli.command()
 @click.argument("vm")
 @click.option("--disk", "disks", multiple=True, metavar="vda=PATH", help="A disk's active image.")
-@click.option("--pool", "pools", multiple=True, metavar="DIR", help="A directory overlays may go in.")
+@click.option("--pool", "pools", multiple=True, metavar="DIR", help="Another directory the VM's files may be in (a template's, or one for overlays); every file of a disk's chain must be in a disk's directory or a pool.")
 @click.option("--xml", "xml_path", metavar="DOMAIN.xml", help="The domain definition to record.")
-@click.option("--libvirt", is_flag=True, help="Adopt a libvirt domain (not available yet).")
-@click.option("--connect", metavar="URI", help="libvirt connection URI.")
-@json_option
+@click.option("--libvirt", is_flag=True, help="Adopt the libvirt domain VM, with its external snapshots.")
+@click.option("--connect", metavar="URI", help="libvirt connection URI (default qemu:///system).")
+@click.option("--keep-libvirt-metadata", is_flag=True,
+              help="With --libvirt: keep libvirt's metadata of the imported snapshots (virsh can then "
+                   "still act on them; see docs/libvirt.md).")
+@after_command_options
 @pass_context
 def adopt(
-    c: Context, vm: str, disks: tuple[str, ...], pools: tuple[str, ...], xml_path: str | None, libvirt: bool, connect: str | None
+    c: Context, vm: str, disks: tuple[str, ...], pools: tuple[str, ...], xml_path: str | None, libvirt: bool,
+    connect: str | None, keep_libvirt_metadata: bool,
 ) -> None:
-    """Start tracking a VM from its disk files."""
-    if libvirt or connect:
-        raise BadInput("adopt --libvirt is not available in this version; use --disk vda=PATH")
+    """Start tracking a VM from its disk files, or a libvirt domain (--libvirt)."""
+    from .xml_input import domain_xml
+
+    if libvirt or connect or keep_libvirt_metadata:
+        if not libvirt:
+            raise BadInput("--connect and --keep-libvirt-metadata go with --libvirt")
+        if disks or xml_path:
+            raise BadInput("adopt --libvirt reads the disks and the definition from libvirt: no --disk or --xml")
+        from .libvirt_hypervisor import DEFAULT_URI, adopt_libvirt
+
+        ledger = c.ledger
+        assert ledger.hypervisor is not None
+        found = adopt_libvirt(
+            ledger, ledger.hypervisor, vm, connect or DEFAULT_URI, pools, keep_metadata=keep_libvirt_metadata
+        )
+        data = output.vm_json(ledger.view, vm)
+        if c.as_json:
+            output.emit_json({**data, "left_alone": found.left_alone, "imported": found.imported, "notes": found.notes})
+            return
+        output.show_vm(data)
+        for line in [f"left alone: {r}" for r in found.left_alone] + [f"note: {n}" for n in found.notes]:
+            output.say(line)
+        return
     xml = domain_xml(read_file(xml_path, "domain XML")) if xml_path else None
     c.ledger.adopt(vm, pairs(disks, "--disk"), pools, xml)
     data = output.vm_json(c.ledger.view, vm)
@@ -127,13 +201,15 @@ def adopt(
 @click.option("--xml", "xml_path", metavar="SNAPSHOT.xml", help="libvirt <domainsnapshot> XML.")
 @click.option("--description")
 @click.option("--dry-run", is_flag=True)
-@json_option
+@after_command_options
 @pass_context
 def snapshot(
     c: Context, vm: str, name: str, overlays: tuple[str, ...], excluded: tuple[str, ...],
     xml_path: str | None, description: str | None, dry_run: bool,
 ) -> None:
     """Take an external disk snapshot."""
+    from .xml_input import snapshot_request
+
     chosen = pairs(overlays, "--overlay")
     skip = set(excluded)
     if xml_path:
@@ -154,20 +230,20 @@ def snapshot(
 @click.argument("name")
 @click.option("--overlay", "overlays", multiple=True, metavar="vda=PATH")
 @click.option("--xml", "xml_path", metavar="REVERT.xml", help="The RFC's <domainsnapshotrevert>.")
-@click.option("--running", is_flag=True, help="Start the VM afterwards (libvirt; not available yet).")
+@click.option("--running", is_flag=True, help="Start the libvirt domain again afterwards.")
 @click.option("--dry-run", is_flag=True)
-@json_option
+@after_command_options
 @pass_context
 def revert(
     c: Context, vm: str, name: str, overlays: tuple[str, ...], xml_path: str | None, running: bool, dry_run: bool
 ) -> None:
     """Revert to a snapshot on new overlays; the abandoned present goes if nothing needs it."""
+    from .xml_input import revert_overlays
+
     if overlays and xml_path:
         raise BadInput("give either --overlay or --xml, not both")
-    if running:
-        raise BadInput("--running needs libvirt, which this version does not drive yet")
     chosen = revert_overlays(read_file(xml_path, "revert XML")) if xml_path else pairs(overlays, "--overlay")
-    plan = c.ledger.revert(vm, name, chosen, dry_run=dry_run)
+    plan = c.ledger.revert(vm, name, chosen, dry_run=dry_run, running=running)
     report(c, plan, dry_run, f"revert to {name}")
 
 
@@ -175,7 +251,7 @@ def revert(
 @click.argument("vm")
 @click.argument("disk")
 @click.argument("path")
-@json_option
+@after_command_options
 @pass_context
 def swap_disk(c: Context, vm: str, disk: str, path: str) -> None:
     """Record that the user put another image in place."""
@@ -190,7 +266,7 @@ def swap_disk(c: Context, vm: str, disk: str, path: str) -> None:
 @click.option("--strategy", type=click.Choice(["auto", "commit", "pull"]), default="auto")
 @click.option("--branches", type=click.Choice(["forbid", "pull", "keep"]), default="forbid")
 @click.option("--dry-run", is_flag=True)
-@json_option
+@after_command_options
 @pass_context
 def delete(c: Context, vm: str, name: str, strategy: str, branches: str, dry_run: bool) -> None:
     """Delete a snapshot by the cheapest safe merge."""
@@ -202,7 +278,7 @@ def delete(c: Context, vm: str, name: str, strategy: str, branches: str, dry_run
 @click.argument("vm", required=False)
 @click.option("--include-detached", is_flag=True)
 @click.option("--dry-run", is_flag=True)
-@json_option
+@after_command_options
 @pass_context
 def gc(c: Context, vm: str | None, include_detached: bool, dry_run: bool) -> None:
     """Delete managed images nothing needs."""
@@ -218,7 +294,7 @@ def gc(c: Context, vm: str | None, include_detached: bool, dry_run: bool) -> Non
 
 @cli.command()
 @click.argument("vm", required=False)
-@json_option
+@after_command_options
 @pass_context
 def recover(c: Context, vm: str | None) -> None:
     """Finish operations a crash interrupted."""
@@ -231,21 +307,47 @@ def recover(c: Context, vm: str | None) -> None:
 
 @cli.command()
 @click.argument("vm", required=False)
-@json_option
+@click.option("--head", "show_head", is_flag=True, help="Print the chain's head hash to keep elsewhere.")
+@click.option("--expect-head", metavar="HASH", help="A head kept earlier: also catches a truncated tail.")
+@after_command_options
 @pass_context
-def verify(c: Context, vm: str | None) -> None:
-    """Check the ledger against the disks; exit 3 on any finding."""
-    findings = c.ledger.verify(vm)
+def verify(c: Context, vm: str | None, show_head: bool, expect_head: str | None) -> None:
+    """Check the event hash chain and the ledger against the disks; exit 3 on any finding."""
+    if expect_head is not None and not re.fullmatch(r"[0-9a-f]{64}", expect_head):
+        raise BadInput("--expect-head takes the 64 hex digits `verify --head` printed")
+    app = c.ledger_app
+    chain = [str(f) for f in app.check_chain(expect_head)]
+    position, head_hash = app.head()
+    index = trail_index(app) if not chain else None
+    if index is not None:  # a cache must agree with the events just checked
+        from snapledger.projections.trail import trail
+
+        wrong = index.disagreements(trail(app.events_after(0)))
+        if wrong:
+            chain.append(f"the trail index (a cache) disagreed with the events at {len(wrong)} "
+                         f"position(s) from {wrong[0]}; it was dropped and will be rebuilt")
+    try:
+        disks = c.ledger.verify(vm)
+    except LedgerDamaged as damaged:
+        disks = [f"the disks were not checked: {damaged}"]
+    findings = chain + disks
     if c.as_json:
-        output.emit_json({"ok": not findings, "findings": findings})
+        output.emit_json({
+            "ok": not findings, "findings": findings, "chain": chain, "disks": disks,
+            "head": {"position": position, "hash": head_hash},
+        })
     else:
-        output.say("\n".join(findings) if findings else "ok: the disks agree with the ledger")
-    if findings:
-        raise DriftReported(f"verify: {len(findings)} finding(s); the ledger and the disks disagree")
+        if show_head:
+            output.say(f"head {position} {head_hash}")
+        output.say("\n".join(findings) if findings else "ok: the hash chain is intact and the disks agree with the ledger")
+    if chain:
+        raise TamperFound(f"verify: {len(chain)} hash chain finding(s); the ledger was changed outside snapledger")
+    if disks:
+        raise DriftReported(f"verify: {len(disks)} finding(s); the ledger and the disks disagree")
 
 
 @cli.command("list")
-@json_option
+@after_command_options
 @pass_context
 def list_vms(c: Context) -> None:
     """The VMs in the ledger."""
@@ -271,22 +373,55 @@ def list_vms(c: Context) -> None:
 
 @cli.command()
 @click.argument("vm")
-@json_option
+@click.option("--at-event", type=int, metavar="N", help="The state right after ledger position N (log --json).")
+@click.option("--at", "at_time", metavar="TIME", help="The state at TIME (ISO 8601; naive is UTC).")
+@after_command_options
 @pass_context
-def show(c: Context, vm: str) -> None:
-    """A VM's state now."""
-    c.ledger.vm(vm)  # unknown VM: a clear error
-    data = output.vm_json(c.ledger.refresh(), vm)
+def show(c: Context, vm: str, at_event: int | None, at_time: str | None) -> None:
+    """A VM's state now, or in the past."""
+    if at_event is None and at_time is None:
+        text = c.stored_show_text(vm)  # the fast path: no folding, no eventsourcing
+        if text is not None:
+            if c.as_json:
+                sys.stdout.write(text + "\n")
+            else:
+                import json
+
+                output.show_vm(json.loads(text))
+            return
+        c.ledger.vm(vm)  # unknown VM: a clear error
+        view = c.ledger.refresh()
+    else:
+        from .time_travel import past_view
+
+        view = past_view(c.ledger, vm, at_event, at_time)
+    data = output.vm_json(view, vm)
     output.emit_json(data) if c.as_json else output.show_vm(data)
 
 
 @cli.command()
 @click.argument("vm")
+@click.argument("start", metavar="N", type=int)
+@click.argument("end", metavar="M", type=int)
+@after_command_options
+@pass_context
+def diff(c: Context, vm: str, start: int, end: int) -> None:
+    """What changed for a VM from ledger position N to M (0: the empty ledger)."""
+    from .time_travel import diff as diff_positions
+
+    data = diff_positions(c.ledger, vm, start, end)
+    output.emit_json(data) if c.as_json else output.show_diff(data)
+
+
+@cli.command()
+@click.argument("vm")
 @click.option("--images", is_flag=True, help="Draw the image DAG instead.")
-@json_option
+@after_command_options
 @pass_context
 def tree(c: Context, vm: str, images: bool) -> None:
     """The snapshot tree (current marked); with --images the image DAG."""
+    from snapledger.projections.tree import snapshot_tree
+
     view = c.ledger.refresh()
     snapshots = snapshot_tree(view, vm)
     if images:
@@ -296,22 +431,144 @@ def tree(c: Context, vm: str, images: bool) -> None:
         output.emit_json(output.tree_json(snapshots)) if c.as_json else output.show_tree(snapshots)
 
 
+def trail_index(app: LedgerApplication) -> TrailIndex | None:
+    """The SQLite ledger's trail index (other stores compute the trail in memory)."""
+    from .projection_store import sqlite_file
+    from .trail_index import TrailIndex
+
+    path = sqlite_file(app.store_url)
+    return TrailIndex(app, path) if path is not None else None
+
+
 @cli.command()
 @click.argument("vm", required=False)
-@json_option
+@click.option("--since", metavar="TIME", help="Only events recorded at or after TIME (ISO 8601).")
+@click.option("--until", metavar="TIME", help="Only events recorded at or before TIME.")
+@click.option("--type", "types", multiple=True, metavar="TYPE", help="Only events of TYPE (e.g. SnapshotTaken).")
+@after_command_options
 @pass_context
-def log(c: Context, vm: str | None) -> None:
-    """The audit trail."""
-    if vm is not None:
-        c.ledger.vm(vm)
-    entries = [e for e in trail(c.ledger.app.events_after(0)) if vm is None or e.vm == vm]
+def log(c: Context, vm: str | None, since: str | None, until: str | None, types: tuple[str, ...]) -> None:
+    """The audit trail: who did what, where, when and why."""
+    from snapledger.projections.history import parse_time
+    from snapledger.projections.trail import EVENT_TYPES, select, trail
+
+    app = c.ledger_app
+    if vm is not None and not app.has_vm(vm):
+        raise UnknownVm(f"no VM named {vm!r} in the ledger")
+    unknown = [t for t in types if t not in EVENT_TYPES and t.rpartition(".")[2] not in EVENT_TYPES]
+    if unknown:
+        raise BadInput(f"unknown event type {unknown[0]!r}; one of: {', '.join(sorted(EVENT_TYPES))}")
+    low = parse_time(since) if since else None
+    high = parse_time(until) if until else None
+    index = trail_index(app)
+    if index is not None:
+        entries = index.select(vm, low, high, types)
+    else:
+        chain = {record.position: record for record in app.chain()}
+        entries = select(trail(app.events_after(0), chain), vm, low, high, types)
     if c.as_json:
-        output.emit_json([e.to_json() for e in entries])
+        output.emit_json_list([e.to_json() for e in entries])
     else:
         output.show_rows(
-            "audit trail", ["#", "time", "vm", "event", "summary"],
-            [[e.position, e.time, e.vm or e.image, e.type, e.summary] for e in entries],
+            "audit trail", ["#", "time", "vm", "event", "actor", "host", "reason", "summary"],
+            [
+                [e.position, e.time, e.vm or e.image, e.type,
+                 e.recorded_by.actor if e.recorded_by else "?",
+                 e.recorded_by.host if e.recorded_by else "?",
+                 (e.recorded_by.reason if e.recorded_by else None) or "", e.summary]
+                for e in entries
+            ],
         )
+
+
+
+@cli.command()
+@click.argument("vm")
+@click.argument("path")
+@after_command_options
+@pass_context
+def explain(c: Context, vm: str, path: str) -> None:
+    """Why an image is kept, what may be done with it, and which deletions would free it."""
+    import os.path
+
+    from snapledger.projections.explain import explain_image
+
+    view = c.ledger.refresh()
+    data = explain_image(view, vm, os.path.abspath(path), c.ledger.cost).to_json()
+    output.emit_json(data) if c.as_json else output.show_explain(data)
+
+
+EXPORT_FORMATS = ("jsonl", "dot")
+
+
+@cli.command()
+@click.argument("vm", required=False)
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="jsonl", show_default=True,
+              help="dot: the image DAG for Graphviz (dot -Tsvg); jsonl: the events.")
+@pass_context
+def export(c: Context, vm: str | None, fmt: str) -> None:
+    """Take the history elsewhere (one VM, or the whole ledger), written to stdout."""
+    if fmt == "jsonl":
+        from .history_file import export_jsonl
+
+        if vm is not None and not c.ledger_app.has_vm(vm):
+            raise UnknownVm(f"no VM named {vm!r} in the ledger")
+        export_jsonl(c.ledger_app, vm, sys.stdout)
+        return
+    from snapledger.projections.pictures import image_dag_dot
+
+    output.emit_text(image_dag_dot(c.ledger.refresh(), vm))
+
+
+def replay_until(args: tuple[str, ...]) -> tuple[int | None, tuple[str, ...]]:
+    """`--until N` in front of the command is replay's own (`log --until T` is the command's)."""
+    if not args or not args[0].startswith("--until"):
+        return None, args
+    value, rest = (args[0].partition("=")[2], args[1:]) if "=" in args[0] else (
+        args[1] if len(args) > 1 else "", args[2:]
+    )
+    if not value.isdigit() or int(value) <= 0:
+        raise BadInput(f"--until takes a ledger position (1 or more), got {value!r}")
+    return int(value), rest
+
+
+REPLAY_COMMANDS = ("show", "tree", "log", "explain", "diff", "list", "export")
+REPLAY_DRY_RUN_COMMANDS = ("delete", "revert", "gc", "snapshot")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[--until N] COMMAND...")
+@pass_context
+def replay(c: Context, file: str, command: tuple[str, ...]) -> None:
+    """Load an export into a throwaway store (its hash chain checked) and run a read-only
+    command on it: show, tree, log, explain, diff, list, export, or delete/revert/gc --dry-run.
+    `--until N` (before the command) replays only the events up to ledger position N."""
+    from .history_file import RecordedFactsStorage, read_export, replay_store
+    from .service import Snapledger
+
+    until, command = replay_until(command)
+    if not command:
+        raise BadInput("replay needs a command to run, e.g. `replay FILE show VM`")
+    name = command[0]
+    if name not in REPLAY_COMMANDS + REPLAY_DRY_RUN_COMMANDS:
+        raise BadInput(f"replay runs read-only commands only ({', '.join(REPLAY_COMMANDS)}, or "
+                       f"{'/'.join(REPLAY_DRY_RUN_COMMANDS)} --dry-run), not {name!r}")
+    if name in REPLAY_DRY_RUN_COMMANDS and "--dry-run" not in command:
+        raise BadInput(f"replay runs {name} only with --dry-run")
+    try:
+        with open(file, encoding="utf-8") as handle:
+            history = read_export(handle, file)
+    except OSError as error:
+        raise BadInput(f"can't read {file}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise BadInput(f"{file} is not a snapledger export (not UTF-8 text)") from None
+    storage = RecordedFactsStorage()
+    replayed = Context(store=None, as_json=c.as_json, actor=None, reason=None)
+    replayed._app = replay_store(history, until)
+    replayed._ledger = Snapledger(replayed._app, storage)
+    storage.view = replayed._ledger.view
+    cli.main(args=list(command), obj=replayed, prog_name="snapledger replay", standalone_mode=False)
 
 
 def report(c: Context, plan: Any, dry_run: bool, title: str) -> None:

@@ -9,7 +9,7 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
@@ -18,9 +18,11 @@ from rich.text import Text
 from rich.tree import Tree
 
 from snapledger.domain.steps import Plan, step_to_dict
-from snapledger.projections.dag import ImageDag
-from snapledger.projections.tree import SnapshotTree
-from snapledger.projections.view import LedgerView
+from snapledger.projections.documents import json_text, vm_document
+
+if TYPE_CHECKING:  # not imported at run time: `show VM` (from the stored document) needs neither
+    from snapledger.projections.tree import SnapshotTree
+    from snapledger.projections.view import LedgerView
 
 console = Console()
 if not console.is_terminal:  # piped or logged: keep long paths on one line
@@ -29,8 +31,13 @@ errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def emit_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, sort_keys=False)
-    sys.stdout.write("\n")
+    sys.stdout.write(json_text(value) + "\n")
+
+
+def emit_json_list(items: list[Any]) -> None:
+    """A long JSON list (100,000 log entries) on one line: `json.dumps` without indenting runs
+    the C encoder, several times faster than the indenting pure-Python one."""
+    sys.stdout.write(json.dumps(items) + "\n")
 
 
 def error(message: str) -> None:
@@ -60,6 +67,8 @@ def show_plan(plan: Plan, done: bool, title: str) -> None:
     table.add_column("bytes", justify="right")
     for i, step in enumerate(plan.steps, start=1):
         details = {k: v for k, v in step_to_dict(step).items() if k not in ("action", "bytes")}
+        if "xml" in details:  # a whole domain definition (define-domain): its size only
+            details["xml"] = f"<{len(str(details['xml']))} characters>"
         table.add_row(str(i), step.action, " ".join(f"{k}={v}" for k, v in details.items()), f"{step.bytes:,}")
     console.print(table)
     for note in plan.notes:
@@ -69,36 +78,9 @@ def show_plan(plan: Plan, done: bool, title: str) -> None:
 
 
 def vm_json(view: LedgerView, name: str) -> dict[str, Any]:
-    vm = view.vms[name]
-    dag = ImageDag(view)
-    return {
-        "vm": name,
-        "current": vm.current,
-        "domain_xml": vm.domain_xml,
-        "disks": {
-            disk: {"active": active, "chain": dag.chain(active)}
-            for disk, active in sorted(vm.disks.items())
-        },
-        "snapshots": [
-            {
-                "name": snap.name,
-                "parent": snap.parent,
-                "created": snap.created,
-                "description": snap.description,
-                "disks": dict(snap.disks),
-            }
-            for snap in sorted(vm.snapshots.values(), key=lambda s: (s.created, s.name))
-        ],
-        "operation": None
-        if vm.operation is None
-        else {
-            "id": vm.operation.op_id,
-            "kind": vm.operation.kind,
-            "done": vm.operation.done,
-            "steps": len(vm.operation.steps),
-            "failure": vm.operation.failure,
-        },
-    }
+    """The `show` document. Keep it vm_document itself: the persisted projection stores
+    vm_document's text, and `show` prints that text when it can (the two must not differ)."""
+    return vm_document(view, name)
 
 
 def show_vm(data: Mapping[str, Any]) -> None:
@@ -117,13 +99,66 @@ def show_vm(data: Mapping[str, Any]) -> None:
     console.print(table)
 
 
+def show_diff(data: Mapping[str, Any]) -> None:
+    """`diff VM N M` for people (data: projections.history.diff)."""
+    lines = [f"VM {data['vm']}: from position {data['from']} to {data['to']}"]
+    if not data["changed"]:
+        lines.append("  no changes")
+    if data["current"] is not None:
+        lines.append(f"  current: {data['current']['from'] or '-'} -> {data['current']['to'] or '-'}")
+    if data["domain_xml_changed"]:
+        lines.append("  VM definition changed")
+    snaps = data["snapshots"]
+    for snap in snaps["added"]:
+        lines.append(f"  + snapshot {snap['name']} (parent {snap['parent'] or '-'})")
+    for snap in snaps["removed"]:
+        lines.append(f"  - snapshot {snap['name']} (parent {snap['parent'] or '-'})")
+    for snap in snaps["changed"]:
+        parent, disks = snap["parent"], snap["disks"]
+        if parent["from"] != parent["to"]:
+            lines.append(f"  ~ snapshot {snap['name']}: parent {parent['from'] or '-'} -> {parent['to'] or '-'}")
+        for disk in sorted(set(disks["from"]) | set(disks["to"])):
+            was, now = disks["from"].get(disk), disks["to"].get(disk)
+            if was != now:
+                lines.append(f"  ~ snapshot {snap['name']} {disk}: held by {was or '-'} -> {now or '-'}")
+    for disk, info in data["disks"].items():
+        lines.append(f"  {disk}: {' <- '.join(info['chain']['from']) or '-'}")
+        lines.append(f"  {' ' * len(disk)}  -> {' <- '.join(info['chain']['to']) or '-'}")
+    for image in data["images"]["added"]:
+        lines.append(f"  + image {image['path']} ({image['owner']})")
+    for image in data["images"]["removed"]:
+        lines.append(f"  - image {image['path']} ({image['owner']})")
+    for image in data["images"]["rebacked"]:
+        lines.append(f"  ~ image {image['path']}: backing {image['from'] or '-'} -> {image['to'] or '-'}")
+    ops = data["operations"]
+    events = []
+    for key in ("started", "failed", "finished"):
+        for op in ops[key]:
+            verb = (op["outcome"] or key) if key == "finished" else key
+            line = "  operation " + " ".join(str(w) for w in (verb, op["kind"], op["target"], op["id"]) if w)
+            if key == "failed":
+                line += f" at step {op['step']}: {op['error']}"
+            if op["position"] is not None:
+                line += f" (position {op['position']})"
+            events.append((op["position"] is None, op["position"] or 0, line))
+    lines += [line for _, _, line in sorted(events)]
+    for line in lines:
+        say(line)
+
+
 def tree_json(tree: SnapshotTree) -> dict[str, Any]:
     return {
         "vm": tree.vm,
         "current": tree.current,
         "present": tree.present,
+        "roots": list(tree.roots),
         "snapshots": {
-            n.name: {"parent": n.parent, "children": list(n.children), "disks": n.frozen}
+            n.name: {
+                "parent": n.parent,
+                "children": list(n.children),
+                "disks": n.frozen,
+                "current": n.current,
+            }
             for n in tree.nodes.values()
         },
         "branches": [list(b) for b in tree.branches()],
@@ -131,71 +166,120 @@ def tree_json(tree: SnapshotTree) -> dict[str, Any]:
 
 
 def show_tree(tree: SnapshotTree) -> None:
+    """Like `virsh snapshot-list --tree`, with the current snapshot marked and the present
+    hanging below it (at the top when there is no current snapshot)."""
     root = Tree(Text(tree.vm), guide_style="dim")
+    present = Text(f"(present: {', '.join(f'{d}={p}' for d, p in tree.present.items())})", style="dim")
 
     def add(parent: Tree, name: str) -> None:
         node = tree.nodes[name]
-        label = f"{name}{'  *current' if node.current else ''}"
-        branch = parent.add(Text(label))
+        label = Text(name, style="bold" if node.current else "")
         if node.current:
-            branch.add(Text(f"(present: {', '.join(f'{d}={p}' for d, p in tree.present.items())})"))
+            label.append("  *current")
+        branch = parent.add(label)
+        if node.current:
+            branch.add(present)
         for child in node.children:
             add(branch, child)
 
+    if tree.current is None:
+        root.add(present)
     for name in tree.roots:
         add(root, name)
-    if tree.current is None:
-        root.add(Text(f"(present: {', '.join(f'{d}={p}' for d, p in tree.present.items())})"))
     console.print(root)
 
 
 def image_dag_json(view: LedgerView, name: str) -> dict[str, Any]:
-    dag = ImageDag(view)
-    vm = view.vms[name]
-    frozen = vm.frozen_images()
+    from snapledger.projections.pictures import image_lines, image_picture
+
+    picture = image_picture(view, name)
     return {
         "vm": name,
+        "roots": picture.roots(),
         "images": {
             path: {
-                "owner": dag.nodes[path].owner.value,
-                "backing": dag.nodes[path].facts.backing,
-                "freezes": frozen[path][0] if path in frozen else None,
-                "active_for": [d for d, p in vm.disks.items() if p == path],
-                "detached": dag.nodes[path].detached,
-                "needed_because": [n.describe() for n in dag.nodes[path].needs],
+                "owner": image.owner.value,
+                "backing": image.backing,
+                "freezes": image.freezes[0][1] if image.freezes else None,
+                "snapshots": [snap for _, snap, _ in image.freezes],
+                "active_for": [disk for _, disk in image.active_for],
+                "detached": image.detached,
+                "needed": image.needed,
+                "needed_because": [n.describe() for n in image.needs],
+                "children": list(image.children),
+                "branch_point": image.branch_point,
+                "vms": list(image.vms),
+                "marks": image_lines(image, qualify=False),
             }
-            for path in sorted(vm.images)
+            for path, image in picture.images.items()
         },
     }
 
 
 def show_image_dag(data: Mapping[str, Any]) -> None:
+    """The image DAG as a tree from the bottom image up: each image over its backing file, marked
+    with its owner class, the snapshot it freezes and the disk it is the present of."""
     images = data["images"]
-    root = Tree(Text(f"images of {data['vm']} (bottom first)"))
-    children: dict[str | None, list[str]] = {}
-    for path, info in images.items():
-        backing = info["backing"] if info["backing"] in images else None
-        children.setdefault(backing, []).append(path)
-
-    def label(path: str) -> str:
-        info = images[path]
-        marks = [info["owner"]]
-        if info["freezes"]:
-            marks.append(f"freezes {info['freezes']}")
-        if info["active_for"]:
-            marks.append(f"active {','.join(info['active_for'])}")
-        if info["detached"]:
-            marks.append("detached")
-        return f"{path}  [{'; '.join(marks)}]"
+    directories = {path.rpartition("/")[0] for path in images}
+    short = len(directories) == 1
+    title = f"images of {data['vm']}, each above its backing file"
+    if short:
+        title += f" (in {next(iter(directories)) or '/'})"
+    root = Tree(Text(title), guide_style="dim")
 
     def add(parent: Tree, path: str) -> None:
-        branch = parent.add(Text(label(path)))
-        for child in sorted(children.get(path, [])):
+        info = images[path]
+        label = Text(path.rpartition("/")[2] if short else path, style="bold" if info["active_for"] else "")
+        label.append("  " + " · ".join(info["marks"]), style="" if info["needed"] else "dim")
+        branch = parent.add(label)
+        for child in info["children"]:
             add(branch, child)
 
-    for path in sorted(children.get(None, [])):
+    for path in data["roots"]:
         add(root, path)
     console.print(root)
+
+
+def show_explain(data: Mapping[str, Any]) -> None:
+    """`explain VM PATH` for people (data: projections.explain.Explanation.to_json())."""
+    lines = [f"{data['path']}  (VM {data['vm']})"]
+    lines.append(f"  owner:      {data['owner']}: {data['owner_reason']}")
+    lines.append(f"  state:      {', '.join(data['state'])}")
+    lines.append(f"  used by:    {', '.join(data['vms'])}")
+    lines.append(f"  chain:      {' <- '.join(data['chain'])}")
+    if data["frozen_by"]:
+        held = ", ".join(f"{f['snapshot']} of {f['vm']} ({f['disk']})" for f in data["frozen_by"])
+        lines.append(f"  freezes:    {held}")
+    if data["needs"]:
+        lines.append("  kept because:")
+        needs = sorted(data["needs"], key=lambda need: need["kind"] == "below")
+        lines += [f"    - {need['text']}" for need in needs]
+    else:
+        lines.append("  kept because: nothing needs it")
+    if data["resting_on_it"]:
+        lines.append("  resting on it:")
+        lines += [f"    - {h['image']} ({h['owner']}): {h['text']}" for h in data["resting_on_it"]]
+    if data["branches"]:
+        lines.append(f"  branches:   {len(data['branches'])} histories: {', '.join(data['branches'])}")
+    lines.append(f"  may write:  {'yes' if data['may_write'] else 'no'}")
+    lines += [f"    - {reason}" for reason in data["write_reasons"]]
+    lines.append(f"  may delete: {'yes' if data['may_delete'] else 'no'}")
+    lines.append(f"    - {data['delete_reason']}")
+    if data["freed_by"]:
+        lines.append("  freed by:")
+        for route in data["freed_by"]:
+            lines.append(f"    $ {' && '.join(route['commands'])}")
+            moved = f" (moves {route['bytes_moved']:,} bytes)" if route["bytes_moved"] else ""
+            lines.append(f"      {route['effect']}{moved}")
+    else:
+        lines.append(f"  freed by:   {data['nothing_frees_it']}")
+    for line in lines:
+        say(line)
+
+
+def emit_text(text: str) -> None:
+    """Text made elsewhere (an export), exactly as it is."""
+    sys.stdout.write(text)
 
 
 def show_rows(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:

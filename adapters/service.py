@@ -8,9 +8,13 @@ with its kind's final event.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import posixpath
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Concatenate, NoReturn, ParamSpec, TypeVar
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import RecordConflictError
@@ -21,13 +25,17 @@ from snapledger.domain.errors import (
     ConcurrentUpdate,
     DriftFound,
     DuplicateName,
+    ImageInUse,
+    LedgerDamaged,
+    OutsideAllowedDirs,
     StorageError,
     UnknownVm,
 )
 from snapledger.domain.image_registry import ImageRegistration, image_id
 from snapledger.domain.images import ImageFacts, Origin
-from snapledger.domain.names import check_disk_target, check_name, check_user_path
+from snapledger.domain.names import check_disk_target, check_name, check_user_path, is_within
 from snapledger.domain.steps import (
+    DOMAIN_STEPS,
     Commit,
     CreateOverlay,
     DeleteFile,
@@ -41,10 +49,15 @@ from snapledger.domain.steps import (
 from snapledger.domain.vm import OperationRecord, VirtualMachine, vm_id
 from snapledger.projections import planners
 from snapledger.projections.cost import CostModel
+from snapledger.projections.history import event_time
 from snapledger.projections.view import LedgerView, replacing
 
 from .event_store import LedgerApplication
+from .projection import PersistedProjection
 from .storage_port import StoragePort
+
+if TYPE_CHECKING:
+    from .libvirt_hypervisor import LibvirtHypervisor
 
 Clock = Callable[[], str]
 
@@ -60,6 +73,26 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _checkpointed(
+    command: Callable[Concatenate[Snapledger, _P], _R],
+) -> Callable[Concatenate[Snapledger, _P], _R]:
+    """A command ends by bringing the persisted projection up to date, also when it fails
+    part way (what it saved is folded in)."""
+
+    def run(self: Snapledger, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return command(self, *args, **kwargs)
+        finally:
+            self.checkpoint()
+
+    functools.update_wrapper(run, command)
+    return run
+
+
 class Snapledger:
     def __init__(
         self,
@@ -67,36 +100,92 @@ class Snapledger:
         storage: StoragePort,
         clock: Clock = utc_now,
         cost: CostModel | None = None,
+        projection: PersistedProjection | None = None,
+        hypervisor: LibvirtHypervisor | None = None,
     ) -> None:
         self.app = app
         self.storage = storage
+        # Acts for VMs adopted from libvirt (vm.libvirt set); None: such VMs can't be changed.
+        self.hypervisor = hypervisor
         self.clock = clock
         self.cost = cost or CostModel()
-        self.view = LedgerView()
-        self.refresh()
+        self.projection = projection if projection is not None else PersistedProjection(app)
+        self._view: LedgerView | None = None
 
     # ---- reading ---------------------------------------------------------------------
 
+    @property
+    def view(self) -> LedgerView:
+        """Every aggregate of the ledger, as of the last refresh. Made on first use from the
+        persisted projection's newest checkpoint and the events after it, never by folding
+        the whole ledger (unless there is no checkpoint yet); the projection is then saved."""
+        if self._view is None:
+            self._view = self.projection.present()
+        return self._view
+
+    @view.setter
+    def view(self, view: LedgerView) -> None:
+        self._view = view
+
     def refresh(self) -> LedgerView:
         """Catch the view up with everything recorded since it last looked (by anyone)."""
-        self.view.apply_all(self.app.events_after(self.view.position))
-        return self.view
+        return self.projection.catch_up(self.view)
+
+    def checkpoint(self) -> None:
+        """Bring the persisted projection up to the view (cheap: only what changed). Every
+        command ends with it; a crash before it only leaves the next reader more to catch up."""
+        if self._view is not None:
+            self.projection.save(self._view)
+
+    def last_position(self) -> int:
+        """The ledger position of the last event recorded (0 for an empty ledger)."""
+        return self.app.recorder.max_notification_id() or 0
+
+    def view_at(self, position: int) -> LedgerView:
+        """The whole ledger's state right after the event at `position` (0: before the first
+        event): the state `show` gave at that moment. The one way into the past."""
+        last = self.last_position()
+        if not 0 <= position <= last:
+            raise BadInput(f"position {position} is not in the ledger (it runs from 1 to {last})")
+        return self.projection.view_at(position)  # the nearest checkpoint, then the events
+
+    def position_at(self, when: datetime) -> int:
+        """The position of the last event whose time is at or before `when` (0 if none).
+
+        Walks the whole log: event times need not grow with positions (hosts' clocks differ)."""
+        found = 0
+        for event, position in self.app.events_after(0):
+            if event_time(event) <= when:
+                found = position
+        return found
 
     def vm(self, name: str) -> VirtualMachine:
         try:
             return self.app.repository.get(vm_id(name))
         except AggregateNotFoundError:
             raise UnknownVm(f"no VM named {name!r} in the ledger") from None
+        except LedgerDamaged:
+            raise
+        except Exception as error:  # a stored fact that can't be read or applied was changed
+            raise LedgerDamaged(
+                f"the events of VM {name!r} can't be read back ({type(error).__name__}: {error}); "
+                "run `snapledger verify`"
+            ) from error
 
     # ---- commands --------------------------------------------------------------------
 
+    @_checkpointed
     def adopt(
         self,
         name: str,
         disks: Mapping[str, str],
         pools: Iterable[str] = (),
         domain_xml: str | None = None,
+        origins: Mapping[str, Origin] | None = None,
+        extend: Callable[[VirtualMachine], None] | None = None,
     ) -> None:
+        """`origins` overrides the origin of some chain images (adopt --libvirt: overlays libvirt's
+        snapshots made are managed); `extend` records more events of the new VM in the same save."""
         check_name("VM", name)
         if not disks:
             raise BadInput("adopt needs at least one disk (--disk vda=PATH)")
@@ -110,8 +199,11 @@ class Snapledger:
         if name in self.view.vms:
             raise DuplicateName(f"VM {name!r} is already in the ledger")
         images: dict[str, dict[str, object]] = {}
+        allowed = {posixpath.dirname(p) for p in paths.values()} | set(pools)
         for path in sorted(paths.values()):
-            chain = self._user_chain(path)
+            chain = self._user_chain(
+                path, allowed, f"VM {name!r}", "add --pool {dir} if the VM may use files there"
+            )
             planners.check_new_disk_chain(self.view, name, [f.path for f in chain])
             for i, facts in enumerate(chain):
                 if facts.path in images:
@@ -119,6 +211,7 @@ class Snapledger:
                         raise BadInput(f"{facts.path} is both a disk and below another disk")
                     continue
                 origin = Origin.ADOPTED if i == 0 else Origin.FOUND
+                origin = (origins or {}).get(facts.path, origin)
                 images[facts.path] = {**facts.to_dict(), "origin": origin.value}
         vm = VirtualMachine(
             name=name,
@@ -128,9 +221,12 @@ class Snapledger:
             domain_xml=domain_xml,
             at=self.clock(),
         )
+        if extend is not None:
+            extend(vm)
         claims = [self._claimed(path, name) for path in images]
         self._save(vm, *claims)
 
+    @_checkpointed
     def snapshot(
         self,
         vm_name: str,
@@ -147,21 +243,29 @@ class Snapledger:
             view, vm_name, name, self._taken(view), overlays, frozenset(exclude)
         )
         frozen = {s.disk: vm.disks[s.disk] for s in plan.steps if isinstance(s, SetActive)}
+        if (hypervisor := self._libvirt(vm)) is not None and domain_xml is None:
+            domain_xml = hypervisor.domain_xml(vm)  # the definition at this moment
         details: dict[str, object] = {"frozen": frozen, "description": description, "domain_xml": domain_xml or vm.domain_xml}
         return self._run(vm, plan, name, details, dry_run)
 
+    @_checkpointed
     def revert(
         self,
         vm_name: str,
         name: str,
         overlays: Mapping[str, str] | None = None,
         dry_run: bool = False,
+        running: bool = False,
     ) -> Plan:
+        """`running`: start the (libvirt) domain again afterwards."""
         vm, view = self._prepare(vm_name, dry_run)
+        if running and vm.libvirt is None:
+            raise BadInput(f"--running needs a VM adopted from libvirt; {vm_name!r} is not")
         overlays = self._user_overlays(vm, overlays)
         plan = planners.plan_revert(view, vm_name, name, self._taken(view), overlays)
-        return self._run(vm, plan, name, {}, dry_run)
+        return self._run(vm, plan, name, {}, dry_run, start=running)
 
+    @_checkpointed
     def delete(
         self,
         vm_name: str,
@@ -172,8 +276,16 @@ class Snapledger:
     ) -> Plan:
         vm, view = self._prepare(vm_name, dry_run)
         plan = planners.plan_delete(view, vm_name, name, strategy, branches, self.cost)
+        if (hypervisor := self._libvirt(vm)) is not None and strategy == "auto":
+            from .libvirt_hypervisor import LiveStepImpossible
+
+            try:
+                hypervisor.shape(vm, plan, name)
+            except LiveStepImpossible:  # a pull a running domain can't do: commit instead
+                plan = planners.plan_delete(view, vm_name, name, "commit", branches, self.cost)
         return self._run(vm, plan, name, {}, dry_run)
 
+    @_checkpointed
     def gc(
         self, vm_name: str | None = None, include_detached: bool = False, dry_run: bool = False
     ) -> list[Plan]:
@@ -186,15 +298,23 @@ class Snapledger:
                 plans.append(self._run(vm, plan, None, {}, dry_run))
         return plans
 
+    @_checkpointed
     def swap_disk(self, vm_name: str, disk: str, path: str) -> None:
-        vm, view = self._prepare(vm_name)
+        vm, view = self._prepare(vm_name, swapping=disk)
         vm.check_disk(disk)
-        chain = self._user_chain(check_user_path(path))
+        chain = self._user_chain(
+            check_user_path(path), vm.allowed_dirs(), f"VM {vm_name!r}",
+            "put the image in one of them (a VM's directories are its disks' and the --pool "
+            "directories given at adopt)",
+        )
         planners.plan_swap(view, vm_name, disk, [f.path for f in chain])
+        if vm.libvirt is not None:  # libvirt uses it already, or the definition is changed
+            self._hypervisor(vm).swap(vm, disk, chain[0].path)
         vm.swap_disk(disk, chain, self.clock())
         claims = [self._claimed(f.path, vm_name) for f in chain]
         self._save(vm, *claims)
 
+    @_checkpointed
     def recover(self, vm_name: str | None = None) -> list[str]:
         """Finish every operation a crash or failure left open (all steps are safe to redo)."""
         names = [vm_name] if vm_name is not None else sorted(self.refresh().vms)
@@ -202,7 +322,7 @@ class Snapledger:
         for name in names:
             op = self.vm(name).operation
             if op is not None:
-                self._execute(name)
+                self._execute(name, recovering=True)
                 finished.append(f"{name}: finished {op.kind} {op.op_id}")
         return finished
 
@@ -216,20 +336,26 @@ class Snapledger:
             if vm.operation is not None:
                 findings.append(f"{name}: unfinished {vm.operation.kind} {vm.operation.op_id}")
             drift = self._drift(vm, self._look(sorted(vm.images)))
+            if (hypervisor := self._libvirt(vm)) is not None:
+                drift += hypervisor.findings(vm)
             findings += [f"{name}: {finding}" for finding in drift]
         return findings
 
     # ---- the operation lifecycle -----------------------------------------------------
 
     def _prepare(
-        self, vm_name: str, dry_run: bool = False
+        self, vm_name: str, dry_run: bool = False, swapping: str | None = None
     ) -> tuple[VirtualMachine, LedgerView]:
-        """Load the VM fresh, refresh the sizes of its active images, and give a view holding it."""
+        """Load the VM fresh, refresh the sizes of its active images, and give a view holding it.
+        `swapping`: the disk a swap-disk records, whose libvirt source may differ (that is what
+        the swap records)."""
         self.refresh()
         vm = self.vm(vm_name)
         vm.check_idle()
         seen = self._look(sorted(set(vm.disks.values())))
-        self._refuse_on_drift(vm, seen, record=not dry_run)
+        libvirt = self._libvirt(vm)
+        hypervisor = libvirt.findings(vm, swapping) if libvirt is not None else []
+        self._refuse_on_drift(vm, seen, record=not dry_run, extra=hypervisor)
         vm.observe_images([facts for facts in seen.values() if isinstance(facts, ImageFacts)])
         return vm, replacing(self.view, vm)
 
@@ -240,23 +366,31 @@ class Snapledger:
         target: str | None,
         details: dict[str, object],
         dry_run: bool,
+        start: bool = False,
     ) -> Plan:
+        if vm.libvirt is not None and (self.hypervisor is not None or not dry_run):
+            # the domain's own steps: live switch, stop, redefine (a replay's dry run: none)
+            plan = self._hypervisor(vm).shape(vm, plan, target, start)
         if dry_run:
             return plan
         involved = sorted(
             {p for s in plan.steps if s.destructive for p in touched_paths(s) if p in vm.images}
             - set(vm.disks.values())
         )
-        self._refuse_on_drift(vm, self._look(involved))
+        chains = [f for s in plan.steps if s.destructive for f in self._chain_findings(vm, s)]
+        self._refuse_on_drift(vm, self._look(involved), extra=chains)
         op_id = uuid.uuid4().hex
         details = {**details, "previous_active": dict(vm.disks)}
         vm.start_operation(op_id, plan.kind, target, plan, [], details, self.clock())
         registrations = self._reserve(vm.name, op_id, plan.steps)
         self._save(vm, *registrations)
         self._execute(vm.name)
+        if (hypervisor := self._libvirt(vm)) is not None:
+            notes = hypervisor.after(self.vm(vm.name), plan, target, start)
+            plan = dataclasses.replace(plan, notes=(*plan.notes, *notes))
         return plan
 
-    def _execute(self, vm_name: str) -> None:
+    def _execute(self, vm_name: str, recovering: bool = False) -> None:
         while True:
             vm = self.vm(vm_name)
             op = vm.operation
@@ -269,30 +403,54 @@ class Snapledger:
             step = op.steps[index]
             try:
                 if step.destructive:
-                    self._check_same_files(vm, touched_paths(step))
-                observed = self._carry_out(step)
+                    self._check_same_files(vm, step)
+                observed = self._carry_out(step, vm)
+            except ImageInUse as busy:
+                self._on_busy(vm, op, index, busy, recovering)
             except StorageError as error:
                 self._on_failure(vm, op, index, error)
                 raise
             vm.complete_step(op.op_id, index, observed)
             self._save(vm)
 
-    def _check_same_files(self, vm: VirtualMachine, paths: Iterable[str]) -> None:
+    def _check_same_files(self, vm: VirtualMachine, step: Step) -> None:
         """Right before a destructive step: each file is still the one the ledger knows (device
-        and inode; sizes and backing may be mid-change after a crash). A file replaced behind
-        our back is never written or deleted."""
-        for path in paths:
+        and inode; sizes and backing may be mid-change after a crash), and every file the step
+        opens lies in the VM's directories. A file replaced behind our back is never written or
+        deleted; a backing file outside is never opened."""
+        allowed = self._resolved_dirs(vm)
+        findings: list[str] = []
+        for path in touched_paths(step):
             record = vm.images.get(path)
             if record is None or not self.storage.exists(path):
                 continue
             seen = self.storage.inspect(path)
             if (seen.device, seen.inode) != (record.facts.device, record.facts.inode):
-                finding = f"{path}: replaced (inode {record.facts.inode} -> {seen.inode})"
-                vm.record_drift([finding], self.clock())
-                raise DriftDuringOperation(f"the disk disagrees with the ledger: {finding}")
+                findings.append(f"{path}: replaced (inode {record.facts.inode} -> {seen.inode})")
+            findings += self._outside(seen, allowed)
+        findings = list(dict.fromkeys(findings + self._chain_findings(vm, step)))
+        if findings:
+            vm.record_drift(findings, self.clock())
+            raise DriftDuringOperation(f"the disk disagrees with the ledger: {'; '.join(findings)}")
 
-    def _carry_out(self, step: Step) -> list[ImageFacts]:
-        return carry_out(self.storage, step)
+    def _carry_out(self, step: Step, vm: VirtualMachine | None = None) -> list[ImageFacts]:
+        if vm is None or vm.libvirt is None:
+            return carry_out(self.storage, step)
+        hypervisor = self._hypervisor(vm)
+        if isinstance(step, DOMAIN_STEPS):
+            hypervisor.carry_out(vm, step)
+            return []
+        return carry_out(hypervisor.storage(vm, self.storage), step)
+
+    def _libvirt(self, vm: VirtualMachine) -> LibvirtHypervisor | None:
+        """The libvirt adapter if `vm` is a libvirt domain and this ledger has one (a replayed
+        ledger has none: it reads recorded facts only)."""
+        return self.hypervisor if vm.libvirt is not None else None
+
+    def _hypervisor(self, vm: VirtualMachine) -> LibvirtHypervisor:
+        if self.hypervisor is None:
+            raise BadInput(f"VM {vm.name!r} is a libvirt domain and this ledger has no libvirt adapter")
+        return self.hypervisor
 
     def _on_failure(
         self, vm: VirtualMachine, op: OperationRecord, index: int, error: StorageError
@@ -302,6 +460,26 @@ class Snapledger:
             vm.fail_operation(op.op_id, index, str(error))
             self._save(vm)
             return
+        self._roll_back(vm, op, index, error)
+
+    def _on_busy(
+        self, vm: VirtualMachine, op: OperationRecord, index: int, busy: ImageInUse,
+        recovering: bool,
+    ) -> NoReturn:
+        """Another process holds an image the step opens, so qemu-img did nothing. Nothing is
+        recorded as failed: a fresh operation that has destroyed nothing yet is rolled back;
+        otherwise it stays open for `recover`, to be retried once that process has finished."""
+        if recovering or op.started_destruction:
+            raise ImageInUse(
+                f"{busy}; the {op.kind} operation {op.op_id} stays open: run 'snapledger "
+                "recover' once that process has finished"
+            ) from None
+        self._roll_back(vm, op, index, busy)
+        raise ImageInUse(f"{busy}; nothing was done: try again once that process has finished") from None
+
+    def _roll_back(
+        self, vm: VirtualMachine, op: OperationRecord, index: int, error: StorageError
+    ) -> None:
         created = [s.path for s in op.steps[:index] if isinstance(s, CreateOverlay)]
         for path in reversed(created):
             if self.storage.exists(path):
@@ -365,13 +543,21 @@ class Snapledger:
 
     # ---- checks ----------------------------------------------------------------------
 
-    def _user_chain(self, path: str) -> list[ImageFacts]:
+    def _user_chain(
+        self, path: str, allowed: Iterable[str], whose: str, fix: str
+    ) -> list[ImageFacts]:
         """The chain of a file the user names: a file that is missing or not an image we can use
-        is bad input, not a storage failure."""
+        is bad input, not a storage failure. Every file of the chain must resolve inside the
+        VM's `allowed` directories; one outside is refused before it is opened, and `fix`
+        (with `{dir}`, that file's resolved directory) tells the user what to do."""
         if not self.storage.exists(path):
             raise BadPath(f"{path} does not exist")
+        allowed = sorted(allowed)
         try:
-            return self.storage.inspect_chain(path)
+            return self.storage.inspect_chain(path, allowed)
+        except OutsideAllowedDirs as outside:
+            advice = fix.format(dir=posixpath.dirname(outside.resolved))
+            raise BadPath(f"{outside} of {whose} ({', '.join(allowed)}): {advice}") from None
         except StorageError as error:
             raise BadInput(f"{path} can't be used: {error}") from None
 
@@ -385,6 +571,7 @@ class Snapledger:
         """Where the disk disagrees with what `vm` recorded. Active images change size as the
         guest writes; every other image must keep its size too."""
         actives = set(vm.disks.values())
+        allowed = self._resolved_dirs(vm)
         findings: list[str] = []
         for path, seen in seen_on_disk.items():
             if isinstance(seen, str):
@@ -393,15 +580,50 @@ class Snapledger:
             changed = vm.images[path].facts.identity_differs(seen, check_size=path not in actives)
             if changed:
                 findings.append(f"{path}: {', '.join(changed)}")
+            findings += self._outside(seen, allowed)
         return findings
+
+    def _resolved_dirs(self, vm: VirtualMachine) -> list[str]:
+        return sorted({self.storage.resolve(d) for d in vm.allowed_dirs()})
+
+    def _outside(self, seen: ImageFacts, allowed: list[str]) -> list[str]:
+        """Findings for a file, or the backing file it names, that resolves outside the VM's
+        directories (`allowed`, resolved)."""
+        findings = []
+        for name, below in ((seen.path, None), (seen.backing, seen.path)):
+            if name is not None and not is_within(self.storage.resolve(name), allowed):
+                findings.append(_outside_finding(name, self.storage.resolve(name), below))
+        return findings
+
+    def _chain_findings(self, vm: VirtualMachine, step: Step) -> list[str]:
+        """A merge opens the whole chain below the image it writes: every file of that chain,
+        as the disk says now, must lie in the VM's directories. The walk stops at the first
+        file outside, before opening it."""
+        if isinstance(step, Commit):
+            top = step.top
+        elif isinstance(step, Pull):
+            top = step.image
+        else:
+            return []
+        try:
+            self.storage.inspect_chain(top, sorted(vm.allowed_dirs()))
+        except OutsideAllowedDirs as outside:
+            return [_outside_finding(outside.path, outside.resolved, outside.below)]
+        except StorageError:
+            return []  # anything else wrong with the chain is reported by the step itself
+        return []
 
     def _look(self, paths: Iterable[str]) -> dict[str, ImageFacts | str]:
         return {path: self._seen(path) for path in paths}
 
     def _refuse_on_drift(
-        self, vm: VirtualMachine, seen_on_disk: Mapping[str, ImageFacts | str], record: bool = True
+        self,
+        vm: VirtualMachine,
+        seen_on_disk: Mapping[str, ImageFacts | str],
+        record: bool = True,
+        extra: Iterable[str] = (),
     ) -> None:
-        findings = self._drift(vm, seen_on_disk)
+        findings = list(dict.fromkeys([*self._drift(vm, seen_on_disk), *extra]))
         if findings:
             if record:  # a dry run reports drift but records nothing
                 vm.record_drift(findings, self.clock())
@@ -420,19 +642,29 @@ class Snapledger:
         for disk, path in (overlays or {}).items():
             vm.check_disk(disk)
             checked[disk] = check_user_path(path, allowed)
+            parent = posixpath.dirname(checked[disk])
+            if self.storage.resolve(parent) != parent:
+                raise BadPath(f"{path} goes through a symlink ({parent} resolves to {self.storage.resolve(parent)})")
             if self.storage.exists(checked[disk]):
                 raise BadPath(f"{path} exists")
         return checked
 
     def _save(self, *aggregates: object) -> None:
         try:
-            self.app.save(*aggregates)  # type: ignore[arg-type]
+            self.app.save(*aggregates)
         except RecordConflictError:
             raise ConcurrentUpdate(
                 "another process changed this part of the ledger first; nothing was done, try again"
             ) from None
         finally:
             self.refresh()
+
+
+def _outside_finding(path: str, resolved: str, below: str | None) -> str:
+    real = f" (resolves to {resolved})" if resolved != path else ""
+    if below is None:
+        return f"{path}{real}: outside the VM's allowed directories"
+    return f"{below}: backing file {path}{real} is outside the VM's allowed directories; not opened"
 
 
 def carry_out(storage: StoragePort, step: Step) -> list[ImageFacts]:
@@ -460,6 +692,8 @@ def carry_out(storage: StoragePort, step: Step) -> list[ImageFacts]:
         if storage.exists(step.path):
             storage.delete(step.path)
         return []
+    if isinstance(step, DOMAIN_STEPS):  # never silently skipped: only a hypervisor does them
+        raise StorageError(f"{step.action} needs the libvirt adapter")
     return []  # ledger-only steps
 
 

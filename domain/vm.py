@@ -26,6 +26,7 @@ from .errors import (
 from .images import ImageFacts, ImageRecord, Origin
 from .names import check_disk_target, check_name
 from .steps import (
+    DOMAIN_STEPS,
     Commit,
     CreateOverlay,
     DeleteFile,
@@ -75,6 +76,10 @@ class OperationRecord:
 
 
 class VirtualMachine(Aggregate):
+    # The libvirt domain this VM is (`uri`, `domain`), once `LibvirtBound` says so; None for a
+    # VM known only by its disk files. A class default: VMs recorded before it stay as they were.
+    libvirt: dict[str, str] | None = None
+
     @staticmethod
     def create_id(name: str, **_: Any) -> UUID:
         return vm_id(name)
@@ -96,6 +101,9 @@ class VirtualMachine(Aggregate):
             record = _record_from_dict(item)
             self.images[record.path] = record
         self.pools: list[str] = list(pools)
+        # Directories of every disk image the VM has adopted (at adopt or by swap-disk); with
+        # the pools, where the VM's files may be. Kept when an image is later released.
+        self.adopted_dirs: set[str] = {posixpath.dirname(p) for p in disks.values()}
         self.domain_xml = domain_xml
         self.snapshots: dict[str, SnapshotRecord] = {}
         self.current: str | None = None
@@ -143,10 +151,9 @@ class VirtualMachine(Aggregate):
         return sorted(s.name for s in self.snapshots.values() if s.parent == snapshot)
 
     def allowed_dirs(self) -> set[str]:
-        dirs = {
-            posixpath.dirname(r.path) for r in self.images.values() if r.origin is Origin.ADOPTED
-        }
-        return dirs | set(self.pools)
+        """Where this VM's files may be: the directories of its adopted disks and its pools.
+        Every file of every chain must resolve inside one of them (or below one)."""
+        return set(self.adopted_dirs) | set(self.pools)
 
     # ---- operations ----------------------------------------------------------------------
 
@@ -233,6 +240,8 @@ class VirtualMachine(Aggregate):
             self.snapshots[step.snapshot] = replace(
                 snap, disks={**snap.disks, step.disk: step.path}
             )
+        elif isinstance(step, DOMAIN_STEPS):
+            pass  # the hypervisor's side; disks change in the ledger by their SetActive steps
         else:
             assert isinstance(step, Commit)  # content moves; facts arrive as observations
 
@@ -400,6 +409,7 @@ class VirtualMachine(Aggregate):
         old = self.images[previous]
         self.images[previous] = replace(old, detached=True)
         self.disks[disk] = path
+        self.adopted_dirs.add(posixpath.dirname(path))
         record = self.images[path]
         if record.detached:
             self.images[path] = replace(record, detached=False)
@@ -417,6 +427,45 @@ class VirtualMachine(Aggregate):
     @event("ImagesObserved")
     def _images_observed(self, observed: list[dict[str, Any]]) -> None:
         self._observe(observed)
+
+    def bind_libvirt(self, uri: str, domain: str) -> None:
+        """This VM is the libvirt domain `domain` on `uri` (recorded at adopt --libvirt)."""
+        self._libvirt_bound(uri=uri, domain=domain)
+
+    @event("LibvirtBound")
+    def _libvirt_bound(self, uri: str, domain: str) -> None:
+        self.libvirt = {"uri": uri, "domain": domain}
+
+    def import_snapshots(
+        self, snapshots: list[dict[str, Any]], current: str | None, at: str
+    ) -> None:
+        """Snapshots another tool took (libvirt's metadata), in parent-first order: each a dict
+        of name, parent, disks (target -> frozen image, an image this VM holds), created,
+        domain_xml and description."""
+        self.check_idle()
+        names = {s["name"] for s in snapshots}
+        for snap in snapshots:
+            self.check_new_snapshot_name(snap["name"])
+            if snap["parent"] is not None and snap["parent"] not in names:
+                raise BadInput(f"snapshot {snap['name']!r}: parent {snap['parent']!r} is unknown")
+            for disk, path in snap["disks"].items():
+                self.check_disk(disk)
+                if path not in self.images:
+                    raise BadInput(f"snapshot {snap['name']!r}: {path} is not in {disk}'s chain")
+        if current is not None and current not in names:
+            raise BadInput(f"current snapshot {current!r} is unknown")
+        self._snapshots_imported(snapshots=snapshots, current=current, at=at)
+
+    @event("SnapshotsImported")
+    def _snapshots_imported(
+        self, snapshots: list[dict[str, Any]], current: str | None, at: str
+    ) -> None:
+        for snap in snapshots:
+            self.snapshots[snap["name"]] = SnapshotRecord(
+                snap["name"], snap["parent"], dict(snap["disks"]), snap["created"],
+                snap.get("domain_xml"), snap.get("description"),
+            )
+        self.current = current
 
     def record_drift(self, findings: list[str], at: str) -> None:
         self._drift_detected(findings=findings, at=at)

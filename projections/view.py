@@ -14,6 +14,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, DomainEventProtocol
 
+from snapledger.domain.errors import LedgerDamaged
 from snapledger.domain.image_registry import ImageRegistration
 from snapledger.domain.vm import VirtualMachine
 
@@ -25,23 +26,53 @@ class LedgerView:
         self._by_id: dict[UUID, Aggregate] = {}
         self.position = 0  # the ledger position of the last event applied
         self.version = 0  # bumped on every change, for caches of derived views
+        # For the persisted projection (adapters/projection.py): the position of each
+        # aggregate's first event (restoring in that order keeps `vms` in ledger order), and
+        # the aggregates changed since the last checkpoint.
+        self.born: dict[UUID, int] = {}
+        self.dirty: set[UUID] = set()
 
     def apply(self, event: DomainEventProtocol[UUID], position: int) -> None:
         aggregate = self._by_id.get(event.originator_id)
-        aggregate = event.mutate(aggregate)  # type: ignore[attr-defined]
+        try:
+            aggregate = event.mutate(aggregate)  # type: ignore[attr-defined]
+        except Exception as error:  # a stored fact that can't be applied was changed under us
+            raise LedgerDamaged(
+                f"the event at ledger position {position} can't be applied "
+                f"({type(error).__name__}: {error}); run `snapledger verify`"
+            ) from error
         if aggregate is not None:
+            self.dirty.add(aggregate.id)
             if aggregate.id not in self._by_id:
-                self._by_id[aggregate.id] = aggregate
-                if isinstance(aggregate, VirtualMachine):
-                    self.vms[aggregate.name] = aggregate
-                elif isinstance(aggregate, ImageRegistration):
-                    self.registrations[aggregate.path] = aggregate
+                self._add(aggregate, position)
         self.position = position
         self.version += 1
 
     def apply_all(self, events: Iterable[tuple[DomainEventProtocol[UUID], int]]) -> None:
         for event, position in events:
             self.apply(event, position)
+
+    @classmethod
+    def restored(cls, aggregates: Iterable[tuple[Aggregate, int]], position: int) -> LedgerView:
+        """The view at `position` from its aggregates (each with the position of its first
+        event, in that order): what a checkpoint holds. Nothing is dirty."""
+        view = cls()
+        for aggregate, born in aggregates:
+            view._add(aggregate, born)
+        view.position = position
+        return view
+
+    def _add(self, aggregate: Aggregate, born: int) -> None:
+        self._by_id[aggregate.id] = aggregate
+        self.born[aggregate.id] = born
+        if isinstance(aggregate, VirtualMachine):
+            self.vms[aggregate.name] = aggregate
+        elif isinstance(aggregate, ImageRegistration):
+            self.registrations[aggregate.path] = aggregate
+
+    def aggregates(self) -> dict[UUID, Aggregate]:
+        """Every aggregate by id, in the order of their first events (read-only)."""
+        return self._by_id
 
     def users_of(self, path: str) -> set[str]:
         registration = self.registrations.get(path)
@@ -88,4 +119,5 @@ def replacing(view: LedgerView, vm: VirtualMachine) -> LedgerView:
     copy._by_id = {**view._by_id, vm.id: vm}
     copy.position = view.position
     copy.version = view.version
+    copy.born = view.born
     return copy

@@ -8,6 +8,7 @@ it was taken. After every step the disk must agree with the model, whatever snap
 from __future__ import annotations
 
 import itertools
+import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,13 +24,19 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+from projection_helpers import rebuilt, view_state
 
 from snapledger.adapters.event_store import LedgerApplication
+from snapledger.adapters.projection import PersistedProjection
+from snapledger.adapters.projection_store import MemoryProjectionStore
 from snapledger.adapters.service import Snapledger
 from snapledger.adapters.simulated_storage import CLUSTER, SimulatedCrash, SimulatedStorage
 from snapledger.domain.errors import (
+    BadPath,
     BranchPointRefused,
+    DriftFound,
     DuplicateName,
+    ImageInUse,
     Refused,
     StorageError,
     StrategyNotAllowed,
@@ -37,11 +44,14 @@ from snapledger.domain.errors import (
 from snapledger.domain.images import OwnerClass
 from snapledger.domain.steps import Plan
 from snapledger.projections.dag import ImageDag
+from snapledger.projections.documents import json_text, vm_document
 from snapledger.projections.view import LedgerView
 
 CLUSTERS = 12
 SIZE = CLUSTERS * CLUSTER
 TEMPLATE = "/templates/template.qcow2"
+CHECKPOINT_EVERY = 5  # archive points of the persisted projection, in ledger positions
+ELSEWHERE = "/elsewhere/stray.qcow2"  # in no VM's directories
 
 Content = dict[int, int]
 contents = st.dictionaries(st.integers(0, CLUSTERS - 1), st.integers(1, 255), max_size=6)
@@ -63,7 +73,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.app = LedgerApplication("memory:")
         ticks = itertools.count()
         self.clock = lambda: f"2026-01-01T00:00:00.{next(ticks):06d}+00:00"
-        self.ledger = Snapledger(self.app, self.storage, clock=self.clock)
+        self.ledger = Snapledger(self.app, self.storage, clock=self.clock, projection=self.projection())
         self.names = itertools.count(1)
         # The byte model.
         self.present: dict[tuple[str, str], Content] = {}
@@ -78,12 +88,19 @@ class LedgerMachine(RuleBasedStateMachine):
         self.storage.make_image(TEMPLATE, SIZE, content)
         self.user_files.add(TEMPLATE)
         self.frozen_files[TEMPLATE] = dict(content)
+        self.storage.make_image(ELSEWHERE, SIZE, {0: 0xEE})
+        self.user_files.add(ELSEWHERE)
+        self.frozen_files[ELSEWHERE] = {0: 0xEE}
 
     # ---- helpers -------------------------------------------------------------------------
 
+    def projection(self) -> PersistedProjection:
+        """A process's persisted projection, with archive points every few positions."""
+        return PersistedProjection(self.app, every=CHECKPOINT_EVERY)
+
     def fresh(self) -> Snapledger:
         """A new process on the same store: a fresh view rebuilt from the events."""
-        self.ledger = Snapledger(self.app, self.storage, clock=self.clock)
+        self.ledger = Snapledger(self.app, self.storage, clock=self.clock, projection=self.projection())
         return self.ledger
 
     def world(self) -> tuple[int, dict[str, tuple[object, ...]]]:
@@ -93,25 +110,46 @@ class LedgerMachine(RuleBasedStateMachine):
         }
         return self.app.recorder.max_notification_id() or 0, files
 
-    def deleting(self, snap: SnapRef, strategy: str, branches: str, crash_at: int | None) -> Plan:
-        """Delete, maybe dying at the `crash_at`-th storage call; a new process then recovers."""
-        self.storage.inject(crash_at=crash_at)
+    def deleting(
+        self, snap: SnapRef, strategy: str, branches: str, crash_at: int | None,
+        busy_at: int | None = None,
+    ) -> Plan:
+        """Delete, maybe dying at the `crash_at`-th storage call (a new process then recovers),
+        or finding the image held by another process at the `busy_at`-th merge (exit 4, nothing
+        recorded as failed; once the holder is gone, recover or a retry finishes the job)."""
+        self.storage.inject(crash_at=crash_at, busy_at=busy_at)
+        files = self.world()[1]
         try:
             return self.ledger.delete(snap.vm, snap.name, strategy, branches)
         except SimulatedCrash:
+            self.storage.inject()
             event("crash recovered: delete")
             plan = self.fresh().view.vms[snap.vm].operation
             assert plan is not None
             self.ledger.recover(snap.vm)
             return Plan("delete", plan.steps)
+        except ImageInUse as busy:
+            self.storage.inject()
+            assert busy.exit_code == 4
+            op = self.ledger.view.vms[snap.vm].operation
+            if op is None:  # nothing had been destroyed: rolled back, nothing changed
+                event("image in use, rolled back: delete")
+                assert self.world()[1] == files, "a delete rolled back for a held image changed files"
+                return self.ledger.delete(snap.vm, snap.name, strategy, branches)
+            event("image in use, recovered: delete")
+            assert op.failure is None, "a held image was recorded as a failure"
+            self.ledger.recover(snap.vm)
+            return Plan("delete", op.steps)
         finally:
             self.storage.inject()
 
-    def refused_and_nothing_changed(self, command: Callable[[], object], accepted: str) -> None:
+    def refused_and_nothing_changed(
+        self, command: Callable[[], object], accepted: str, refusal: type[Exception] = Refused
+    ) -> None:
         before = self.world()
         try:
             command()
-        except Refused:
+        except refusal:
             pass
         else:
             raise AssertionError(accepted)
@@ -139,8 +177,52 @@ class LedgerMachine(RuleBasedStateMachine):
             disks[disk] = path
             below = self.frozen_files[TEMPLATE] if backing else {}
             self.present[(vm, disk)] = {**below, **content}
-        self.ledger.adopt(vm, disks)
+        self.ledger.adopt(vm, disks, pools=["/templates"] if on_template else [])
         return vm
+
+    def every_directory(self) -> list[str]:
+        return sorted({posixpath.dirname(p) for p in self.storage.files} - {"/elsewhere"})
+
+    @rule(through_a_symlink=st.booleans())
+    def adopt_over_a_template_outside_is_refused(self, through_a_symlink: bool) -> None:
+        """A disk whose chain leaves the VM's directories (its disks' and its pools) is refused,
+        also when a symlinked directory inside leads out; nothing is recorded."""
+        vm = f"vm{next(self.names)}"
+        path = f"/vms/{vm}/vda.qcow2"
+        backing = TEMPLATE
+        if through_a_symlink:
+            self.storage.symlink(f"/vms/{vm}/templates", "/templates")
+            backing = f"/vms/{vm}/templates/template.qcow2"
+        self.storage.make_image(path, SIZE, {}, backing=TEMPLATE)
+        self.storage.files[path].backing = backing
+        self.refused_and_nothing_changed(
+            lambda: self.ledger.adopt(vm, {"vda": path}), "a chain leaving the VM's directories "
+            "was adopted", BadPath,
+        )
+        self.storage.delete(path)
+        self.storage.links.clear()
+
+    @rule(vm=vms, data=st.data())
+    def a_backing_rewritten_to_point_outside_is_found_and_refused(
+        self, vm: str, data: st.DataObject
+    ) -> None:
+        """Someone points an active image at a file outside the VM's directories: verify says
+        so, every operation is refused, and the file is never opened."""
+        assume(self.idle(vm))
+        active = data.draw(st.sampled_from(sorted(set(self.ledger.view.vms[vm].disks.values()))))
+        image = self.storage.files[active]
+        was = image.backing, image.backing_format
+        image.backing, image.backing_format = ELSEWHERE, "qcow2"
+        try:
+            assert any(
+                "outside the VM's allowed directories" in f for f in self.ledger.verify(vm)
+            )
+            self.refused_and_nothing_changed(
+                lambda: self.ledger.snapshot(vm, f"s{next(self.names)}", dry_run=True),
+                "a snapshot over a chain leaving the VM's directories was planned", DriftFound,
+            )
+        finally:
+            image.backing, image.backing_format = was
 
     @rule(vm=vms, data=st.data())
     def guest_writes(self, vm: str, data: st.DataObject) -> None:
@@ -236,12 +318,15 @@ class LedgerMachine(RuleBasedStateMachine):
         data=st.data(),
         branches=st.sampled_from(["forbid", "pull", "keep"]),
         crash_at=st.none() | st.integers(1, 4),
+        busy_at=st.none() | st.integers(1, 3),
     )
-    def delete_a_branch_point(self, data: st.DataObject, branches: str, crash_at: int | None) -> None:
+    def delete_a_branch_point(
+        self, data: st.DataObject, branches: str, crash_at: int | None, busy_at: int | None
+    ) -> None:
         snap = data.draw(st.sampled_from(self.snapshots_where("branch point")))
         before = self.world()
         try:
-            plan = self.deleting(snap, "auto", branches, crash_at)
+            plan = self.deleting(snap, "auto", branches, crash_at, busy_at)
         except BranchPointRefused:
             assert branches == "forbid"
             assert self.world() == before, "a refused delete changed something"
@@ -281,15 +366,19 @@ class LedgerMachine(RuleBasedStateMachine):
         strategy=st.sampled_from(["auto", "auto", "commit", "pull"]),
         branches=st.sampled_from(["forbid", "pull", "keep"]),
         crash_at=st.none() | st.integers(1, 4),
+        busy_at=st.none() | st.integers(1, 3),
     )
-    def delete(self, snap: SnapRef, strategy: str, branches: str, crash_at: int | None) -> object:
+    def delete(
+        self, snap: SnapRef, strategy: str, branches: str, crash_at: int | None,
+        busy_at: int | None,
+    ) -> object:
         if snap not in self.taken:
             return multiple()
         assume(self.idle(snap.vm))
         before = self.world()
         written = self.storage.bytes_written
         try:
-            plan = self.deleting(snap, strategy, branches, crash_at)
+            plan = self.deleting(snap, strategy, branches, crash_at, busy_at)
         except (BranchPointRefused, StrategyNotAllowed) as refusal:
             note(f"refused: {refusal}")
             event(f"delete refused: {type(refusal).__name__}")
@@ -314,18 +403,17 @@ class LedgerMachine(RuleBasedStateMachine):
         snap=snapshots,
         operation=st.sampled_from(["snapshot", "revert", "delete", "gc"]),
         at_call=st.integers(1, 6),
-        crash=st.booleans(),
+        how=st.sampled_from(["crash", "fail", "busy"]),
     )
     def interrupted_operation_then_recover(
-        self, snap: SnapRef, operation: str, at_call: int, crash: bool
+        self, snap: SnapRef, operation: str, at_call: int, how: str
     ) -> None:
-        """Crash (the process dies) or fail (an error) at a storage call, then `recover`."""
+        """Crash (the process dies), fail (an error) or find an image locked by another process
+        at a storage call, then `recover`."""
         assume(snap in self.taken and self.idle(snap.vm))
         vm = snap.vm
-        if crash:
-            self.storage.inject(crash_at=at_call)
-        else:
-            self.storage.inject(fail_at=at_call)
+        self.storage.inject(**{f"{how}_at": at_call})
+        files_before = self.world()[1]
         name = f"s{next(self.names)}"
         expect = None
         try:
@@ -346,6 +434,19 @@ class LedgerMachine(RuleBasedStateMachine):
                 event(f"crash recovered: {operation}")
                 self.fresh().recover()
                 expect = operation
+            except ImageInUse as busy:
+                note(f"image in use in {operation} at storage call {at_call}: {busy}")
+                assert busy.exit_code == 4
+                op = self.ledger.view.vms[vm].operation
+                if op is None:  # nothing destructive had happened: rolled back, nothing changed
+                    event(f"image in use, rolled back: {operation}")
+                    assert self.world()[1] == files_before
+                else:  # nothing recorded as failed: recover finishes it
+                    event(f"image in use, recovered: {operation}")
+                    assert op.failure is None
+                    self.storage.inject()
+                    self.ledger.recover(vm)
+                    expect = operation
             except StorageError as error:
                 note(f"failed in {operation} at storage call {at_call}: {error}")
                 op = self.ledger.view.vms[vm].operation
@@ -367,7 +468,8 @@ class LedgerMachine(RuleBasedStateMachine):
         other = f"vm{next(self.names)}"
         path = data.draw(st.sampled_from(sorted(set(self.ledger.view.vms[vm].disks.values()))))
         self.refused_and_nothing_changed(
-            lambda: self.ledger.adopt(other, {"vda": path}), "a disk active in another VM was adopted"
+            lambda: self.ledger.adopt(other, {"vda": path}, pools=self.every_directory()),
+            "a disk active in another VM was adopted",
         )
 
     @precondition(lambda self: len(self.ledger.view.vms) < 4 and self.taken)
@@ -381,7 +483,7 @@ class LedgerMachine(RuleBasedStateMachine):
         path = f"/vms/{vm}/vda.qcow2"
         self.storage.make_image(path, SIZE, content, backing=frozen)
         self.user_files.add(path)
-        self.ledger.adopt(vm, {"vda": path})
+        self.ledger.adopt(vm, {"vda": path}, pools=self.every_directory())
         self.present[(vm, "vda")] = {**self.taken[snap][disk], **content}
         return vm
 
@@ -392,7 +494,7 @@ class LedgerMachine(RuleBasedStateMachine):
         path = f"/vms/{other}/vda.qcow2"
         self.storage.make_image(path, SIZE, {}, backing=active)
         self.refused_and_nothing_changed(
-            lambda: self.ledger.adopt(other, {"vda": path}),
+            lambda: self.ledger.adopt(other, {"vda": path}, pools=self.every_directory()),
             "a disk backed by another VM's active image was adopted",
         )
         self.storage.delete(path)
@@ -444,6 +546,22 @@ class LedgerMachine(RuleBasedStateMachine):
         rebuilt = LedgerView()
         rebuilt.apply_all(self.app.events_after(0))
         assert rebuilt.canonical() == self.ledger.view.canonical()
+
+    @invariant()
+    def persisted_projection_equals_rebuilt(self) -> None:
+        """What a new process starts from (the checkpoint, caught up), what time travel starts
+        from (an archive point) and the stored `show` documents are the folded ledger, exactly."""
+        last = self.app.recorder.max_notification_id() or 0
+        whole = rebuilt(self.app)
+        projection = self.projection()
+        store = projection.store
+        assert isinstance(store, MemoryProjectionStore)
+        if store.tracking is not None and store.tracking.position == last:
+            for name in whole.vms:
+                assert store.doc_text(name) == json_text(vm_document(whole, name)), name
+        assert view_state(projection.catch_up(projection.load())) == view_state(whole)
+        for position in {last // 2, max(last - 1, 0)}:
+            assert view_state(projection.view_at(position)) == view_state(rebuilt(self.app, position))
 
     def check_nothing_unreachable(self, vm: str, include_detached: bool) -> None:
         dag = ImageDag(self.ledger.view)
