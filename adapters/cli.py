@@ -8,6 +8,7 @@ semantics.md; they never show a traceback.
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from . import output
     from .event_store import LedgerApplication
     from .service import Snapledger
-    from .trail_index import TrailIndex
 else:
 
     class _Deferred(ModuleType):
@@ -77,13 +77,17 @@ class Context:
     @property
     def ledger(self) -> Snapledger:
         if self._ledger is None:
-            from .libvirt_hypervisor import LibvirtHypervisor  # imports libvirt only when used
+            from .libvirt_hypervisor import (  # imports libvirt only when used
+                LibvirtHypervisor,
+                job_bandwidth_from_env,
+            )
             from .qemu_img import QemuImgStorage
             from .service import Snapledger
 
             storage = QemuImgStorage()
             storage.progress = output.MergeProgress()
-            self._ledger = Snapledger(self.ledger_app, storage, hypervisor=LibvirtHypervisor())
+            hypervisor = LibvirtHypervisor(job_bandwidth=job_bandwidth_from_env(os.environ))
+            self._ledger = Snapledger(self.ledger_app, storage, hypervisor=hypervisor)
         return self._ledger
 
     def stored_show_text(self, vm: str) -> str | None:
@@ -318,7 +322,9 @@ def verify(c: Context, vm: str | None, show_head: bool, expect_head: str | None)
     app = c.ledger_app
     chain = [str(f) for f in app.check_chain(expect_head)]
     position, head_hash = app.head()
-    index = trail_index(app) if not chain else None
+    from .trail_index import trail_index_for
+
+    index = trail_index_for(app) if not chain else None
     if index is not None:  # a cache must agree with the events just checked
         from snapledger.projections.trail import trail
 
@@ -431,15 +437,6 @@ def tree(c: Context, vm: str, images: bool) -> None:
         output.emit_json(output.tree_json(snapshots)) if c.as_json else output.show_tree(snapshots)
 
 
-def trail_index(app: LedgerApplication) -> TrailIndex | None:
-    """The SQLite ledger's trail index (other stores compute the trail in memory)."""
-    from .projection_store import sqlite_file
-    from .trail_index import TrailIndex
-
-    path = sqlite_file(app.store_url)
-    return TrailIndex(app, path) if path is not None else None
-
-
 @cli.command()
 @click.argument("vm", required=False)
 @click.option("--since", metavar="TIME", help="Only events recorded at or after TIME (ISO 8601).")
@@ -460,7 +457,9 @@ def log(c: Context, vm: str | None, since: str | None, until: str | None, types:
         raise BadInput(f"unknown event type {unknown[0]!r}; one of: {', '.join(sorted(EVENT_TYPES))}")
     low = parse_time(since) if since else None
     high = parse_time(until) if until else None
-    index = trail_index(app)
+    from .trail_index import trail_index_for
+
+    index = trail_index_for(app)
     if index is not None:
         entries = index.select(vm, low, high, types)
     else:

@@ -121,14 +121,19 @@ class LibvirtDomains:
         dom = self._domain(domain)
         self._call("destroy", dom.destroy)
 
-    def block_commit(self, domain: str, disk: str, base: str, top: str | None) -> None:
+    def block_commit(
+        self, domain: str, disk: str, base: str, top: str | None, bandwidth: int = 0
+    ) -> None:
         dom = self._domain(domain)
         flags = libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE if top is None else 0
-        self._call("blockCommit", dom.blockCommit, disk, base, top, 0, flags)
+        if bandwidth:
+            flags |= libvirt.VIR_DOMAIN_BLOCK_COMMIT_BANDWIDTH_BYTES
+        self._call("blockCommit", dom.blockCommit, disk, base, top, bandwidth, flags)
 
-    def block_pull(self, domain: str, disk: str, base: str | None) -> None:
+    def block_pull(self, domain: str, disk: str, base: str | None, bandwidth: int = 0) -> None:
         dom = self._domain(domain)
-        self._call("blockRebase", dom.blockRebase, disk, base, 0, 0)
+        flags = libvirt.VIR_DOMAIN_BLOCK_REBASE_BANDWIDTH_BYTES if bandwidth else 0
+        self._call("blockRebase", dom.blockRebase, disk, base, bandwidth, flags)
 
     def block_job(self, domain: str, disk: str) -> BlockJob | None:
         dom = self._domain(domain)

@@ -18,7 +18,7 @@ in the unit tests) does, and only when a VM bound to libvirt is acted on.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -50,11 +50,25 @@ if TYPE_CHECKING:
     from .service import Snapledger
 
 DEFAULT_URI = "qemu:///system"
+# A test knob, never set in normal use: a bandwidth limit (bytes per second) for every block job
+# snapledger starts, so that the system tests can interrupt a live merge reliably
+# (tests/system/test_libvirt_restart.py). Unset, empty or 0: no limit.
+TEST_JOB_BANDWIDTH_ENV = "SNAPLEDGER_TEST_JOB_BANDWIDTH"
 
 
 class LiveStepImpossible(Refused):
     """A planned step can't be done while the domain runs (a pull into a backing file of a
     running disk: libvirt pulls only into the active image)."""
+
+
+def job_bandwidth_from_env(environ: Mapping[str, str]) -> int:
+    """The block jobs' bandwidth limit the test knob asks for (bytes per second), or 0."""
+    value = environ.get(TEST_JOB_BANDWIDTH_ENV, "").strip()
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise BadInput(f"{TEST_JOB_BANDWIDTH_ENV} must be a number of bytes per second, not {value!r}")
+    return int(value)
 
 
 def real_connect(uri: str) -> LibvirtPort:
@@ -78,11 +92,15 @@ class LibvirtHypervisor:
         poll_seconds: float = 0.25,
         job_timeout: float = 6 * 3600.0,
         sleep: Callable[[float], None] = time.sleep,
+        job_bandwidth: int = 0,
     ) -> None:
         self.connect = connect
         self.poll_seconds = poll_seconds
         self.job_timeout = job_timeout
         self.sleep = sleep
+        # bytes per second for every block job started; 0 (the default) is no limit. Only the
+        # tests set it (TEST_JOB_BANDWIDTH_ENV), to make a live merge slow enough to interrupt.
+        self.job_bandwidth = job_bandwidth
         self._ports: dict[str, LibvirtPort] = {}
 
     # ---- binding ---------------------------------------------------------------------
@@ -359,7 +377,9 @@ class LibvirtStorage:
         active = at == 0
         job = self.port.block_job(live.domain, live.disk)
         if job is None:
-            self.port.block_commit(live.domain, live.disk, base, None if active else top)
+            self.port.block_commit(
+                live.domain, live.disk, base, None if active else top, self.hypervisor.job_bandwidth
+            )
         elif job.kind not in ("commit", "active-commit"):
             raise StorageError(f"{live.domain}'s {live.disk} runs another block job ({job.kind})")
         self._wait(live, pivot=active)
@@ -408,7 +428,7 @@ class LibvirtStorage:
             raise StorageError(f"{new_backing} is not below {image} in {live.domain}'s {live.disk}")
         job = self.port.block_job(live.domain, live.disk)
         if job is None:
-            self.port.block_pull(live.domain, live.disk, new_backing)
+            self.port.block_pull(live.domain, live.disk, new_backing, self.hypervisor.job_bandwidth)
         elif job.kind != "pull":
             raise StorageError(f"{live.domain}'s {live.disk} runs another block job ({job.kind})")
         self._wait(live, pivot=False)
@@ -625,6 +645,8 @@ __all__ = [
     "AdoptReport",
     "LibvirtHypervisor",
     "LibvirtStorage",
+    "TEST_JOB_BANDWIDTH_ENV",
     "LiveStepImpossible",
     "adopt_libvirt",
+    "job_bandwidth_from_env",
 ]

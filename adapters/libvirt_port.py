@@ -70,12 +70,15 @@ class LibvirtPort(Protocol):
     def destroy(self, domain: str) -> None:
         """Stop the domain at once (a transient one is then gone)."""
 
-    def block_commit(self, domain: str, disk: str, base: str, top: str | None) -> None:
-        """Start a commit job: `top` None is an active commit (of the disk's active image)."""
+    def block_commit(
+        self, domain: str, disk: str, base: str, top: str | None, bandwidth: int = 0
+    ) -> None:
+        """Start a commit job: `top` None is an active commit (of the disk's active image).
+        `bandwidth`: bytes per second, 0 for no limit (a test knob, see LibvirtHypervisor)."""
 
-    def block_pull(self, domain: str, disk: str, base: str | None) -> None:
+    def block_pull(self, domain: str, disk: str, base: str | None, bandwidth: int = 0) -> None:
         """Start a pull (block stream) into the disk's active image of everything above
-        `base` (None: the whole chain)."""
+        `base` (None: the whole chain); `bandwidth` as for block_commit."""
 
     def block_job(self, domain: str, disk: str) -> BlockJob | None:
         """The disk's running block job, or None."""

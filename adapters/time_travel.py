@@ -13,6 +13,7 @@ from snapledger.projections import history
 from snapledger.projections.view import LedgerView
 
 from .service import Snapledger
+from .trail_index import trail_index_for
 
 
 def position_for(ledger: Snapledger, at_event: int | None, at_time: str | None) -> tuple[int, str]:
@@ -30,7 +31,8 @@ def position_for(ledger: Snapledger, at_event: int | None, at_time: str | None) 
     if at_time is None:
         raise BadInput("give --at-event N or --at TIME")
     when = history.parse_time(at_time)
-    return ledger.position_at(when), at_time
+    index = trail_index_for(ledger.app)  # SQLite: the trail index knows every event's time
+    return (index.position_at(when) if index is not None else ledger.position_at(when)), at_time
 
 
 def view_of(ledger: Snapledger, vm: str, position: int, moment: str) -> LedgerView:

@@ -32,6 +32,14 @@ SCHEMA = (
 BATCH = 5_000
 
 
+def trail_index_for(app: LedgerApplication) -> TrailIndex | None:
+    """The SQLite ledger's trail index (other stores compute the trail in memory)."""
+    from .projection_store import sqlite_file
+
+    path = sqlite_file(app.store_url)
+    return TrailIndex(app, path) if path is not None else None
+
+
 class TrailIndex:
     def __init__(self, app: LedgerApplication, path: str) -> None:
         self.app = app
@@ -110,6 +118,16 @@ class TrailIndex:
             + " ORDER BY t.position"
         )
         return [_entry(row) for row in self.con.execute(query, params)]
+
+    def position_at(self, when: datetime) -> int:
+        """The last position whose event time is at or before `when` (0 if none): the same
+        answer as Snapledger.position_at, from the index instead of every event."""
+        self.catch_up()
+        (found,) = self.con.execute(
+            f"SELECT COALESCE(MAX(position), 0) FROM {TRAIL} WHERE time <= ?",
+            (when.astimezone(UTC).isoformat(timespec="microseconds"),),
+        ).fetchone()
+        return int(found)
 
     def disagreements(self, truth: Iterable[TrailEntry]) -> list[int]:
         """Positions where the index differs from `truth` (the trail recomputed from the events);

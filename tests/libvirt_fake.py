@@ -53,6 +53,7 @@ class FakeLibvirt:
         self.down_on: tuple[str, int] | None = None  # (call, n): down from the n-th such call
         self.crash_after: str | None = None  # the process dies right after this call is done
         self.calls: list[str] = []
+        self.bandwidths: list[int] = []  # the limit each block job was started with
 
     # ---- what a test does ------------------------------------------------------------
 
@@ -176,8 +177,11 @@ class FakeLibvirt:
         if not dom.persistent:
             del self.domains[domain]
 
-    def block_commit(self, domain: str, disk: str, base: str, top: str | None) -> None:
+    def block_commit(
+        self, domain: str, disk: str, base: str, top: str | None, bandwidth: int = 0
+    ) -> None:
         self._enter("blockCommit")
+        self.bandwidths.append(bandwidth)
         dom = self._dom(domain)
         chain = self.chain(domain, disk)
         top = top or chain[0]
@@ -186,8 +190,9 @@ class FakeLibvirt:
         kind = "active-commit" if top == dom.live[disk] else "commit"
         self.jobs[(domain, disk)] = FakeJob(kind, top, base)
 
-    def block_pull(self, domain: str, disk: str, base: str | None) -> None:
+    def block_pull(self, domain: str, disk: str, base: str | None, bandwidth: int = 0) -> None:
         self._enter("blockRebase")
+        self.bandwidths.append(bandwidth)
         self._dom(domain)
         self.jobs[(domain, disk)] = FakeJob("pull", self.domains[domain].live[disk], base)
 

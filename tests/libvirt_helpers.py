@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -91,6 +92,14 @@ class Domains:
     def domain(self, name: str) -> libvirt.virDomain:
         return self.conn.lookupByName(name)
 
+    def reconnect(self) -> None:
+        """A new connection: the old one died with libvirtd (tests that restart it)."""
+        try:
+            self.conn.close()
+        except libvirt.libvirtError:
+            pass
+        self.conn = libvirt.open(URI)
+
     def running(self, name: str) -> bool:
         try:
             return bool(self.domain(name).isActive())
@@ -113,6 +122,27 @@ class Domains:
             out = _virsh("qemu-monitor-command", "--hmp", name, f'qemu-io -d {qdev} "{command}"')
             if "error" in out.lower() or "failed" in out.lower():
                 raise AssertionError(f"qemu-io {command} on {name}: {out}")
+
+    def reads(self, name: str, pattern: int, offset: int, length: int,
+              device: str = "virtio-disk0") -> bool:
+        """Whether the running disk reads `pattern` there, as the guest would: HMP qemu-io, whose
+        report QEMU prints on its stdout, the domain's log (virtlogd), not on the monitor."""
+        qdev = f"/machine/peripheral/{device}/virtio-backend"
+        command = f"read -P {pattern:#x} {offset} {length}"
+        log = Path("/var/log/libvirt/qemu") / f"{name}.log"
+        start = log.stat().st_size
+        _virsh("qemu-monitor-command", "--hmp", name, f'qemu-io -d {qdev} "{command}"')
+        done = f"read {length}/{length} bytes at offset {offset}\n"
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            with log.open("rb") as f:
+                f.seek(start)
+                out = f.read().decode(errors="replace")
+            if done in out:
+                return "Pattern verification failed" not in out.split(done)[0]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"qemu-io {command} on {name}: no report in {log}: {out}")
+            time.sleep(0.02)
 
     def stop(self, name: str) -> None:
         if self.running(name):
