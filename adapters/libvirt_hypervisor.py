@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from snapledger.domain.errors import BadInput, Refused, StorageError, UnknownVm
 from snapledger.domain.images import ImageFacts, Origin
 from snapledger.domain.steps import (
+    Commit,
     DefineDomain,
     Plan,
     Pull,
@@ -389,6 +390,25 @@ class LibvirtStorage:
                 f"block commit of {top} into {base} did not finish: {live.domain}'s {live.disk} "
                 f"still reads {' <- '.join(reversed(after))}"
             )
+
+    def await_job(self, step: Step) -> None:
+        """Before `recover` checks and redoes a merge step: a block job still running on its disk
+        that ends by itself (a non-active commit or a pull, started before the process died or
+        libvirtd restarted) is waited for. While a non-active commit runs, QEMU keeps the image
+        it commits locked against reads, so qemu-img could not even inspect it. An active commit
+        is left to `commit`, which waits for it and pivots."""
+        if isinstance(step, Commit):
+            path = step.top
+        elif isinstance(step, Pull):
+            path = step.image
+        else:
+            return
+        live = self._live(path)
+        if live is None:
+            return
+        job = self.port.block_job(live.domain, live.disk)
+        if job is not None and job.kind in ("commit", "pull"):
+            self._wait(live, pivot=False)
 
     def _committed_live_before(self, top: str, base: str) -> bool:
         """After a crash: libvirt no longer reads `top` through a disk whose ledger chain holds

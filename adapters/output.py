@@ -282,12 +282,24 @@ def emit_text(text: str) -> None:
     sys.stdout.write(text)
 
 
+TABLE_ROWS = 500  # beyond this a rich table takes seconds to lay out; plain columns instead
+
+
 def show_rows(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
+    header = list(columns)
+    cells = [["-" if v is None else str(v) for v in row] for row in rows]
+    if len(cells) > TABLE_ROWS:
+        widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+        lines = [f"{title} ({len(cells)} rows)"]
+        for line in (header, *cells):
+            lines.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+        sys.stdout.write("\n".join(lines) + "\n")
+        return
     table = Table(title=title)
-    for column in columns:
+    for column in header:
         table.add_column(column)
-    for row in rows:
-        table.add_row(*("-" if v is None else str(v) for v in row))
+    for cell_row in cells:
+        table.add_row(*cell_row)
     console.print(table)
 
 

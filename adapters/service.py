@@ -402,6 +402,8 @@ class Snapledger:
             index = op.done
             step = op.steps[index]
             try:
+                if recovering and (hypervisor := self._libvirt(vm)) is not None:
+                    hypervisor.storage(vm, self.storage).await_job(step)
                 if step.destructive:
                     self._check_same_files(vm, step)
                 observed = self._carry_out(step, vm)

@@ -441,3 +441,30 @@ def test_snapledger_killed_during_a_live_commit_then_recover(
     present = _regions(0x22, written)
     _check_finished(cli, vms, name, op, chain=[base], frozen={}, present=present, gone=[s1])
     _then_the_guest_writes_on(cli, vms, name, base, present)
+
+
+def test_snapledger_killed_during_a_non_active_commit_then_recover_waits_for_it(
+    tmp_path: Path, libvirtd: Domains, background: list[Background]
+) -> None:
+    vms = libvirtd
+    cli, name, base = _setup(tmp_path, vms)
+    s1, s2, s3 = vms.path("vda.s1"), vms.path("vda.s2"), vms.path("vda.s3")
+    cli.run("snapshot", name, "s1")
+    vms.write(name, 0x11, 8 * MIB)
+    cli.run("snapshot", name, "s2")
+    vms.write(name, 0x22, *BULK)
+    cli.run("snapshot", name, "s3")
+    vms.write(name, 0x33, 12 * MIB)
+    job = Background(cli, "delete", name, "s2")  # vda.s2 committed into vda.s1 (non-active)
+    background.append(job)
+    _running_job(vms, name, COMMIT)
+    job.kill()
+    op = _operation(cli, name)
+    assert _job(vms, name)  # QEMU's job runs on: QEMU holds vda.s2 (no consistent reads)
+    cli.run("recover", name)  # waits for the job, then takes the commit as done
+    s3_state = _regions(0x22, {8 * MIB: 0x11})
+    present = _merge(s3_state, {12 * MIB: 0x33})
+    _check_finished(cli, vms, name, op, chain=[s3, s1, base],
+                    frozen={"s1": (base, _regions(0, {})), "s3": (s1, s3_state)},
+                    present=present, gone=[s2])
+    _then_the_guest_writes_on(cli, vms, name, s3, present)
