@@ -5,7 +5,8 @@ domains (64 MiB, one vCPU, `machine='pc'`, no OS: SeaBIOS finds nothing to boot 
 one or more virtio qcow2 disks, and destroys and undefines every one of them afterwards, with
 their libvirt snapshot metadata. Guest writes are stood in for by HMP `qemu-io` on the disk's
 qdev path (`/machine/peripheral/virtio-disk0/virtio-backend`; libvirt 9.0 names the first virtio
-disk `virtio-disk0`), each followed by a flush.
+disk `virtio-disk0`), each followed by a flush; `reads` checks what the running disk reads the
+same way (QEMU prints qemu-io's report in the domain's log).
 
 libvirtd is needed: .ci/setup installs and starts it. The tests never skip without it.
 """

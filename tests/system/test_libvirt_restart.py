@@ -159,10 +159,17 @@ def background() -> Iterator[list[Background]]:
             job.out.close()
 
 
-# ---- the domain -------------------------------------------------------------------------
+# ---- the domain and what its images read ---------------------------------------------------
+
+CELL = 64 * 1024  # one cluster
+Regions = list[tuple[int, int, int]]  # offset, length, pattern (0: never written)
+ACTIVE_COMMIT = libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT
+COMMIT = libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_COMMIT
+PULL = libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_PULL
 
 
 def _setup(tmp_path: Path, vms: Domains) -> tuple[Cli, str, str]:
+    """A running domain on a 16 MiB disk whose first cluster reads 0x01, adopted."""
     base = make_image(vms.path("vda.qcow2"), SIZE, {0: 0x01})
     name = vms.new({"vda": base})
     cli = Cli(tmp_path)
@@ -170,50 +177,50 @@ def _setup(tmp_path: Path, vms: Domains) -> tuple[Cli, str, str]:
     return cli, name, base
 
 
-def _job(vms: Domains, name: str) -> dict[str, int]:
-    info: dict[str, int] = vms.domain(name).blockJobInfo("vda", 0)
-    return info
-
-
-def _running_job(vms: Domains, name: str, kind: int) -> dict[str, int]:
-    """Wait until the disk's block job runs; it must be of `kind` and not finished yet."""
-    info = wait_for("the block job to start", lambda: _job(vms, name))
-    assert info["type"] == kind, info
-    assert info["cur"] < info["end"], info
-    return info
-
-
-Regions = list[tuple[int, int, int]]  # offset, length, pattern (0: never written)
-
-
-def _regions(bulk: int, written: dict[int, int], size: int = SIZE) -> Regions:
-    """The whole disk as (offset, length, pattern): 0x01 in the first cluster, `bulk` over BULK,
-    `written` 64 KiB clusters (offset -> pattern) on top, zeros elsewhere."""
-    cells = dict.fromkeys(range(0, size, 64 * 1024), 0)
+def content(written: dict[int, int], bulk: int | None = None, below: Regions | None = None) -> Regions:
+    """The whole disk as regions: `below` (default: the adopted disk, 0x01 in its first
+    cluster, zeros elsewhere), then `bulk` over BULK, then `written` clusters (offset ->
+    pattern) on top."""
+    cells = dict.fromkeys(range(0, SIZE, CELL), 0)
     cells[0] = 0x01
-    if bulk:
-        for at in range(BULK[0], BULK[0] + BULK[1], 64 * 1024):
-            cells[at] = bulk
+    for offset, length, pattern in below or []:
+        cells.update(dict.fromkeys(range(offset, offset + length, CELL), pattern))
+    if bulk is not None:
+        cells.update(dict.fromkeys(range(BULK[0], BULK[0] + BULK[1], CELL), bulk))
     cells.update(written)
     out: Regions = []
     for at, pattern in sorted(cells.items()):
         if out and out[-1][2] == pattern and out[-1][0] + out[-1][1] == at:
-            out[-1] = (out[-1][0], out[-1][1] + 64 * 1024, pattern)
+            out[-1] = (out[-1][0], out[-1][1] + CELL, pattern)
         else:
-            out.append((at, 64 * 1024, pattern))
+            out.append((at, CELL, pattern))
     return out
 
 
 def assert_file_reads(path: str, regions: Regions) -> None:
-    """A frozen (or shut-off) image reads exactly `regions` through its chain."""
+    """An image (frozen, or the domain's once shut off) reads exactly `regions` through its
+    chain: qemu-io -r -U."""
     out = qemu_io(path, [f"read -P {p:#x} {o} {n}" for o, n, p in regions], read_only=True)
     assert "Pattern verification failed" not in out, f"{path}: {out}"
     assert out.count("read ") == len(regions), out
 
 
 def assert_running_reads(vms: Domains, name: str, regions: Regions) -> None:
+    """The running disk reads exactly `regions`, as the guest sees it (HMP qemu-io)."""
     bad = [(o, n, p) for o, n, p in regions if not vms.reads(name, p, o, n)]
     assert not bad, f"{name}'s running disk does not read {bad}"
+
+
+def _job(vms: Domains, name: str) -> dict[str, int]:
+    info: dict[str, int] = vms.domain(name).blockJobInfo("vda", 0)
+    return info
+
+
+def _running_job(vms: Domains, name: str, kind: int) -> None:
+    """Wait until the disk's block job runs; it must be of `kind` and not done yet."""
+    info = wait_for("the block job to start", lambda: _job(vms, name))
+    assert info["type"] == kind, info
+    assert info["cur"] < info["end"], info
 
 
 def _domblklist(name: str) -> list[str]:
@@ -222,9 +229,26 @@ def _domblklist(name: str) -> list[str]:
     return [line.split()[1] for line in done.stdout.splitlines()[2:] if line.strip()]
 
 
+def _backing(path: str) -> str | None:
+    done = subprocess.run(["qemu-img", "info", "-U", "--output=json", path], capture_output=True,
+                          text=True, timeout=DEADLINE, check=True)
+    backing = json.loads(done.stdout).get("backing-filename")
+    return str(backing) if backing is not None else None
+
+
+def _stamp(path: str) -> tuple[int, int, int]:
+    seen = os.stat(path)
+    return seen.st_ino, seen.st_size, seen.st_mtime_ns
+
+
+def _operation(cli: Cli, name: str) -> dict:  # type: ignore[type-arg]
+    op = cli.json("show", name)["operation"]
+    assert op is not None, "the operation was not left open"
+    return op  # type: ignore[no-any-return]
+
+
 def _steps_done(cli: Cli, name: str, op_id: str) -> list[int]:
-    """The indexes of the operation's steps recorded as done, in order (each once, or a step
-    was done twice)."""
+    """The indexes of the operation's steps recorded as done, in order."""
     out = []
     for line in cli.run("export", name).stdout.splitlines()[1:]:
         event = json.loads(line)
@@ -234,25 +258,21 @@ def _steps_done(cli: Cli, name: str, op_id: str) -> list[int]:
     return out
 
 
-
-def _operation(cli: Cli, name: str) -> dict:  # type: ignore[type-arg]
-    op = cli.json("show", name)["operation"]
-    assert op is not None, "the operation was not left open"
-    return op  # type: ignore[no-any-return]
-
-
 def _check_finished(cli: Cli, vms: Domains, name: str, op: dict, *,  # type: ignore[type-arg]
                     chain: list[str], frozen: dict[str, tuple[str, Regions]],
                     present: Regions, gone: list[str]) -> None:
-    """After recover: the operation closed with each step done once, the domain running on
-    `chain` (active first), `frozen` (snapshot -> image, what it reads) intact, the running
-    disk reading `present`, the merged images deleted, verify clean."""
+    """After recover: the operation is closed with each step done once; no block job is left;
+    the domain runs on `chain` (active first; its persistent definition too); each snapshot of
+    `frozen` (name -> image, what it reads) is held by that image and reads it; the running
+    disk reads `present`; the merged images are deleted; verify is clean. Then the guest writes
+    on, and the shut-off disk reads it all."""
     shown = cli.json("show", name)
     assert shown["operation"] is None
     assert _steps_done(cli, name, op["id"]) == list(range(op["steps"]))  # nothing done twice
-    assert vms.running(name)
+    assert vms.running(name) and not _job(vms, name)
     assert _domblklist(name) == [chain[0]]
     assert vms.sources(name)["vda"] == chain
+    assert vms.sources(name, inactive=True)["vda"][0] == chain[0]
     assert shown["disks"]["vda"]["active"] == chain[0]
     assert {s["name"]: s["disks"]["vda"] for s in shown["snapshots"]} == {
         snap: path for snap, (path, _) in frozen.items()
@@ -264,35 +284,12 @@ def _check_finished(cli: Cli, vms: Domains, name: str, op: dict, *,  # type: ign
     for path, regions in frozen.values():
         assert_file_reads(path, regions)
     assert_running_reads(vms, name, present)
-
-
-def _then_the_guest_writes_on(cli: Cli, vms: Domains, name: str, active: str,
-                              present: Regions) -> None:
-    """The guest writes on into the image it runs on; shut off, that file reads it all."""
     vms.write(name, 0x77, 15 * MIB)
     vms.stop(name)
-    assert_file_reads(active, _merge(present, {15 * MIB: 0x77}))
+    assert_file_reads(chain[0], content({15 * MIB: 0x77}, below=present))
+    for path, regions in frozen.values():
+        assert_file_reads(path, regions)
     assert cli.run("verify", name).returncode == 0
-
-
-def _merge(regions: Regions, written: dict[int, int]) -> Regions:
-    cells = {}
-    for offset, length, pattern in regions:
-        for at in range(offset, offset + length, 64 * 1024):
-            cells[at] = pattern
-    cells.update(written)
-    out: Regions = []
-    for at, pattern in sorted(cells.items()):
-        if out and out[-1][2] == pattern and out[-1][0] + out[-1][1] == at:
-            out[-1] = (out[-1][0], out[-1][1] + 64 * 1024, pattern)
-        else:
-            out.append((at, 64 * 1024, pattern))
-    return out
-
-
-ACTIVE_COMMIT = libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT
-COMMIT = libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_COMMIT
-PULL = libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_PULL
 
 
 # ---- libvirtd restarts during the job ------------------------------------------------------
@@ -313,25 +310,24 @@ def test_libvirtd_restart_during_an_active_commit_then_recover_pivots(
     background.append(job)
     _running_job(vms, name, ACTIVE_COMMIT)
     restart_libvirtd(vms)
-    # QEMU's job ran on, and libvirt found it again: an active commit waits for its pivot
-    info = _job(vms, name)
-    assert info["type"] == ACTIVE_COMMIT, info
+    info = _job(vms, name)  # QEMU's job ran on and libvirt found it again
+    assert info["type"] == ACTIVE_COMMIT, info  # (an active commit ends only with a pivot)
     code, out = job.wait()  # snapledger's connection broke under it: the step failed
     assert code == 1 and "libvirt" in out, out
     op = _operation(cli, name)
     assert op["failure"] is not None and op["done"] == 0
     assert _domblklist(name) == [s2] and os.path.exists(s2)  # nothing deleted
     cli.run("snapshot", name, "s3", expect=4)  # the failed operation holds the VM
-    vms.write(name, 0x33, 12 * MIB)  # the guest writes on during the job (mirrored)
+    vms.write(name, 0x33, 12 * MIB)  # the guest writes on during the job (QEMU mirrors it)
     vms.write(name, 0x34, 2 * MIB)  # over what the job copies
-    cli.run("recover", name)
-    present = _regions(0x22, {8 * MIB: 0x11, 12 * MIB: 0x33, 2 * MIB: 0x34})
+    cli.run("recover", name)  # waits for the job and pivots
     _check_finished(cli, vms, name, op, chain=[s1, base],
-                    frozen={"s1": (base, _regions(0, {}))}, present=present, gone=[s2])
-    _then_the_guest_writes_on(cli, vms, name, s1, present)
+                    frozen={"s1": (base, content({}))},
+                    present=content({8 * MIB: 0x11, 12 * MIB: 0x33, 2 * MIB: 0x34}, 0x22),
+                    gone=[s2])
 
 
-def test_libvirtd_restart_and_crash_during_a_non_active_commit_that_ends_meanwhile(
+def test_libvirtd_and_snapledger_crash_during_a_non_active_commit_that_ends_meanwhile(
     tmp_path: Path, libvirtd: Domains, background: list[Background]
 ) -> None:
     vms = libvirtd
@@ -348,36 +344,29 @@ def test_libvirtd_restart_and_crash_during_a_non_active_commit_that_ends_meanwhi
     job = Background(cli, "delete", name, "s2")
     background.append(job)
     _running_job(vms, name, COMMIT)
+    job.kill()  # snapledger crashes (first: it must not see libvirtd go and record a failure)
     pids = libvirtd_pids()
     for pid in pids:
-        os.kill(pid, signal.SIGKILL)  # libvirtd crashes ...
-    job.kill()  # ... and so does snapledger
+        os.kill(pid, signal.SIGKILL)  # and so does libvirtd
     wait_for("libvirtd to die", lambda: not any(_alive(pid) for pid in pids))
     op = _operation(cli, name)
     assert op["failure"] is None and op["done"] == 0
-    # recover without libvirtd: refused in one line, nothing done by qemu-img behind QEMU's back
+    # recover without libvirtd: it fails in one line, and qemu-img does nothing behind QEMU
     done = cli.run("recover", name, expect=1)
     assert "libvirt" in done.stderr
     assert os.path.exists(s2)
     # QEMU finishes the job on its own meanwhile: vda.s3 is re-pointed onto vda.s1 on disk
-    wait_for("QEMU to finish the commit",
-             lambda: _backing(s3) == s1)
+    wait_for("QEMU to finish the commit", lambda: _backing(s3) == s1)
     start_libvirtd()
     vms.reconnect()
     assert not _job(vms, name)  # libvirt saw the job end when it came back
-    cli.run("recover", name)  # the commit is taken as done: never committed again by qemu-img
-    s3_state = _regions(0x22, {8 * MIB: 0x11})
+    merged = _stamp(s1)
+    cli.run("recover", name)  # the commit is taken as done, never committed again by qemu-img
+    assert _stamp(s1) == merged
+    s3_state = content({8 * MIB: 0x11}, 0x22)
     _check_finished(cli, vms, name, op, chain=[s3, s1, base],
-                    frozen={"s1": (base, _regions(0, {})), "s3": (s1, s3_state)},
-                    present=_merge(s3_state, {12 * MIB: 0x33}), gone=[s2])
-    _then_the_guest_writes_on(cli, vms, name, s3, _merge(s3_state, {12 * MIB: 0x33}))
-
-
-def _backing(path: str) -> str | None:
-    done = subprocess.run(["qemu-img", "info", "-U", "--output=json", path], capture_output=True,
-                          text=True, timeout=DEADLINE, check=True)
-    backing = json.loads(done.stdout).get("backing-filename")
-    return str(backing) if backing is not None else None
+                    frozen={"s1": (base, content({})), "s3": (s1, s3_state)},
+                    present=content({12 * MIB: 0x33}, below=s3_state), gone=[s2])
 
 
 def test_libvirtd_restart_during_a_block_pull_then_recover_waits_for_it(
@@ -390,7 +379,7 @@ def test_libvirtd_restart_during_a_block_pull_then_recover_waits_for_it(
     vms.write(name, 0x22, *BULK)  # into vda.s1: what the pull moves
     cli.run("snapshot", name, "s2")  # freezes vda.s1
     vms.write(name, 0x33, 12 * MIB)
-    # s2 goes: vda.s1 is pulled into the running vda.s2 (a block pull onto the disk), then deleted
+    # s2 goes: vda.s1 is pulled into the running vda.s2 (a block pull), then deleted
     job = Background(cli, "delete", name, "s2", "--strategy", "pull")
     background.append(job)
     _running_job(vms, name, PULL)
@@ -401,18 +390,17 @@ def test_libvirtd_restart_during_a_block_pull_then_recover_waits_for_it(
     assert op["failure"] is not None and op["done"] == 0
     assert os.path.exists(s1)
     vms.write(name, 0x44, 2 * MIB)  # the guest writes over what the pull copies
-    cli.run("recover", name)  # the job still runs (or just ended): waited for, not started again
-    present = _regions(0x22, {12 * MIB: 0x33, 2 * MIB: 0x44})
+    cli.run("recover", name)  # the job (running, or just ended) is waited for, not started again
     _check_finished(cli, vms, name, op, chain=[s2, base],
-                    frozen={"s1": (base, _regions(0, {}))}, present=present, gone=[s1])
-    _then_the_guest_writes_on(cli, vms, name, s2, present)
+                    frozen={"s1": (base, content({}))},
+                    present=content({12 * MIB: 0x33, 2 * MIB: 0x44}, 0x22), gone=[s1])
 
 
 # ---- snapledger killed during the job, libvirtd running on ---------------------------------
 
 
 @pytest.mark.parametrize("pivoted", [False, True], ids=["job-running", "pivoted-before-the-crash"])
-def test_snapledger_killed_during_a_live_commit_then_recover(
+def test_snapledger_killed_during_an_active_commit_then_recover(
     tmp_path: Path, libvirtd: Domains, background: list[Background], pivoted: bool
 ) -> None:
     vms = libvirtd
@@ -429,42 +417,46 @@ def test_snapledger_killed_during_a_live_commit_then_recover(
     vms.write(name, 0x33, 12 * MIB)  # the guest writes on during the job
     written = {12 * MIB: 0x33}
     if pivoted:
-        # what the killed process would have done next: the pivot, unrecorded; then the guest
-        # writes into the disk, over data vda.s1 still holds. A second commit of vda.s1 (by
-        # qemu-img) would overwrite it.
+        # what the killed process would have done next: the pivot, unrecorded. The guest then
+        # writes into the disk over data vda.s1 still holds: committing vda.s1 again (qemu-img)
+        # would overwrite it.
         wait_for("the job to be ready", lambda: (i := _job(vms, name)) and i["cur"] == i["end"])
         vms.domain(name).blockJobAbort("vda", libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
         wait_for("the pivot", lambda: _domblklist(name) == [base])
         vms.write(name, 0x55, 2 * MIB)
         written[2 * MIB] = 0x55
     cli.run("recover", name)
-    present = _regions(0x22, written)
-    _check_finished(cli, vms, name, op, chain=[base], frozen={}, present=present, gone=[s1])
-    _then_the_guest_writes_on(cli, vms, name, base, present)
+    _check_finished(cli, vms, name, op, chain=[base], frozen={},
+                    present=content(written, 0x22), gone=[s1])
 
 
-def test_snapledger_killed_during_a_non_active_commit_then_recover_waits_for_it(
-    tmp_path: Path, libvirtd: Domains, background: list[Background]
+@pytest.mark.parametrize("kind", ["non-active-commit", "pull"])
+def test_snapledger_killed_during_a_job_that_ends_by_itself_then_recover_waits_for_it(
+    tmp_path: Path, libvirtd: Domains, background: list[Background], kind: str
 ) -> None:
     vms = libvirtd
     cli, name, base = _setup(tmp_path, vms)
     s1, s2, s3 = vms.path("vda.s1"), vms.path("vda.s2"), vms.path("vda.s3")
-    cli.run("snapshot", name, "s1")
+    cli.run("snapshot", name, "s1")  # freezes the disk
     vms.write(name, 0x11, 8 * MIB)
-    cli.run("snapshot", name, "s2")
+    cli.run("snapshot", name, "s2")  # freezes vda.s1
     vms.write(name, 0x22, *BULK)
-    cli.run("snapshot", name, "s3")
+    cli.run("snapshot", name, "s3")  # freezes vda.s2
     vms.write(name, 0x33, 12 * MIB)
-    job = Background(cli, "delete", name, "s2")  # vda.s2 committed into vda.s1 (non-active)
+    s2_state = content({8 * MIB: 0x11})
+    s3_state = content({8 * MIB: 0x11}, 0x22)
+    present = content({12 * MIB: 0x33}, below=s3_state)
+    if kind == "pull":  # s3 goes: vda.s2 is pulled into the running vda.s3
+        job = Background(cli, "delete", name, "s3", "--strategy", "pull")
+        frozen = {"s1": (base, content({})), "s2": (s1, s2_state)}
+    else:  # s2 goes: vda.s2 is committed into vda.s1, below the running vda.s3
+        job = Background(cli, "delete", name, "s2")
+        frozen = {"s1": (base, content({})), "s3": (s1, s3_state)}
     background.append(job)
-    _running_job(vms, name, COMMIT)
+    _running_job(vms, name, PULL if kind == "pull" else COMMIT)
     job.kill()
     op = _operation(cli, name)
-    assert _job(vms, name)  # QEMU's job runs on: QEMU holds vda.s2 (no consistent reads)
-    cli.run("recover", name)  # waits for the job, then takes the commit as done
-    s3_state = _regions(0x22, {8 * MIB: 0x11})
-    present = _merge(s3_state, {12 * MIB: 0x33})
-    _check_finished(cli, vms, name, op, chain=[s3, s1, base],
-                    frozen={"s1": (base, _regions(0, {})), "s3": (s1, s3_state)},
-                    present=present, gone=[s2])
-    _then_the_guest_writes_on(cli, vms, name, s3, present)
+    assert _job(vms, name)  # QEMU's job runs on (a non-active commit keeps vda.s2 locked)
+    cli.run("recover", name)  # waits for the job, then takes the merge as done
+    _check_finished(cli, vms, name, op, chain=[s3, s1, base], frozen=frozen, present=present,
+                    gone=[s2])

@@ -5,10 +5,15 @@ adopting virsh-made history. The real thing is in tests/system/test_libvirt.py."
 from __future__ import annotations
 
 import pytest
-from libvirt_fake import FakeLibvirt, virsh_snapshot_xml
+from libvirt_fake import FakeLibvirt, JobLockedStorage, virsh_snapshot_xml
 
 from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.libvirt_hypervisor import LibvirtHypervisor, adopt_libvirt
+from snapledger.adapters.libvirt_hypervisor import (
+    TEST_JOB_BANDWIDTH_ENV,
+    LibvirtHypervisor,
+    adopt_libvirt,
+    job_bandwidth_from_env,
+)
 from snapledger.adapters.libvirt_xml import snapshot_request_xml, with_sources
 from snapledger.adapters.service import Snapledger
 from snapledger.adapters.simulated_storage import CLUSTER, SimulatedCrash, SimulatedStorage
@@ -26,12 +31,13 @@ BASE = "/images/web.qcow2"
 VSIZE = 16 * CLUSTER
 
 
-def make(*, running: bool = True, persistent: bool = True) -> tuple[SimulatedStorage, FakeLibvirt, Snapledger]:
-    storage = SimulatedStorage()
+def make(*, running: bool = True, persistent: bool = True, storage: SimulatedStorage | None = None,
+         job_bandwidth: int = 0) -> tuple[SimulatedStorage, FakeLibvirt, Snapledger]:
+    storage = storage or SimulatedStorage()
     storage.make_image(BASE, VSIZE, {0: 0x01})
     fake = FakeLibvirt(storage)
     fake.add(DOM, {"vda": BASE}, running=running, persistent=persistent)
-    hypervisor = LibvirtHypervisor(lambda uri: fake, sleep=lambda _s: None)
+    hypervisor = LibvirtHypervisor(lambda uri: fake, sleep=lambda _s: None, job_bandwidth=job_bandwidth)
     ledger = Snapledger(LedgerApplication("memory:"), storage, hypervisor=hypervisor)
     adopt_libvirt(ledger, hypervisor, DOM, fake.uri)
     return storage, fake, ledger
@@ -214,6 +220,46 @@ def test_libvirtd_going_away_mid_job_is_reconciled_by_recover(down_on: tuple[str
     assert not storage.exists("/images/web.s2")
     assert storage.read_all("/images/web.s1") == {0: 0x01, 1: 0x10, 2: 0x20}
     assert ledger.verify(DOM) == []
+
+
+def test_recover_waits_for_a_non_active_commit_still_running_before_checking_its_files() -> None:
+    """The process died (here: libvirtd went away) while a non-active commit ran; QEMU's job runs
+    on and keeps web.s2 locked against reads. recover waits for the job, then takes the commit as
+    done (found on a real libvirt: it used to stop at the lock, exit 4, blaming 'another
+    process' for snapledger's own job)."""
+    storage = JobLockedStorage()
+    storage, fake, ledger = make(storage=storage)
+    storage.libvirt = fake
+    for n in (1, 2, 3):
+        ledger.snapshot(DOM, f"s{n}")
+        guest_write(storage, fake, n, 0x10 * n)
+    fake.down_on = ("blockJobInfo", 2)  # once the job runs
+    with pytest.raises(StorageError):
+        ledger.delete(DOM, "s2")  # commit web.s2 into web.s1 while web.s3 runs on them
+    fake.down = False
+    assert fake.jobs  # the job runs on
+    ledger.recover(DOM)
+    assert ledger.vm(DOM).operation is None
+    assert fake.calls.count("blockCommit") == 1  # waited for, never started again
+    assert fake.chain(DOM, "vda") == ["/images/web.s3", "/images/web.s1", BASE]
+    assert not storage.exists("/images/web.s2")
+    assert storage.read_all("/images/web.s1") == {0: 0x01, 1: 0x10, 2: 0x20}
+    assert ledger.verify(DOM) == []
+
+
+def test_the_block_job_bandwidth_knob_is_off_unless_asked_for() -> None:
+    assert job_bandwidth_from_env({}) == 0
+    assert job_bandwidth_from_env({TEST_JOB_BANDWIDTH_ENV: ""}) == 0
+    assert job_bandwidth_from_env({TEST_JOB_BANDWIDTH_ENV: "1048576"}) == 1 << 20
+    with pytest.raises(BadInput):
+        job_bandwidth_from_env({TEST_JOB_BANDWIDTH_ENV: "1M"})
+    storage, fake, ledger = make()
+    ledger.snapshot(DOM, "s1")
+    ledger.delete(DOM, "s1")
+    storage, fake2, ledger = make(job_bandwidth=1 << 20)
+    ledger.snapshot(DOM, "s1")
+    ledger.delete(DOM, "s1")
+    assert fake.bandwidths == [0] and fake2.bandwidths == [1 << 20]
 
 
 def test_recover_after_a_pivot_never_commits_again() -> None:
