@@ -8,7 +8,6 @@ semantics.md; they never show a traceback.
 from __future__ import annotations
 
 import importlib
-import os
 import re
 import sys
 from collections.abc import Callable
@@ -66,28 +65,17 @@ class Context:
     def ledger_app(self) -> LedgerApplication:
         """The store alone, without folding the ledger (verify reads raw rows first)."""
         if self._app is None:
-            from .compose import recording_context, store_url
-            from .event_store import LedgerApplication
+            from .compose import open_store
 
-            self._app = LedgerApplication(
-                store_url(self.store), recorded_by=recording_context(self.actor, self.reason)
-            )
+            self._app = open_store(self.store, self.actor, self.reason)
         return self._app
 
     @property
     def ledger(self) -> Snapledger:
         if self._ledger is None:
-            from .libvirt_hypervisor import (  # imports libvirt only when used
-                LibvirtHypervisor,
-                job_bandwidth_from_env,
-            )
-            from .qemu_img import QemuImgStorage
-            from .service import Snapledger
+            from .compose import open_ledger
 
-            storage = QemuImgStorage()
-            storage.progress = output.MergeProgress()
-            hypervisor = LibvirtHypervisor(job_bandwidth=job_bandwidth_from_env(os.environ))
-            self._ledger = Snapledger(self.ledger_app, storage, hypervisor=hypervisor)
+            self._ledger = open_ledger(self.ledger_app, output.MergeProgress())
         return self._ledger
 
     def stored_show_text(self, vm: str) -> str | None:
@@ -319,8 +307,12 @@ def verify(c: Context, vm: str | None, show_head: bool, expect_head: str | None)
     """Check the event hash chain and the ledger against the disks; exit 3 on any finding."""
     if expect_head is not None and not re.fullmatch(r"[0-9a-f]{64}", expect_head):
         raise BadInput("--expect-head takes the 64 hex digits `verify --head` printed")
+    from snapledger.domain.ledger_hash import BEFORE_CHAIN
+
     app = c.ledger_app
-    chain = [str(f) for f in app.check_chain(expect_head)]
+    checked = app.check_chain(expect_head)
+    notes = [str(f) for f in checked if f.kind == BEFORE_CHAIN]
+    chain = [str(f) for f in checked if f.kind != BEFORE_CHAIN]
     position, head_hash = app.head()
     from .trail_index import trail_index_for
 
@@ -339,12 +331,14 @@ def verify(c: Context, vm: str | None, show_head: bool, expect_head: str | None)
     findings = chain + disks
     if c.as_json:
         output.emit_json({
-            "ok": not findings, "findings": findings, "chain": chain, "disks": disks,
+            "ok": not findings, "findings": findings, "chain": chain, "disks": disks, "notes": notes,
             "head": {"position": position, "hash": head_hash},
         })
     else:
         if show_head:
             output.say(f"head {position} {head_hash}")
+        for note in notes:
+            output.say(f"note: {note}")
         output.say("\n".join(findings) if findings else "ok: the hash chain is intact and the disks agree with the ledger")
     if chain:
         raise TamperFound(f"verify: {len(chain)} hash chain finding(s); the ledger was changed outside snapledger")

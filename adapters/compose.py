@@ -6,14 +6,15 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
 from snapledger.domain.ledger_hash import RecordedBy
 
-from .event_store import LedgerApplication, default_store_url
+from .event_store import LedgerApplication
+from .projection_store import default_store_url
 from .qemu_img import QemuImgStorage
 from .service import Snapledger
-from .storage_port import StoragePort
 
 
 def store_url(explicit: str | None = None) -> str:
@@ -38,10 +39,20 @@ def recording_context(actor: str | None = None, reason: str | None = None) -> Re
     return RecordedBy(who, socket.gethostname(), tool_version(), reason or None)
 
 
+def open_store(
+    url: str | None = None, actor: str | None = None, reason: str | None = None
+) -> LedgerApplication:
+    """The event store alone (verify reads raw rows before anything folds them)."""
+    return LedgerApplication(store_url(url), recorded_by=recording_context(actor, reason))
+
+
 def open_ledger(
-    url: str | None = None,
-    storage: StoragePort | None = None,
-    recorded_by: RecordedBy | None = None,
+    app: LedgerApplication, progress: Callable[[float], None] | None = None
 ) -> Snapledger:
-    app = LedgerApplication(store_url(url), recorded_by=recorded_by or recording_context())
-    return Snapledger(app, storage or QemuImgStorage())
+    """The service over `app`: real disks through qemu-img, libvirt when a VM is bound to it."""
+    from .libvirt_hypervisor import LibvirtHypervisor, job_bandwidth_from_env  # libvirt on use
+
+    storage = QemuImgStorage()
+    storage.progress = progress
+    hypervisor = LibvirtHypervisor(job_bandwidth=job_bandwidth_from_env(os.environ))
+    return Snapledger(app, storage, hypervisor=hypervisor)

@@ -21,6 +21,7 @@ from snapledger.domain.ledger_hash import (
     StoredEventRow,
     check_chain,
     head,
+    stored_event_row,
 )
 from snapledger.domain.vm import vm_id
 
@@ -28,11 +29,6 @@ from .ledger_chain import UNKNOWN
 
 NOTIFICATION_BATCH = 20_000  # big batches keep per-query cost out of a rebuild
 CHAINED = "snapledger.adapters.ledger_chain"  # recorders that keep the hash chain
-
-
-def default_store_url() -> str:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return f"sqlite:///{Path(base, 'snapledger', 'ledger.sqlite').resolve()}"
 
 
 def persistence_env(url: str) -> dict[str, str]:
@@ -93,15 +89,21 @@ class LedgerApplication(Application[UUID]):
     ) -> Iterator[tuple[DomainEventProtocol[UUID], int]]:
         """Every event recorded after `position` (and, given `stop`, at or before `stop`), in
         ledger order, with its position."""
+        for notification in self._notifications(position, stop):
+            yield self._decoded(notification), notification.id
+
+    def _notifications(self, after: int, stop: int | None) -> Iterator[Notification]:
         while True:
             batch = self.recorder.select_notifications(
-                start=position, limit=NOTIFICATION_BATCH, stop=stop, inclusive_of_start=False
+                start=after, limit=NOTIFICATION_BATCH, stop=stop, inclusive_of_start=False
             )
-            for notification in batch:
-                yield self._decoded(notification), notification.id
+            yield from batch
             if len(batch) < NOTIFICATION_BATCH:
                 return
-            position = batch[-1].id
+            after = batch[-1].id
+
+    def last_position(self) -> int:
+        return self.recorder.max_notification_id() or 0
 
     def has_vm(self, name: str) -> bool:
         return bool(self.recorder.select_events(vm_id(name), limit=1))
@@ -123,22 +125,14 @@ class LedgerApplication(Application[UUID]):
 
     def stored_rows(self, after: int = 0, stop: int | None = None) -> Iterator[StoredEventRow]:
         """The stored events as bytes, with positions: what the chain commits to."""
-        while True:
-            batch = self.recorder.select_notifications(
-                start=after, limit=NOTIFICATION_BATCH, stop=stop, inclusive_of_start=False
-            )
-            for n in batch:
-                originator = n.originator_id.hex if isinstance(n.originator_id, UUID) else str(n.originator_id)
-                yield StoredEventRow(n.id, originator, n.originator_version, n.topic, bytes(n.state))
-            if len(batch) < NOTIFICATION_BATCH:
-                return
-            after = batch[-1].id
+        for n in self._notifications(after, stop):
+            yield stored_event_row(n.id, n.originator_id, n.originator_version, n.topic, n.state)
 
     def check_chain(self, expect_head: str | None = None) -> list[ChainFinding]:
         return check_chain(list(self.stored_rows()), self.chain(), expect_head)
 
     def head(self) -> tuple[int, str]:
         """The last position and its chain hash: keep it elsewhere, give it to verify later."""
-        last = self.recorder.max_notification_id() or 0
+        last = self.last_position()
         records = self.chain(after=max(last - 1, 0)) if last else []
         return head(records)

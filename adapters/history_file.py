@@ -148,10 +148,7 @@ def replay_store(history: ExportedHistory, until: int | None = None) -> LedgerAp
         )
         c.executemany(
             f"INSERT INTO {CHAIN_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (r.position, r.event_digest, r.prev_hash, r.hash, r.actor, r.host, r.tool_version, r.reason)
-                for r in history.records if r.position in kept
-            ],
+            [r.as_row() for r in history.records if r.position in kept],
         )
     app.read_only = True
     return app
@@ -163,13 +160,18 @@ class RecordedFactsStorage:
 
     def __init__(self) -> None:
         self.view = LedgerView()  # set by the caller to the replayed ledger's view
+        self._known: tuple[tuple[int, int], dict[str, ImageFacts]] | None = None
 
     def _facts(self) -> dict[str, ImageFacts]:
-        known: dict[str, ImageFacts] = {}
-        for vm in self.view.vms.values():
-            for path, record in vm.images.items():
-                known[path] = record.facts
-        return known
+        """Every image's recorded facts, built once per state of the (read-only) view."""
+        key = (id(self.view), self.view.version)
+        if self._known is None or self._known[0] != key:
+            known: dict[str, ImageFacts] = {}
+            for vm in self.view.vms.values():
+                for path, record in vm.images.items():
+                    known[path] = record.facts
+            self._known = (key, known)
+        return self._known[1]
 
     def exists(self, path: str) -> bool:
         return path in self._facts()

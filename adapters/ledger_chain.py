@@ -20,44 +20,23 @@ from snapledger.domain.ledger_hash import (
     GENESIS,
     ChainRecord,
     RecordedBy,
-    StoredEventRow,
     chain_records,
+    stored_event_row,
 )
 
 CHAIN_TABLE = "snapledger_chain"
 UNKNOWN = RecordedBy(actor="unknown", host="unknown", tool_version="unknown")
 
 
-def _recorded_by(stored_events: Sequence[StoredEvent], kwargs: dict[str, Any]) -> list[RecordedBy]:
-    """One RecordedBy per event: `recorded_by` is one for the whole save, or one per event
-    (replay keeps each event's original context)."""
-    given = kwargs.get("recorded_by") or UNKNOWN
-    if isinstance(given, RecordedBy):
-        return [given] * len(stored_events)
-    return list(given)
-
-
-def _rows(stored_events: Sequence[StoredEvent], positions: Sequence[int]) -> list[StoredEventRow]:
-    return [
-        StoredEventRow(
-            position,
-            s.originator_id.hex if hasattr(s.originator_id, "hex") else str(s.originator_id),
-            s.originator_version,
-            s.topic,
-            bytes(s.state),
-        )
-        for s, position in zip(stored_events, positions, strict=True)
-    ]
-
-
-def _records_for(
-    prev_hash: str, rows: list[StoredEventRow], contexts: list[RecordedBy]
+def new_records(
+    prev_hash: str, stored_events: Sequence[StoredEvent], positions: Sequence[int], kwargs: dict[str, Any]
 ) -> list[ChainRecord]:
-    records: list[ChainRecord] = []
-    for row, by in zip(rows, contexts, strict=True):
-        records += chain_records(prev_hash, [row], by)
-        prev_hash = records[-1].hash
-    return records
+    """The chain records for one save's events, continuing from `prev_hash`."""
+    rows = [
+        stored_event_row(p, s.originator_id, s.originator_version, s.topic, s.state)
+        for s, p in zip(stored_events, positions, strict=True)
+    ]
+    return chain_records(prev_hash, rows, kwargs.get("recorded_by") or UNKNOWN)
 
 
 class ChainedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
@@ -83,15 +62,9 @@ class ChainedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
         )
         found = c.fetchone()
         prev_hash = found[0] if found else GENESIS
-        records = _records_for(
-            prev_hash, _rows(stored_events, positions), _recorded_by(stored_events, kwargs)
-        )
+        records = new_records(prev_hash, stored_events, positions, kwargs)
         c.executemany(
-            f"INSERT INTO {CHAIN_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (r.position, r.event_digest, r.prev_hash, r.hash, r.actor, r.host, r.tool_version, r.reason)
-                for r in records
-            ],
+            f"INSERT INTO {CHAIN_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [r.as_row() for r in records]
         )
         return positions
 
@@ -103,7 +76,7 @@ class ChainedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
             params.append(stop)
         with self.datastore.transaction(commit=False) as c:
             c.execute(query + " ORDER BY position", params)
-            return [ChainRecord(*tuple(row)) for row in c.fetchall()]
+            return [ChainRecord(*row) for row in c.fetchall()]
 
 
 class ChainedPOPOApplicationRecorder(POPOApplicationRecorder):
@@ -118,9 +91,7 @@ class ChainedPOPOApplicationRecorder(POPOApplicationRecorder):
             positions = super()._insert_events(stored_events, **kwargs)
             if positions:
                 prev_hash = self._chain[-1].hash if self._chain else GENESIS
-                self._chain += _records_for(
-                    prev_hash, _rows(stored_events, positions), _recorded_by(stored_events, kwargs)
-                )
+                self._chain += new_records(prev_hash, stored_events, positions, kwargs)
             return positions
 
     def select_chain(self, after: int = 0, stop: int | None = None) -> list[ChainRecord]:

@@ -14,7 +14,7 @@ from psycopg.sql import SQL, Composed, Identifier
 
 from snapledger.domain.ledger_hash import GENESIS, ChainRecord
 
-from .ledger_chain import CHAIN_TABLE, _recorded_by, _records_for, _rows
+from .ledger_chain import CHAIN_TABLE, new_records
 
 
 class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
@@ -45,15 +45,10 @@ class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
         )
         found = curs.fetchone()
         prev_hash = found["hash"] if found else GENESIS
-        records = _records_for(
-            prev_hash, _rows(stored_events, positions), _recorded_by(stored_events, kwargs)
-        )
+        records = new_records(prev_hash, stored_events, positions, kwargs)
         curs.executemany(
             SQL("INSERT INTO {} VALUES (%s, %s, %s, %s, %s, %s, %s, %s)").format(self._chain_table),
-            [
-                (r.position, r.event_digest, r.prev_hash, r.hash, r.actor, r.host, r.tool_version, r.reason)
-                for r in records
-            ],
+            [r.as_row() for r in records],
         )
         return positions
 

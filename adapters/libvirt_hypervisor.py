@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from snapledger.domain.errors import BadInput, Refused, StorageError, UnknownVm
+from snapledger.domain.errors import BadInput, Refused, StorageError
 from snapledger.domain.images import ImageFacts, Origin
 from snapledger.domain.steps import (
     Commit,
@@ -147,6 +147,13 @@ class LibvirtHypervisor:
         port, domain = self.port(vm)
         return port.xml(domain, inactive=True)
 
+    def check_live(self, vm: VirtualMachine, plan: Plan) -> None:
+        """Raise LiveStepImpossible if the domain runs and `plan` has a step libvirt can't do
+        live (a pull into a backing file of a running disk)."""
+        port, domain = self.port(vm)
+        if port.is_running(domain):
+            self._check_live(vm, list(plan.steps))
+
     def shape(
         self, vm: VirtualMachine, plan: Plan, target: str | None = None, start: bool = False
     ) -> Plan:
@@ -178,6 +185,12 @@ class LibvirtHypervisor:
         elif running and plan.kind == "snapshot" and changed:
             switch = SwitchDisks(domain, tuple(sorted(changed.items())))
             steps.insert(sets[0], switch)
+        elif running and changed and persistent:
+            # an active commit: libvirt rewrites the persistent definition at the pivot, but if the
+            # domain is shut off before it (the job is cancelled), recover commits with qemu-img
+            # and the definition must not be left on the deleted top
+            define = DefineDomain(domain, with_sources(port.xml(domain, inactive=True), final))
+            steps.insert(sets[-1] + 1, define)
         elif not running and changed:
             if not persistent:
                 raise BadInput(f"domain {domain!r} is neither running nor defined")
@@ -279,9 +292,10 @@ class LibvirtHypervisor:
         except NoSuchDomain:
             return set()
 
-    def swap(self, vm: VirtualMachine, disk: str, path: str) -> None:
+    def swap(self, vm: VirtualMachine, disk: str, path: str) -> str | None:
         """swap-disk on a libvirt VM: libvirt already uses `path` (changed with virsh), or the
-        shut-off domain is redefined with it. A running domain's disk can't be swapped here."""
+        shut-off domain is redefined with it. A running domain's disk can't be swapped here.
+        Returns the persistent definition it replaced (None if it defined nothing)."""
         port, domain = self.port(vm)
         running = port.is_running(domain)
         xml = port.xml(domain, inactive=not running)
@@ -290,13 +304,21 @@ class LibvirtHypervisor:
                 inactive = port.xml(domain, inactive=True)
                 if disk_sources(inactive).get(disk) != path:
                     port.define(with_sources(inactive, {disk: path}))
-            return
+                    return inactive
+            return None
         if running:
             raise BadInput(
                 f"domain {domain!r} is running on {disk_sources(xml).get(disk)}: swap its disk with "
                 f"virsh (blockcopy --pivot) or shut it down first, then record it with swap-disk"
             )
-        port.define(with_sources(port.xml(domain, inactive=True), {disk: path}))
+        inactive = port.xml(domain, inactive=True)
+        port.define(with_sources(inactive, {disk: path}))
+        return inactive
+
+    def restore_definition(self, vm: VirtualMachine, xml: str) -> None:
+        """Put back a persistent definition `swap` replaced (its change was not recorded)."""
+        port, _ = self.port(vm)
+        port.define(xml)
 
     # ---- running chains --------------------------------------------------------------
 
@@ -416,7 +438,18 @@ class LibvirtStorage:
         images = self.vm.images
         try:
             sources = self.hypervisor.live_sources(self.vm)
-        except NoSuchDomain:
+        except NoSuchDomain as gone:
+            if top in self.vm.disks.values():
+                # An active commit whose domain vanished (a transient one, destroyed): it may
+                # have pivoted first, and the guest written into `base` since. The files can't
+                # tell, and committing `top` again would overwrite those writes.
+                raise Refused(
+                    f"{gone}: snapledger can't tell whether the live commit of {top} into {base} "
+                    "pivoted before the domain went (then the guest's later writes are in "
+                    f"{base} only). Nothing was done. Start the domain again on the image it last "
+                    f"ran on (its definition is in `snapledger show {self.vm.name} --json`), then "
+                    "run the command again"
+                ) from None
             return False
         for disk, active in self.vm.disks.items():
             chain: list[str] = []
@@ -653,11 +686,6 @@ def _current(records: list[dict[str, Any]]) -> str | None:
     if not records:
         return None
     return str(records[-1]["name"])
-
-
-def require_bound(vm: VirtualMachine) -> None:
-    if vm.libvirt is None:
-        raise UnknownVm(f"VM {vm.name!r} was not adopted from libvirt (adopt --libvirt)")
 
 
 __all__ = [

@@ -324,16 +324,16 @@ class PersistedProjection:
         claims), the checkpoint is dropped and the view folded from position 0; an error then
         is the ledger's own."""
         view = self.load()
-        if view.position > 0:
+        try:
+            self.catch_up(view)
+        except LedgerDamaged:
+            if view.position == 0:
+                raise  # folded from the first event: the damage is the ledger's own
             try:
-                self.catch_up(view)
-            except LedgerDamaged:
-                try:
-                    tracking = self.store.read_current()[1]
-                except sqlite3.Error:
-                    tracking = None
-                view = self._dropped(tracking)
-        self.catch_up(view)
+                tracking = self.store.read_current()[1]
+            except sqlite3.Error:
+                tracking = None
+            view = self.catch_up(self._dropped(tracking))
         self.save(view)
         return view
 

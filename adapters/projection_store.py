@@ -177,7 +177,7 @@ def code_fingerprint() -> str:
 
 
 def default_store_url() -> str:
-    """As event_store.default_store_url (a test keeps the two equal)."""
+    """The store when neither --store nor SNAPLEDGER_STORE says (cli.md)."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return f"sqlite:///{Path(base, 'snapledger', 'ledger.sqlite').resolve()}"
 

@@ -139,7 +139,7 @@ class Snapledger:
 
     def last_position(self) -> int:
         """The ledger position of the last event recorded (0 for an empty ledger)."""
-        return self.app.recorder.max_notification_id() or 0
+        return self.app.last_position()
 
     def view_at(self, position: int) -> LedgerView:
         """The whole ledger's state right after the event at `position` (0: before the first
@@ -220,6 +220,7 @@ class Snapledger:
             pools=pools,
             domain_xml=domain_xml,
             at=self.clock(),
+            confined=True,  # chains are checked against the disks' dirs and pools from now on
         )
         if extend is not None:
             extend(vm)
@@ -280,7 +281,7 @@ class Snapledger:
             from .libvirt_hypervisor import LiveStepImpossible
 
             try:
-                hypervisor.shape(vm, plan, name)
+                hypervisor.check_live(vm, plan)
             except LiveStepImpossible:  # a pull a running domain can't do: commit instead
                 plan = planners.plan_delete(view, vm_name, name, "commit", branches, self.cost)
         return self._run(vm, plan, name, {}, dry_run)
@@ -308,11 +309,21 @@ class Snapledger:
             "directories given at adopt)",
         )
         planners.plan_swap(view, vm_name, disk, [f.path for f in chain])
-        if vm.libvirt is not None:  # libvirt uses it already, or the definition is changed
-            self._hypervisor(vm).swap(vm, disk, chain[0].path)
+        # Every check (the aggregate's, the claims') before libvirt is touched: a refused swap
+        # must not leave the domain defined on, say, a snapshot's frozen image.
         vm.swap_disk(disk, chain, self.clock())
         claims = [self._claimed(f.path, vm_name) for f in chain]
-        self._save(vm, *claims)
+        if vm.libvirt is None:
+            self._save(vm, *claims)
+            return
+        hypervisor = self._hypervisor(vm)
+        previous = hypervisor.swap(vm, disk, chain[0].path)  # libvirt uses it, or is redefined
+        try:
+            self._save(vm, *claims)
+        except BaseException:
+            if previous is not None:  # not recorded: put the definition back as it was
+                hypervisor.restore_definition(vm, previous)
+            raise
 
     @_checkpointed
     def recover(self, vm_name: str | None = None) -> list[str]:
@@ -593,8 +604,11 @@ class Snapledger:
         directories (`allowed`, resolved)."""
         findings = []
         for name, below in ((seen.path, None), (seen.backing, seen.path)):
-            if name is not None and not is_within(self.storage.resolve(name), allowed):
-                findings.append(_outside_finding(name, self.storage.resolve(name), below))
+            if name is None:
+                continue
+            resolved = self.storage.resolve(name)
+            if not is_within(resolved, allowed):
+                findings.append(_outside_finding(name, resolved, below))
         return findings
 
     def _chain_findings(self, vm: VirtualMachine, step: Step) -> list[str]:

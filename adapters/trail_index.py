@@ -53,14 +53,13 @@ class TrailIndex:
     def catch_up(self) -> None:
         """Index the events recorded since the last indexed position."""
         (last,) = self.con.execute(f"SELECT COALESCE(MAX(position), 0) FROM {TRAIL}").fetchone()
-        if last >= (self.app.recorder.max_notification_id() or 0):
+        if last >= self.app.last_position():
             return
         names = {
             UUID(oid): (vm, image)
             for oid, vm, image in self.con.execute(f"SELECT originator_id, vm, image FROM {NAMES}")
         }
         known = set(names)
-        batch: list[TrailEntry] = []
         events = self.app.events_after(last)
         while True:
             chunk = [pair for _, pair in zip(range(BATCH), events, strict=False)]

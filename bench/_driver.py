@@ -98,6 +98,7 @@ class Fleet:
             pools=sorted(pools or []),
             domain_xml=f"<domain><name>{name}</name></domain>",
             at=self.clock(),
+            confined=True,
         )
         self.vms[name] = vm
         self._touch(vm, *(self._claimed(path, name) for path in images))

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 GENESIS = "0" * 64  # the "previous hash" of the first event
+BEFORE_CHAIN = "before-chain"  # a note, not tampering: events older than the chain itself
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,16 @@ class StoredEventRow:
     state: bytes
 
 
+def stored_event_row(
+    position: int, originator_id: object, originator_version: int, topic: str, state: bytes
+) -> StoredEventRow:
+    """A row from what a recorder holds (the originator id as a UUID or as text)."""
+    oid = getattr(originator_id, "hex", None)
+    return StoredEventRow(
+        position, oid if isinstance(oid, str) else str(originator_id), originator_version, topic, bytes(state)
+    )
+
+
 @dataclass(frozen=True)
 class ChainRecord:
     position: int
@@ -54,6 +65,13 @@ class ChainRecord:
     @property
     def recorded_by(self) -> RecordedBy:
         return RecordedBy(self.actor, self.host, self.tool_version, self.reason)
+
+    def as_row(self) -> tuple[int, str, str, str, str, str, str, str | None]:
+        """The columns of the chain table, in order."""
+        return (
+            self.position, self.event_digest, self.prev_hash, self.hash,
+            self.actor, self.host, self.tool_version, self.reason,
+        )
 
 
 def event_digest(originator_id: str, originator_version: int, topic: str, state: bytes) -> str:
@@ -95,6 +113,7 @@ def chain_records(
 class ChainFinding:
     position: int
     kind: str  # edited | deleted | inserted | reordered | broken | record-edited | truncated
+    # | before-chain (a note: see BEFORE_CHAIN)
     detail: str
 
     def __str__(self) -> str:
@@ -121,13 +140,26 @@ def check_chain(
             findings.append(ChainFinding(
                 record.position, "deleted", "the chain records an event the store no longer has"
             ))
+    # A ledger begun by a snapledger without the chain: the events before its first record
+    # (which then starts from GENESIS) are older, not inserted. Named once, as a note.
+    chain_start = records[0].position if records and records[0].prev_hash == GENESIS else None
+    if not records:
+        chain_start = max(digests, default=0) + 1
+    older = [p for p in digests if chain_start is not None and p < chain_start]
+    if older:
+        findings.append(ChainFinding(
+            max(older), BEFORE_CHAIN,
+            f"{len(older)} event(s) from position {min(older)} were recorded before this ledger "
+            "had a hash chain: they are not covered by it",
+        ))
     for row in rows:
         found = by_position.get(row.position)
         digest = digests[row.position]
         if found is None:
-            findings.append(ChainFinding(
-                row.position, "inserted", "a stored event with no chain record"
-            ))
+            if row.position not in older:
+                findings.append(ChainFinding(
+                    row.position, "inserted", "a stored event with no chain record"
+                ))
             continue
         if digest != found.event_digest:
             origin = recorded_at.get(digest)

@@ -93,6 +93,7 @@ class VirtualMachine(Aggregate):
         pools: list[str],
         domain_xml: str | None,
         at: str,
+        confined: bool = False,
     ) -> None:
         self.name = name
         self.disks: dict[str, str] = dict(disks)
@@ -104,6 +105,10 @@ class VirtualMachine(Aggregate):
         # Directories of every disk image the VM has adopted (at adopt or by swap-disk); with
         # the pools, where the VM's files may be. Kept when an image is later released.
         self.adopted_dirs: set[str] = {posixpath.dirname(p) for p in disks.values()}
+        if not confined:
+            # Adopted before chains were confined (no `confined` in the stored event): every
+            # file it recorded then stays where it may be, so upgrading refuses nothing new.
+            self.adopted_dirs |= {posixpath.dirname(record.path) for record in self.images.values()}
         self.domain_xml = domain_xml
         self.snapshots: dict[str, SnapshotRecord] = {}
         self.current: str | None = None

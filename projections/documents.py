@@ -11,7 +11,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # json_text is used where eventsourcing is not imported (adapters/output.py)
-    from snapledger.domain.vm import VirtualMachine
+    from snapledger.domain.vm import SnapshotRecord, VirtualMachine
 
     from .dag import ImageDag
     from .view import LedgerView
@@ -23,6 +23,16 @@ def disk_chains(vm: VirtualMachine, dag: ImageDag) -> dict[str, dict[str, Any]]:
     return {
         disk: {"active": active, "chain": dag.chain(active)}
         for disk, active in sorted(vm.disks.items())
+    }
+
+
+def snapshot_json(snap: SnapshotRecord) -> dict[str, Any]:
+    return {
+        "name": snap.name,
+        "parent": snap.parent,
+        "created": snap.created,
+        "description": snap.description,
+        "disks": dict(snap.disks),
     }
 
 
@@ -38,13 +48,7 @@ def vm_document(view: LedgerView, name: str, dag: ImageDag | None = None) -> dic
         "domain_xml": vm.domain_xml,
         "disks": disk_chains(vm, dag if dag is not None else ImageDag(view)),
         "snapshots": [
-            {
-                "name": snap.name,
-                "parent": snap.parent,
-                "created": snap.created,
-                "description": snap.description,
-                "disks": dict(snap.disks),
-            }
+            snapshot_json(snap)
             for snap in sorted(vm.snapshots.values(), key=lambda s: (s.created, s.name))
         ],
         "operation": None

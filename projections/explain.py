@@ -430,8 +430,9 @@ def _after_discarding_detached(
     if have_routes:
         return []
     after = _simulated(view, vm.name, "gc", None, gc)
-    routes = _single_deletes(after, ImageDag(after), after.vms[vm.name], path, cost)
-    every, _ = _every_hold_released(after, ImageDag(after), after.vms[vm.name], path, cost)
+    dag_after = ImageDag(after)
+    routes = _single_deletes(after, dag_after, after.vms[vm.name], path, cost)
+    every, _ = _every_hold_released(after, dag_after, after.vms[vm.name], path, cost)
     if every is not None and len(every.commands) > 1:
         routes.append(every)
     return [

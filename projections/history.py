@@ -15,9 +15,10 @@ from uuid import UUID
 from eventsourcing.domain import DomainEventProtocol
 
 from snapledger.domain.errors import BadInput
-from snapledger.domain.vm import OperationRecord, SnapshotRecord, VirtualMachine, vm_id
+from snapledger.domain.vm import OperationRecord, VirtualMachine, vm_id
 
 from .dag import ImageDag
+from .documents import snapshot_json
 from .view import LedgerView
 
 # The VM events that close an operation, and how it ended.
@@ -47,29 +48,17 @@ def event_time(event: DomainEventProtocol[UUID]) -> datetime:
     return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp
 
 
-def _snapshot(snap: SnapshotRecord) -> dict[str, Any]:
-    return {
-        "name": snap.name,
-        "parent": snap.parent,
-        "created": snap.created,
-        "description": snap.description,
-        "disks": dict(snap.disks),
-    }
-
-
 def _operation(op: OperationRecord) -> dict[str, Any]:
     return {"id": op.op_id, "kind": op.kind, "target": op.target, "position": None, "time": None}
 
 
-def _chains(view: LedgerView, vm: VirtualMachine | None) -> dict[str, tuple[str, list[str]]]:
+def _chains(dag: ImageDag, vm: VirtualMachine | None) -> dict[str, tuple[str, list[str]]]:
     if vm is None:
         return {}
-    dag = ImageDag(view)
     return {disk: (active, dag.chain(active)) for disk, active in vm.disks.items()}
 
 
-def _owners(view: LedgerView, paths: Iterable[str]) -> dict[str, str]:
-    dag = ImageDag(view)
+def _owners(dag: ImageDag, paths: Iterable[str]) -> dict[str, str]:
     return {path: dag.nodes[path].owner.value for path in paths}
 
 
@@ -93,8 +82,8 @@ def diff(
     new_current = new.current if new is not None else None
 
     snapshots: dict[str, list[dict[str, Any]]] = {
-        "added": [_snapshot(new_snaps[n]) for n in sorted(set(new_snaps) - set(old_snaps))],
-        "removed": [_snapshot(old_snaps[n]) for n in sorted(set(old_snaps) - set(new_snaps))],
+        "added": [snapshot_json(new_snaps[n]) for n in sorted(set(new_snaps) - set(old_snaps))],
+        "removed": [snapshot_json(old_snaps[n]) for n in sorted(set(old_snaps) - set(new_snaps))],
         "changed": [
             {
                 "name": n,
@@ -106,7 +95,8 @@ def diff(
         ],
     }
 
-    old_disks, new_disks = _chains(before, old), _chains(after, new)
+    dag_before, dag_after = ImageDag(before), ImageDag(after)
+    old_disks, new_disks = _chains(dag_before, old), _chains(dag_after, new)
     disks = {
         disk: {
             "active": {
@@ -126,8 +116,8 @@ def diff(
     new_images = new.images if new is not None else {}
     added = sorted(set(new_images) - set(old_images))
     removed = sorted(set(old_images) - set(new_images))
-    owner_after = _owners(after, added)
-    owner_before = _owners(before, removed)
+    owner_after = _owners(dag_after, added)
+    owner_before = _owners(dag_before, removed)
     images = {
         "added": [{"path": p, "owner": owner_after[p]} for p in added],
         "removed": [{"path": p, "owner": owner_before[p]} for p in removed],

@@ -143,8 +143,7 @@ def select(
         if types and entry.type not in types and entry.type.rpartition(".")[2] not in types:
             continue
         if since is not None or until is not None:
-            when = datetime.fromisoformat(entry.time)
-            when = when.replace(tzinfo=UTC) if when.tzinfo is None else when
+            when = datetime.fromisoformat(entry.time)  # trail_time: always with its offset
             if (since is not None and when < since) or (until is not None and when > until):
                 continue
         chosen.append(entry)

@@ -181,6 +181,8 @@ class FakeLibvirt:
         self._enter("destroy")
         dom = self._dom(domain)
         dom.running, dom.live = False, {}
+        for key in [k for k in self.jobs if k[0] == domain]:
+            del self.jobs[key]  # QEMU's block jobs end with it, cancelled (no pivot)
         if not dom.persistent:
             del self.domains[domain]
 

@@ -460,3 +460,128 @@ def test_snapledger_killed_during_a_job_that_ends_by_itself_then_recover_waits_f
     cli.run("recover", name)  # waits for the job, then takes the merge as done
     _check_finished(cli, vms, name, op, chain=[s3, s1, base], frozen=frozen, present=present,
                     gone=[s2])
+
+
+# ---- the domain shut down after the pivot -------------------------------------------------
+
+
+def test_snapledger_killed_after_the_pivot_then_the_domain_is_destroyed_then_recover(
+    tmp_path: Path, libvirtd: Domains, background: list[Background]
+) -> None:
+    """The pivot happened, snapledger died before recording the step, the guest wrote into the
+    disk (the new active image), and the domain was destroyed before `recover`. libvirt 9.0
+    rewrote the persistent definition at the pivot (the disk's source is the base now), so
+    `recover`, which sees the domain shut off, takes the commit as done: committing vda.s1 again
+    with qemu-img would overwrite what the guest wrote after the pivot."""
+    vms = libvirtd
+    cli, name, base = _setup(tmp_path, vms)
+    s1 = vms.path("vda.s1")
+    cli.run("snapshot", name, "s1")  # freezes the disk (adopted: it may be written)
+    vms.write(name, 0x22, *BULK)  # into vda.s1: what the commit moves
+    job = Background(cli, "delete", name, "s1")  # vda.s1 (active) committed into the disk
+    background.append(job)
+    _running_job(vms, name, ACTIVE_COMMIT)
+    job.kill()
+    op = _operation(cli, name)
+    assert op["failure"] is None and op["done"] == 0
+    vms.write(name, 0x33, 12 * MIB)  # during the job (QEMU mirrors it into the disk)
+    wait_for("the job to be ready", lambda: (i := _job(vms, name)) and i["cur"] == i["end"])
+    vms.domain(name).blockJobAbort("vda", libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+    wait_for("the pivot", lambda: _domblklist(name) == [base])
+    # libvirt rewrote the persistent definition at the pivot, not only the running one
+    assert vms.sources(name, inactive=True)["vda"] == [base]
+    vms.write(name, 0x55, 2 * MIB)  # into the disk, over 0x22 that vda.s1 still holds
+    vms.stop(name)  # virsh destroy (no OS to shut down gracefully)
+    assert not vms.running(name) and os.path.exists(s1)
+    present = content({12 * MIB: 0x33, 2 * MIB: 0x55}, 0x22)
+    assert_file_reads(base, present)  # what the guest left on the disk
+    merged = _stamp(base)
+    cli.run("recover", name)  # the commit is taken as done: qemu-img commits nothing
+    assert _stamp(base) == merged
+    shown = cli.json("show", name)
+    assert shown["operation"] is None
+    assert _steps_done(cli, name, op["id"]) == list(range(op["steps"]))  # nothing done twice
+    assert shown["disks"]["vda"]["active"] == base and shown["snapshots"] == []
+    assert not os.path.exists(s1)
+    assert_file_reads(base, present)  # the guest's writes after the pivot are kept
+    done = cli.run("verify", name)
+    assert done.returncode == 0, done.stdout
+    assert not vms.running(name)
+    assert vms.sources(name, inactive=True)["vda"] == [base]
+    vms.domain(name).create()  # virsh start: on the disk
+    assert _domblklist(name) == [base]
+    assert vms.sources(name)["vda"] == [base]
+    assert_running_reads(vms, name, present)
+    assert cli.run("verify", name).returncode == 0
+
+
+def test_a_live_active_commit_updates_the_persistent_definition_so_a_restart_boots_on_the_base(
+    tmp_path: Path, libvirtd: Domains
+) -> None:
+    """A live delete done in full (active commit, pivot, top deleted) on a running persistent
+    domain: destroyed and started again, the domain runs on the base, not the deleted top."""
+    vms = libvirtd
+    cli, name, base = _setup(tmp_path, vms)
+    s1, s2 = vms.path("vda.s1"), vms.path("vda.s2")
+    cli.run("snapshot", name, "s1")  # freezes the disk
+    vms.write(name, 0x11, 8 * MIB)
+    cli.run("snapshot", name, "s2")  # freezes vda.s1
+    vms.write(name, 0x22, *BULK)  # into vda.s2: what the commit moves
+    cli.run("delete", name, "s2", "--strategy", "commit")  # vda.s2 (active) into vda.s1, pivot
+    assert not os.path.exists(s2)
+    assert _domblklist(name) == [s1]
+    assert vms.sources(name, inactive=True)["vda"][0] == s1  # the persistent definition too
+    present = content({8 * MIB: 0x11}, 0x22)
+    vms.write(name, 0x66, 14 * MIB)  # into vda.s1, the active image now
+    present = content({14 * MIB: 0x66}, below=present)
+    vms.stop(name)  # virsh destroy
+    assert vms.sources(name, inactive=True)["vda"][0] == s1
+    assert_file_reads(s1, present)
+    assert_file_reads(base, content({}))  # s1's frozen image is untouched
+    assert cli.run("verify", name).returncode == 0
+    vms.domain(name).create()  # virsh start
+    assert _domblklist(name) == [s1]
+    assert vms.sources(name)["vda"] == [s1, base]
+    assert_running_reads(vms, name, present)
+    done = cli.run("verify", name)
+    assert done.returncode == 0, done.stdout
+    cli.run("snapshot", name, "s3")  # the VM is usable: a new live snapshot over vda.s1
+    assert _domblklist(name) == [vms.path("vda.s3")]
+
+
+def test_snapledger_killed_during_an_active_commit_then_the_domain_is_destroyed_then_recover(
+    tmp_path: Path, libvirtd: Domains, background: list[Background]
+) -> None:
+    """No pivot: the domain is destroyed while the job runs (QEMU cancels it), so vda.s1 still
+    holds the present and the persistent definition still names it. `recover` commits it with
+    qemu-img, and must point the persistent definition at the disk before vda.s1 is deleted
+    (the DefineDomain step a delete on a running persistent domain carries)."""
+    vms = libvirtd
+    cli, name, base = _setup(tmp_path, vms)
+    s1 = vms.path("vda.s1")
+    cli.run("snapshot", name, "s1")  # freezes the disk
+    vms.write(name, 0x22, *BULK)  # into vda.s1: what the commit moves
+    job = Background(cli, "delete", name, "s1")
+    background.append(job)
+    _running_job(vms, name, ACTIVE_COMMIT)
+    job.kill()
+    op = _operation(cli, name)
+    assert op["failure"] is None and op["done"] == 0
+    vms.write(name, 0x33, 12 * MIB)  # into vda.s1, mirrored by the job
+    vms.stop(name)  # virsh destroy: the job is cancelled, no pivot
+    assert vms.sources(name, inactive=True)["vda"][0] == s1
+    present = content({12 * MIB: 0x33}, 0x22)
+    assert_file_reads(s1, present)
+    cli.run("recover", name)
+    shown = cli.json("show", name)
+    assert shown["operation"] is None
+    assert _steps_done(cli, name, op["id"]) == list(range(op["steps"]))
+    assert shown["disks"]["vda"]["active"] == base
+    assert not os.path.exists(s1)
+    assert_file_reads(base, present)
+    assert vms.sources(name, inactive=True)["vda"][0] == base  # not the deleted vda.s1
+    done = cli.run("verify", name)
+    assert done.returncode == 0, done.stdout
+    vms.domain(name).create()  # virsh start: on the disk
+    assert _domblklist(name) == [base]
+    assert_running_reads(vms, name, present)

@@ -9,6 +9,8 @@ from snapledger.adapters.event_store import LedgerApplication
 from snapledger.adapters.service import Snapledger
 from snapledger.adapters.simulated_storage import CLUSTER, SimulatedCrash, SimulatedStorage
 from snapledger.domain.errors import BadPath, DriftFound, ImageInUse, StorageError
+from snapledger.domain.image_registry import ImageRegistration
+from snapledger.domain.vm import VirtualMachine
 
 SIZE = 16 * CLUSTER
 TEMPLATE = "/templates/t.qcow2"
@@ -132,3 +134,22 @@ def test_a_fresh_delete_meeting_a_held_image_is_rolled_back() -> None:
     assert {p: (i.backing, dict(i.clusters)) for p, i in storage.files.items()} == files
     assert ledger.vm("a").operation is None and "s2" in ledger.vm("a").snapshots
     ledger.delete("a", "s2", strategy="commit")
+
+
+def test_a_vm_adopted_before_confinement_keeps_working() -> None:
+    """An Adopted event stored before chains were confined has no `confined`: the directories
+    of every file it recorded stay allowed, so an upgrade refuses nothing that worked before."""
+    storage, ledger = world()
+    facts = [f.to_dict() for f in storage.inspect_chain(DISK)]
+    images = [{**facts[0], "origin": "adopted"}, {**facts[1], "origin": "found"}]
+    old = VirtualMachine(name="a", disks={"vda": DISK}, images=images, pools=[], domain_xml=None,
+                         at="2026-11-01T00:00:00+00:00")  # what replaying such an event gives
+    assert old.allowed_dirs() == {"/vms/a", "/templates"}
+    claims = [ImageRegistration(path=p, vm="a") for p in (DISK, TEMPLATE)]
+    ledger.app.save(old, *claims)
+    ledger.snapshot("a", "s1")
+    storage.write(ledger.vm("a").disks["vda"], 2, 0x22)
+    ledger.delete("a", "s1", "commit")  # reads the template below: allowed, as before
+    assert ledger.verify("a") == []
+    with pytest.raises(BadPath):  # a VM adopted now is confined: the template needs a pool
+        world()[1].adopt("b", {"vda": DISK})

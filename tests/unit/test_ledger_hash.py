@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from snapledger.domain.ledger_hash import (
+    BEFORE_CHAIN,
     ChainRecord,
     RecordedBy,
     StoredEventRow,
@@ -97,3 +98,19 @@ def test_a_rewritten_tail_is_caught_only_by_a_kept_head(n: int, data: st.DataObj
     rows, records = rows[:cut], records[:cut]
     assert check_chain(rows, records) == []
     assert [f.kind for f in check_chain(rows, records, expect_head=kept)] == ["truncated"]
+
+
+@given(sizes, st.data())
+def test_events_older_than_the_chain_are_a_note_not_tampering(n: int, data: st.DataObject) -> None:
+    rows, _ = ledger(n)
+    start = data.draw(st.integers(1, n))  # the first event recorded by a snapledger with the chain
+    records = chain_records(head([])[1], rows[start - 1 :], BY)
+    found = check_chain(rows, records)
+    older = [(f.position, f.kind) for f in found]
+    assert older == ([(start - 1, BEFORE_CHAIN)] if start > 1 else [])
+    assert check_chain([], []) == [] and [f.kind for f in check_chain(rows, [])] == [BEFORE_CHAIN]
+    # Records deleted from the start are not "older": the first one left no longer starts
+    # from GENESIS, so the chain is broken there.
+    if start == 1 and n > 2:
+        kinds = {f.kind for f in check_chain(rows, records[2:])}
+        assert "broken" in kinds and BEFORE_CHAIN not in kinds

@@ -20,6 +20,7 @@ from snapledger.adapters.simulated_storage import CLUSTER, SimulatedCrash, Simul
 from snapledger.domain.errors import (
     BadInput,
     BranchPointRefused,
+    ConcurrentUpdate,
     DriftFound,
     OperationInProgress,
     Refused,
@@ -277,6 +278,76 @@ def test_recover_after_a_pivot_never_commits_again() -> None:
     assert ledger.verify(DOM) == []
 
 
+def test_a_transient_domain_gone_after_a_possible_pivot_is_not_committed_again() -> None:
+    """Pivot, crash, the guest writes into the base, the transient domain is destroyed (so it is
+    gone): whether the pivot happened can't be told, so recover refuses rather than commit the
+    old top over the guest's writes; once the domain runs again on the base, recover finishes."""
+    storage, fake, ledger = make(persistent=False)
+    ledger.snapshot(DOM, "s1")
+    guest_write(storage, fake, 2, 0x22)
+    fake.crash_after = "pivot"
+    with pytest.raises(SimulatedCrash):
+        ledger.delete(DOM, "s1")
+    storage.write(BASE, 2, 0x99)
+    fake.destroy(DOM)
+    assert DOM not in fake.domains
+    with pytest.raises(Refused, match="can't tell whether the live commit"):
+        ledger.recover(DOM)
+    assert storage.read_all(BASE) == {0: 0x01, 2: 0x99}  # nothing written over the guest's data
+    fake.create(f"<domain><name>{DOM}</name><devices><disk type='file' device='disk'>"
+                f"<driver name='qemu' type='qcow2'/><source file='{BASE}'/><target dev='vda'/>"
+                "</disk></devices></domain>")
+    ledger.recover(DOM)
+    assert storage.read_all(BASE) == {0: 0x01, 2: 0x99}
+    assert not storage.exists("/images/web.s1")
+    assert ledger.verify(DOM) == []
+
+
+def test_recover_after_a_pivot_then_a_shutdown_never_commits_again() -> None:
+    """The pivot, a crash, the guest writes into the base, the domain is shut off, then recover:
+    the persistent definition (rewritten at the pivot) says the commit was done."""
+    storage, fake, ledger = make()
+    ledger.snapshot(DOM, "s1")
+    guest_write(storage, fake, 2, 0x22)
+    fake.crash_after = "pivot"
+    with pytest.raises(SimulatedCrash):
+        ledger.delete(DOM, "s1")
+    storage.write(BASE, 2, 0x99)  # the guest, after the pivot
+    fake.destroy(DOM)
+    ledger.recover(DOM)
+    assert "create" not in fake.calls and not fake.domains[DOM].running
+    assert storage.read_all(BASE) == {0: 0x01, 2: 0x99}
+    assert fake.domains[DOM].sources == {"vda": BASE}
+    assert not storage.exists("/images/web.s1")
+    assert ledger.verify(DOM) == []
+
+
+def test_a_live_active_commit_redefines_the_domain_so_a_shutdown_before_the_pivot_is_recovered() -> None:
+    """The domain is shut off while the active commit runs (QEMU cancels the job, no pivot):
+    recover commits with qemu-img and must redefine the domain on the base before deleting the
+    old top, which the persistent definition still names (found on a real libvirt 9.0)."""
+    storage, fake, ledger = make()
+    ledger.snapshot(DOM, "s1")
+    guest_write(storage, fake, 2, 0x22)
+    fake.down_on = ("blockJobInfo", 2)  # snapledger loses libvirt once the job runs
+    with pytest.raises(StorageError):
+        ledger.delete(DOM, "s1")
+    plan = ledger.vm(DOM).operation
+    assert plan is not None
+    assert [s.action for s in plan.steps] == ["commit", "set-active", "define-domain", "delete-file"]
+    fake.down = False
+    guest_write(storage, fake, 3, 0x33)  # into web.s1, still the active image
+    fake.destroy(DOM)  # the job is cancelled
+    assert fake.domains[DOM].sources == {"vda": "/images/web.s1"}
+    ledger.recover(DOM)
+    assert storage.read_all(BASE) == {0: 0x01, 2: 0x22, 3: 0x33}
+    assert fake.domains[DOM].sources == {"vda": BASE}  # not the deleted web.s1
+    assert not storage.exists("/images/web.s1")
+    assert ledger.verify(DOM) == []
+    fake.start(DOM)
+    assert fake.chain(DOM, "vda") == [BASE]
+
+
 def test_branch_point_pull_while_running() -> None:
     storage, fake, ledger = make()
     ledger.snapshot(DOM, "s1")
@@ -311,6 +382,27 @@ def test_a_disk_changed_behind_our_back_is_drift_with_a_hint() -> None:
     fake.start(DOM)
     with pytest.raises(BadInput, match="running"):
         ledger.swap_disk(DOM, "vda", "/images/other.qcow2")
+
+
+def test_a_refused_swap_leaves_libvirts_definition_alone() -> None:
+    storage, fake, ledger = make(running=False)
+    ledger.snapshot(DOM, "s1")
+    frozen = ledger.vm(DOM).snapshot("s1").disks["vda"]
+    before = dict(fake.domains[DOM].sources)
+    with pytest.raises(Refused, match="holds snapshot"):
+        ledger.swap_disk(DOM, "vda", frozen)  # booting from it would change the snapshot
+    assert fake.domains[DOM].sources == before
+    storage.make_image("/images/mine.qcow2", VSIZE)
+
+    class LosesTheRace(Snapledger):
+        def _save(self, *aggregates: object) -> None:
+            raise ConcurrentUpdate("another process changed this part of the ledger first")
+
+    racing = LosesTheRace(ledger.app, storage, hypervisor=ledger.hypervisor)
+    with pytest.raises(ConcurrentUpdate):  # the save fails after libvirt was redefined...
+        racing.swap_disk(DOM, "vda", "/images/mine.qcow2")
+    assert fake.domains[DOM].sources == before  # ...so the definition is put back
+    assert ledger.vm(DOM).disks == before
 
 
 def _virsh_history(storage: SimulatedStorage, fake: FakeLibvirt) -> None:

@@ -5,7 +5,6 @@ happened to the projection (a crash before its update, damage, another version's
 from __future__ import annotations
 
 import itertools
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -334,11 +333,3 @@ def test_the_fast_path_leaves_other_stores_alone(url: str) -> None:
     assert projection_store.stored_show_text(url, "vm") is None
 
 
-@pytest.mark.parametrize("xdg", [None, "/srv/data", "relative/data"])
-def test_the_fast_path_knows_the_default_store(xdg: str | None, monkeypatch: pytest.MonkeyPatch) -> None:
-    if xdg is None:
-        monkeypatch.delenv("XDG_DATA_HOME", raising=False)
-    else:
-        monkeypatch.setenv("XDG_DATA_HOME", xdg)
-    assert projection_store.default_store_url() == event_store.default_store_url()
-    assert os.environ.get("XDG_DATA_HOME") == xdg
