@@ -133,6 +133,9 @@ def replay_store(history: ExportedHistory, until: int | None = None) -> LedgerAp
         raise TamperFound(f"the export's hash chain is broken: {findings[0]} ({len(findings)} finding(s))")
     if until is not None and not any(row.position <= until for row in history.rows):
         raise BadInput(f"--until {until} is before the first event of the export")
+    last = history.rows[-1].position if history.rows else 0
+    if until is not None and until > last:
+        raise BadInput(f"--until {until} is past the export's last event (position {last})")
     app = LedgerApplication(
         "memory:",
         env={"PERSISTENCE_MODULE": "snapledger.adapters.ledger_chain:ChainedSQLiteFactory", "SQLITE_DBNAME": ":memory:"},

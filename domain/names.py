@@ -57,7 +57,7 @@ def check_user_path(path: str, allowed_dirs: Container[str] | None = None) -> st
     if "\x00" in path:
         raise BadPath("path contains a NUL byte")
     normal = posixpath.normpath(path)
-    if normal != path.rstrip("/") or normal.startswith("//"):
+    if normal != (path.rstrip("/") or "/") or normal.startswith("//"):
         raise BadPath(f"path {path!r} is not normalised (use {normal})")
     if allowed_dirs is not None and posixpath.dirname(normal) not in allowed_dirs:
         raise BadPath(f"path {path!r} is outside the allowed directories of this VM")

@@ -67,6 +67,7 @@ def test_replay_changes_nothing_and_refuses_changes(cli: Cli) -> None:
     cli.run("replay", path, "revert", "vm", "snap2", "--dry-run")
     cli.run("replay", path, expect=2)
     cli.run("replay", path, "--until", "0", "show", "vm", expect=2)
+    cli.run("replay", path, "--until", "99999", "show", "vm", expect=2)
     assert cli.state() == before
 
 

@@ -153,3 +153,11 @@ def test_a_vm_adopted_before_confinement_keeps_working() -> None:
     assert ledger.verify("a") == []
     with pytest.raises(BadPath):  # a VM adopted now is confined: the template needs a pool
         world()[1].adopt("b", {"vda": DISK})
+
+
+def test_the_root_directory_is_a_normalised_pool() -> None:
+    storage, ledger = world()
+    ledger.adopt("a", {"vda": DISK}, pools=["/"])  # everything is below /
+    assert ledger.vm("a").allowed_dirs() == {"/vms/a", "/"}
+    with pytest.raises(BadPath, match="not normalised"):
+        world()[1].adopt("b", {"vda": DISK}, pools=["//"])
