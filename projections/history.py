@@ -39,13 +39,18 @@ def parse_time(text: str) -> datetime:
         raise BadInput(
             f"bad time {text!r}: use ISO 8601, e.g. 2026-11-25T21:00:00Z or 2026-11-25T22:00:00+01:00"
         ) from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)  # keeps its offset
+
+
+def as_utc(when: datetime) -> datetime:
+    """`when` in UTC; a naive time is taken to be UTC already."""
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 def event_time(event: DomainEventProtocol[UUID]) -> datetime:
     """The time eventsourcing stamped on `event` (what `log` shows), made timezone-aware."""
     stamp: datetime = event.timestamp  # type: ignore[attr-defined]
-    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp
+    return as_utc(stamp)
 
 
 def _operation(op: OperationRecord) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -13,6 +13,8 @@ from eventsourcing.domain import DomainEventProtocol
 from snapledger.domain.image_registry import ImageRegistration
 from snapledger.domain.ledger_hash import ChainRecord, RecordedBy
 from snapledger.domain.vm import VirtualMachine
+
+from .history import as_utc
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,7 @@ def trail(
 
 def trail_time(when: datetime) -> str:
     """UTC, always with microseconds: the text sorts as the times do (the trail index relies on it)."""
-    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-    return when.isoformat(timespec="microseconds")
+    return as_utc(when).isoformat(timespec="microseconds")
 
 
 def select(
