@@ -31,7 +31,7 @@ from snapledger.domain.errors import (
     StorageError,
     UnknownVm,
 )
-from snapledger.domain.image_registry import ImageRegistration, image_id
+from snapledger.domain.image_registry import ImageRegistration, image_id, release_registrations
 from snapledger.domain.images import ImageFacts, Origin
 from snapledger.domain.names import check_disk_target, check_name, check_user_path, is_within
 from snapledger.domain.steps import (
@@ -541,18 +541,8 @@ class Snapledger:
     def _release(
         self, vm_name: str, op: OperationRecord, gone: Mapping[str, bool]
     ) -> list[ImageRegistration]:
-        out = []
-        paths = {p for s in op.steps for p in touched_paths(s)} | set(gone)
-        for path in sorted(paths):
-            registration = self._registration(path)
-            if registration is None:
-                continue
-            if path in gone:
-                registration.end_use(vm_name, deleted=gone[path])
-            else:
-                registration.finish_change(vm_name, op.op_id)
-            out.append(registration)
-        return out
+        touched = {p for s in op.steps for p in touched_paths(s)}
+        return release_registrations(self._registration, vm_name, op.op_id, touched, gone)
 
     # ---- checks ----------------------------------------------------------------------
 

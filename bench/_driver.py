@@ -23,7 +23,7 @@ from typing import Any
 from snapledger.adapters.service import carry_out
 from snapledger.adapters.simulated_storage import CLUSTER, SimulatedStorage
 from snapledger.domain.errors import BranchPointRefused, StorageError, StrategyNotAllowed
-from snapledger.domain.image_registry import ImageRegistration
+from snapledger.domain.image_registry import ImageRegistration, release_registrations
 from snapledger.domain.images import ImageFacts, Origin
 from snapledger.domain.steps import (
     CreateOverlay,
@@ -254,17 +254,8 @@ class Fleet:
         return list(out.values())
 
     def _release(self, vm_name: str, op: OperationRecord, gone: Mapping[str, bool]) -> list[ImageRegistration]:
-        out = []
-        for path in sorted({p for s in op.steps for p in touched_paths(s)} | set(gone)):
-            registration = self.registrations.get(path)
-            if registration is None:
-                continue
-            if path in gone:
-                registration.end_use(vm_name, deleted=gone[path])
-            else:
-                registration.finish_change(vm_name, op.op_id)
-            out.append(registration)
-        return out
+        touched = {p for s in op.steps for p in touched_paths(s)}
+        return release_registrations(self.registrations.get, vm_name, op.op_id, touched, gone)
 
 
 def expected_view(fleets: list[Fleet], position: int) -> LedgerView:

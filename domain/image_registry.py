@@ -9,6 +9,7 @@ VM starts using it" hold across processes and hosts.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -78,3 +79,25 @@ class ImageRegistration(Aggregate):
     @event("ChangeFinished")
     def _change_finished(self, vm: str, op_id: str) -> None:
         self.reserved_by = None
+
+
+def release_registrations(
+    lookup: Callable[[str], ImageRegistration | None],
+    vm: str,
+    op_id: str,
+    touched: Iterable[str],
+    gone: Mapping[str, bool],
+) -> list[ImageRegistration]:
+    """Closing an operation: each file it touched is freed of its reservation, and each file
+    it let go (`gone`: path -> deleted) loses `vm` as a user. `lookup` loads a registration."""
+    out = []
+    for path in sorted(set(touched) | set(gone)):
+        registration = lookup(path)
+        if registration is None:
+            continue
+        if path in gone:
+            registration.end_use(vm, deleted=gone[path])
+        else:
+            registration.finish_change(vm, op_id)
+        out.append(registration)
+    return out
