@@ -168,6 +168,17 @@ COMMIT = libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_COMMIT
 PULL = libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_PULL
 
 
+def _three_snapshots(cli: Cli, vms: Domains, name: str) -> None:
+    """s1 freezes the disk, s2 vda.s1 (0x11 at 8 MiB), s3 vda.s2 (0x22 over BULK); the guest
+    then writes 0x33 at 12 MiB into vda.s3."""
+    cli.run("snapshot", name, "s1")
+    vms.write(name, 0x11, 8 * MIB)
+    cli.run("snapshot", name, "s2")
+    vms.write(name, 0x22, *BULK)
+    cli.run("snapshot", name, "s3")
+    vms.write(name, 0x33, 12 * MIB)
+
+
 def _setup(tmp_path: Path, vms: Domains) -> tuple[Cli, str, str]:
     """A running domain on a 16 MiB disk whose first cluster reads 0x01, adopted."""
     base = make_image(vms.path("vda.qcow2"), SIZE, {0: 0x01})
@@ -333,12 +344,7 @@ def test_libvirtd_and_snapledger_crash_during_a_non_active_commit_that_ends_mean
     vms = libvirtd
     cli, name, base = _setup(tmp_path, vms)
     s1, s2, s3 = vms.path("vda.s1"), vms.path("vda.s2"), vms.path("vda.s3")
-    cli.run("snapshot", name, "s1")  # freezes the disk
-    vms.write(name, 0x11, 8 * MIB)
-    cli.run("snapshot", name, "s2")  # freezes vda.s1
-    vms.write(name, 0x22, *BULK)
-    cli.run("snapshot", name, "s3")  # freezes vda.s2
-    vms.write(name, 0x33, 12 * MIB)
+    _three_snapshots(cli, vms, name)
     # s2 goes: vda.s2, a backing file of the running vda.s3, is committed into vda.s1 (a
     # non-active commit: QEMU re-points vda.s3 onto vda.s1), then vda.s2 is deleted
     job = Background(cli, "delete", name, "s2")
@@ -437,12 +443,7 @@ def test_snapledger_killed_during_a_job_that_ends_by_itself_then_recover_waits_f
     vms = libvirtd
     cli, name, base = _setup(tmp_path, vms)
     s1, s2, s3 = vms.path("vda.s1"), vms.path("vda.s2"), vms.path("vda.s3")
-    cli.run("snapshot", name, "s1")  # freezes the disk
-    vms.write(name, 0x11, 8 * MIB)
-    cli.run("snapshot", name, "s2")  # freezes vda.s1
-    vms.write(name, 0x22, *BULK)
-    cli.run("snapshot", name, "s3")  # freezes vda.s2
-    vms.write(name, 0x33, 12 * MIB)
+    _three_snapshots(cli, vms, name)
     s2_state = content({8 * MIB: 0x11})
     s3_state = content({8 * MIB: 0x11}, 0x22)
     present = content({12 * MIB: 0x33}, below=s3_state)

@@ -405,6 +405,17 @@ def test_a_refused_swap_leaves_libvirts_definition_alone() -> None:
     assert ledger.vm(DOM).disks == before
 
 
+def _virsh_world() -> tuple[SimulatedStorage, FakeLibvirt, LibvirtHypervisor, Snapledger]:
+    """A domain with a virsh-made history, not adopted yet, and an empty ledger."""
+    storage = SimulatedStorage()
+    storage.make_image(BASE, VSIZE, {0: 0x01})
+    fake = FakeLibvirt(storage)
+    fake.add(DOM, {"vda": BASE})
+    _virsh_history(storage, fake)
+    hypervisor = LibvirtHypervisor(lambda uri: fake, sleep=lambda _s: None)
+    return storage, fake, hypervisor, Snapledger(LedgerApplication("memory:"), storage, hypervisor=hypervisor)
+
+
 def _virsh_history(storage: SimulatedStorage, fake: FakeLibvirt) -> None:
     """What `virsh snapshot-create-as --disk-only` twice leaves: web.qcow2 <- web.s1 <- web.s2."""
     storage.make_image("/images/web.s1", VSIZE, {1: 0x11}, backing=BASE)
@@ -417,13 +428,7 @@ def _virsh_history(storage: SimulatedStorage, fake: FakeLibvirt) -> None:
 
 
 def test_adopting_virsh_history_imports_it_and_drops_libvirts_metadata() -> None:
-    storage = SimulatedStorage()
-    storage.make_image(BASE, VSIZE, {0: 0x01})
-    fake = FakeLibvirt(storage)
-    fake.add(DOM, {"vda": BASE})
-    _virsh_history(storage, fake)
-    hypervisor = LibvirtHypervisor(lambda uri: fake, sleep=lambda _s: None)
-    ledger = Snapledger(LedgerApplication("memory:"), storage, hypervisor=hypervisor)
+    storage, fake, hypervisor, ledger = _virsh_world()
     report = adopt_libvirt(ledger, hypervisor, DOM, fake.uri)
     assert report.imported == ["s1", "s2"]
     assert fake.snapshots[DOM] == []  # virsh can't act on it any more
@@ -441,13 +446,7 @@ def test_adopting_virsh_history_imports_it_and_drops_libvirts_metadata() -> None
 
 
 def test_adopting_virsh_history_keeping_metadata_removes_it_per_deleted_snapshot() -> None:
-    storage = SimulatedStorage()
-    storage.make_image(BASE, VSIZE, {0: 0x01})
-    fake = FakeLibvirt(storage)
-    fake.add(DOM, {"vda": BASE})
-    _virsh_history(storage, fake)
-    hypervisor = LibvirtHypervisor(lambda uri: fake, sleep=lambda _s: None)
-    ledger = Snapledger(LedgerApplication("memory:"), storage, hypervisor=hypervisor)
+    storage, fake, hypervisor, ledger = _virsh_world()
     adopt_libvirt(ledger, hypervisor, DOM, fake.uri, keep_metadata=True)
     assert len(fake.snapshots[DOM]) == 2
     plan = ledger.delete(DOM, "s1")  # non-active commit of web.s1 into the adopted disk
