@@ -7,10 +7,13 @@ guest would read through the whole backing chain. A pattern mismatch is found fr
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 CLUSTER = 64 * 1024
@@ -111,3 +114,48 @@ def forget_backing_format(path: str | Path) -> None:
         raise AssertionError(f"{path} records no backing format")
     data[at : at + 4] = bytes.fromhex("0bad0bad")
     Path(path).write_bytes(bytes(data))
+
+
+# QEMU's image locks are OFD locks on single bytes: byte 100 + n is held for permission bit n
+# (bit 1 is "write"). Reading /proc/locks sees them without taking any lock; probing with
+# `qemu-img info` instead could itself hold the file at the moment qemu-io opens it, and so make
+# qemu-io fail (seen in CI).
+_WRITE_LOCK_BYTE = 101
+
+
+def holds_write_lock(path: str | Path) -> bool:
+    """Whether some process holds QEMU's write lock on `path`."""
+    st = os.stat(path)
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields or "OFDLCK" not in fields or key not in fields:
+            continue  # a waiter, another kind of lock, or another file
+        at = fields.index(key)
+        start, end = fields[at + 1], fields[at + 2]
+        if int(start) <= _WRITE_LOCK_BYTE and (end == "EOF" or _WRITE_LOCK_BYTE <= int(end)):
+            return True
+    return False
+
+
+@contextmanager
+def held_image(path: str | Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Another process opens `path` for writing and keeps it open (as a running VM, or a
+    qemu-img left running by a killed snapledger, does) until the block ends or it is killed."""
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(["qemu-io", "-f", "qcow2", "-c", "sleep 600000", str(path)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=errors)
+        try:
+            deadline = time.monotonic() + 120  # generous: a loaded machine starts qemu-io slowly
+            while not holds_write_lock(path):
+                if proc.poll() is not None:
+                    errors.seek(0)
+                    raise AssertionError(f"qemu-io could not hold {path} (exit "
+                                         f"{proc.returncode}): {errors.read().decode()!r}")
+                assert time.monotonic() < deadline, f"qemu-io never held {path}"
+                time.sleep(0.02)
+            yield proc
+        finally:
+            proc.kill()
+            proc.wait(timeout=TIMEOUT)

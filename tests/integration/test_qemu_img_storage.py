@@ -14,6 +14,7 @@ from qemu_helpers import (
     CLUSTER,
     assert_reads,
     forget_backing_format,
+    held_image,
     make_image,
     mismatched_clusters,
     qemu_io,
@@ -302,15 +303,7 @@ def test_an_image_another_process_holds_is_image_in_use(
     storage: QemuImgStorage, chain: tuple[str, str, str]
 ) -> None:
     base, mid, top = chain
-    holder = subprocess.Popen(["qemu-io", "-f", "qcow2", "-c", "sleep 300000", mid],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120  # generous: a loaded machine starts qemu-io slowly
-        while subprocess.run(["qemu-img", "info", mid], capture_output=True,
-                             timeout=60).returncode == 0:
-            assert holder.poll() is None, "qemu-io ended before holding the lock"
-            assert time.monotonic() < deadline, "qemu-io never held the lock"
-            time.sleep(0.02)
+    with held_image(mid):
         before = raw_bytes(top)
         for merge in (lambda: storage.commit(top, mid), lambda: storage.pull(top, base, "qcow2"),
                       lambda: storage.rebase_unsafe(mid, None, None)):
@@ -318,9 +311,6 @@ def test_an_image_another_process_holds_is_image_in_use(
                 merge()
             assert caught.value.exit_code == 4
         assert raw_bytes(top) == before and storage.inspect(top).backing == mid
-    finally:
-        holder.kill()
-        holder.wait(timeout=60)
     storage.commit(top, mid)  # the lock is gone
 
 

@@ -13,14 +13,19 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cli_helpers import Cli
-from qemu_helpers import CLUSTER, assert_reads, make_image, set_backing_unchecked, write_clusters
+from qemu_helpers import (
+    CLUSTER,
+    assert_reads,
+    held_image,
+    make_image,
+    set_backing_unchecked,
+    write_clusters,
+)
 
 from snapledger.adapters.event_store import LedgerApplication
 from snapledger.adapters.qemu_img import QemuImgStorage
@@ -229,53 +234,21 @@ def interrupted(lay: Layout) -> Layout:
     return lay
 
 
-def locked(path: Path) -> bool:
-    done = subprocess.run(["qemu-img", "info", str(path)], capture_output=True, text=True,
-                          timeout=60, check=False)
-    return done.returncode != 0 and "lock" in done.stderr
-
-
-@pytest.fixture
-def holder() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        proc.kill()
-        proc.wait(timeout=60)
-
-
-def hold(path: Path, holders: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
-    """Another process opens `path` for writing and keeps it (as a running VM or a qemu-img
-    left running by a killed snapledger does)."""
-    proc = subprocess.Popen(["qemu-io", "-f", "qcow2", "-c", "sleep 600000", str(path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    holders.append(proc)
-    deadline = time.monotonic() + 120  # generous: a loaded machine starts qemu-io slowly
-    while not locked(path):
-        assert time.monotonic() < deadline and proc.poll() is None, "qemu-io never held the lock"
-        time.sleep(0.02)
-    return proc
-
-
-def test_recover_waits_for_a_process_that_still_holds_an_image(
-    interrupted: Layout, holder: list[subprocess.Popen[bytes]]
-) -> None:
+def test_recover_waits_for_a_process_that_still_holds_an_image(interrupted: Layout) -> None:
     lay = interrupted
     cli = lay.cli
-    proc = hold(lay.vm / "vda.s1", holder)  # the commit's target
-    before = world(cli)
-    for _ in range(2):  # as often as it is tried
-        refused = cli.run("recover", expect=4)
-        message = one_line_error(refused)
-        assert "another process still holds" in message and str(lay.vm / "vda.s1") in message
-        assert "recover" in message.split("still holds", 1)[1]
-    assert world(cli)[0] == before[0]  # nothing recorded: no OperationFailed
-    assert [vm["operation"] for vm in cli.json("list")] == ["delete"]
-    other = cli.run("snapshot", "vm", "s3", expect=4)  # the VM is still busy with the delete
-    assert "recover" in one_line_error(other)
+    with held_image(lay.vm / "vda.s1"):  # the commit's target
+        before = world(cli)
+        for _ in range(2):  # as often as it is tried
+            refused = cli.run("recover", expect=4)
+            message = one_line_error(refused)
+            assert "another process still holds" in message and str(lay.vm / "vda.s1") in message
+            assert "recover" in message.split("still holds", 1)[1]
+        assert world(cli)[0] == before[0]  # nothing recorded: no OperationFailed
+        assert [vm["operation"] for vm in cli.json("list")] == ["delete"]
+        other = cli.run("snapshot", "vm", "s3", expect=4)  # the VM is still busy with the delete
+        assert "recover" in one_line_error(other)
 
-    proc.kill()
-    proc.wait(timeout=60)
     assert "finished delete" in cli.run("recover").stdout
     state = cli.json("show", "vm")
     assert [s["name"] for s in state["snapshots"]] == ["s1"]
@@ -285,23 +258,19 @@ def test_recover_waits_for_a_process_that_still_holds_an_image(
     cli.run("verify")
 
 
-def test_a_delete_meeting_a_held_image_is_rolled_back(
-    lay: Layout, holder: list[subprocess.Popen[bytes]]
-) -> None:
+def test_a_delete_meeting_a_held_image_is_rolled_back(lay: Layout) -> None:
     """A fresh operation whose first merge can't open its image has done nothing: it is rolled
     back at once (exit 4), and the VM stays usable."""
     cli = lay.cli
     history(lay)
-    proc = hold(lay.vm / "vda.s1", holder)
-    _, files_before = world(cli)
-    refused = cli.run("delete", "vm", "s2", "--strategy", "commit", expect=4)
-    assert "nothing was done" in one_line_error(refused)
-    assert world(cli)[1] == files_before
-    assert [vm["operation"] for vm in cli.json("list")] == [None]
-    types = [e["type"] for e in cli.json("log")]
-    assert types.count("VirtualMachine.OperationRolledBack") == 1
-    assert "VirtualMachine.OperationFailed" not in types
-    proc.kill()
-    proc.wait(timeout=60)
+    with held_image(lay.vm / "vda.s1"):
+        _, files_before = world(cli)
+        refused = cli.run("delete", "vm", "s2", "--strategy", "commit", expect=4)
+        assert "nothing was done" in one_line_error(refused)
+        assert world(cli)[1] == files_before
+        assert [vm["operation"] for vm in cli.json("list")] == [None]
+        types = [e["type"] for e in cli.json("log")]
+        assert types.count("VirtualMachine.OperationRolledBack") == 1
+        assert "VirtualMachine.OperationFailed" not in types
     cli.run("delete", "vm", "s2", "--strategy", "commit")
     cli.run("verify")
