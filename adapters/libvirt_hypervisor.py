@@ -4,7 +4,8 @@
   the running domain onto the new overlays in one atomic step (`SwitchDisks`); a revert stops a
   running domain first (`StopDomain`); whenever the disks change while the domain is shut off,
   and at every revert, the domain is redefined with the ledger's active images as its sources
-  (`DefineDomain`, placed before any file is deleted).
+  (`DefineDomain`, placed before any file is deleted); `revert --running` ends with
+  `StartDomain`, so that a revert finished by `recover` starts the domain too.
 - `storage(vm, inner)` routes each storage step: an image in the backing chain of a running
   domain's disk is merged by a libvirt block job (active commit with pivot, non-active commit,
   pull into the active image); every other image goes to `inner` (qemu-img) as before.
@@ -30,6 +31,7 @@ from snapledger.domain.steps import (
     Plan,
     Pull,
     SetActive,
+    StartDomain,
     Step,
     StopDomain,
     SwitchDisks,
@@ -103,6 +105,8 @@ class LibvirtHypervisor:
         # tests set it (TEST_JOB_BANDWIDTH_ENV), to make a live merge slow enough to interrupt.
         self.job_bandwidth = job_bandwidth
         self._ports: dict[str, LibvirtPort] = {}
+        # why a StartDomain step's domain did not start, by domain: reported by `after`
+        self._start_failures: dict[str, str] = {}
 
     # ---- binding ---------------------------------------------------------------------
 
@@ -182,6 +186,8 @@ class LibvirtHypervisor:
             steps.insert(sets[-1] + 1 if sets else len(steps), define)
             if running:
                 steps.insert(0, StopDomain(domain))
+            if start:
+                steps.append(StartDomain(domain, "" if persistent else define.xml))
         elif running and plan.kind == "snapshot" and changed:
             switch = SwitchDisks(domain, tuple(sorted(changed.items())))
             steps.insert(sets[0], switch)
@@ -238,8 +244,24 @@ class LibvirtHypervisor:
                         "'snapledger recover'"
                     )
             port.define(step.xml)
+        elif isinstance(step, StartDomain):
+            self._start(port, step)
         else:
             raise StorageError(f"{step.action} is not a hypervisor step")
+
+    def _start(self, port: LibvirtPort, step: StartDomain) -> None:
+        """Start the domain unless it runs. A domain that won't start (too little memory, say)
+        does not fail the operation: its disks are final and recorded; `after` reports why."""
+        self._start_failures.pop(step.domain, None)
+        if port_running(port, step.domain):
+            return
+        try:
+            if step.xml:
+                port.create(step.xml)
+            else:
+                port.start(step.domain)
+        except LibvirtFailure as error:
+            self._start_failures[step.domain] = str(error)
 
     def _switch(self, port: LibvirtPort, step: SwitchDisks) -> None:
         overlays = dict(step.disks)
@@ -259,29 +281,23 @@ class LibvirtHypervisor:
         else:  # stopped since the plan was made: the same switch, by a new definition
             port.define(with_sources(port.xml(step.domain, inactive=True), overlays))
 
-    def after(
-        self, vm: VirtualMachine, plan: Plan, target: str | None, start: bool = False
-    ) -> list[str]:
-        """What follows a finished operation: start the domain (revert --running), forget libvirt's
-        metadata of a snapshot snapledger deleted. Returns notes for the user."""
+    def after(self, vm: VirtualMachine, plan: Plan, target: str | None) -> list[str]:
+        """What follows a finished operation (also one finished by `recover`): forget libvirt's
+        metadata of a snapshot snapledger deleted; say whether a domain the operation started
+        runs. Returns notes for the user."""
         port, domain = self.port(vm)
         notes = []
         if plan.kind == "delete" and target is not None:
             if target in self.metadata_names(port, domain):
                 port.delete_snapshot_metadata(domain, target)
                 notes.append(f"libvirt's metadata of snapshot {target} was removed too")
-        if start:
-            define = [s for s in plan.steps if isinstance(s, DefineDomain)]
-            if not port_running(port, domain):
-                try:
-                    if define and not define[-1].persistent:
-                        port.create(define[-1].xml)
-                    else:
-                        port.start(domain)
-                except LibvirtFailure as error:
-                    raise LibvirtFailure(
-                        f"the {plan.kind} is done and recorded, but domain {domain} did not start: {error}"
-                    ) from None
+        if any(isinstance(step, StartDomain) for step in plan.steps):
+            failure = self._start_failures.pop(domain, None)
+            if failure is not None or not port_running(port, domain):
+                raise LibvirtFailure(
+                    f"the {plan.kind} is done and recorded, but domain {domain} did not start: "
+                    f"{failure or 'it is not running'}"
+                )
             notes.append(f"domain {domain} is running")
         return notes
 

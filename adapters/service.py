@@ -331,10 +331,14 @@ class Snapledger:
         names = [vm_name] if vm_name is not None else sorted(self.refresh().vms)
         finished = []
         for name in names:
-            op = self.vm(name).operation
+            vm = self.vm(name)
+            op = vm.operation
             if op is not None:
                 self._execute(name, recovering=True)
-                finished.append(f"{name}: finished {op.kind} {op.op_id}")
+                notes: list[str] = []
+                if (hypervisor := self._libvirt(vm)) is not None:  # as after a run: start, forget
+                    notes = hypervisor.after(self.vm(name), Plan(op.kind, op.steps), op.target)
+                finished.append("; ".join([f"{name}: finished {op.kind} {op.op_id}", *notes]))
         return finished
 
     def verify(self, vm_name: str | None = None) -> list[str]:
@@ -397,7 +401,7 @@ class Snapledger:
         self._save(vm, *registrations)
         self._execute(vm.name)
         if (hypervisor := self._libvirt(vm)) is not None:
-            notes = hypervisor.after(self.vm(vm.name), plan, target, start)
+            notes = hypervisor.after(self.vm(vm.name), plan, target)
             plan = dataclasses.replace(plan, notes=(*plan.notes, *notes))
         return plan
 

@@ -156,7 +156,22 @@ class DefineDomain:
     destructive: ClassVar[bool] = True  # a rollback would not restore the old definition
 
 
-DOMAIN_STEPS = (SwitchDisks, StopDomain, DefineDomain)
+@dataclass(frozen=True)
+class StartDomain:
+    """Hypervisor: `domain` is started again (revert --running), the operation's last step, so
+    that `recover` starts it too. A transient domain is created from `xml` (nothing is defined to
+    start); a persistent one (`xml` empty) is started. Already running: done."""
+
+    domain: str
+    xml: str = ""
+    bytes: int = 0
+    action: ClassVar[str] = "start-domain"
+    # Not destructive: the disks are final before it. A domain that does not start leaves the
+    # operation finished and recorded, with the reason in the error (see libvirt_hypervisor).
+    destructive: ClassVar[bool] = False
+
+
+DOMAIN_STEPS = (SwitchDisks, StopDomain, DefineDomain, StartDomain)
 
 Step = (
     CreateOverlay
@@ -171,6 +186,7 @@ Step = (
     | SwitchDisks
     | StopDomain
     | DefineDomain
+    | StartDomain
 )
 STEP_TYPES: dict[str, type[Step]] = {
     t.action: t
@@ -187,6 +203,7 @@ STEP_TYPES: dict[str, type[Step]] = {
         SwitchDisks,
         StopDomain,
         DefineDomain,
+        StartDomain,
     )
 }
 STORAGE_STEPS = (CreateOverlay, Commit, Pull, RebaseUnsafe, DeleteFile)

@@ -55,6 +55,7 @@ class FakeLibvirt:
         self.down_after: int | None = None
         self.down_on: tuple[str, int] | None = None  # (call, n): down from the n-th such call
         self.crash_after: str | None = None  # the process dies right after this call is done
+        self.refuse_start: str | None = None  # why starting a domain fails (libvirt's words)
         self.calls: list[str] = []
         self.bandwidths: list[int] = []  # the limit each block job was started with
 
@@ -164,18 +165,25 @@ class FakeLibvirt:
             self.domains[name].persistent = True
         else:
             self.domains[name] = FakeDomain(name, disk_sources(xml))
+        self._maybe_crash("defineXML")
 
     def start(self, domain: str) -> None:
         self._enter("create")
+        if self.refuse_start is not None:
+            raise LibvirtFailure(self.refuse_start)
         dom = self._dom(domain)
         dom.running, dom.live = True, dict(dom.sources)
+        self._maybe_crash("create")
 
     def create(self, xml: str) -> None:
         self._enter("createXML")
+        if self.refuse_start is not None:
+            raise LibvirtFailure(self.refuse_start)
         name = domain_name(xml)
         assert name is not None
         sources = disk_sources(xml)
         self.domains[name] = FakeDomain(name, sources, False, True, dict(sources))
+        self._maybe_crash("createXML")
 
     def destroy(self, domain: str) -> None:
         self._enter("destroy")
@@ -185,6 +193,7 @@ class FakeLibvirt:
             del self.jobs[key]  # QEMU's block jobs end with it, cancelled (no pivot)
         if not dom.persistent:
             del self.domains[domain]
+        self._maybe_crash("destroy")
 
     def block_commit(
         self, domain: str, disk: str, base: str, top: str | None, bandwidth: int = 0

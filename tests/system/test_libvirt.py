@@ -8,9 +8,16 @@ import os
 from pathlib import Path
 
 import libvirt_helpers
+import pytest
 from cli_helpers import Cli
 from libvirt_helpers import Domains
 from qemu_helpers import CLUSTER, assert_reads, make_image
+
+from snapledger.adapters.event_store import LedgerApplication
+from snapledger.adapters.libvirt_domains import LibvirtDomains
+from snapledger.adapters.libvirt_hypervisor import LibvirtHypervisor
+from snapledger.adapters.qemu_img import QemuImgStorage
+from snapledger.adapters.service import Snapledger
 
 MIB = 1 << 20
 libvirt_vms = libvirt_helpers.libvirt_vms  # the fixture
@@ -138,6 +145,42 @@ def test_revert_running_domain_stops_redefines_and_starts_it(tmp_path: Path, lib
     cli.run("revert", name, "s1")
     assert not libvirt_vms.running(name)
     assert libvirt_vms.sources(name, inactive=True)["vda"][0] == libvirt_vms.path("vda.s1-2")
+    assert cli.run("verify", name).returncode == 0
+
+
+class Crash(BaseException):
+    """The process dies here."""
+
+
+class DiesAfterTheRedefinition(LibvirtDomains):
+    def define(self, xml: str) -> None:
+        super().define(xml)
+        raise Crash("killed right after libvirt redefined the domain")
+
+
+def test_a_revert_running_cut_short_is_finished_and_started_by_recover(
+    tmp_path: Path, libvirt_vms: Domains
+) -> None:
+    """The process dies with the domain stopped and redefined on the new overlay: `recover`
+    deletes the abandoned present and starts the domain, as `--running` asked."""
+    cli, name, images = _setup(tmp_path, libvirt_vms)
+    cli.run("adopt", name, "--libvirt")
+    libvirt_vms.write(name, 0x11, 0)
+    cli.run("snapshot", name, "s1")
+    libvirt_vms.write(name, 0x22, 0)
+    dying = Snapledger(LedgerApplication(cli.env["SNAPLEDGER_STORE"]), QemuImgStorage(),
+                       hypervisor=LibvirtHypervisor(DiesAfterTheRedefinition))
+    with pytest.raises(Crash):
+        dying.revert(name, "s1", running=True)
+    dying.app.close()
+    assert not libvirt_vms.running(name)
+    assert "domain " + name + " is running" in cli.run("recover").stdout
+    reverted = libvirt_vms.path("vda.s1-1")
+    assert libvirt_vms.running(name)
+    assert libvirt_vms.sources(name)["vda"] == [reverted, images["vda"]]
+    assert not os.path.exists(libvirt_vms.path("vda.s1"))
+    libvirt_vms.write(name, 0x33, CLUSTER)
+    assert_reads(images["vda"], {0: 0x11}, 2)  # s1's state, untouched
     assert cli.run("verify", name).returncode == 0
 
 

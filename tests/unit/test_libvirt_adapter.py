@@ -134,7 +134,8 @@ def test_revert_running_stops_redefines_and_starts() -> None:
     ledger.snapshot(DOM, "s1")
     guest_write(storage, fake, 1, 0x22)
     plan = ledger.revert(DOM, "s1", running=True)
-    assert actions(plan) == ["stop-domain", "create-overlay", "set-active", "define-domain", "delete-file"]
+    assert actions(plan) == ["stop-domain", "create-overlay", "set-active", "define-domain",
+                             "delete-file", "start-domain"]
     assert fake.domains[DOM].running and fake.domains[DOM].live == {"vda": "/images/web.s1-1"}
     assert not storage.exists("/images/web.s1")
     assert storage.read_all("/images/web.s1-1") == {0: 0x01}
@@ -153,6 +154,63 @@ def test_transient_revert_needs_running_and_creates_the_domain_again() -> None:
     ledger.revert(DOM, "s1", running=True)
     assert fake.domains[DOM].running and not fake.domains[DOM].persistent
     assert fake.domains[DOM].live == {"vda": "/images/web.s1-1"}
+
+
+@pytest.mark.parametrize(
+    "persistent, dies_after",
+    [
+        (True, "destroy"), (True, "defineXML"), (True, "create"),
+        # a transient domain is neither defined nor started by name: created from the XML
+        (False, "destroy"), (False, "createXML"),
+    ],
+)
+def test_a_revert_running_finished_by_recover_starts_the_domain(
+    persistent: bool, dies_after: str
+) -> None:
+    """`--running` is part of the recorded plan (its last step), so a process that dies at any
+    point of the revert leaves `recover` to start the domain too, exactly once."""
+    storage, fake, ledger = make(persistent=persistent)
+    ledger.snapshot(DOM, "s1")
+    fake.crash_after = dies_after
+    with pytest.raises(SimulatedCrash):
+        ledger.revert(DOM, "s1", running=True)
+    assert ledger.vm(DOM).operation is not None
+    starts = fake.calls.count("create") + fake.calls.count("createXML")
+    finished = ledger.recover(DOM)
+    assert finished and f"domain {DOM} is running" in finished[0]
+    assert fake.domains[DOM].running and fake.domains[DOM].live == {"vda": "/images/web.s1-1"}
+    assert fake.calls.count("create") + fake.calls.count("createXML") == (
+        starts if dies_after in ("create", "createXML") else starts + 1
+    )
+    assert ledger.vm(DOM).operation is None and ledger.verify(DOM) == []
+
+
+def test_a_domain_that_does_not_start_leaves_the_revert_done_and_recorded() -> None:
+    storage, fake, ledger = make()
+    ledger.snapshot(DOM, "s1")
+    fake.refuse_start = "internal error: cannot allocate memory"
+    with pytest.raises(StorageError, match="revert is done and recorded, but domain web did not "
+                                           "start: internal error: cannot allocate memory"):
+        ledger.revert(DOM, "s1", running=True)
+    assert ledger.vm(DOM).operation is None and ledger.vm(DOM).current == "s1"
+    assert not fake.domains[DOM].running
+    assert fake.domains[DOM].sources == {"vda": "/images/web.s1-1"}
+    assert ledger.verify(DOM) == []
+    fake.refuse_start = None
+    ledger.revert(DOM, "s1", running=True)  # the VM is usable: nothing is left open
+    assert fake.domains[DOM].running
+
+
+def test_a_delete_finished_by_recover_forgets_libvirts_metadata_too() -> None:
+    storage, fake, hypervisor, ledger = _virsh_world()
+    adopt_libvirt(ledger, hypervisor, DOM, fake.uri, keep_metadata=True)
+    storage.inject(crash_at=1)  # the process dies at the first change qemu-img would make
+    with pytest.raises(SimulatedCrash):
+        ledger.delete(DOM, "s1")
+    assert len(fake.snapshots[DOM]) == 2
+    finished = ledger.recover(DOM)
+    assert "metadata of snapshot s1 was removed" in finished[0]
+    assert len(fake.snapshots[DOM]) == 1 and "<name>s2</name>" in fake.snapshots[DOM][0]
 
 
 def test_live_active_commit_pivots_and_deletes_the_old_top() -> None:
