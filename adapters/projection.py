@@ -1,7 +1,8 @@
 """The persisted, tracked projection: the LedgerView at a recorded ledger position P, so that
 no command folds the whole ledger (docs/architecture.md, "Persisted projections").
 
-At P, in one transaction that never moves P back (adapters/projection_store.py):
+At P, in one transaction that never moves P back (adapters/projection_store.py; on PostgreSQL
+adapters/projection_store_postgres.py):
 
 1. a checkpoint: every aggregate of the view as an eventsourcing snapshot
    (`Snapshot.take(aggregate)` through an eventsourcing `Mapper`, and back with
@@ -25,6 +26,7 @@ import gc
 import importlib
 import json
 import sqlite3
+import sys
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -35,8 +37,7 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, Snapshot
-from eventsourcing.persistence import Mapper, StoredEvent, Transcoder
-from eventsourcing.popo import POPOFactory
+from eventsourcing.persistence import Mapper, PersistenceError, StoredEvent, Transcoder
 from eventsourcing.sqlite import SQLiteConnectionPool, SQLiteFactory
 from eventsourcing.utils import get_topic
 
@@ -54,7 +55,6 @@ from .projection_store import (
     WRITTEN,
     Doc,
     MemoryProjectionStore,
-    NullProjectionStore,
     ProjectionStore,
     Row,
     SQLiteProjectionStore,
@@ -69,6 +69,9 @@ CHECKPOINT_EVERY = 5_000  # positions between archive points (time travel replay
 SNAPSHOT_TOPIC = get_topic(Snapshot)
 AGGREGATE_TOPICS = {get_topic(VirtualMachine), get_topic(ImageRegistration)}
 DOMAIN = "snapledger.domain."  # the only modules a checkpoint may name classes of
+# What a store raises when it can't be read or written (locked too long, read-only, gone):
+# sqlite3's own errors, and eventsourcing's, into which its PostgreSQL datastore turns psycopg's.
+STORE_ERRORS = (sqlite3.Error, PersistenceError)
 
 
 class ProjectionDamaged(Exception):
@@ -245,20 +248,31 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _is_postgres(factory: object) -> bool:
+    # A PostgreSQL factory exists only once eventsourcing.postgres was imported: looking it up
+    # in sys.modules asks without importing psycopg.
+    module = sys.modules.get("eventsourcing.postgres")
+    return module is not None and isinstance(factory, module.PostgresFactory)
+
+
 _memory_stores: weakref.WeakKeyDictionary[object, MemoryProjectionStore] = weakref.WeakKeyDictionary()
 
 
 def store_for(app: LedgerApplication) -> ProjectionStore:
-    """SQLite: the ledger's own file. memory: an in-memory store kept with the application's
-    recorder (a second Snapledger on the same application finds it). PostgreSQL: none yet."""
+    """SQLite: the ledger's own file. PostgreSQL: the ledger's database schema
+    (adapters/projection_store_postgres.py, imported only then: no psycopg for anyone else).
+    memory, and any other store: an in-memory store kept with the application's recorder (a
+    second Snapledger on the same application finds it)."""
     factory = app.factory
     if isinstance(factory, SQLiteFactory):
         name = factory.env.get(SQLiteFactory.SQLITE_DBNAME) or ""
         if name and not SQLiteConnectionPool.detect_memory_mode(name):
             timeout = float(factory.env.get(SQLiteFactory.SQLITE_LOCK_TIMEOUT) or 10)
             return SQLiteProjectionStore(name, timeout)
-    elif not isinstance(factory, POPOFactory):
-        return NullProjectionStore()
+    elif _is_postgres(factory):
+        from .projection_store_postgres import PostgresProjectionStore
+
+        return PostgresProjectionStore.of(app)
     recorder = app.recorder
     store = _memory_stores.get(recorder)
     if store is None:
@@ -292,7 +306,7 @@ class PersistedProjection:
         that can be trusted (that one is dropped)."""
         try:
             top, tracking, rows = self.store.read_current()
-        except sqlite3.Error:
+        except STORE_ERRORS:
             return LedgerView()
         if tracking is None:
             return LedgerView()
@@ -313,7 +327,7 @@ class PersistedProjection:
     def _dropped(self, tracking: Tracking | None) -> LedgerView:
         try:
             self.store.wipe(tracking)
-        except sqlite3.Error:
+        except STORE_ERRORS:
             pass
         self.base = -1
         return LedgerView()
@@ -331,7 +345,7 @@ class PersistedProjection:
                 raise  # folded from the first event: the damage is the ledger's own
             try:
                 tracking = self.store.read_current()[1]
-            except sqlite3.Error:
+            except STORE_ERRORS:
                 tracking = None
             view = self.catch_up(self._dropped(tracking))
         self.save(view)
@@ -364,7 +378,7 @@ class PersistedProjection:
             outcome = self._commit(view, dirty, docs, full=self.base < 0)
             if outcome == NEEDS_FULL:
                 outcome = self._commit(view, dirty, docs, full=True)
-        except sqlite3.Error:
+        except STORE_ERRORS:
             return "failed"
         if outcome in (WRITTEN, SAME):
             view.dirty -= dirty
@@ -423,7 +437,7 @@ class PersistedProjection:
     def _checkpoint_at(self, position: int) -> LedgerView | None:
         try:
             found = self.store.read_at(position, self.fingerprint)
-        except sqlite3.Error:
+        except STORE_ERRORS:
             return None
         if found is None:
             return None

@@ -1,4 +1,5 @@
-"""Where the persisted projection lives: the port, and its SQLite, memory and null stores.
+"""Where the persisted projection lives: the port, and its SQLite and memory stores (the
+PostgreSQL one, with the same tables and rules, is adapters/projection_store_postgres.py).
 
 Nothing here imports eventsourcing or the domain: `snapledger show` asks `stored_show_text`
 for a VM's document before anything heavy is imported. What the rows mean, and when to write
@@ -15,6 +16,9 @@ SQLite: tables prefixed `snapledger_` in the ledger's own file, beside eventsour
 - `snapledger_show_docs`: each VM's `show --json` text at P, and its disks' chains.
 - `snapledger_checkpoint_history` and `snapledger_archive_points`: older checkpoints, kept every
   `every` positions for time travel; an aggregate's row is kept once per version.
+
+PostgreSQL: the same tables in the ledger's schema, beside eventsourcing's events table (whose
+`notification_id` is the ledger position).
 """
 
 from __future__ import annotations
@@ -141,7 +145,7 @@ def doc_checksum(vm: str, chains: str, text: str) -> int:
     return zlib.crc32(f"{vm}\0{chains}\0{text}".encode())
 
 
-def _intact(doc: Doc) -> bool:
+def doc_intact(doc: Doc) -> bool:
     return doc.checksum == doc_checksum(doc.vm, doc.chains, doc.text)
 
 
@@ -218,24 +222,6 @@ class ProjectionStore(Protocol):
         ...
 
 
-class NullProjectionStore:
-    """No persistence (PostgreSQL, for now): every process folds the whole ledger."""
-
-    persistent = False
-
-    def read_current(self) -> tuple[int, Tracking | None, list[Row]]:
-        return 0, None, []
-
-    def read_at(self, position: int, fingerprint: str) -> tuple[int, int, list[Row]] | None:
-        return None
-
-    def commit(self, update: Update, docs_for: DocsFor) -> str:
-        return BEHIND
-
-    def wipe(self, seen: Tracking | None) -> None:
-        return None
-
-
 class MemoryProjectionStore:
     """The same tables as dicts, for the `memory:` store (one per application object)."""
 
@@ -304,7 +290,7 @@ class MemoryProjectionStore:
             return WRITTEN
 
     def _chains(self) -> dict[str, str]:
-        return {doc.vm: doc.chains for doc in self.docs.values() if _intact(doc)}
+        return {doc.vm: doc.chains for doc in self.docs.values() if doc_intact(doc)}
 
     def _put_docs(self, docs: Iterable[Doc]) -> None:
         for doc in docs:
@@ -494,7 +480,7 @@ class SQLiteProjectionStore:
     def _chains(con: sqlite3.Connection) -> dict[str, str]:
         """The stored documents' chains by VM; a damaged document counts as missing."""
         docs = (Doc(*row) for row in con.execute(f"SELECT vm, chains, doc, checksum FROM {DOCS}"))
-        return {doc.vm: doc.chains for doc in docs if _intact(doc)}
+        return {doc.vm: doc.chains for doc in docs if doc_intact(doc)}
 
     @staticmethod
     def _put_docs(con: sqlite3.Connection, docs: list[Doc]) -> None:

@@ -109,11 +109,20 @@ def _play_vm(fleet: Fleet, name: str, template: str | None, ops: int, budget: Bu
 
 
 def build(db: Path, events: int, seed: int = 20250101) -> dict[str, int]:
-    """Play VMs in groups sharing a template until the ledger holds exactly `events` events."""
+    """Play VMs in groups sharing a template until the ledger file holds exactly `events` events."""
     tmp = db.with_name(db.name + ".building")
     for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
         leftover.unlink(missing_ok=True)
     app = LedgerApplication(f"sqlite:///{tmp.resolve()}")
+    counts = build_into(app, events, seed)
+    del app
+    os.replace(tmp, db)
+    return counts
+
+
+def build_into(app: LedgerApplication, events: int, seed: int = 20250101) -> dict[str, int]:
+    """Play VMs in groups sharing a template until the (empty) ledger holds exactly `events`
+    events, and check that they replay to the driver's state."""
     rng = random.Random(seed)
     budget = Budget(events)
     fleets: list[Fleet] = []
@@ -145,8 +154,6 @@ def build(db: Path, events: int, seed: int = 20250101) -> dict[str, int]:
     expected = expected_view(fleets, saved)
     if view.canonical() != expected.canonical():
         raise SystemExit("the rebuilt view differs from the state the driver holds: not replayable")
-    del app
-    os.replace(tmp, db)
     return dict(counts)
 
 

@@ -1,13 +1,20 @@
 """Comparing views exactly: the persisted projection must give back the very aggregates a full
-replay builds, types included (a tuple is not a list, an enum member is not its string)."""
+replay builds, types included (a tuple is not a list, an enum member is not its string). And a
+small history to compare them on, in any store."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import fields, is_dataclass
 from enum import Enum
 from typing import Any
 
 from snapledger.adapters.event_store import LedgerApplication
+from snapledger.adapters.projection import PersistedProjection
+from snapledger.adapters.service import Snapledger
+from snapledger.adapters.simulated_storage import CLUSTER, SimulatedStorage
 from snapledger.projections.view import LedgerView
 
 
@@ -53,3 +60,42 @@ def rebuilt(app: LedgerApplication, stop: int | None = None) -> LedgerView:
     view = LedgerView()
     view.apply_all(app.events_after(0, stop=stop))
     return view
+
+
+# ---- a small history in a real store, run as separate processes would ----------------------
+
+EVERY = 3  # archive points close together, so time travel starts from several of them
+
+
+def open_ledger(url: str, storage: SimulatedStorage, every: int = EVERY) -> Snapledger:
+    """A new process on the ledger (and on the one simulated host)."""
+    app = LedgerApplication(url)
+    return Snapledger(app, storage, projection=PersistedProjection(app, every=every))
+
+
+def with_history(url: str) -> tuple[Snapledger, SimulatedStorage]:
+    """Two VMs, snapshots, guest writes, a revert and a delete; VM a's current is s2."""
+    storage = SimulatedStorage()
+    storage.make_image("/images/a.qcow2", 16 * CLUSTER, {0: 1})
+    storage.make_image("/images/b.qcow2", 16 * CLUSTER, {0: 2})
+    ledger = open_ledger(url, storage)
+    ledger.adopt("a", {"vda": "/images/a.qcow2"})
+    ledger.adopt("b", {"vda": "/images/b.qcow2"})
+    for n in range(1, 4):
+        ledger.snapshot("a", f"s{n}", description=f"snapshot {n}")
+        storage.write(ledger.vm("a").disks["vda"], n, 0x30 + n)
+    ledger.snapshot("b", "t1")
+    ledger.revert("a", "s2")
+    ledger.delete("a", "s1")
+    return ledger, storage
+
+
+CLI = [sys.executable, "-m", "snapledger.adapters.cli"]
+
+
+def show(url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`snapledger show ...` in a process of its own, on the store at `url`."""
+    env = {**os.environ, "SNAPLEDGER_STORE": url, "COLUMNS": "120"}
+    done = subprocess.run([*CLI, "show", *args], capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    return done

@@ -1,0 +1,524 @@
+"""The persisted projection's contract, on each real store: SQLite (the ledger's file) and
+PostgreSQL (a database on a private server, tests/postgres_server.py). A new process starts
+from the checkpoint; what it starts from, and every archive point time travel starts from, is
+exactly what a full replay builds, after random histories, a crash before the projection's
+update, processes racing on it, and damage of every kind; and the position never moves back."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from projection_helpers import EVERY, open_ledger, rebuilt, show, view_state, with_history
+
+from snapledger.adapters.event_store import LedgerApplication
+from snapledger.adapters.projection import PersistedProjection, store_for
+from snapledger.adapters.projection_store import (
+    BEHIND,
+    CHECKPOINT,
+    DAMAGED,
+    DOCS,
+    SAME,
+    TRACKING,
+    WRITTEN,
+    MemoryProjectionStore,
+    ProjectionStore,
+    Row,
+    Tracking,
+    Update,
+    row_checksum,
+    stored_show_text,
+)
+from snapledger.adapters.service import Snapledger
+from snapledger.domain.errors import Refused
+from snapledger.projections.documents import json_text, vm_document
+
+
+class Backend:
+    """A kind of store: fresh ledgers of it, and SQL run on them behind the application's back."""
+
+    name: str
+    # An SQL expression: the checkpoint row's state with one text replaced by another.
+    edited_state: str
+
+    def new_url(self) -> str:
+        raise NotImplementedError
+
+    def sql(self, url: str, script: str) -> int:
+        """Run `script` (statements separated by `;`, no parameters); the rows changed."""
+        raise NotImplementedError
+
+    def rows(self, url: str, query: str) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+
+class SQLiteBackend(Backend):
+    name = "sqlite"
+    edited_state = "CAST(replace(CAST(state AS TEXT), '{old}', '{new}') AS BLOB)"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.count = itertools.count()
+
+    def new_url(self) -> str:
+        return f"sqlite:///{self.folder}/ledger{next(self.count)}.sqlite"
+
+    def sql(self, url: str, script: str) -> int:
+        with sqlite3.connect(url[len("sqlite:///") :]) as con:
+            before = con.total_changes
+            con.executescript(script)
+            return con.total_changes - before
+
+    def rows(self, url: str, query: str) -> list[tuple[Any, ...]]:
+        with sqlite3.connect(url[len("sqlite:///") :]) as con:
+            return con.execute(query).fetchall()
+
+
+class PostgresBackend(Backend):
+    """A new database on the one test server for every ledger."""
+
+    name = "postgresql"
+    edited_state = "convert_to(replace(convert_from(state, 'UTF8'), '{old}', '{new}'), 'UTF8')"
+
+    def __init__(self, server: str) -> None:
+        self.server = server
+
+    def new_url(self) -> str:
+        name = f"ledger_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.server, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.server.rsplit("/", 1)[0] + "/" + name
+
+    def sql(self, url: str, script: str) -> int:
+        changed = 0
+        with psycopg.connect(url, autocommit=True) as conn:
+            for statement in filter(str.strip, script.split(";")):
+                changed += max(conn.execute(statement).rowcount, 0)
+        return changed
+
+    def rows(self, url: str, query: str) -> list[tuple[Any, ...]]:
+        with psycopg.connect(url) as conn:
+            return conn.execute(query).fetchall()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "sqlite":
+        return SQLiteBackend(tmp_path)
+    return PostgresBackend(request.getfixturevalue("postgres"))  # the server starts only if asked
+
+
+@pytest.fixture
+def url(backend: Backend) -> str:
+    return backend.new_url()
+
+
+def stored_doc(backend: Backend, url: str, vm: str) -> str | None:
+    found = backend.rows(url, f"SELECT doc FROM {DOCS} WHERE vm = '{vm}'")
+    return str(found[0][0]) if found else None
+
+
+def stored_position(backend: Backend, url: str) -> int | None:
+    found = backend.rows(url, f"SELECT position FROM {TRACKING}")
+    return int(found[0][0]) if found else None
+
+
+def assert_projection_is_the_ledger(backend: Backend, url: str) -> None:
+    """What a new process starts from, every archive point, and the stored documents."""
+    app = LedgerApplication(url)
+    whole = rebuilt(app)
+    last = whole.position
+    projection = PersistedProjection(app, every=EVERY)
+    tracking = projection.store.read_current()[1]
+    assert tracking is not None and tracking.position == last
+    for name in whole.vms:
+        assert stored_doc(backend, url, name) == json_text(vm_document(whole, name)), name
+    loaded = projection.load()
+    assert loaded.position == last and view_state(loaded) == view_state(whole)
+    for position in range(0, last + 1, max(1, last // 12)):
+        assert view_state(projection.view_at(position)) == view_state(rebuilt(app, position))
+
+
+def spy_reads(app: LedgerApplication, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The positions each `events_after` call starts after."""
+    starts: list[int] = []
+    real = app.events_after
+
+    def events_after(position: int, stop: int | None = None) -> Iterator[Any]:
+        starts.append(position)
+        return real(position, stop=stop)
+
+    monkeypatch.setattr(app, "events_after", events_after)
+    return starts
+
+
+# ---- the store --------------------------------------------------------------------------------
+
+
+def test_each_store_is_its_own_kind(backend: Backend, url: str) -> None:
+    store = store_for(LedgerApplication(url))
+    assert type(store).__name__ == {"sqlite": "SQLiteProjectionStore", "postgresql": "PostgresProjectionStore"}[backend.name]
+    assert store.persistent
+
+
+def test_before_anything_is_written_a_store_reads_nothing(url: str) -> None:
+    store = store_for(LedgerApplication(url))  # no tables yet: no error either
+    assert store.read_current() == (0, None, [])
+    assert store.read_at(5, "fp") is None
+    store.wipe(None)
+    assert store.read_current() == (0, None, [])
+
+
+class StoreCase(NamedTuple):
+    store: ProjectionStore
+    last: int  # the ledger's last position
+    another: Callable[[], ProjectionStore]  # a second store on the same ledger, as another process opens
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreCase:
+    """A store of each kind on a ledger of a few events."""
+    if request.param == "memory":
+        memory = MemoryProjectionStore(lambda: 9)
+        return StoreCase(memory, 9, lambda: memory)  # one per application: the same store
+    backend = SQLiteBackend(tmp_path) if request.param == "sqlite" else PostgresBackend(
+        request.getfixturevalue("postgres")
+    )
+    url = backend.new_url()
+    ledger, _ = with_history(url)
+    return StoreCase(store_for(ledger.app), ledger.app.last_position(), lambda: store_for(LedgerApplication(url)))
+
+
+def full_update(position: int, fingerprint: str = "fp", every: int = 0, *rows: Row) -> Update:
+    return Update(position, fingerprint, -1, True, list(rows), len(rows), 0, True, every)
+
+
+def a_row(n: int) -> Row:
+    oid, topic, state = f"{n:032x}", "t", b'{"n":%d}' % n
+    return Row(oid, 1, n, topic, state, row_checksum(oid, 1, n, topic, state))
+
+
+def no_docs(stored: dict[str, str], only_missing: bool) -> list[Any]:
+    return []
+
+
+def test_every_store_keeps_what_it_was_given(any_store: StoreCase) -> None:
+    store, last, _ = any_store
+    row = a_row(1)
+    assert store.commit(full_update(last, "fp", last - 1, row), no_docs) == WRITTEN
+    assert store.read_current() == (last, Tracking(last, "fp", 1, last), [row])
+    assert store.read_at(last - 2, "fp") is None  # before the one archive point
+    assert store.read_at(last, "fp") == (last, 1, [row])
+    assert store.read_at(last, "other") is None
+    assert store.commit(full_update(last), no_docs) == SAME
+    assert store.commit(full_update(last - 1, "fp", 0, a_row(2)), no_docs) == BEHIND  # never back
+    assert store.read_current()[1:] == (Tracking(last, "fp", 1, last), [row])
+    store.wipe(Tracking(last - 1, "fp", 1, last))  # not what is there: kept
+    assert store.read_current()[1] is not None
+    store.wipe(Tracking(last, "fp", 1, last))
+    assert store.read_current() == (last, None, [])
+
+
+def test_time_travel_reads_the_newest_row_of_each_aggregate_at_the_archive_point(
+    any_store: StoreCase,
+) -> None:
+    store = any_store.store
+    one, two, three = a_row(1), a_row(2), a_row(3)
+    store.commit(full_update(2, "fp", 2, one, two), no_docs)  # archive point 2: one v1, two v1
+    one_v2 = one._replace(version=2, checksum=row_checksum(one.originator_id, 2, 1, "t", one.state))
+    dirty = Update(4, "fp", 2, False, [one_v2, three], 3, 0, True, 2)
+    assert store.commit(dirty, no_docs) == WRITTEN  # archive point 4: one v2, two v1, three v1
+    store.commit(Update(5, "fp", 4, False, [], 3, 0, True, 2), no_docs)  # current, not archived
+    assert store.read_at(3, "fp") == (2, 2, [one, two])
+    assert store.read_at(4, "fp") == (4, 3, [one_v2, two, three])
+    assert store.read_at(5, "fp") == (5, 3, [one_v2, two, three])
+    assert store.read_at(1, "fp") is None
+
+
+def test_a_hand_edited_tracking_row_reads_as_damaged(backend: Backend, url: str) -> None:
+    ledger, _ = with_history(url)
+    assert backend.sql(url, f"UPDATE {TRACKING} SET aggregates = aggregates + 1") == 1
+    tracking = store_for(LedgerApplication(url)).read_current()[1]
+    assert tracking is not None and tracking.fingerprint == DAMAGED
+
+
+def test_a_commit_waits_for_the_one_in_progress_and_never_moves_the_position_back(
+    any_store: StoreCase,
+) -> None:
+    """Two writers on two connections, as two processes have: the first is held inside its
+    transaction (after it read the tracking row) while the second, at an earlier position,
+    begins. Unless the second waits for the first to commit before it reads the tracking row
+    itself, it writes its earlier position over the later one."""
+    store, other = any_store.store, any_store.another()
+    inside, release = threading.Event(), threading.Event()
+    outcomes: dict[int, str] = {}
+
+    def held(stored: dict[str, str], only_missing: bool) -> list[Any]:
+        inside.set()
+        assert release.wait(30)
+        return []
+
+    def commit(on: ProjectionStore, position: int, docs_for: Any) -> None:
+        outcomes[position] = on.commit(full_update(position, "fp", 0, a_row(position)), docs_for)
+
+    later = threading.Thread(target=commit, args=(store, 20, held))
+    later.start()
+    assert inside.wait(30)
+    earlier = threading.Thread(target=commit, args=(other, 10, no_docs))
+    earlier.start()
+    earlier.join(0.5)  # it has read what it reads before waiting, if it does not wait first
+    release.set()
+    later.join(30)
+    earlier.join(30)
+    assert outcomes == {20: WRITTEN, 10: BEHIND}
+    tracking, rows = store.read_current()[1:]
+    assert tracking is not None and tracking.position == 20 and rows == [a_row(20)]
+
+
+# ---- the projection on the store ----------------------------------------------------------
+
+
+def test_a_new_process_starts_from_the_checkpoint_and_gets_what_a_replay_builds(
+    backend: Backend, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, storage = with_history(url)
+    app = LedgerApplication(url)
+    last = app.last_position()
+    assert stored_position(backend, url) == last
+    starts = spy_reads(app, monkeypatch)
+    view = Snapledger(app, storage).view
+    assert starts and min(starts) == last  # only what follows the checkpoint was read
+    assert view_state(view) == view_state(rebuilt(app))
+
+
+commands = st.lists(
+    st.tuples(
+        st.sampled_from(["snapshot", "revert", "delete", "fail", "write"]),
+        st.sampled_from(["a", "b"]),
+        st.integers(0, 20),
+        st.sampled_from(["auto", "commit", "pull"]),
+    ),
+    min_size=1,
+    max_size=14,
+)
+
+
+# The fixture is a factory: each example makes a ledger of its own.
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(steps=commands)
+def test_after_random_histories_the_persisted_projection_is_the_ledger(
+    backend: Backend, steps: list[tuple[str, str, int, str]],
+) -> None:
+    url = backend.new_url()
+    ledger, storage = with_history(url)
+    names = itertools.count(10)
+    for kind, vm, pick, strategy in steps:
+        if kind != "write":
+            ledger = open_ledger(url, storage)  # each command in a new process
+        snapshots = sorted(ledger.view.vms[vm].snapshots)
+        target = snapshots[pick % len(snapshots)] if snapshots else None
+        try:
+            if ledger.view.vms[vm].operation is not None:
+                ledger.recover(vm)
+            elif kind == "snapshot":
+                ledger.snapshot(vm, f"s{next(names)}")
+            elif kind == "revert" and target:
+                ledger.revert(vm, target)
+            elif kind == "delete" and target:
+                ledger.delete(vm, target, strategy=strategy, branches="keep")
+            elif kind == "fail" and target:
+                storage.inject(fail_at=1 + pick % 3)
+                ledger.delete(vm, target, strategy=strategy, branches="keep")
+            elif kind == "write":
+                storage.write(ledger.view.vms[vm].disks["vda"], pick % 16, 0x40 + pick)
+        except Refused:
+            pass
+        except Exception as error:  # a storage failure injected above
+            if "injected" not in str(error) and "simulated" not in str(error).lower():
+                raise
+        finally:
+            storage.inject()
+    open_ledger(url, storage).checkpoint()
+    assert_projection_is_the_ledger(backend, url)
+
+
+# ---- a process dies between its save and the projection's update -----------------------------
+
+CHILD = textwrap.dedent(
+    """
+    import os, sys
+    from snapledger.adapters.event_store import LedgerApplication
+    from snapledger.adapters.projection import PersistedProjection
+    from snapledger.adapters.service import Snapledger
+    from snapledger.adapters.simulated_storage import CLUSTER, SimulatedStorage
+
+    url, name, count, crash = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "crash"
+    storage = SimulatedStorage()
+    disk = f"/images/{name}.qcow2"
+    storage.make_image(disk, 16 * CLUSTER, {0: 1})
+    app = LedgerApplication(url)
+    ledger = Snapledger(app, storage, projection=PersistedProjection(app, every=7))
+    ledger.adopt(name, {"vda": disk})
+    for n in range(count):
+        ledger.snapshot(name, f"s{n}")
+        ledger = Snapledger(app, storage, projection=PersistedProjection(app, every=7))
+        ledger.view  # a new process: loads the projection, catches up, saves
+    if crash:
+        save = ledger.projection.save
+        def die(view, docs=True):
+            if docs:  # the command's last update (not an archive point on the way)
+                os._exit(9)  # the process dies: nothing after the events' save runs
+            return save(view, docs)
+        ledger.projection.save = die
+        ledger.snapshot(name, "last")
+    """
+)
+
+
+def child(url: str, name: str, count: int, crash: bool = False) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, url, name, str(count), "crash" if crash else "live"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def test_a_process_killed_between_its_save_and_the_projection_update_harms_nothing(
+    backend: Backend, url: str
+) -> None:
+    dead = child(url, "vm", 3, crash=True)
+    _, err = dead.communicate(timeout=120)
+    assert dead.returncode == 9, err
+    position = stored_position(backend, url)
+    assert position is not None and position < LedgerApplication(url).last_position()
+    assert stored_show_text(url, "vm") is None  # so show does not answer from it
+    shown = json.loads(show(url, "vm", "--json").stdout)  # catches up and saves
+    assert "last" in {s["name"] for s in shown["snapshots"]}
+    assert stored_doc(backend, url, "vm") == json.dumps(shown, indent=2)
+    assert view_state(PersistedProjection(LedgerApplication(url)).load()) == view_state(
+        rebuilt(LedgerApplication(url))
+    )
+
+
+# ---- processes racing on the projection --------------------------------------------------------
+
+
+def test_processes_racing_on_the_projection_leave_it_equal_to_the_ledger(backend: Backend, url: str) -> None:
+    # on an empty database: the processes also race to create the tables
+    racers = [child(url, f"vm{n}", 6) for n in range(4)]
+    for racer in racers:
+        _, err = racer.communicate(timeout=300)
+        assert racer.returncode == 0, err
+    app = LedgerApplication(url)
+    whole = rebuilt(app)
+    assert set(whole.vms) == {"vm0", "vm1", "vm2", "vm3"}
+    projection = PersistedProjection(app, every=7)
+    tracking = projection.store.read_current()[1]
+    assert tracking is not None and tracking.position == whole.position
+    assert view_state(projection.load()) == view_state(whole)
+    for name in whole.vms:
+        assert stored_doc(backend, url, name) == json_text(vm_document(whole, name))
+    for position in range(0, whole.position + 1, 5):
+        assert view_state(projection.view_at(position)) == view_state(rebuilt(app, position))
+
+
+def test_a_process_behind_never_moves_the_position_back(backend: Backend, url: str) -> None:
+    ledger, storage = with_history(url)
+    behind = open_ledger(url, storage)
+    behind.view  # noqa: B018 (loaded at the current position)
+    ahead = open_ledger(url, storage)
+    ahead.snapshot("b", "t2")
+    saved = stored_position(backend, url)
+    behind.view.dirty.add(next(iter(behind.view.aggregates())))
+    assert behind.projection.save(behind.view) == BEHIND
+    assert stored_position(backend, url) == saved
+    behind.snapshot("a", "s9")  # catches up past the other's save, then saves over it
+    assert_projection_is_the_ledger(backend, url)
+
+
+# ---- damage -------------------------------------------------------------------------------------
+
+VM_A_CURRENT, FORGED_CURRENT = '"current":"s2"', '"current":"s3"'
+
+
+def edit_the_state(backend: Backend) -> str:
+    expression = backend.edited_state.format(old=VM_A_CURRENT, new=FORGED_CURRENT)
+    return f"UPDATE {CHECKPOINT} SET state = {expression} WHERE state <> {expression}"
+
+
+DAMAGE = {
+    "a row's state edited": edit_the_state,
+    "a row deleted": lambda _: f"DELETE FROM {CHECKPOINT} WHERE originator_id = "
+    f"(SELECT MAX(originator_id) FROM {CHECKPOINT})",
+    "the position moved ahead": lambda _: f"UPDATE {TRACKING} SET position = position + 100",
+    "the position moved back": lambda _: f"UPDATE {TRACKING} SET position = position - 4",
+    "a document forged": lambda _: f"UPDATE {DOCS} SET doc = replace(doc, '\"s2\"', '\"s3\"')",
+    "the tracking table of another shape": lambda _: f"DROP TABLE {TRACKING}; "
+    f"CREATE TABLE {TRACKING} (name TEXT, position INTEGER)",
+    "the checkpoint table dropped": lambda _: f"DROP TABLE {CHECKPOINT}",
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_projection_is_rebuilt_and_never_changes_what_show_says(
+    backend: Backend, url: str, damage: str
+) -> None:
+    ledger, storage = with_history(url)
+    expected = json_text(vm_document(rebuilt(ledger.app), "a")) + "\n"
+    backend.sql(url, DAMAGE[damage](backend))
+    assert stored_show_text(url, "a") in (None, expected[:-1])
+    assert show(url, "a", "--json").stdout == expected
+    assert show(url, "a", "--json").stdout == expected
+    open_ledger(url, storage).view  # noqa: B018 (a process that needs the whole view: rebuilt if damaged)
+    assert_projection_is_the_ledger(backend, url)
+
+
+def test_a_row_whose_state_was_edited_is_found_and_the_view_folded_from_the_events(
+    backend: Backend, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, storage = with_history(url)
+    assert backend.sql(url, edit_the_state(backend)) == 1  # VM a's row only
+    app = LedgerApplication(url)
+    starts = spy_reads(app, monkeypatch)
+    view = Snapledger(app, storage).view
+    assert starts[0] == 0  # the checkpoint was not trusted
+    assert view.vms["a"].current == "s2" and view_state(view) == view_state(rebuilt(app))
+    assert_projection_is_the_ledger(backend, url)  # and it was written anew
+
+
+def test_on_postgresql_a_save_held_up_past_the_lock_timeout_fails_harmlessly(postgres: str) -> None:
+    """Another writer holds the lock (a stuck process): the save gives up after the store's
+    lock timeout instead of hanging the command, and the next reader catches up."""
+    from snapledger.adapters.projection_store_postgres import LOCK_CLASS, PostgresProjectionStore
+
+    url = PostgresBackend(postgres).new_url()
+    ledger, storage = with_history(url)
+    app = LedgerApplication(url)
+    store = PostgresProjectionStore.of(app)
+    store.lock_timeout_ms = 200
+    projection = PersistedProjection(app, store=store, every=EVERY)
+    view = projection.present()
+    ledger.projection.save = lambda *_, **__: "not saved"  # type: ignore[method-assign]
+    ledger.snapshot("b", "t2")  # recorded; the projection is behind it
+    saved = store.read_current()[1]
+    assert saved is not None and saved.position < app.last_position()
+    with psycopg.connect(url, autocommit=True) as stuck:
+        stuck.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_CLASS, store.lock_key))
+        projection.catch_up(view)
+        assert projection.save(view) == "failed"
+        assert store.read_current()[1] == saved
+    later = open_ledger(url, storage).view
+    assert view_state(later) == view_state(rebuilt(app))
