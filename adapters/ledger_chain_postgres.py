@@ -5,16 +5,24 @@ A module of its own so SQLite users never import psycopg.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
+from psycopg import Cursor
+from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 
 from snapledger.domain.ledger_hash import GENESIS, ChainRecord
 
 from .ledger_chain import CHAIN_TABLE, new_records
+
+# The advisory lock taken while the tables are created: (whose lock, the schema's key). Not the
+# projection store's class (adapters/projection_store_postgres.py): the two never nest.
+CREATE_LOCK_CLASS = 0x5A1ED6E6
+CREATE_ATTEMPTS = 3
 
 
 class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
@@ -29,6 +37,30 @@ class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
                 "host text NOT NULL, tool_version text NOT NULL, reason text)"
             ).format(self._chain_table)
         )
+
+    def create_table(self) -> None:
+        # Hosts starting together on an empty database: CREATE TYPE (run by the library in a
+        # transaction of its own) can lose a race with a concurrent one in the catalog's unique
+        # index, which the library does not expect. Once the winner has committed, the next
+        # attempt finds the type there.
+        for attempt in range(1, CREATE_ATTEMPTS + 1):
+            try:
+                super().create_table()
+                return
+            except IntegrityError:
+                if attempt == CREATE_ATTEMPTS:
+                    raise
+
+    def _create_table(self, curs: Cursor[DictRow]) -> None:
+        # CREATE TABLE IF NOT EXISTS is not safe against a concurrent one (a unique violation
+        # on pg_type): the tables are created by one process at a time.
+        key = zlib.crc32(self.datastore.schema.encode())
+        curs.execute(
+            "SELECT pg_advisory_xact_lock(%s, %s)",
+            (CREATE_LOCK_CLASS, key - (1 << 32) if key >= 1 << 31 else key),
+            prepare=False,
+        )
+        super()._create_table(curs)
 
     def _fetch_ids_after_insert_events(
         self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any

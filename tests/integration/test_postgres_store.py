@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
-from postgres_server import postgres_server
 
 from snapledger.adapters.event_store import LedgerApplication
 from snapledger.adapters.service import Snapledger
@@ -15,16 +17,10 @@ from snapledger.domain.errors import ConcurrentUpdate
 from snapledger.domain.ledger_hash import RecordedBy
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[str]:
-    with postgres_server() as url:
-        yield url
-
-
 @pytest.fixture
-def url(server: str) -> Iterator[str]:
-    yield server
-    with psycopg.connect(server, autocommit=True) as conn:
+def url(postgres: str) -> Iterator[str]:
+    yield postgres
+    with psycopg.connect(postgres, autocommit=True) as conn:
         conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
 
 
@@ -86,3 +82,39 @@ def test_editing_an_event_in_postgres_is_found(url: str) -> None:
     assert len(done) == 1
     findings = ledger.app.check_chain()
     assert [(f.position, f.kind) for f in findings] == [(done[0][0], "edited")]
+
+
+HOST_STARTING = """
+import sys
+from snapledger.adapters.event_store import LedgerApplication
+from snapledger.adapters.service import Snapledger
+from snapledger.adapters.simulated_storage import CLUSTER, SimulatedStorage
+
+url, name = sys.argv[1:]
+storage = SimulatedStorage()
+storage.make_image(f"/images/{name}.qcow2", 16 * CLUSTER, {0: 1})
+ledger = Snapledger(LedgerApplication(url), storage)
+ledger.adopt(name, {"vda": f"/images/{name}.qcow2"})
+ledger.snapshot(name, "s1")
+"""
+
+
+def test_hosts_starting_together_on_an_empty_database_all_get_in(postgres: str) -> None:
+    """Creating the tables is safe against hosts doing it at the same moment (PostgreSQL's
+    CREATE ... IF NOT EXISTS alone is not: a unique violation in its catalog)."""
+    for _ in range(3):
+        database = f"race_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(postgres, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {database}")
+        url = postgres.rsplit("/", 1)[0] + "/" + database
+        hosts = [
+            subprocess.Popen([sys.executable, "-c", HOST_STARTING, url, f"vm{n}"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for n in range(6)
+        ]
+        for started in hosts:
+            _, err = started.communicate(timeout=300)
+            assert started.returncode == 0, err.strip().splitlines()[-1:]
+        app = LedgerApplication(url)
+        assert app.check_chain() == []
+        assert all(app.has_vm(f"vm{n}") for n in range(6))
