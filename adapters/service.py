@@ -52,7 +52,7 @@ from snapledger.projections.cost import CostModel
 from snapledger.projections.history import event_time
 from snapledger.projections.view import LedgerView, replacing
 
-from .event_store import LedgerApplication
+from .event_store import LedgerApplication, project_events
 from .projection import PersistedProjection
 from .storage_port import StoragePort
 
@@ -161,7 +161,8 @@ class Snapledger:
 
     def vm(self, name: str) -> VirtualMachine:
         try:
-            return self.app.repository.get(vm_id(name))
+            vm: VirtualMachine = self.app.repository.get(vm_id(name), projector_func=project_events)
+            return vm
         except AggregateNotFoundError:
             raise UnknownVm(f"no VM named {name!r} in the ledger") from None
         except LedgerDamaged:
@@ -334,10 +335,10 @@ class Snapledger:
             vm = self.vm(name)
             op = vm.operation
             if op is not None:
-                self._execute(name, recovering=True)
+                self._execute(vm, recovering=True)
                 notes: list[str] = []
                 if (hypervisor := self._libvirt(vm)) is not None:  # as after a run: start, forget
-                    notes = hypervisor.after(self.vm(name), Plan(op.kind, op.steps), op.target)
+                    notes = hypervisor.after(vm, Plan(op.kind, op.steps), op.target)
                 finished.append("; ".join([f"{name}: finished {op.kind} {op.op_id}", *notes]))
         return finished
 
@@ -399,15 +400,18 @@ class Snapledger:
         vm.start_operation(op_id, plan.kind, target, plan, [], details, self.clock())
         registrations = self._reserve(vm.name, op_id, plan.steps)
         self._save(vm, *registrations)
-        self._execute(vm.name)
+        self._execute(vm)
         if (hypervisor := self._libvirt(vm)) is not None:
-            notes = hypervisor.after(self.vm(vm.name), plan, target)
+            notes = hypervisor.after(vm, plan, target)
             plan = dataclasses.replace(plan, notes=(*plan.notes, *notes))
         return plan
 
-    def _execute(self, vm_name: str, recovering: bool = False) -> None:
+    def _execute(self, vm: VirtualMachine, recovering: bool = False) -> None:
+        """Carry out `vm`'s open operation step by step, recording each. `vm` is loaded once:
+        while its operation is open no other command records on it (a second `recover` racing
+        this one fails its save), so the object stays current, and the VM's stream is not
+        replayed again for every step."""
         while True:
-            vm = self.vm(vm_name)
             op = vm.operation
             if op is None:
                 return
@@ -515,7 +519,10 @@ class Snapledger:
 
     def _registration(self, path: str) -> ImageRegistration | None:
         try:
-            return self.app.repository.get(image_id(path))
+            registration: ImageRegistration = self.app.repository.get(
+                image_id(path), projector_func=project_events
+            )
+            return registration
         except AggregateNotFoundError:
             return None
 
