@@ -30,7 +30,7 @@ import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple, Protocol
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 TRACKING = "snapledger_projection"
 CHECKPOINT = "snapledger_checkpoint"
@@ -546,10 +546,13 @@ def _tracking(con: sqlite3.Connection) -> Tracking | None:
 
 
 def stored_show_text(url: str, vm: str) -> str | None:
-    """`show VM --json`'s text from the persisted projection of a SQLite ledger, if it is
-    there and current: its position is the ledger's last, it was written by this code, and the
-    row is intact. None in every other case (the caller folds the ledger instead). Never
-    creates, changes or locks anything."""
+    """`show VM --json`'s text from the persisted projection, if it is there and current: its
+    position is the ledger's last, it was written by this code, and the row is intact. None in
+    every other case (the caller folds the ledger instead). Never creates, changes or locks
+    anything. SQLite with sqlite3 alone; PostgreSQL with one psycopg connection (no
+    eventsourcing, no connection pool, no CREATE TABLE)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return _stored_show_text_postgres(url, vm)
     path = sqlite_file(url)
     if path is None or not os.path.isfile(path):
         return None
@@ -569,9 +572,90 @@ def stored_show_text(url: str, vm: str) -> str | None:
         return None
     finally:
         con.close()
+    return _current_text(vm, tracking, top, found)
+
+
+def _current_text(
+    vm: str, tracking: Tracking | None, top: int | None, found: tuple[str, str, int] | None
+) -> str | None:
+    """The stored document's text if the projection holding it is the ledger now."""
     if tracking is None or found is None or top is None or tracking.position != top:
         return None
     chains, text, checksum = found
     if tracking.fingerprint != code_fingerprint() or checksum != doc_checksum(vm, chains, text):
         return None
     return str(text)
+
+
+# eventsourcing's PostgreSQL application recorder keeps the events in "<application name>_events"
+# (LedgerApplication.name is "snapledger"), in the schema POSTGRES_SCHEMA names, else public.
+POSTGRES_EVENTS = "snapledger_events"
+
+
+def postgres_connection(url: str) -> dict[str, str] | None:
+    """libpq's settings for a `postgresql://` store URL: the ones event_store.persistence_env
+    gives eventsourcing (a test keeps them equal). None for a URL it would refuse."""
+    parts = urlsplit(url)
+    dbname = unquote(parts.path.strip("/"))
+    if not parts.hostname or not dbname:
+        return None
+    params = {
+        "host": parts.hostname,
+        "port": str(parts.port or 5432),
+        "dbname": dbname,
+        "user": unquote(parts.username or os.environ.get("USER", "postgres")),
+    }
+    if parts.password:  # else libpq looks in ~/.pgpass, as it does for eventsourcing
+        params["password"] = unquote(parts.password)
+    return params
+
+
+def _stored_show_text_postgres(url: str, vm: str) -> str | None:
+    params = postgres_connection(url)
+    if params is None:
+        return None
+    try:
+        import psycopg
+        from psycopg import sql
+        from psycopg.conninfo import make_conninfo
+    except ImportError:  # no postgres extra: the normal path says so
+        return None
+    schema = os.environ.get("POSTGRES_SCHEMA", "").strip() or "public"
+
+    def table(name: str) -> sql.Identifier:
+        return sql.Identifier(schema, name)
+
+    try:
+        conninfo = make_conninfo("", **params)
+        with psycopg.connect(conninfo, connect_timeout=10) as conn:
+            # one snapshot for all three reads; REPEATABLE READ only while reading
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            present = conn.execute(
+                "SELECT to_regclass(%s), to_regclass(%s), to_regclass(%s)",
+                [table(n).as_string(conn) for n in (TRACKING, DOCS, POSTGRES_EVENTS)],
+            ).fetchone()
+            if present is None or None in present:
+                return None
+            row = conn.execute(
+                sql.SQL(
+                    "SELECT position, fingerprint, aggregates, archived, checksum FROM {} "
+                    "WHERE name = %s"
+                ).format(table(TRACKING)),
+                (VIEW,),
+            ).fetchone()
+            top_row = conn.execute(
+                sql.SQL("SELECT MAX(notification_id) FROM {}").format(table(POSTGRES_EVENTS))
+            ).fetchone()
+            found = conn.execute(
+                sql.SQL("SELECT chains, doc, checksum FROM {} WHERE vm = %s").format(table(DOCS)),
+                (vm,),
+            ).fetchone()
+    except psycopg.Error:
+        return None
+    tracking = None
+    if row is not None:
+        tracking = Tracking(*row[:4])
+        if row[4] != tracking_checksum(tracking):
+            return None  # edited by hand: the normal path rebuilds it
+    top = top_row[0] if top_row is not None else None
+    return _current_text(vm, tracking, top, None if found is None else (found[0], found[1], found[2]))

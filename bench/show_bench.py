@@ -28,9 +28,9 @@ archive points: its time is reported). Then:
   checkpoint, the `show` document from the view.
 
 With --store (a PostgreSQL URL), the ledger there is used, built by the same generator if it is
-empty. There is no stored-document fast path on PostgreSQL: `show` loads the checkpoint and
-catches up. It is also timed as it was before PostgreSQL had a persisted projection: the same
-command with a projection store that keeps nothing (NO_PROJECTION), so it folds every event.
+empty. The fast path there is one psycopg connection of its own (no eventsourcing, no pool).
+It is also timed as it was before PostgreSQL had a persisted projection: the same command with
+a projection store that keeps nothing (NO_PROJECTION), so it folds every event.
 """
 
 from __future__ import annotations

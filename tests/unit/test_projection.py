@@ -327,9 +327,24 @@ def test_the_fast_path_finds_the_file_the_store_uses(url: str, tmp_path: Path, m
     assert projection_store.sqlite_file(url) == event_store.persistence_env(url)["SQLITE_DBNAME"]
 
 
-@pytest.mark.parametrize("url", ["memory:", "postgresql://u@h/db", "sqlite:///", "sqlite://x"])
+@pytest.mark.parametrize("url", ["memory:", "sqlite:///", "sqlite://x", "postgresql:///db", "postgresql://h/"])
 def test_the_fast_path_leaves_other_stores_alone(url: str) -> None:
     assert projection_store.sqlite_file(url) is None
     assert projection_store.stored_show_text(url, "vm") is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://u@h/db", "postgres://u:p%40ss@h:5433/my%20db", "postgresql://h/db"],
+)
+def test_the_fast_path_connects_as_the_store_does(url: str) -> None:
+    params = projection_store.postgres_connection(url)
+    env = event_store.persistence_env(url)
+    assert params is not None
+    assert {k: params[k] for k in ("host", "port", "dbname", "user")} == {
+        "host": env["POSTGRES_HOST"], "port": env["POSTGRES_PORT"],
+        "dbname": env["POSTGRES_DBNAME"], "user": env["POSTGRES_USER"],
+    }
+    assert params.get("password", "") == env["POSTGRES_PASSWORD"]
 
 
