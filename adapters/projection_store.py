@@ -534,6 +534,11 @@ def _tracking(con: sqlite3.Connection) -> Tracking | None:
         "WHERE name = ?",
         (VIEW,),
     ).fetchone()
+    return tracking_from_row(found)
+
+
+def tracking_from_row(found: tuple[int, str, int, int, int] | None) -> Tracking | None:
+    """(position, fingerprint, aggregates, archived, checksum) read from any store."""
     if found is None:
         return None
     tracking = Tracking(*found[:4])
@@ -652,10 +657,7 @@ def _stored_show_text_postgres(url: str, vm: str) -> str | None:
             ).fetchone()
     except psycopg.Error:
         return None
-    tracking = None
-    if row is not None:
-        tracking = Tracking(*row[:4])
-        if row[4] != tracking_checksum(tracking):
-            return None  # edited by hand: the normal path rebuilds it
     top = top_row[0] if top_row is not None else None
-    return _current_text(vm, tracking, top, None if found is None else (found[0], found[1], found[2]))
+    found_doc = None if found is None else (found[0], found[1], found[2])
+    # a row edited by hand reads as DAMAGED, which is no code's fingerprint: the normal path
+    return _current_text(vm, tracking_from_row(row), top, found_doc)

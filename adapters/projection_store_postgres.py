@@ -35,7 +35,6 @@ from psycopg.sql import SQL, Composed, Identifier
 from .projection_store import (
     ARCHIVES,
     CHECKPOINT,
-    DAMAGED,
     DOCS,
     HISTORY,
     SAME,
@@ -51,6 +50,7 @@ from .projection_store import (
     decide,
     doc_intact,
     tracking_checksum,
+    tracking_from_row,
 )
 
 # Each table's columns and their types as the catalog names them (format_type); a table of any
@@ -217,10 +217,10 @@ class PostgresProjectionStore:
         found = curs.fetchone()
         if found is None:
             return None
-        tracking = Tracking(found["position"], found["fingerprint"], found["aggregates"], found["archived"])
-        if found["checksum"] != tracking_checksum(tracking):
-            return tracking._replace(fingerprint=DAMAGED)
-        return tracking
+        return tracking_from_row(
+            (found["position"], found["fingerprint"], found["aggregates"], found["archived"],
+             found["checksum"])
+        )
 
     def _rows(self, curs: Cursor[DictRow]) -> list[Row]:
         curs.execute(

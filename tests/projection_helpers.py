@@ -7,9 +7,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import fields, is_dataclass
 from enum import Enum
 from typing import Any
+
+import pytest
 
 from snapledger.adapters.event_store import LedgerApplication
 from snapledger.adapters.projection import PersistedProjection
@@ -99,3 +102,16 @@ def show(url: str, *args: str) -> subprocess.CompletedProcess[str]:
     done = subprocess.run([*CLI, "show", *args], capture_output=True, text=True, env=env, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     return done
+
+
+def spy_reads(app: LedgerApplication, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The positions each `events_after` call starts after."""
+    starts: list[int] = []
+    real = app.events_after
+
+    def events_after(position: int, stop: int | None = None) -> Iterator[Any]:
+        starts.append(position)
+        return real(position, stop=stop)
+
+    monkeypatch.setattr(app, "events_after", events_after)
+    return starts

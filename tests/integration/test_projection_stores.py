@@ -12,7 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,7 +20,15 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from projection_helpers import EVERY, open_ledger, rebuilt, show, view_state, with_history
+from projection_helpers import (
+    EVERY,
+    open_ledger,
+    rebuilt,
+    show,
+    spy_reads,
+    view_state,
+    with_history,
+)
 from store_backends import Backend, PostgresBackend, SQLiteBackend
 
 from snapledger.adapters.event_store import LedgerApplication
@@ -70,19 +78,6 @@ def assert_projection_is_the_ledger(backend: Backend, url: str) -> None:
     assert loaded.position == last and view_state(loaded) == view_state(whole)
     for position in range(0, last + 1, max(1, last // 12)):
         assert view_state(projection.view_at(position)) == view_state(rebuilt(app, position))
-
-
-def spy_reads(app: LedgerApplication, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The positions each `events_after` call starts after."""
-    starts: list[int] = []
-    real = app.events_after
-
-    def events_after(position: int, stop: int | None = None) -> Iterator[Any]:
-        starts.append(position)
-        return real(position, stop=stop)
-
-    monkeypatch.setattr(app, "events_after", events_after)
-    return starts
 
 
 # ---- the store --------------------------------------------------------------------------------

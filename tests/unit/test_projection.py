@@ -7,12 +7,12 @@ from __future__ import annotations
 import itertools
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from projection_helpers import rebuilt, view_state
+from projection_helpers import rebuilt, spy_reads, view_state
 
 from snapledger.adapters import event_store, projection_store
 from snapledger.adapters.event_store import LedgerApplication
@@ -90,17 +90,6 @@ def world() -> World:
     return World()
 
 
-def spy_reads(app: LedgerApplication, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The positions each `events_after` call starts after."""
-    starts: list[int] = []
-    real = app.events_after
-
-    def events_after(position: int, stop: int | None = None) -> Iterator[Any]:
-        starts.append(position)
-        return real(position, stop=stop)
-
-    monkeypatch.setattr(app, "events_after", events_after)
-    return starts
 
 
 def test_a_new_process_starts_from_the_checkpoint_and_gets_what_a_replay_builds(
