@@ -22,6 +22,13 @@ from .ledger_chain import CHAIN_TABLE, new_records
 # The advisory lock taken while the tables are created: (whose lock, the schema's key). Not the
 # projection store's class (adapters/projection_store_postgres.py): the two never nest.
 CREATE_LOCK_CLASS = 0x5A1ED6E6
+
+
+def schema_lock_key(schema: str) -> int:
+    """The second key of snapledger's advisory locks: the schema's, as the signed 32-bit int
+    pg_advisory_xact_lock(int, int) takes, so ledgers in two schemas don't wait for each other."""
+    key = zlib.crc32(schema.encode())
+    return key - (1 << 32) if key >= 1 << 31 else key
 CREATE_ATTEMPTS = 3
 
 
@@ -54,10 +61,9 @@ class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
     def _create_table(self, curs: Cursor[DictRow]) -> None:
         # CREATE TABLE IF NOT EXISTS is not safe against a concurrent one (a unique violation
         # on pg_type): the tables are created by one process at a time.
-        key = zlib.crc32(self.datastore.schema.encode())
         curs.execute(
             "SELECT pg_advisory_xact_lock(%s, %s)",
-            (CREATE_LOCK_CLASS, key - (1 << 32) if key >= 1 << 31 else key),
+            (CREATE_LOCK_CLASS, schema_lock_key(self.datastore.schema)),
             prepare=False,
         )
         super()._create_table(curs)

@@ -23,7 +23,6 @@ Concurrency, which SQLite gets from its one write lock:
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
 from eventsourcing.application import Application
@@ -32,6 +31,7 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 
+from .ledger_chain_postgres import schema_lock_key
 from .projection_store import (
     ARCHIVES,
     CHECKPOINT,
@@ -74,10 +74,6 @@ ROW_COLUMNS = "originator_id, originator_version, born, topic, state, checksum"
 LOCK_CLASS = 0x5A1ED6E5  # a signed 32-bit int, as pg_advisory_xact_lock(int, int) wants
 
 
-def _int32(value: int) -> int:
-    return value - (1 << 32) if value >= 1 << 31 else value
-
-
 def _row(found: DictRow) -> Row:
     return Row(
         found["originator_id"], found["originator_version"], found["born"], found["topic"],
@@ -104,7 +100,7 @@ class PostgresProjectionStore:
         self.schema = self.datastore.schema
         self.events_table_name = recorder.events_table_name
         self.events_table = Identifier(self.schema, self.events_table_name)
-        self.lock_key = _int32(zlib.crc32(self.schema.encode()))
+        self.lock_key = schema_lock_key(self.schema)
         # How long a writer waits for another's lock before giving up (the save then fails,
         # harmlessly: the next reader catches up), like SQLite's busy timeout.
         self.lock_timeout_ms = int(lock_timeout * 1000)

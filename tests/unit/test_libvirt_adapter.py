@@ -321,13 +321,21 @@ def test_the_block_job_bandwidth_knob_is_off_unless_asked_for() -> None:
     assert fake.bandwidths == [0] and fake2.bandwidths == [1 << 20]
 
 
-def test_recover_after_a_pivot_never_commits_again() -> None:
-    storage, fake, ledger = make()
+def died_after_the_pivot(
+    persistent: bool = True,
+) -> tuple[SimulatedStorage, FakeLibvirt, Snapledger]:
+    """s1's live delete (an active commit) pivoted, then the process died before recording it."""
+    storage, fake, ledger = make(persistent=persistent)
     ledger.snapshot(DOM, "s1")
     guest_write(storage, fake, 2, 0x22)
     fake.crash_after = "pivot"
     with pytest.raises(SimulatedCrash):
         ledger.delete(DOM, "s1")
+    return storage, fake, ledger
+
+
+def test_recover_after_a_pivot_never_commits_again() -> None:
+    storage, fake, ledger = died_after_the_pivot()
     assert fake.domains[DOM].live == {"vda": BASE}  # pivoted: the guest writes into the base
     storage.write(BASE, 2, 0x99)
     ledger.recover(DOM)  # qemu-img must not commit the old top over the guest's new data
@@ -340,12 +348,7 @@ def test_a_transient_domain_gone_after_a_possible_pivot_is_not_committed_again()
     """Pivot, crash, the guest writes into the base, the transient domain is destroyed (so it is
     gone): whether the pivot happened can't be told, so recover refuses rather than commit the
     old top over the guest's writes; once the domain runs again on the base, recover finishes."""
-    storage, fake, ledger = make(persistent=False)
-    ledger.snapshot(DOM, "s1")
-    guest_write(storage, fake, 2, 0x22)
-    fake.crash_after = "pivot"
-    with pytest.raises(SimulatedCrash):
-        ledger.delete(DOM, "s1")
+    storage, fake, ledger = died_after_the_pivot(persistent=False)
     storage.write(BASE, 2, 0x99)
     fake.destroy(DOM)
     assert DOM not in fake.domains
@@ -364,12 +367,7 @@ def test_a_transient_domain_gone_after_a_possible_pivot_is_not_committed_again()
 def test_recover_after_a_pivot_then_a_shutdown_never_commits_again() -> None:
     """The pivot, a crash, the guest writes into the base, the domain is shut off, then recover:
     the persistent definition (rewritten at the pivot) says the commit was done."""
-    storage, fake, ledger = make()
-    ledger.snapshot(DOM, "s1")
-    guest_write(storage, fake, 2, 0x22)
-    fake.crash_after = "pivot"
-    with pytest.raises(SimulatedCrash):
-        ledger.delete(DOM, "s1")
+    storage, fake, ledger = died_after_the_pivot()
     storage.write(BASE, 2, 0x99)  # the guest, after the pivot
     fake.destroy(DOM)
     ledger.recover(DOM)
