@@ -486,8 +486,9 @@ def explain(c: Context, vm: str, path: str) -> None:
 
     from snapledger.projections.explain import explain_image
 
+    dependants = c.ledger.unknown_dependants(vm)
     view = c.ledger.refresh()
-    data = explain_image(view, vm, os.path.abspath(path), c.ledger.cost).to_json()
+    data = explain_image(view, vm, os.path.abspath(path), c.ledger.cost, dependants).to_json()
     output.emit_json(data) if c.as_json else output.show_explain(data)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -31,6 +31,7 @@ from snapledger.projections.view import LedgerView
 
 from .event_store import LedgerApplication
 from .ledger_chain import CHAIN_TABLE
+from .storage_port import Dependants, Sharing
 
 FORMAT = "snapledger-export"
 FORMAT_VERSION = 1
@@ -182,7 +183,7 @@ class RecordedFactsStorage:
     def resolve(self, path: str) -> str:
         return path
 
-    def inspect(self, path: str) -> ImageFacts:
+    def inspect(self, path: str, fmt: str | None = None) -> ImageFacts:
         from snapledger.domain.errors import StorageError
 
         try:
@@ -190,14 +191,28 @@ class RecordedFactsStorage:
         except KeyError:
             raise StorageError(f"{path}: not in the replayed ledger") from None
 
-    def inspect_chain(self, path: str, within: Iterable[str] | None = None) -> list[ImageFacts]:
+    def inspect_chain(
+        self, path: str, within: Iterable[str] | None = None, fmt: str | None = None
+    ) -> list[ImageFacts]:
         chain = [self.inspect(path)]
         while chain[-1].backing is not None:
             chain.append(self.inspect(chain[-1].backing))
         return chain
 
-    def _refuse(self, *_: object) -> None:
+    def sharing(self, path: str) -> Sharing:
+        return Sharing(links=1, writer=None, reader=None)  # a replay has no world around it
+
+    def scan(self, directories: Iterable[str]) -> Dependants:
+        return NoDependants()
+
+    def _refuse(self, *_: object, **__: object) -> None:
         raise BadInput("replay is read-only: use show, tree, log, explain, diff or --dry-run")
 
     create_overlay = commit = pull = rebase_unsafe = delete = _refuse
 
+
+class NoDependants:
+    """A replayed ledger knows only its recorded facts: no file outside it."""
+
+    def dependants(self, image: str, known: Collection[str]) -> list[str]:
+        return []

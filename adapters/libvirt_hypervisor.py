@@ -47,7 +47,7 @@ from .libvirt_xml import (
     snapshot_request_xml,
     with_sources,
 )
-from .storage_port import StoragePort
+from .storage_port import Dependants, Sharing, StoragePort
 
 if TYPE_CHECKING:
     from .service import Snapledger
@@ -389,11 +389,24 @@ class LibvirtStorage:
     def resolve(self, path: str) -> str:
         return self.inner.resolve(path)
 
-    def inspect(self, path: str) -> ImageFacts:
-        return self.inner.inspect(path)
+    def inspect(self, path: str, fmt: str | None = None) -> ImageFacts:
+        return self.inner.inspect(path, fmt)
 
-    def inspect_chain(self, path: str, within: Iterable[str] | None = None) -> list[ImageFacts]:
-        return self.inner.inspect_chain(path, within)
+    def inspect_chain(
+        self, path: str, within: Iterable[str] | None = None, fmt: str | None = None
+    ) -> list[ImageFacts]:
+        return self.inner.inspect_chain(path, within, fmt)
+
+    def scan(self, directories: Iterable[str]) -> Dependants:
+        return self.inner.scan(directories)
+
+    def sharing(self, path: str) -> Sharing:
+        """An image the VM's own running domain has open is libvirt's to change (block jobs):
+        QEMU's locks on it are that domain's, not another process's."""
+        seen = self.inner.sharing(path)
+        if self._live(path) is None:
+            return seen
+        return Sharing(links=seen.links, writer=None, reader=None)
 
     def create_overlay(self, path: str, backing: str, backing_format: str, virtual_size: int) -> None:
         self.inner.create_overlay(path, backing, backing_format, virtual_size)
@@ -403,12 +416,12 @@ class LibvirtStorage:
     def _live(self, path: str) -> LiveDisk | None:
         return _find(self.hypervisor._live_disks(self.vm), path)
 
-    def commit(self, top: str, base: str) -> None:
+    def commit(self, top: str, base: str, *, fmt: str) -> None:
         live = self._live(top)
         if live is None:
             if self._committed_live_before(top, base):
                 return  # a block job did it before a crash; qemu-img must not do it again
-            self.inner.commit(top, base)
+            self.inner.commit(top, base, fmt=fmt)
             return
         at = live.chain.index(top)
         if at + 1 >= len(live.chain) or live.chain[at + 1] != base:
@@ -476,17 +489,23 @@ class LibvirtStorage:
             if top not in chain or disk not in sources:
                 continue
             try:
-                now = [f.path for f in self.inner.inspect_chain(sources[disk])]
+                source = sources[disk]
+                known = images.get(source)
+                # the ledger's format if it knows the file, else libvirt's: it runs qcow2 only
+                fmt = known.facts.format if known is not None else "qcow2"
+                now = [f.path for f in self.inner.inspect_chain(source, fmt=fmt)]
             except StorageError:
                 continue
             if top not in now and base in now:
                 return True
         return False
 
-    def pull(self, image: str, new_backing: str | None, new_backing_format: str | None) -> None:
+    def pull(
+        self, image: str, new_backing: str | None, new_backing_format: str | None, *, fmt: str
+    ) -> None:
         live = self._live(image)
         if live is None:
-            self.inner.pull(image, new_backing, new_backing_format)
+            self.inner.pull(image, new_backing, new_backing_format, fmt=fmt)
             return
         if live.chain[0] != image:
             raise StorageError(
@@ -508,11 +527,13 @@ class LibvirtStorage:
                 f"block pull into {image} did not finish: it is backed by {expected or 'nothing'}"
             )
 
-    def rebase_unsafe(self, image: str, new_backing: str | None, new_backing_format: str | None) -> None:
+    def rebase_unsafe(
+        self, image: str, new_backing: str | None, new_backing_format: str | None, *, fmt: str
+    ) -> None:
         live = self._live(image)
         if live is not None:
             raise StorageError(f"{image} is open by running domain {live.domain}: not rebased")
-        self.inner.rebase_unsafe(image, new_backing, new_backing_format)
+        self.inner.rebase_unsafe(image, new_backing, new_backing_format, fmt=fmt)
 
     def delete(self, path: str) -> None:
         live = self._live(path)

@@ -13,8 +13,12 @@ Safety rules, beyond what qemu-img checks itself:
   limits (CPU seconds, address space, no core files), like oslo.concurrency's prlimit wrapper.
 - The allocation of one layer is read with the image opened alone (`"backing": null`), so
   inspecting an image never opens its backing chain.
-- Backing formats are always passed explicitly; a chain a merge would open must record the
-  format of every backing file (qemu-img would otherwise probe it).
+- Formats are never guessed: every image the ledger knows is opened with its recorded format
+  (`-f`, also for `info` and `map`), and every backing file with the format its overlay records
+  (`-F`); a chain whose overlay does not record its backing file's format is refused, because
+  qemu-img would probe it. Only a file the ledger does not know yet (a disk at adopt, an image
+  swapped in) is probed, once, to learn its format. A raw disk whose guest wrote a qcow2 header
+  therefore stays raw.
 - New overlays are created exclusively (O_CREAT|O_EXCL|O_NOFOLLOW) and `qemu-img create -u`
   writes into that very file through /proc/self/fd/N (Linux), so a path swapped in between can't
   redirect the write; with -u it opens nothing else (the backing was checked with `info`).
@@ -41,9 +45,13 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from snapledger.domain.errors import ImageInUse, StorageError
+from snapledger.domain.errors import ImageInUse, StorageError, ToolMissing
 from snapledger.domain.images import ImageFacts
 from snapledger.domain.names import confinement, is_within
+
+from . import qemu_locks
+from .qcow2_headers import DependantIndex
+from .storage_port import Sharing
 
 FORMATS = frozenset({"qcow2", "raw"})
 GIB = 1 << 30
@@ -70,6 +78,21 @@ def _failure(command: str, path: str, how: str, stderr: str) -> StorageError:
         image = held.group(1) if held else path
         return ImageInUse(f"another process still holds {image} (qemu-img {command}: {locked.group(0)})")
     return StorageError(f"qemu-img {command} {path} failed ({how}): {detail}")
+
+
+def _unrecorded_backing_format(image: str, backing: str, found: object) -> StorageError:
+    return StorageError(
+        f"{image} does not record a usable format for its backing file {backing} ({found!r}); "
+        f"qemu-img would probe it: refused (record it with `qemu-img rebase -u -f qcow2 -F FORMAT "
+        f"-b {backing} {image}`)"
+    )
+
+
+def _recorded_backing_format(overlay: ImageFacts) -> str:
+    fmt = overlay.backing_format
+    if fmt is None or fmt not in FORMATS:
+        raise _unrecorded_backing_format(overlay.path, str(overlay.backing), fmt)
+    return fmt
 
 
 def _how(returncode: int) -> str:
@@ -133,13 +156,15 @@ class QemuImgStorage:
     def resolve(self, path: str) -> str:
         return os.path.realpath(path)
 
-    def inspect(self, path: str) -> ImageFacts:
-        return self._inspect(path, None)
+    def inspect(self, path: str, fmt: str | None = None) -> ImageFacts:
+        return self._inspect(path, fmt)
 
-    def inspect_chain(self, path: str, within: Iterable[str] | None = None) -> list[ImageFacts]:
+    def inspect_chain(
+        self, path: str, within: Iterable[str] | None = None, fmt: str | None = None
+    ) -> list[ImageFacts]:
         confine = confinement(self.resolve, within)
         confine(path, None)
-        chain = [self._inspect(path, None)]
+        chain = [self._inspect(path, fmt)]
         seen = {path, (chain[0].device, chain[0].inode)}
         while (backing := chain[-1].backing) is not None:
             if backing in seen:
@@ -147,7 +172,7 @@ class QemuImgStorage:
             if len(chain) >= self.max_chain:
                 raise StorageError(f"backing chain of {path} is longer than {self.max_chain}")
             confine(backing, chain[-1].path)
-            facts = self._inspect(backing, chain[-1].backing_format)
+            facts = self._inspect(backing, _recorded_backing_format(chain[-1]))
             if (facts.device, facts.inode) in seen:  # the same file under another name
                 raise StorageError(f"backing chain of {path} loops at {backing}")
             seen |= {backing, (facts.device, facts.inode)}
@@ -160,12 +185,10 @@ class QemuImgStorage:
         self._check_new_path(path)
         if backing_format not in FORMATS:
             raise StorageError(f"backing format {backing_format!r} is not one of {sorted(FORMATS)}")
-        # The backing file is probed only to compare formats (a raw file that looks like qcow2 is
-        # refused); qemu-img create is then run with -u, so it opens nothing but the new file.
-        probed = self._info(backing, None)
-        if probed["format"] != backing_format:
-            raise StorageError(f"{backing} is {probed['format']}, not {backing_format}")
-        self._backing_of(backing, probed)
+        # The backing file is opened with the format the ledger recorded, never probed (a raw
+        # disk whose guest wrote a qcow2 header stays raw); qemu-img create then runs with -u, so
+        # it opens nothing but the new file.
+        self._backing_of(backing, self._info(backing, backing_format))
         try:
             fd = os.open(
                 path,
@@ -192,16 +215,16 @@ class QemuImgStorage:
         finally:
             os.close(fd)
 
-    def commit(self, top: str, base: str) -> None:
-        chain = self._info_chain(top, None)
+    def commit(self, top: str, base: str, *, fmt: str) -> None:
+        chain = self._info_chain(top, fmt)
         if len(chain) < 2 or chain[1][0] != base:
             raise StorageError(f"{base} is not the backing file of {top}")
-        self._run(
-            "commit", top, ["-d", "-f", chain[0][1]["format"], "-b", base, top], merge=True
-        )
+        self._run("commit", top, ["-d", "-f", fmt, "-b", base, top], merge=True)
 
-    def pull(self, image: str, new_backing: str | None, new_backing_format: str | None) -> None:
-        chain = self._info_chain(image, None)
+    def pull(
+        self, image: str, new_backing: str | None, new_backing_format: str | None, *, fmt: str
+    ) -> None:
+        chain = self._info_chain(image, fmt)
         if new_backing is None:
             args = ["-b", ""]
         else:
@@ -212,22 +235,27 @@ class QemuImgStorage:
             if new_backing_format is None or new_backing_format != recorded:
                 raise StorageError(f"{new_backing} is {recorded}, not {new_backing_format}")
             args = ["-b", new_backing, "-F", new_backing_format]
-        self._run("rebase", image, ["-f", chain[0][1]["format"], *args, image], merge=True)
+        self._run("rebase", image, ["-f", fmt, *args, image], merge=True)
 
     def rebase_unsafe(
-        self, image: str, new_backing: str | None, new_backing_format: str | None
+        self, image: str, new_backing: str | None, new_backing_format: str | None, *, fmt: str
     ) -> None:
-        info = self._info(image, None)
+        self._info(image, fmt)
         if new_backing is None:
             args = ["-b", ""]
         else:
             if new_backing_format not in FORMATS:
                 raise StorageError(f"backing format {new_backing_format!r} is not one of {sorted(FORMATS)}")
-            probed = self._info(new_backing, None)
-            if probed["format"] != new_backing_format:
-                raise StorageError(f"{new_backing} is {probed['format']}, not {new_backing_format}")
+            self._info(new_backing, new_backing_format)  # it opens with the format it will have
             args = ["-b", new_backing, "-F", new_backing_format]
-        self._run("rebase", image, ["-q", "-u", "-f", info["format"], *args, image])
+        self._run("rebase", image, ["-q", "-u", "-f", fmt, *args, image])
+
+    def sharing(self, path: str) -> Sharing:
+        self._check_file(path)
+        return qemu_locks.sharing(path)
+
+    def scan(self, directories: Iterable[str]) -> DependantIndex:
+        return DependantIndex.scan(directories)
 
     def delete(self, path: str) -> None:
         self._check_path(path)
@@ -326,10 +354,16 @@ class QemuImgStorage:
         except subprocess.TimeoutExpired:
             raise StorageError(f"qemu-img {command} {path}: timed out after {timeout:g} s") from None
         except OSError as error:
-            raise StorageError(f"qemu-img {command} {path}: can't run {self.qemu_img}: {error.strerror}") from None
+            raise self._missing(error) from None
         if done.returncode != 0:
             raise _failure(command, path, _how(done.returncode), done.stderr)
         return done.stdout
+
+    def _missing(self, error: OSError) -> ToolMissing:
+        return ToolMissing(
+            f"can't run {self.qemu_img}: {error.strerror}; snapledger needs qemu-img "
+            "(Debian: apt install qemu-utils). Nothing was done"
+        )
 
     def _run_merge(self, command: str, path: str, argv: list[str], timeout: float) -> str:
         """A long block operation: qemu-img's own progress (`-p`: "(12.50/100%)" lines ended by
@@ -341,7 +375,7 @@ class QemuImgStorage:
                 argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
         except OSError as error:
-            raise StorageError(f"qemu-img {command} {path}: can't run {self.qemu_img}: {error.strerror}") from None
+            raise self._missing(error) from None
         assert child.stdout is not None and child.stderr is not None
         pending = b""
         with child:
@@ -369,8 +403,11 @@ class QemuImgStorage:
         return ""
 
     def _info(self, path: str, fmt: str | None) -> dict[str, Any]:
-        """`qemu-img info` of one file (never opens its backing), under resource limits."""
+        """`qemu-img info` of one file (never opens its backing), under resource limits, opened
+        as `fmt` (None: probed, only for a file the ledger does not know yet)."""
         self._check_file(path)
+        if fmt is not None and fmt not in FORMATS:
+            raise StorageError(f"{path}: format {fmt!r} is not one of {sorted(FORMATS)}")
         args = ["--output=json", "-U"] + (["-f", fmt] if fmt else []) + [path]
         out = self._run("info", path, args, limited=True)
         try:
@@ -420,10 +457,7 @@ class QemuImgStorage:
             seen.add(self._identity(backing))
             backing_format = info.get("backing-filename-format")
             if backing_format not in FORMATS:
-                raise StorageError(
-                    f"{current} does not record a usable format for its backing file {backing} "
-                    f"({backing_format!r}); qemu-img would probe it: refused"
-                )
+                raise _unrecorded_backing_format(current, backing, backing_format)
             chain.append((backing, self._info(backing, backing_format)))
         return chain
 

@@ -27,13 +27,15 @@ from snapledger.domain.errors import (
     DuplicateName,
     ImageInUse,
     LedgerDamaged,
+    OperationInProgress,
     OutsideAllowedDirs,
     StorageError,
+    ToolMissing,
     UnknownVm,
 )
 from snapledger.domain.image_registry import ImageRegistration, image_id, release_registrations
 from snapledger.domain.images import ImageFacts, Origin
-from snapledger.domain.names import check_disk_target, check_name, check_user_path, is_within
+from snapledger.domain.names import check_disk_target, check_name, check_user_path
 from snapledger.domain.steps import (
     DOMAIN_STEPS,
     Commit,
@@ -52,7 +54,9 @@ from snapledger.projections.cost import CostModel
 from snapledger.projections.history import event_time
 from snapledger.projections.view import LedgerView, replacing
 
+from .drift import DiskChecks, recorded_format, written_paths
 from .event_store import LedgerApplication, project_events
+from .processes import LocalProcesses, carrying_out
 from .projection import PersistedProjection
 from .storage_port import StoragePort
 
@@ -102,11 +106,14 @@ class Snapledger:
         cost: CostModel | None = None,
         projection: PersistedProjection | None = None,
         hypervisor: LibvirtHypervisor | None = None,
+        processes: LocalProcesses | None = None,
     ) -> None:
         self.app = app
         self.storage = storage
         # Acts for VMs adopted from libvirt (vm.libvirt set); None: such VMs can't be changed.
         self.hypervisor = hypervisor
+        # Who carries out an operation, and whether it still runs (recover leaves those alone).
+        self.processes = processes or LocalProcesses()
         self.clock = clock
         self.cost = cost or CostModel()
         self.projection = projection if projection is not None else PersistedProjection(app)
@@ -264,7 +271,9 @@ class Snapledger:
         if running and vm.libvirt is None:
             raise BadInput(f"--running needs a VM adopted from libvirt; {vm_name!r} is not")
         overlays = self._user_overlays(vm, overlays)
-        plan = planners.plan_revert(view, vm_name, name, self._taken(view), overlays)
+        plan = planners.plan_revert(
+            view, vm_name, name, self._taken(view), overlays, self._dependants(vm, view)
+        )
         return self._run(vm, plan, name, {}, dry_run, start=running)
 
     @_checkpointed
@@ -277,14 +286,17 @@ class Snapledger:
         dry_run: bool = False,
     ) -> Plan:
         vm, view = self._prepare(vm_name, dry_run)
-        plan = planners.plan_delete(view, vm_name, name, strategy, branches, self.cost)
+        dependants = self._dependants(vm, view)
+        plan = planners.plan_delete(view, vm_name, name, strategy, branches, self.cost, dependants)
         if (hypervisor := self._libvirt(vm)) is not None and strategy == "auto":
             from .libvirt_hypervisor import LiveStepImpossible
 
             try:
                 hypervisor.check_live(vm, plan)
             except LiveStepImpossible:  # a pull a running domain can't do: commit instead
-                plan = planners.plan_delete(view, vm_name, name, "commit", branches, self.cost)
+                plan = planners.plan_delete(
+                    view, vm_name, name, "commit", branches, self.cost, dependants
+                )
         return self._run(vm, plan, name, {}, dry_run)
 
     @_checkpointed
@@ -295,7 +307,7 @@ class Snapledger:
         plans = []
         for name in names:
             vm, view = self._prepare(name, dry_run)
-            plan = planners.plan_gc(view, name, include_detached)
+            plan = planners.plan_gc(view, name, include_detached, self._dependants(vm, view))
             if plan.steps:
                 plans.append(self._run(vm, plan, None, {}, dry_run))
         return plans
@@ -330,17 +342,58 @@ class Snapledger:
     def recover(self, vm_name: str | None = None) -> list[str]:
         """Finish every operation a crash or failure left open (all steps are safe to redo)."""
         names = [vm_name] if vm_name is not None else sorted(self.refresh().vms)
-        finished = []
+        finished: list[str] = []
+        left_alone: list[str] = []
         for name in names:
             vm = self.vm(name)
             op = vm.operation
-            if op is not None:
-                self._execute(vm, recovering=True)
-                notes: list[str] = []
-                if (hypervisor := self._libvirt(vm)) is not None:  # as after a run: start, forget
-                    notes = hypervisor.after(vm, Plan(op.kind, op.steps), op.target)
-                finished.append("; ".join([f"{name}: finished {op.kind} {op.op_id}", *notes]))
+            if op is None:
+                continue
+            busy = self._still_running(vm, op)
+            if busy is not None:
+                left_alone.append(f"{name}: {busy}")
+                continue
+            try:  # nothing is recorded while another process holds what is left to do
+                self._checks(vm).refuse_in_use(vm, Plan(op.kind, op.steps[op.done :]))
+            except ImageInUse as held:
+                raise ImageInUse(
+                    f"{held}; the {op.kind} operation {op.op_id} stays open: run 'snapledger "
+                    "recover' once that process has finished"
+                ) from None
+            vm.resume_operation(op.op_id, self.processes.this_process(), self.clock())
+            self._save(vm)  # a second recover racing this one fails here, before any step
+            self._execute(vm, recovering=True)
+            notes: list[str] = []
+            if (hypervisor := self._libvirt(vm)) is not None:  # as after a run: start, forget
+                notes = hypervisor.after(vm, Plan(op.kind, op.steps), op.target)
+            finished.append("; ".join([f"{name}: finished {op.kind} {op.op_id}", *notes]))
+        if left_alone:
+            raise OperationInProgress("; ".join([*finished, *left_alone]))
         return finished
+
+    def _still_running(self, vm: VirtualMachine, op: OperationRecord) -> str | None:
+        """Why `op` is left alone (its process still carries it out, or another host's does),
+        or None if its runner is gone and it may be finished here."""
+        runner = op.runner
+        running = self.processes.running(runner, op.op_id)
+        if running is False:
+            return None
+        assert runner is not None
+        if running is None:
+            return (
+                f"the {op.kind} operation {op.op_id} was started on host {runner.get('host')}; "
+                "only that host can tell whether it still runs: run 'snapledger recover' there"
+            )
+        return (
+            f"the {op.kind} operation {op.op_id} is still being carried out by process "
+            f"{runner.get('pid')} on this host: left alone (wait for it to finish)"
+        )
+
+    def unknown_dependants(self, vm_name: str) -> dict[str, list[str]]:
+        """For each image of VM `vm_name`, the files in its directories that the ledger does not
+        know and that rest on it (what `explain` names); read-only."""
+        vm = self.vm(vm_name)
+        return self._dependants(vm, self.refresh())
 
     def verify(self, vm_name: str | None = None) -> list[str]:
         """Compare every image the ledger knows with the disk; read-only. Findings, or []."""
@@ -351,7 +404,8 @@ class Snapledger:
             vm = self.vm(name)
             if vm.operation is not None:
                 findings.append(f"{name}: unfinished {vm.operation.kind} {vm.operation.op_id}")
-            drift = self._drift(vm, self._look(sorted(vm.images)))
+            checks = self._checks(vm)
+            drift = checks.drift(vm, checks.look(vm, sorted(vm.images)))
             if (hypervisor := self._libvirt(vm)) is not None:
                 drift += hypervisor.findings(vm)
             findings += [f"{name}: {finding}" for finding in drift]
@@ -367,8 +421,10 @@ class Snapledger:
         the swap records)."""
         self.refresh()
         vm = self.vm(vm_name)
+        if vm.operation is not None and (busy := self._still_running(vm, vm.operation)):
+            raise OperationInProgress(f"VM {vm_name!r}: {busy}")
         vm.check_idle()
-        seen = self._look(sorted(set(vm.disks.values())))
+        seen = self._checks(vm).look(vm, sorted(set(vm.disks.values())))
         libvirt = self._libvirt(vm)
         hypervisor = libvirt.findings(vm, swapping) if libvirt is not None else []
         self._refuse_on_drift(vm, seen, record=not dry_run, extra=hypervisor)
@@ -387,16 +443,13 @@ class Snapledger:
         if vm.libvirt is not None and (self.hypervisor is not None or not dry_run):
             # the domain's own steps: live switch, stop, redefine (a replay's dry run: none)
             plan = self._hypervisor(vm).shape(vm, plan, target, start)
+        self._check_plan(vm, plan, record=not dry_run)
         if dry_run:
             return plan
-        involved = sorted(
-            {p for s in plan.steps if s.destructive for p in touched_paths(s) if p in vm.images}
-            - set(vm.disks.values())
-        )
-        chains = [f for s in plan.steps if s.destructive for f in self._chain_findings(vm, s)]
-        self._refuse_on_drift(vm, self._look(involved), extra=chains)
         op_id = uuid.uuid4().hex
-        details = {**details, "previous_active": dict(vm.disks)}
+        details = {
+            **details, "previous_active": dict(vm.disks), "runner": self.processes.this_process()
+        }
         vm.start_operation(op_id, plan.kind, target, plan, [], details, self.clock())
         registrations = self._reserve(vm.name, op_id, plan.steps)
         self._save(vm, *registrations)
@@ -406,11 +459,36 @@ class Snapledger:
             plan = dataclasses.replace(plan, notes=(*plan.notes, *notes))
         return plan
 
+    def _check_plan(self, vm: VirtualMachine, plan: Plan, record: bool) -> None:
+        """Before anything is recorded (and in a dry run, which records nothing): every image a
+        destructive step touches is the file the ledger knows, size included; the chain below
+        each merge is whole and in the VM's directories; nothing written or deleted has another
+        name (drift, exit 3); and no other process holds what the plan writes, deletes or
+        freezes (exit 4)."""
+        checks = self._checks(vm)
+        destructive = [s for s in plan.steps if s.destructive]
+        involved = sorted(
+            {p for s in destructive for p in touched_paths(s) if p in vm.images}
+            - set(vm.disks.values())
+        )
+        extra = [f for s in destructive for f in checks.chain_findings(vm, s)]
+        extra += checks.hard_links(p for s in destructive for p in written_paths(s))
+        self._refuse_on_drift(vm, checks.look(vm, involved), record=record, extra=extra)
+        try:
+            checks.refuse_in_use(vm, plan)
+        except ImageInUse as busy:
+            raise ImageInUse(f"{busy}; nothing was done: try again once it has let go") from None
+
     def _execute(self, vm: VirtualMachine, recovering: bool = False) -> None:
         """Carry out `vm`'s open operation step by step, recording each. `vm` is loaded once:
         while its operation is open no other command records on it (a second `recover` racing
         this one fails its save), so the object stays current, and the VM's stream is not
         replayed again for every step."""
+        assert vm.operation is not None
+        with carrying_out(vm.operation.op_id):
+            self._execute_steps(vm, recovering)
+
+    def _execute_steps(self, vm: VirtualMachine, recovering: bool) -> None:
         while True:
             op = vm.operation
             if op is None:
@@ -428,6 +506,8 @@ class Snapledger:
                 observed = self._carry_out(step, vm)
             except ImageInUse as busy:
                 self._on_busy(vm, op, index, busy, recovering)
+            except ToolMissing as missing:
+                self._on_busy(vm, op, index, missing, recovering)
             except StorageError as error:
                 self._on_failure(vm, op, index, error)
                 raise
@@ -435,33 +515,52 @@ class Snapledger:
             self._save(vm)
 
     def _check_same_files(self, vm: VirtualMachine, step: Step) -> None:
-        """Right before a destructive step: each file is still the one the ledger knows (device
-        and inode; sizes and backing may be mid-change after a crash), and every file the step
-        opens lies in the VM's directories. A file replaced behind our back is never written or
+        """Right before a destructive step: each file is still the one the ledger knows and has
+        no other name, every file the step opens lies in the VM's directories, and no other
+        process holds what it writes. A file replaced behind our back is never written or
         deleted; a backing file outside is never opened."""
-        allowed = self._resolved_dirs(vm)
-        findings: list[str] = []
-        for path in touched_paths(step):
-            record = vm.images.get(path)
-            if record is None or not self.storage.exists(path):
-                continue
-            seen = self.storage.inspect(path)
-            if (seen.device, seen.inode) != (record.facts.device, record.facts.inode):
-                findings.append(f"{path}: replaced (inode {record.facts.inode} -> {seen.inode})")
-            findings += self._outside(seen, allowed)
-        findings = list(dict.fromkeys(findings + self._chain_findings(vm, step)))
+        checks = self._checks(vm)
+        findings = checks.same_files(vm, step)
+        dependants = self._dependants(vm, self.view)
+        findings += [
+            f"{path}: {', '.join(dependants[path])} rests on it (a file the ledger does not know "
+            "appeared after this operation was planned); it is not changed while they do"
+            for path in written_paths(step)
+            if path in dependants
+        ]
         if findings:
             vm.record_drift(findings, self.clock())
             raise DriftDuringOperation(f"the disk disagrees with the ledger: {'; '.join(findings)}")
+        checks.refuse_in_use(vm, Plan("step", (step,)))
 
-    def _carry_out(self, step: Step, vm: VirtualMachine | None = None) -> list[ImageFacts]:
-        if vm is None or vm.libvirt is None:
-            return carry_out(self.storage, step)
+    def _dependants(self, vm: VirtualMachine, view: LedgerView) -> dict[str, list[str]]:
+        """For each of `vm`'s images, the files in its directories that the ledger does not
+        know and whose backing chain reaches it (a user's own overlays): they make it stay."""
+        scan = self._storage_for(vm).scan(sorted(vm.allowed_dirs()))
+        known = {path for other in view.vms.values() for path in other.images}
+        found = {path: scan.dependants(path, known) for path in sorted(vm.images)}
+        return {path: files for path, files in found.items() if files}
+
+    def _checks(self, vm: VirtualMachine) -> DiskChecks:
+        return DiskChecks(self._storage_for(vm))
+
+    def _storage_for(self, vm: VirtualMachine) -> StoragePort:
+        """The storage a VM's steps go to: for a libvirt VM, images its running domain has
+        open are libvirt's (block jobs), the rest qemu-img's."""
+        hypervisor = self._libvirt(vm)
+        return hypervisor.storage(vm, self.storage) if hypervisor is not None else self.storage
+
+    def _carry_out(self, step: Step, vm: VirtualMachine) -> list[ImageFacts]:
+        def format_of(path: str) -> str:
+            return recorded_format(vm, path) or "qcow2"  # an overlay the operation creates
+
+        if vm.libvirt is None:
+            return carry_out(self.storage, step, format_of)
         hypervisor = self._hypervisor(vm)
         if isinstance(step, DOMAIN_STEPS):
             hypervisor.carry_out(vm, step)
             return []
-        return carry_out(hypervisor.storage(vm, self.storage), step)
+        return carry_out(hypervisor.storage(vm, self.storage), step, format_of)
 
     def _libvirt(self, vm: VirtualMachine) -> LibvirtHypervisor | None:
         """The libvirt adapter if `vm` is a libvirt domain and this ledger has one (a replayed
@@ -484,22 +583,26 @@ class Snapledger:
         self._roll_back(vm, op, index, error)
 
     def _on_busy(
-        self, vm: VirtualMachine, op: OperationRecord, index: int, busy: ImageInUse,
-        recovering: bool,
+        self, vm: VirtualMachine, op: OperationRecord, index: int,
+        busy: ImageInUse | ToolMissing, recovering: bool,
     ) -> NoReturn:
-        """Another process holds an image the step opens, so qemu-img did nothing. Nothing is
-        recorded as failed: a fresh operation that has destroyed nothing yet is rolled back;
-        otherwise it stays open for `recover`, to be retried once that process has finished."""
+        """The step could not start (another process holds an image it opens, or qemu-img can't
+        be run), so nothing was done. Nothing is recorded as failed: a fresh operation that has
+        destroyed nothing yet is rolled back; otherwise it stays open for `recover`, to be retried
+        once that process has finished (or qemu-img is back)."""
+        error = type(busy)
+        when = "that process has finished" if isinstance(busy, ImageInUse) else "qemu-img is installed"
         if recovering or op.started_destruction:
-            raise ImageInUse(
+            raise error(
                 f"{busy}; the {op.kind} operation {op.op_id} stays open: run 'snapledger "
-                "recover' once that process has finished"
+                f"recover' once {when}"
             ) from None
         self._roll_back(vm, op, index, busy)
-        raise ImageInUse(f"{busy}; nothing was done: try again once that process has finished") from None
+        raise error(f"{busy}; nothing was done: try again once {when}") from None
 
     def _roll_back(
-        self, vm: VirtualMachine, op: OperationRecord, index: int, error: StorageError
+        self, vm: VirtualMachine, op: OperationRecord, index: int,
+        error: StorageError | ToolMissing,
     ) -> None:
         created = [s.path for s in op.steps[:index] if isinstance(s, CreateOverlay)]
         for path in reversed(created):
@@ -575,64 +678,6 @@ class Snapledger:
         except StorageError as error:
             raise BadInput(f"{path} can't be used: {error}") from None
 
-    def _seen(self, path: str) -> ImageFacts | str:
-        try:
-            return self.storage.inspect(path)
-        except StorageError as error:
-            return f"{path}: {error}"
-
-    def _drift(self, vm: VirtualMachine, seen_on_disk: Mapping[str, ImageFacts | str]) -> list[str]:
-        """Where the disk disagrees with what `vm` recorded. Active images change size as the
-        guest writes; every other image must keep its size too."""
-        actives = set(vm.disks.values())
-        allowed = self._resolved_dirs(vm)
-        findings: list[str] = []
-        for path, seen in seen_on_disk.items():
-            if isinstance(seen, str):
-                findings.append(seen)
-                continue
-            changed = vm.images[path].facts.identity_differs(seen, check_size=path not in actives)
-            if changed:
-                findings.append(f"{path}: {', '.join(changed)}")
-            findings += self._outside(seen, allowed)
-        return findings
-
-    def _resolved_dirs(self, vm: VirtualMachine) -> list[str]:
-        return sorted({self.storage.resolve(d) for d in vm.allowed_dirs()})
-
-    def _outside(self, seen: ImageFacts, allowed: list[str]) -> list[str]:
-        """Findings for a file, or the backing file it names, that resolves outside the VM's
-        directories (`allowed`, resolved)."""
-        findings = []
-        for name, below in ((seen.path, None), (seen.backing, seen.path)):
-            if name is None:
-                continue
-            resolved = self.storage.resolve(name)
-            if not is_within(resolved, allowed):
-                findings.append(_outside_finding(name, resolved, below))
-        return findings
-
-    def _chain_findings(self, vm: VirtualMachine, step: Step) -> list[str]:
-        """A merge opens the whole chain below the image it writes: every file of that chain,
-        as the disk says now, must lie in the VM's directories. The walk stops at the first
-        file outside, before opening it."""
-        if isinstance(step, Commit):
-            top = step.top
-        elif isinstance(step, Pull):
-            top = step.image
-        else:
-            return []
-        try:
-            self.storage.inspect_chain(top, sorted(vm.allowed_dirs()))
-        except OutsideAllowedDirs as outside:
-            return [_outside_finding(outside.path, outside.resolved, outside.below)]
-        except StorageError:
-            return []  # anything else wrong with the chain is reported by the step itself
-        return []
-
-    def _look(self, paths: Iterable[str]) -> dict[str, ImageFacts | str]:
-        return {path: self._seen(path) for path in paths}
-
     def _refuse_on_drift(
         self,
         vm: VirtualMachine,
@@ -640,7 +685,7 @@ class Snapledger:
         record: bool = True,
         extra: Iterable[str] = (),
     ) -> None:
-        findings = list(dict.fromkeys([*self._drift(vm, seen_on_disk), *extra]))
+        findings = list(dict.fromkeys([*self._checks(vm).drift(vm, seen_on_disk), *extra]))
         if findings:
             if record:  # a dry run reports drift but records nothing
                 vm.record_drift(findings, self.clock())
@@ -677,34 +722,35 @@ class Snapledger:
             self.refresh()
 
 
-def _outside_finding(path: str, resolved: str, below: str | None) -> str:
-    real = f" (resolves to {resolved})" if resolved != path else ""
-    if below is None:
-        return f"{path}{real}: outside the VM's allowed directories"
-    return f"{below}: backing file {path}{real} is outside the VM's allowed directories; not opened"
-
-
-def carry_out(storage: StoragePort, step: Step) -> list[ImageFacts]:
+def carry_out(
+    storage: StoragePort, step: Step, format_of: Callable[[str], str]
+) -> list[ImageFacts]:
     """Do one storage step, or see from the disk that it was done before a crash; return the
-    facts of the files it changed, as observed afterwards."""
+    facts of the files it changed, as observed afterwards. Every image is opened with the format
+    the ledger recorded (`format_of`), never a guessed one."""
     if isinstance(step, CreateOverlay):
         if storage.exists(step.path):
-            facts = storage.inspect(step.path)
-            if facts.backing != step.backing or facts.format != "qcow2":
+            try:
+                facts = storage.inspect(step.path, "qcow2")
+            except StorageError:
+                facts = None
+            if facts is None or facts.backing != step.backing:
                 raise StorageError(f"{step.path} exists and is not the overlay this operation made")
         else:
             storage.create_overlay(step.path, step.backing, step.backing_format, step.virtual_size)
-        return [storage.inspect(step.path)]
+        return [storage.inspect(step.path, "qcow2")]
     if isinstance(step, Commit):
-        storage.commit(step.top, step.base)
-        return [storage.inspect(step.base), storage.inspect(step.top)]
+        storage.commit(step.top, step.base, fmt=format_of(step.top))
+        return [storage.inspect(step.base, format_of(step.base)),
+                storage.inspect(step.top, format_of(step.top))]
     if isinstance(step, (Pull, RebaseUnsafe)):
-        if storage.inspect(step.image).backing != step.new_backing:
+        fmt = format_of(step.image)
+        if storage.inspect(step.image, fmt).backing != step.new_backing:
             if isinstance(step, Pull):
-                storage.pull(step.image, step.new_backing, step.new_backing_format)
+                storage.pull(step.image, step.new_backing, step.new_backing_format, fmt=fmt)
             else:
-                storage.rebase_unsafe(step.image, step.new_backing, step.new_backing_format)
-        return [storage.inspect(step.image)]
+                storage.rebase_unsafe(step.image, step.new_backing, step.new_backing_format, fmt=fmt)
+        return [storage.inspect(step.image, fmt)]
     if isinstance(step, DeleteFile):
         if storage.exists(step.path):
             storage.delete(step.path)

@@ -6,18 +6,25 @@ Faults can be injected: fail (an error the executor sees) or crash (the process 
 mutating call, with merges left half done the way an interrupted qemu-img leaves them, or find the
 image locked by another process there (a merge or rebase that does nothing and raises ImageInUse).
 Symlinks can be simulated (`symlink`): `resolve` follows them, as realpath does.
+
+The world outside snapledger acts on it too: hard links (`hard_link`), another process holding an
+image open (`hold`, `release`), a guest writing a qcow2 header into a raw disk (`forge_header`:
+only a probe that guesses the format is fooled) and files a user makes (`make_image`), which
+`scan` finds.
 """
 
 from __future__ import annotations
 
 import itertools
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from snapledger.domain.errors import ImageInUse, StorageError
 from snapledger.domain.images import ImageFacts
-from snapledger.domain.names import confinement
+from snapledger.domain.names import confinement, is_within
+
+from .storage_port import Sharing
 
 CLUSTER = 64 * 1024
 HEADER = 192 * 1024  # what an empty qcow2 file takes on the host
@@ -35,10 +42,34 @@ class SimImage:
     virtual_size: int
     clusters: dict[int, int] = field(default_factory=dict)
     inode: int = 0
+    links: int = 1
+    # A qcow2 header a guest wrote into a raw disk: (backing it names); only probing sees it.
+    forged_backing: str | None = None
 
     @property
     def allocated(self) -> int:
         return len(self.clusters) * CLUSTER
+
+
+@dataclass
+class SimulatedScan:
+    """What a header scan of some directories found: file -> the file its header names."""
+
+    backings: dict[str, str]
+    resolve: Callable[[str], str]
+
+    def dependants(self, image: str, known: Collection[str]) -> list[str]:
+        ours = {self.resolve(k) for k in known}
+        found: list[str] = []
+        frontier = [self.resolve(image)]
+        while frontier:
+            above = sorted(
+                f for f, b in self.backings.items()
+                if b in frontier and f not in ours and f not in found
+            )
+            found += above
+            frontier = above
+        return found
 
 
 class SimulatedStorage:
@@ -54,6 +85,7 @@ class SimulatedStorage:
         self.crash_at: int | None = None
         self.busy_at: int | None = None
         self.bytes_written = 0
+        self.holders: dict[str, str] = {}  # path -> who holds it open ("writer"/"reader" + name)
 
     # ---- what tests and users do outside snapledger ----------------------------------
 
@@ -101,6 +133,25 @@ class SimulatedStorage:
         limit = self._get(path).virtual_size // CLUSTER
         return {c: v for c, v in content.items() if v and c < limit}
 
+    def hard_link(self, path: str) -> None:
+        """Another name for `path` now exists (outside the directories snapledger looks at)."""
+        self._get(path).links += 1
+
+    def hold(self, path: str, writing: bool = True) -> None:
+        """Another process opens `path` (for writing, or only reading) and keeps it open."""
+        self._get(path)
+        self.holders[self.resolve(path)] = "writer" if writing else "reader"
+
+    def release(self, path: str) -> None:
+        self.holders.pop(self.resolve(path), None)
+
+    def forge_header(self, path: str, backing: str | None) -> None:
+        """A guest writes a qcow2 header naming `backing` at offset 0 of raw disk `path`."""
+        image = self._get(path)
+        assert image.format == "raw", "only a raw disk's guest can write a header at offset 0"
+        image.forged_backing = backing
+        image.clusters[0] = 0x51  # the header's bytes are the guest's data in cluster 0
+
     def symlink(self, link: str, target: str) -> None:
         """`link` (a file or directory name) now leads to `target`."""
         self.links[link] = target
@@ -135,13 +186,23 @@ class SimulatedStorage:
                 return path
         raise StorageError(f"{path}: too many levels of symbolic links")
 
-    def inspect(self, path: str) -> ImageFacts:
+    def inspect(self, path: str, fmt: str | None = None) -> ImageFacts:
         image = self._get(path)
+        backing: str | None
+        backing_format: str | None
+        if fmt is None and image.forged_backing is not None:  # a probe is fooled by the header
+            fmt, backing, backing_format = "qcow2", image.forged_backing, "qcow2"
+        elif fmt is None or fmt == image.format:
+            fmt, backing, backing_format = image.format, image.backing, image.backing_format
+        elif fmt == "raw":  # any file opens as raw: its bytes, no backing
+            backing, backing_format = None, None
+        else:
+            raise StorageError(f"{path} is not in {fmt} format")
         return ImageFacts(
             path,
-            image.format,
-            image.backing,
-            image.backing_format,
+            fmt,
+            backing,
+            backing_format,
             image.virtual_size,
             image.allocated,
             self.device,
@@ -149,16 +210,29 @@ class SimulatedStorage:
             HEADER + image.allocated,
         )
 
-    def inspect_chain(self, path: str, within: Iterable[str] | None = None) -> list[ImageFacts]:
+    def inspect_chain(
+        self, path: str, within: Iterable[str] | None = None, fmt: str | None = None
+    ) -> list[ImageFacts]:
         confine = confinement(self.resolve, within)
         confine(path, None)
-        chain = [self.inspect(path)]
+        chain = [self.inspect(path, fmt)]
         while (backing := chain[-1].backing) is not None:
             if len(chain) > 1000:
                 raise StorageError(f"backing chain of {path} is too long or loops")
             confine(backing, chain[-1].path)
-            chain.append(self.inspect(backing))
+            if chain[-1].backing_format is None:
+                raise StorageError(f"{chain[-1].path} does not record its backing file's format")
+            chain.append(self.inspect(backing, chain[-1].backing_format))
         return chain
+
+    def sharing(self, path: str) -> Sharing:
+        image = self._get(path)
+        held = self.holders.get(self.resolve(path))
+        return Sharing(
+            links=image.links,
+            writer="another process" if held == "writer" else None,
+            reader="another process" if held is not None else None,
+        )
 
     def create_overlay(
         self, path: str, backing: str, backing_format: str, virtual_size: int
@@ -171,15 +245,28 @@ class SimulatedStorage:
             raise StorageError(f"{backing} is {below.format}, not {backing_format}")
         self.files[path] = SimImage("qcow2", backing, backing_format, virtual_size, {}, next(self._inodes))
 
-    def commit(self, top: str, base: str) -> None:
-        image = self._get(top)
+    def scan(self, directories: Iterable[str]) -> SimulatedScan:
+        within = [self.resolve(d) for d in directories]
+        backings: dict[str, str] = {}
+        for path, image in self.files.items():
+            named = image.forged_backing or image.backing  # a header is read, not a format
+            if named is not None and is_within(self.resolve(path), within):
+                backings[self.resolve(path)] = self.resolve(named)
+        return SimulatedScan(backings, self.resolve)
+
+    def commit(self, top: str, base: str, *, fmt: str) -> None:
+        image = self._opened(top, fmt)
+        self._locked(top, base)
         if image.backing != base:
             raise StorageError(f"{base} is not the backing file of {top}")
         target = self._get(base)
         self._copy(list(image.clusters.items()), target)
 
-    def pull(self, image: str, new_backing: str | None, new_backing_format: str | None) -> None:
-        target = self._get(image)
+    def pull(
+        self, image: str, new_backing: str | None, new_backing_format: str | None, *, fmt: str
+    ) -> None:
+        target = self._opened(image, fmt)
+        self._locked(image)
         chain: list[str] = []
         current = target.backing
         while current is not None and current != new_backing:
@@ -195,10 +282,11 @@ class SimulatedStorage:
         target.backing, target.backing_format = new_backing, new_backing_format
 
     def rebase_unsafe(
-        self, image: str, new_backing: str | None, new_backing_format: str | None
+        self, image: str, new_backing: str | None, new_backing_format: str | None, *, fmt: str
     ) -> None:
         self._fault(opens_images=True)
-        target = self._get(image)
+        target = self._opened(image, fmt)
+        self._locked(image)
         target.backing, target.backing_format = new_backing, new_backing_format
 
     def delete(self, path: str) -> None:
@@ -207,6 +295,18 @@ class SimulatedStorage:
         del self.files[path]
 
     # ---- internals -------------------------------------------------------------------
+
+    def _opened(self, path: str, fmt: str) -> SimImage:
+        image = self._get(path)
+        if image.format != fmt:
+            raise StorageError(f"{path} is not in {fmt} format")
+        return image
+
+    def _locked(self, *paths: str) -> None:
+        """qemu-img takes QEMU's locks on what it writes: another holder makes it fail."""
+        for path in paths:
+            if self.resolve(path) in self.holders:
+                raise ImageInUse(f"another process still holds {path}")
 
     def _get(self, path: str) -> SimImage:
         try:

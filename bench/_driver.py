@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from snapledger.adapters.drift import recorded_format
 from snapledger.adapters.service import carry_out
 from snapledger.adapters.simulated_storage import CLUSTER, SimulatedStorage
 from snapledger.domain.errors import BranchPointRefused, StorageError, StrategyNotAllowed
@@ -200,14 +201,14 @@ class Fleet:
                 return
             index = op.done
             try:
-                observed = self._carry_out(op.steps[index])
+                observed = self._carry_out(vm, op.steps[index])
             except StorageError as error:
                 self._on_failure(vm, op, index, error)
                 raise
             vm.complete_step(op.op_id, index, observed)
 
-    def _carry_out(self, step: Step) -> list[ImageFacts]:
-        return carry_out(self.storage, step)
+    def _carry_out(self, vm: VirtualMachine, step: Step) -> list[ImageFacts]:
+        return carry_out(self.storage, step, lambda p: recorded_format(vm, p) or "qcow2")
 
     def _on_failure(self, vm: VirtualMachine, op: OperationRecord, index: int, error: StorageError) -> None:
         step = op.steps[index]

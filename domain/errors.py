@@ -87,6 +87,16 @@ class StorageError(SnapledgerError):
     """A storage adapter could not carry out a step (exit 1)."""
 
 
+class ToolMissing(SnapledgerError):
+    """A program snapledger needs (qemu-img) can't be run: the tool's own environment, never
+    drift; nothing was done (exit 1)."""
+
+
+class LedgerUnwritable(SnapledgerError):
+    """The ledger could not record an event (its filesystem is full, read-only...): the tool's
+    own environment (exit 1). What was recorded before stays; `recover` finishes the rest."""
+
+
 class OutsideAllowedDirs(StorageError):
     """A file of a backing chain resolves (symlinks followed) outside the directories it was
     confined to. Raised before the file is opened."""

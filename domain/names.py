@@ -56,6 +56,10 @@ def check_user_path(path: str, allowed_dirs: Container[str] | None = None) -> st
         raise BadPath(f"path {path!r} is not absolute")
     if "\x00" in path:
         raise BadPath("path contains a NUL byte")
+    if ":" in path:  # qemu-img would read it as a protocol (`nbd:`, `json:`...), not a file
+        raise BadPath(f"path {path!r} contains ':', which qemu-img takes for a protocol")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        raise BadPath(f"path {path!r} contains a control character")
     normal = posixpath.normpath(path)
     if normal != (path.rstrip("/") or "/") or normal.startswith("//"):
         raise BadPath(f"path {path!r} is not normalised (use {normal})")

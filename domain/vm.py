@@ -74,6 +74,12 @@ class OperationRecord:
     def started_destruction(self) -> bool:
         return any(s.destructive for s in self.steps[: self.done])
 
+    @property
+    def runner(self) -> dict[str, Any] | None:
+        """The process carrying it out, as recorded when it started or was resumed."""
+        runner = self.details.get("runner")
+        return dict(runner) if isinstance(runner, dict) else None
+
 
 class VirtualMachine(Aggregate):
     # The libvirt domain this VM is (`uri`, `domain`), once `LibvirtBound` says so; None for a
@@ -256,6 +262,18 @@ class VirtualMachine(Aggregate):
             record = self.images.get(facts.path)
             if record is not None:
                 self.images[facts.path] = replace(record, facts=facts)
+
+    def resume_operation(self, op_id: str, runner: dict[str, Any], at: str) -> None:
+        """`recover` takes over the open operation `op_id`, whose runner is gone: recorded
+        before it carries out any step, so two recovers racing can't both go on."""
+        self._check_current_operation(op_id)
+        self._operation_resumed(op_id=op_id, runner=dict(runner), at=at)
+
+    @event("OperationResumed")
+    def _operation_resumed(self, op_id: str, runner: dict[str, Any], at: str) -> None:
+        assert self.operation is not None
+        details = {**self.operation.details, "runner": dict(runner)}
+        self.operation = replace(self.operation, details=details)
 
     def fail_operation(self, op_id: str, index: int, error: str) -> None:
         self._check_current_operation(op_id)

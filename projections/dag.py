@@ -6,6 +6,7 @@ Derived entirely from a LedgerView; nothing here is stored.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from snapledger.domain.images import ImageFacts, Origin, OwnerClass
@@ -18,9 +19,9 @@ from .view import LedgerView
 class Need:
     """One reason an image needs to stay."""
 
-    kind: str  # active | frozen | detached | operation | below
+    kind: str  # active | frozen | detached | operation | dependant | below
     vm: str
-    detail: str  # the disk, snapshot, operation id or the image above
+    detail: str  # the disk, snapshot, operation id, the unknown file, or the image above
 
     def describe(self) -> str:
         return {
@@ -28,6 +29,7 @@ class Need:
             "frozen": f"holds snapshot {self.detail} of {self.vm}",
             "detached": f"detached from {self.vm}/{self.detail}, kept until discarded",
             "operation": f"in use by unfinished operation {self.detail} of {self.vm}",
+            "dependant": f"{self.detail} depends on it (a file the ledger does not know)",
             "below": f"backing file of {self.detail}",
         }[self.kind]
 
@@ -54,9 +56,18 @@ class ImageNode:
 
 
 class ImageDag:
-    """Nodes are images, edges point from an image to its backing file."""
+    """Nodes are images, edges point from an image to its backing file.
 
-    def __init__(self, view: LedgerView, ignore_detached_of: str | None = None) -> None:
+    `dependants` are the world's part: for an image, the files the ledger does not know whose
+    backing chain reaches it (a user's own overlays, found by a storage scan). Each makes the
+    image need to stay, and so everything below it."""
+
+    def __init__(
+        self,
+        view: LedgerView,
+        ignore_detached_of: str | None = None,
+        dependants: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         self.nodes: dict[str, ImageNode] = {}
         self.children: dict[str, list[str]] = defaultdict(list)
         holders: dict[str, list[tuple[str, Origin, bool]]] = defaultdict(list)
@@ -97,6 +108,9 @@ class ImageDag:
             for record in vm.images.values():
                 if record.detached and vm.name != ignore_detached_of:
                     roots.append((record.path, Need("detached", vm.name, record.path)))
+            for path in vm.images:
+                for dependant in (dependants or {}).get(path, ()):
+                    roots.append((path, Need("dependant", vm.name, dependant)))
             if vm.operation is not None:
                 for step in vm.operation.steps[vm.operation.done :]:
                     paths = (step.path,) if isinstance(step, CreateOverlay) else ()
@@ -124,6 +138,10 @@ class ImageDag:
             if already:
                 return
             current = backing  # type: ignore[assignment]
+
+    def dependants(self, path: str) -> list[str]:
+        """Files the ledger does not know that rest on `path` (as the storage scan found)."""
+        return [n.detail for n in self.nodes[path].needs if n.kind == "dependant"]
 
     def needed_children(self, path: str) -> list[str]:
         return [c for c in self.children.get(path, []) if self.nodes[c].needed]

@@ -14,7 +14,7 @@ import copy
 import posixpath
 import shlex
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,11 +135,16 @@ class Explanation:
 
 
 def explain_image(
-    view: LedgerView, vm_name: str, path: str, cost: CostModel | None = None
+    view: LedgerView,
+    vm_name: str,
+    path: str,
+    cost: CostModel | None = None,
+    dependants: Mapping[str, Sequence[str]] | None = None,
 ) -> Explanation:
-    """Everything that keeps `path` (an image `vm_name` holds) and what would free it."""
+    """Everything that keeps `path` (an image `vm_name` holds) and what would free it.
+    `dependants`: files the ledger does not know that rest on its images (a storage scan)."""
     vm = _held(view, vm_name, path)
-    dag = ImageDag(view)
+    dag = ImageDag(view, dependants=dependants)
     node = dag.nodes[path]
     report = image_report(view, path, dag)
     frozen_by = _frozen_by(view, node.vms, path)
@@ -390,6 +395,13 @@ def _freeing(
 ) -> tuple[tuple[Route, ...], str | None]:
     node = dag.nodes[path]
     name = vm.name
+    unknown = dag.dependants(path)
+    if unknown:
+        return (), (
+            f"nothing while {', '.join(unknown)} rest{'s' if len(unknown) == 1 else ''} on it "
+            "(files the ledger does not know): snapledger never deletes or changes it before "
+            "they are moved away or deleted"
+        )
     if node.owner is OwnerClass.ADOPTED:
         return (), "nothing: it is the user's own file, which snapledger never deletes"
     if node.owner is OwnerClass.READ_ONLY:

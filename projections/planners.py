@@ -5,7 +5,7 @@ The rules are those of semantics.md; each refusal raises an error of the one hie
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from snapledger.domain.errors import (
@@ -38,6 +38,8 @@ from .dag import ImageDag
 from .view import LedgerView
 
 PathTaken = Callable[[str], bool]
+# image -> files the ledger does not know whose backing chain reaches it (a storage scan's answer)
+Dependants = Mapping[str, Sequence[str]]
 STRATEGIES = ("auto", "commit", "pull")
 BRANCH_OPTIONS = ("forbid", "pull", "keep")
 
@@ -111,15 +113,17 @@ def plan_revert(
     name: str,
     taken: PathTaken,
     overlays: Mapping[str, str] | None = None,
+    dependants: Dependants | None = None,
 ) -> Plan:
-    """New overlays over the snapshot's frozen images; the abandoned present goes if nothing needs it."""
+    """New overlays over the snapshot's frozen images; the abandoned present goes if nothing
+    needs it. A present that files the ledger does not know rest on is kept, detached."""
     vm = _vm(view, vm_name)
     vm.check_idle()
     snap = vm.snapshot(name)
     disks = sorted(snap.disks)
     overlays = dict(overlays or {})
     _check_overlay_disks(vm, disks, overlays)
-    dag = ImageDag(view)
+    dag = ImageDag(view, dependants=dependants)
     creates: list[Step] = []
     activations: list[Step] = []
     deletions: list[Step] = []
@@ -138,8 +142,17 @@ def plan_revert(
         activations.append(SetActive(disk, path))
         abandoned = dag.nodes[vm.disks[disk]]
         others = [n for n in abandoned.needs if not (n.kind == "active" and n.vm == vm.name and n.detail == disk)]
+        unknown = dag.dependants(abandoned.facts.path)
         if abandoned.owner is OwnerClass.MANAGED and not others:
             deletions.append(DeleteFile(abandoned.facts.path))
+        elif unknown:
+            # Kept for them, and tracked (detached), so that nothing below it is let go either.
+            if not abandoned.detached:
+                activations.append(DetachImage(abandoned.facts.path))
+            notes.append(
+                f"{disk}: abandoned present {abandoned.facts.path} is kept as detached: "
+                f"{', '.join(unknown)} rests on it (a file the ledger does not know)"
+            )
         elif others:
             why = "; ".join(n.describe() for n in others)
             notes.append(f"{disk}: abandoned present {abandoned.facts.path} is kept ({why})")
@@ -196,8 +209,11 @@ def plan_delete(
     strategy: str = "auto",
     branches: str = "forbid",
     cost: CostModel | None = None,
+    dependants: Dependants | None = None,
 ) -> Plan:
-    """Per disk of the snapshot, the cheapest safe way to let its frozen image go (semantics.md)."""
+    """Per disk of the snapshot, the cheapest safe way to let its frozen image go (semantics.md).
+    A disk whose frozen image or merge partner files the ledger does not know rest on is left
+    as it is on disk: only the snapshot's metadata goes."""
     if strategy not in STRATEGIES:
         raise BadInput(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
     if branches not in BRANCH_OPTIONS:
@@ -206,7 +222,7 @@ def plan_delete(
     vm = _vm(view, vm_name)
     vm.check_idle()
     snap = vm.snapshot(name)
-    dag = ImageDag(view)
+    dag = ImageDag(view, dependants=dependants)
     steps: list[Step] = []
     ways: list[str] = []
     for disk in sorted(snap.disks):
@@ -255,6 +271,9 @@ def _plan_disk_delete(
                 f"{frozen_path} is {frozen.owner.value} and rests on managed images: kept as detached",
             )
         return _DiskMerge((ReleaseImage(frozen_path),), f"{frozen_path} is {frozen.owner.value}: released, left on disk")
+    unknown = [f"{d} rests on {c}" for c in kept for d in dag.dependants(c)]
+    if unknown:  # a merge would delete or rewrite a file they read through
+        return metadata_only(f"{'; '.join(unknown)} (a file the ledger does not know)")
     if len(kept) > 1:
         if forced:
             raise StrategyNotAllowed(
@@ -361,13 +380,21 @@ def _rests_on_managed(dag: ImageDag, path: str) -> bool:
     return any(dag.nodes[p].owner is OwnerClass.MANAGED for p in dag.chain(path)[1:])
 
 
-def plan_gc(view: LedgerView, vm_name: str, include_detached: bool = False) -> Plan:
+def plan_gc(
+    view: LedgerView,
+    vm_name: str,
+    include_detached: bool = False,
+    dependants: Dependants | None = None,
+) -> Plan:
     """Delete this VM's managed images that nothing needs; forget unneeded ones it does not own.
 
-    A user's file that rests on managed images is never forgotten, and its chain is kept."""
+    A user's file that rests on managed images is never forgotten, and its chain is kept; an
+    image a file the ledger does not know rests on is needed, and stays."""
     vm = _vm(view, vm_name)
     vm.check_idle()
-    dag = ImageDag(view, ignore_detached_of=vm.name if include_detached else None)
+    dag = ImageDag(
+        view, ignore_detached_of=vm.name if include_detached else None, dependants=dependants
+    )
     unneeded = [p for p in vm.images if not dag.nodes[p].needed]
     unneeded.sort(key=lambda p: (-dag.depth(p), p))  # children first: nothing dangles mid-way
     kept_user_files = [

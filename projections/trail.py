@@ -78,6 +78,9 @@ def _summary(kind: str, data: dict[str, Any]) -> str:
         return f"{data['disk']}: {data['previous']} -> {data['path']}"
     if kind == "OperationFailed":
         return f"step {data['index']} failed: {data['error']}"
+    if kind == "OperationResumed":
+        runner = data["runner"]
+        return f"resumed by process {runner.get('pid')} on {runner.get('host')}"
     if kind == "OperationRolledBack":
         return f"rolled back: {data['reason']}"
     if kind == "DriftDetected":

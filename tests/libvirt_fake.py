@@ -234,14 +234,14 @@ class FakeLibvirt:
     def _finish(self, domain: str, disk: str, job: FakeJob) -> None:
         if job.kind == "pull":
             fmt = self.storage.inspect(job.base).format if job.base else None
-            self.storage.pull(job.top, job.base, fmt)
+            self.storage.pull(job.top, job.base, fmt, fmt="qcow2")
             return
         assert job.base is not None
-        self.storage.commit(job.top, job.base)
+        self.storage.commit(job.top, job.base, fmt="qcow2")
         chain = self.chain(domain, disk)
         above = chain[chain.index(job.top) - 1] if chain.index(job.top) > 0 else None
         if above is not None:
-            self.storage.rebase_unsafe(above, job.base, "qcow2")
+            self.storage.rebase_unsafe(above, job.base, "qcow2", fmt="qcow2")
 
     def pivot(self, domain: str, disk: str) -> None:
         self._enter("pivot")
@@ -250,7 +250,7 @@ class FakeLibvirt:
             raise LibvirtFailure("libvirt pivot: block job 'vda' not ready for pivot yet")
         del self.jobs[(domain, disk)]
         assert job.base is not None
-        self.storage.commit(job.top, job.base)
+        self.storage.commit(job.top, job.base, fmt="qcow2")
         dom = self.domains[domain]
         dom.live[disk] = job.base
         if dom.persistent:
@@ -274,13 +274,13 @@ class JobLockedStorage(SimulatedStorage):
 
     libvirt: FakeLibvirt | None = None
 
-    def inspect(self, path: str) -> ImageFacts:
+    def inspect(self, path: str, fmt: str | None = None) -> ImageFacts:
         jobs = self.libvirt.jobs.values() if self.libvirt is not None else ()
         if any(job.kind == "commit" and job.top == path for job in jobs):
             raise ImageInUse(
                 f'another process still holds {path} (qemu-img map: Failed to get "consistent read" lock)'
             )
-        return super().inspect(path)
+        return super().inspect(path, fmt)
 
 
 def virsh_snapshot_xml(name: str, parent: str | None, domain: str, overlays: dict[str, str],

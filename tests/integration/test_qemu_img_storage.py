@@ -25,7 +25,7 @@ from qemu_helpers import (
 
 from snapledger.adapters.qemu_img import QemuImgStorage
 from snapledger.adapters.storage_port import StoragePort
-from snapledger.domain.errors import ImageInUse, OutsideAllowedDirs, StorageError
+from snapledger.domain.errors import ImageInUse, OutsideAllowedDirs, StorageError, ToolMissing
 
 VSIZE = 16 * CLUSTER
 
@@ -130,13 +130,13 @@ def test_inspect_chain_refuses_a_loop(storage: QemuImgStorage, tmp_path: Path) -
     with pytest.raises(StorageError, match="loops"):
         storage.inspect_chain(a)
     with pytest.raises(StorageError, match="loops"):
-        storage.commit(a, b)  # the walk before a merge sees it too
+        storage.commit(a, b, fmt="qcow2")  # the walk before a merge sees it too
     os.symlink(a, tmp_path / "alias.qcow2")  # the same file under another name
     set_backing_unchecked(b, str(tmp_path / "alias.qcow2"), "qcow2")
     with pytest.raises(StorageError, match="loops"):
         storage.inspect_chain(a)
     with pytest.raises(StorageError, match="loops"):
-        storage.pull(a, None, None)
+        storage.pull(a, None, None, fmt="qcow2")
 
 
 def test_inspect_chain_refuses_a_too_long_chain(tmp_path: Path) -> None:
@@ -215,7 +215,7 @@ def test_device_backings_are_refused(storage: QemuImgStorage, tmp_path: Path, ki
     with pytest.raises(StorageError, match="device node"):
         storage.inspect(device)
     with pytest.raises(StorageError, match="device node"):
-        storage.pull(over, None, None)
+        storage.pull(over, None, None, fmt="qcow2")
     assert not os.path.lexists(tmp_path / "c.qcow2")
 
 
@@ -305,13 +305,14 @@ def test_an_image_another_process_holds_is_image_in_use(
     base, mid, top = chain
     with held_image(mid):
         before = raw_bytes(top)
-        for merge in (lambda: storage.commit(top, mid), lambda: storage.pull(top, base, "qcow2"),
-                      lambda: storage.rebase_unsafe(mid, None, None)):
+        for merge in (lambda: storage.commit(top, mid, fmt="qcow2"),
+                      lambda: storage.pull(top, base, "qcow2", fmt="qcow2"),
+                      lambda: storage.rebase_unsafe(mid, None, None, fmt="qcow2")):
             with pytest.raises(ImageInUse, match=f"another process still holds {mid}") as caught:
                 merge()
             assert caught.value.exit_code == 4
         assert raw_bytes(top) == before and storage.inspect(top).backing == mid
-    storage.commit(top, mid)  # the lock is gone
+    storage.commit(top, mid, fmt="qcow2")  # the lock is gone
 
 
 # ---- create_overlay ------------------------------------------------------------------------
@@ -382,17 +383,22 @@ def test_create_overlay_is_exclusive_even_when_the_path_appears_after_the_check(
     assert os.path.islink(path) if what == "symlink" else path.read_bytes() == b"theirs"
 
 
-def test_create_overlay_checks_the_backing_format(
+def test_create_overlay_opens_the_backing_with_the_format_it_is_given(
     storage: QemuImgStorage, chain: tuple[str, str, str], tmp_path: Path
 ) -> None:
+    """The format comes from the ledger and is never guessed: a file that can't be opened in
+    that format is refused; any file opens as raw (a raw disk whose guest wrote a qcow2 header
+    stays raw), so a qcow2 file given as raw is taken as raw bytes."""
     base, _, _ = chain
     raw = make_image(tmp_path / "disk.img", VSIZE, fmt="raw")
-    for backing, fmt in ((base, "raw"), (raw, "qcow2"), (base, "vmdk")):
+    for backing, fmt in ((raw, "qcow2"), (base, "vmdk")):
         with pytest.raises(StorageError):
             storage.create_overlay(str(tmp_path / "new.qcow2"), backing, fmt, VSIZE)
         assert not os.path.lexists(tmp_path / "new.qcow2")
     storage.create_overlay(str(tmp_path / "new.qcow2"), raw, "raw", VSIZE)
     assert storage.inspect(str(tmp_path / "new.qcow2")).backing_format == "raw"
+    storage.create_overlay(str(tmp_path / "over-bytes.qcow2"), base, "raw", VSIZE)
+    assert storage.inspect(str(tmp_path / "over-bytes.qcow2")).backing_format == "raw"
 
 
 def test_a_failed_create_leaves_no_file(storage: QemuImgStorage, chain: tuple[str, str, str],
@@ -414,7 +420,7 @@ def test_commit(storage: QemuImgStorage, chain: tuple[str, str, str]) -> None:
     base, mid, top = chain
     reads = raw_bytes(top)
     inode = os.stat(top).st_ino
-    storage.commit(top, mid)
+    storage.commit(top, mid, fmt="qcow2")
     assert_reads(mid, {0: 0x10, 1: 0x21, 2: 0x32, 3: 0x23, 4: 0x34}, 16)
     assert_reads(base, {0: 0x10, 1: 0x10, 2: 0x10}, 16)  # below the base: untouched
     assert raw_bytes(top) == reads  # top stays valid (-d: not emptied)
@@ -427,9 +433,9 @@ def test_commit_only_into_the_direct_backing(storage: QemuImgStorage,
                                              chain: tuple[str, str, str]) -> None:
     base, mid, top = chain
     with pytest.raises(StorageError, match="not the backing file"):
-        storage.commit(top, base)
+        storage.commit(top, base, fmt="qcow2")
     with pytest.raises(StorageError, match="not the backing file"):
-        storage.commit(base, mid)
+        storage.commit(base, mid, fmt="qcow2")
     assert_reads(base, {0: 0x10, 1: 0x10, 2: 0x10}, 16)
 
 
@@ -440,10 +446,11 @@ def test_commit_refuses_a_chain_without_recorded_backing_format(
     forget_backing_format(top)
     assert storage.inspect(top).backing_format is None
     with pytest.raises(StorageError, match="would probe"):
-        storage.commit(top, mid)
+        storage.commit(top, mid, fmt="qcow2")
     with pytest.raises(StorageError, match="would probe"):
-        storage.pull(top, base, "qcow2")
-    assert [f.backing_format for f in storage.inspect_chain(top)] == [None, "qcow2", None]
+        storage.pull(top, base, "qcow2", fmt="qcow2")
+    with pytest.raises(StorageError, match="would probe"):  # formats are never guessed
+        storage.inspect_chain(top)
 
 
 # ---- pull ----------------------------------------------------------------------------------
@@ -454,7 +461,7 @@ def test_pull_within_the_chain_keeps_content_and_inode(
 ) -> None:
     base, mid, top = chain
     reads, inode = raw_bytes(top), os.stat(top).st_ino
-    storage.pull(top, base, "qcow2")
+    storage.pull(top, base, "qcow2", fmt="qcow2")
     facts = storage.inspect(top)
     assert (facts.backing, facts.backing_format, facts.inode) == (base, "qcow2", inode)
     assert raw_bytes(top) == reads
@@ -466,7 +473,7 @@ def test_pull_within_the_chain_keeps_content_and_inode(
 def test_pull_to_no_backing_flattens(storage: QemuImgStorage, chain: tuple[str, str, str]) -> None:
     base, mid, top = chain
     reads, inode = raw_bytes(top), os.stat(top).st_ino
-    storage.pull(top, None, None)
+    storage.pull(top, None, None, fmt="qcow2")
     facts = storage.inspect(top)
     assert (facts.backing, facts.backing_format, facts.inode) == (None, None, inode)
     assert raw_bytes(top) == reads
@@ -479,9 +486,9 @@ def test_pull_needs_a_backing_in_the_chain(storage: QemuImgStorage,
     other = make_image(tmp_path / "other.qcow2", VSIZE)
     for new in (other, top):
         with pytest.raises(StorageError, match="is not below"):
-            storage.pull(top, new, "qcow2")
+            storage.pull(top, new, "qcow2", fmt="qcow2")
     with pytest.raises(StorageError, match="not qcow2|not raw"):
-        storage.pull(top, base, "raw")
+        storage.pull(top, base, "raw", fmt="qcow2")
     assert storage.inspect(top).backing == mid
 
 
@@ -491,16 +498,17 @@ def test_pull_needs_a_backing_in_the_chain(storage: QemuImgStorage,
 def test_rebase_unsafe_only_moves_the_pointer(storage: QemuImgStorage,
                                               chain: tuple[str, str, str]) -> None:
     base, mid, top = chain
-    storage.rebase_unsafe(top, base, "qcow2")
+    storage.rebase_unsafe(top, base, "qcow2", fmt="qcow2")
     assert (storage.inspect(top).backing, storage.inspect(top).allocated) == (base, 2 * CLUSTER)
     assert_reads(top, {0: 0x10, 1: 0x10, 2: 0x32, 4: 0x34}, 16)  # mid's data is no longer seen
-    storage.rebase_unsafe(top, None, None)
+    storage.rebase_unsafe(top, None, None, fmt="qcow2")
     assert storage.inspect(top).backing is None
     assert_reads(top, {2: 0x32, 4: 0x34}, 16)
     with pytest.raises(StorageError, match="No such file"):
-        storage.rebase_unsafe(top, base + ".missing", "qcow2")
-    with pytest.raises(StorageError, match="is qcow2, not raw"):
-        storage.rebase_unsafe(top, base, "raw")
+        storage.rebase_unsafe(top, base + ".missing", "qcow2", fmt="qcow2")
+    raw = make_image(str(top) + ".raw", VSIZE, fmt="raw")
+    with pytest.raises(StorageError):  # the new backing must open in the format it will have
+        storage.rebase_unsafe(top, raw, "qcow2", fmt="qcow2")
     assert storage.inspect(top).backing is None
 
 
@@ -548,9 +556,9 @@ def test_every_call_is_an_argument_list_with_a_timeout(
     base, mid, top = chain
     storage.inspect_chain(top)
     storage.create_overlay(str(tmp_path / "new"), top, "qcow2", VSIZE)
-    storage.commit(str(tmp_path / "new"), top)
-    storage.pull(top, base, "qcow2")
-    storage.rebase_unsafe(str(tmp_path / "new"), base, "qcow2")
+    storage.commit(str(tmp_path / "new"), top, fmt="qcow2")
+    storage.pull(top, base, "qcow2", fmt="qcow2")
+    storage.rebase_unsafe(str(tmp_path / "new"), base, "qcow2", fmt="qcow2")
     assert {args[1] for args, _ in calls} == {"info", "map", "create", "rebase"}
     for args, kwargs in calls:
         assert isinstance(args, list) and all(isinstance(a, str) for a in args)
@@ -570,7 +578,7 @@ def test_merges_report_progress(chain: tuple[str, str, str]) -> None:
     storage = QemuImgStorage()
     seen: list[float] = []
     storage.progress = seen.append
-    storage.commit(top, mid)
+    storage.commit(top, mid, fmt="qcow2")
     assert seen and all(0.0 <= f <= 1.0 for f in seen) and seen[-1] == 1.0
     assert seen == sorted(seen)
 
@@ -619,10 +627,15 @@ def test_a_hung_qemu_img_times_out(tmp_path: Path) -> None:
     assert time.monotonic() - started < 10
 
 
-def test_a_missing_binary_is_a_storage_error(tmp_path: Path) -> None:
+def test_a_missing_binary_is_the_tools_environment_not_a_storage_error(tmp_path: Path) -> None:
+    """qemu-img missing is the tool's own trouble (exit 1), never a finding about the disks."""
     image = make_image(tmp_path / "a.qcow2", VSIZE)
-    with pytest.raises(StorageError, match="can't run"):
-        QemuImgStorage(qemu_img=str(tmp_path / "no-such-qemu-img")).inspect(image)
+    missing = QemuImgStorage(qemu_img=str(tmp_path / "no-such-qemu-img"))
+    with pytest.raises(ToolMissing, match="can't run .*qemu-utils") as caught:
+        missing.inspect(image)
+    assert not isinstance(caught.value, StorageError) and caught.value.exit_code == 1
+    with pytest.raises(ToolMissing):
+        missing.commit(image, image, fmt="qcow2")
 
 
 def test_writes_by_qemu_io_are_seen(storage: QemuImgStorage, tmp_path: Path) -> None:

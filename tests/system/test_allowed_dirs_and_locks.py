@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,6 @@ from qemu_helpers import (
     set_backing_unchecked,
     write_clusters,
 )
-
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.qemu_img import QemuImgStorage
-from snapledger.adapters.service import Snapledger
 
 CLUSTERS = 16
 SIZE = CLUSTERS * CLUSTER
@@ -212,13 +209,18 @@ def test_a_backing_rewritten_to_point_outside_is_found_and_never_followed(
 # ---- recover meets an image another process still holds --------------------------------------
 
 
-class Crash(BaseException):
-    """The process dies here."""
-
+DIES_AT_THE_MERGE = """
+import os, sys
+from snapledger.adapters.event_store import LedgerApplication
+from snapledger.adapters.qemu_img import QemuImgStorage
+from snapledger.adapters.service import Snapledger
 
 class DiesAtTheMerge(QemuImgStorage):
-    def commit(self, top: str, base: str) -> None:
-        raise Crash("killed before the commit")
+    def commit(self, top, base, *, fmt):
+        os._exit(9)  # killed before the commit: nothing after this point runs
+
+Snapledger(LedgerApplication(sys.argv[1]), DiesAtTheMerge()).delete("vm", "s2", strategy="commit")
+"""
 
 
 @pytest.fixture
@@ -226,10 +228,9 @@ def interrupted(lay: Layout) -> Layout:
     """s2's delete (commit vda.s2 into vda.s1) recorded, then the process died before the
     commit ran: an open operation for `recover`."""
     history(lay)
-    ledger = Snapledger(LedgerApplication(lay.cli.env["SNAPLEDGER_STORE"]), DiesAtTheMerge())
-    with pytest.raises(Crash):
-        ledger.delete("vm", "s2", strategy="commit")
-    ledger.app.close()
+    died = subprocess.run([sys.executable, "-c", DIES_AT_THE_MERGE, lay.cli.env["SNAPLEDGER_STORE"]],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert died.returncode == 9, died.stderr
     assert [vm["operation"] for vm in lay.cli.json("list")] == ["delete"]
     return lay
 
@@ -258,19 +259,20 @@ def test_recover_waits_for_a_process_that_still_holds_an_image(interrupted: Layo
     cli.run("verify")
 
 
-def test_a_delete_meeting_a_held_image_is_rolled_back(lay: Layout) -> None:
-    """A fresh operation whose first merge can't open its image has done nothing: it is rolled
-    back at once (exit 4), and the VM stays usable."""
+def test_a_delete_meeting_a_held_image_is_refused_before_anything_is_recorded(lay: Layout) -> None:
+    """Another process holds the commit's target: QEMU's lock is looked at before the plan is
+    recorded (exit 4, naming the image and the holder), nothing is recorded, and the VM stays
+    usable."""
     cli = lay.cli
     history(lay)
     with held_image(lay.vm / "vda.s1"):
-        _, files_before = world(cli)
-        refused = cli.run("delete", "vm", "s2", "--strategy", "commit", expect=4)
-        assert "nothing was done" in one_line_error(refused)
-        assert world(cli)[1] == files_before
+        before = world(cli)
+        for dry in ([], ["--dry-run"]):
+            refused = cli.run("delete", "vm", "s2", "--strategy", "commit", *dry, expect=4)
+            message = one_line_error(refused)
+            assert "nothing was done" in message and str(lay.vm / "vda.s1") in message
+            assert "qemu-io" in message  # the holder is named
+        assert world(cli) == before
         assert [vm["operation"] for vm in cli.json("list")] == [None]
-        types = [e["type"] for e in cli.json("log")]
-        assert types.count("VirtualMachine.OperationRolledBack") == 1
-        assert "VirtualMachine.OperationFailed" not in types
     cli.run("delete", "vm", "s2", "--strategy", "commit")
     cli.run("verify")

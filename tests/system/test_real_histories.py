@@ -29,6 +29,7 @@ from qemu_helpers import CLUSTER, assert_reads, make_image, qemu_io, write_clust
 from snapledger.adapters.event_store import LedgerApplication
 from snapledger.adapters.qemu_img import QemuImgStorage
 from snapledger.adapters.service import Snapledger
+from snapledger.adapters.storage_port import Dependants, Sharing
 from snapledger.domain.images import ImageFacts
 
 CLUSTERS = 16
@@ -336,35 +337,47 @@ class CrashingStorage:
     def exists(self, path: str) -> bool:
         return self.real.exists(path)
 
-    def inspect(self, path: str) -> ImageFacts:
-        return self.real.inspect(path)
+    def inspect(self, path: str, fmt: str | None = None) -> ImageFacts:
+        return self.real.inspect(path, fmt)
 
     def resolve(self, path: str) -> str:
         return self.real.resolve(path)
 
-    def inspect_chain(self, path: str, within: Iterable[str] | None = None) -> list[ImageFacts]:
-        return self.real.inspect_chain(path, within)
+    def inspect_chain(
+        self, path: str, within: Iterable[str] | None = None, fmt: str | None = None
+    ) -> list[ImageFacts]:
+        return self.real.inspect_chain(path, within, fmt)
 
-    def _mutate(self, name: str, *args: Any) -> None:
+    def sharing(self, path: str) -> Sharing:
+        return self.real.sharing(path)
+
+    def scan(self, directories: Iterable[str]) -> Dependants:
+        return self.real.scan(directories)
+
+    def _mutate(self, name: str, *args: Any, **kwargs: Any) -> None:
         self.calls.append(name)
         crash = len(self.calls) == self.crash_at
         if crash and not self.after:
             raise Crash(f"before {name} #{self.crash_at}")
-        getattr(self.real, name)(*args)
+        getattr(self.real, name)(*args, **kwargs)
         if crash:
             raise Crash(f"after {name} #{self.crash_at}")
 
     def create_overlay(self, path: str, backing: str, backing_format: str, virtual_size: int) -> None:
         self._mutate("create_overlay", path, backing, backing_format, virtual_size)
 
-    def commit(self, top: str, base: str) -> None:
-        self._mutate("commit", top, base)
+    def commit(self, top: str, base: str, *, fmt: str) -> None:
+        self._mutate("commit", top, base, fmt=fmt)
 
-    def pull(self, image: str, new_backing: str | None, new_backing_format: str | None) -> None:
-        self._mutate("pull", image, new_backing, new_backing_format)
+    def pull(
+        self, image: str, new_backing: str | None, new_backing_format: str | None, *, fmt: str
+    ) -> None:
+        self._mutate("pull", image, new_backing, new_backing_format, fmt=fmt)
 
-    def rebase_unsafe(self, image: str, new_backing: str | None, new_backing_format: str | None) -> None:
-        self._mutate("rebase_unsafe", image, new_backing, new_backing_format)
+    def rebase_unsafe(
+        self, image: str, new_backing: str | None, new_backing_format: str | None, *, fmt: str
+    ) -> None:
+        self._mutate("rebase_unsafe", image, new_backing, new_backing_format, fmt=fmt)
 
     def delete(self, path: str) -> None:
         self._mutate("delete", path)

@@ -105,6 +105,30 @@ def test_recover_never_follows_a_backing_rewritten_while_the_operation_was_open(
 
 
 def test_recover_meeting_a_held_image_is_a_conflict_that_records_nothing() -> None:
+    """Another process holds the commit's target: recover sees QEMU's lock before it takes the
+    operation over, records nothing, and finishes once the holder has let go."""
+    storage, ledger = world()
+    with_snapshots(storage, ledger)
+    storage.inject(crash_at=1)
+    with pytest.raises(SimulatedCrash):
+        ledger.delete("a", "s2", strategy="commit")
+    recovering = Snapledger(ledger.app, storage)
+    before = positions(recovering)
+    storage.hold("/vms/a/vda.s1")
+    for _ in range(2):
+        with pytest.raises(ImageInUse) as busy:
+            recovering.recover("a")
+        assert busy.value.exit_code == 4 and "snapledger recover" in str(busy.value)
+    assert positions(recovering) == before
+    op = recovering.vm("a").operation
+    assert op is not None and op.failure is None and op.done == 0
+    storage.release("/vms/a/vda.s1")
+    assert recovering.recover("a") == [f"a: finished delete {op.op_id}"]
+
+
+def test_recover_whose_merge_finds_the_image_locked_records_no_failure() -> None:
+    """The lock appears only when qemu-img opens the image: recover had taken the operation over
+    (OperationResumed), records no failure, and a later recover finishes it."""
     storage, ledger = world()
     with_snapshots(storage, ledger)
     storage.inject(crash_at=1)
@@ -116,7 +140,8 @@ def test_recover_meeting_a_held_image_is_a_conflict_that_records_nothing() -> No
     with pytest.raises(ImageInUse) as busy:
         recovering.recover("a")
     assert busy.value.exit_code == 4 and "snapledger recover" in str(busy.value)
-    assert positions(recovering) == before
+    recorded = [type(e).__name__ for e, p in recovering.app.events_after(before)]
+    assert recorded == ["OperationResumed"]
     op = recovering.vm("a").operation
     assert op is not None and op.failure is None and op.done == 0
     storage.inject()
