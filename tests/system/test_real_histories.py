@@ -637,6 +637,43 @@ def test_kill_9_at_random_moments_of_a_big_merge_loses_nothing(tmp_path: Path) -
         assert_no_leftovers(directory, h.tops())
 
 
+def test_recover_leaves_an_operation_whose_process_still_runs_alone(tmp_path: Path) -> None:
+    """While a delete merges 256 MiB (its qemu-img stopped mid-way, so that however fast the
+    disk the delete is still running), `recover` from another process on this host sees that the
+    delete's process still runs: exit 4 saying so, nothing recorded, nothing done; the delete
+    then ends normally. (A recover after a kill -9 of that process: the test above.)"""
+    cli = Cli(tmp_path)
+    h = big_history(cli)
+    expected = dict(h.snapshots)
+    del expected["s1"]
+    delete = subprocess.Popen([*CLI, "delete", "vm", "s1", "--strategy", "commit"], env=cli.env,
+                              start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    assert wait_for_merge(delete, running=True), "the merge was never seen running"
+    merges = group_merges(delete.pid)
+    for pid in merges:  # held mid-merge, however fast the disk, while recover looks
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        recorded = len(cli.json("log"))
+        for _ in range(2):
+            refused = cli.run("recover", expect=4)
+            assert f"still being carried out by process {delete.pid}" in refused.stderr
+            refused = cli.run("recover", "vm", expect=4)
+            assert "left alone" in refused.stderr
+        assert len(cli.json("log")) == recorded
+    finally:
+        for pid in merges:
+            os.kill(pid, signal.SIGCONT)
+    assert delete.wait(timeout=300) == 0, delete.stderr.read() if delete.stderr else ""
+    assert "nothing to recover" in cli.run("recover").stdout
+    state = h.refresh()
+    assert {s["name"] for s in state["snapshots"]} == set(expected)
+    for snap in state["snapshots"]:
+        assert_regions(snap["disks"]["vda"], expected[snap["name"]])
+    assert_regions(state["disks"]["vda"]["active"], h.present)
+    cli.run("verify")
+
+
 # ---- 6. two processes racing on one store ------------------------------------------------
 
 # Both racers import everything first, then start at the same instant.
