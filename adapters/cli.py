@@ -346,6 +346,43 @@ def verify(c: Context, vm: str | None, show_head: bool, expect_head: str | None)
         raise DriftReported(f"verify: {len(disks)} finding(s); the ledger and the disks disagree")
 
 
+@cli.command()
+@click.argument("vm")
+@click.option("--dry-run", is_flag=True, help="Show what would be recorded; record nothing.")
+@after_command_options
+@pass_context
+def reconcile(c: Context, vm: str, dry_run: bool) -> None:
+    """Record the disks' reality after drift (new identities, backings, files found or gone),
+    writing and deleting no image."""
+    found = c.ledger.reconcile(vm, dry_run=dry_run)
+    data = {"vm": vm, "dry_run": dry_run, **found.to_json(), "position": c.ledger.last_position()}
+    if c.as_json:
+        output.emit_json(data)
+        return
+    if not found.changes:
+        output.say(f"{vm}: the disks agree with the ledger; nothing to record")
+        return
+    for line in found.changes:
+        output.say(line)
+    output.say("dry run, nothing recorded" if dry_run else f"recorded at position {data['position']}")
+
+
+@cli.command()
+@click.argument("vm")
+@after_command_options
+@pass_context
+def retire(c: Context, vm: str) -> None:
+    """End tracking of a VM: its history stays, its images are let go, nothing is deleted."""
+    left_behind = c.ledger.retire(vm)
+    data = {"vm": vm, "left_behind": left_behind, "position": c.ledger.last_position()}
+    if c.as_json:
+        output.emit_json(data)
+        return
+    output.say(f"{vm} is retired: no longer tracked; its history stays (snapledger log {vm})")
+    for path in left_behind:
+        output.say(f"left on disk (made by snapledger): {path}")
+
+
 @cli.command("list")
 @after_command_options
 @pass_context
@@ -360,7 +397,7 @@ def list_vms(c: Context) -> None:
             "disks": dict(vm.disks),
             "operation": vm.operation.kind if vm.operation else None,
         }
-        for vm in sorted(view.vms.values(), key=lambda v: v.name)
+        for vm in sorted(view.live_vms().values(), key=lambda v: v.name)
     ]
     if c.as_json:
         output.emit_json(rows)

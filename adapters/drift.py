@@ -69,6 +69,10 @@ class DiskChecks:
         allowed = self.resolved_dirs(vm)
         findings: list[str] = []
         for path, seen in seen_on_disk.items():
+            if vm.images[path].missing:  # recorded gone by reconcile: gone is no news
+                if not isinstance(seen, str):
+                    findings.append(f"{path}: recorded gone, but it is back on the disk")
+                continue
             if isinstance(seen, str):
                 findings.append(seen)
                 continue

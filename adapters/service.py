@@ -57,6 +57,7 @@ from snapledger.projections.view import LedgerView, replacing
 from .drift import DiskChecks, recorded_format, written_paths
 from .event_store import LedgerApplication, project_events
 from .processes import LocalProcesses, carrying_out
+from .reconcile import Reconciliation, reconciliation
 from .projection import PersistedProjection
 from .storage_port import StoragePort
 
@@ -167,8 +168,11 @@ class Snapledger:
         return found
 
     def vm(self, name: str) -> VirtualMachine:
+        known = self.view.vms.get(name)  # the newest VM of that name (after a retire)
         try:
-            vm: VirtualMachine = self.app.repository.get(vm_id(name), projector_func=project_events)
+            vm: VirtualMachine = self.app.repository.get(
+                known.id if known is not None else vm_id(name), projector_func=project_events
+            )
             return vm
         except AggregateNotFoundError:
             raise UnknownVm(f"no VM named {name!r} in the ledger") from None
@@ -204,8 +208,10 @@ class Snapledger:
             raise BadInput("two disks name the same file")
         pools = sorted({check_user_path(p) for p in pools})
         self.refresh()
-        if name in self.view.vms:
+        earlier = self.view.vms.get(name)
+        if earlier is not None and earlier.retired is None:
             raise DuplicateName(f"VM {name!r} is already in the ledger")
+        generation = earlier.generation + 1 if earlier is not None else 1
         images: dict[str, dict[str, object]] = {}
         allowed = {posixpath.dirname(p) for p in paths.values()} | set(pools)
         for path in sorted(paths.values()):
@@ -229,6 +235,7 @@ class Snapledger:
             domain_xml=domain_xml,
             at=self.clock(),
             confined=True,  # chains are checked against the disks' dirs and pools from now on
+            generation=generation,
         )
         if extend is not None:
             extend(vm)
@@ -303,7 +310,7 @@ class Snapledger:
     def gc(
         self, vm_name: str | None = None, include_detached: bool = False, dry_run: bool = False
     ) -> list[Plan]:
-        names = [vm_name] if vm_name is not None else sorted(self.refresh().vms)
+        names = [vm_name] if vm_name is not None else sorted(self.refresh().live_vms())
         plans = []
         for name in names:
             vm, view = self._prepare(name, dry_run)
@@ -341,7 +348,7 @@ class Snapledger:
     @_checkpointed
     def recover(self, vm_name: str | None = None) -> list[str]:
         """Finish every operation a crash or failure left open (all steps are safe to redo)."""
-        names = [vm_name] if vm_name is not None else sorted(self.refresh().vms)
+        names = [vm_name] if vm_name is not None else sorted(self.refresh().live_vms())
         finished: list[str] = []
         left_alone: list[str] = []
         for name in names:
@@ -389,6 +396,54 @@ class Snapledger:
             f"{runner.get('pid')} on this host: left alone (wait for it to finish)"
         )
 
+    @_checkpointed
+    def reconcile(self, vm_name: str, dry_run: bool = False) -> Reconciliation:
+        """Record the disks' reality where it differs from the ledger (new identities and
+        backings, files found below, files gone), writing and deleting no image. Differences it
+        can't record (a file outside the VM's directories, a file that is not the image it was)
+        are refused (exit 3) with nothing recorded."""
+        self.refresh()
+        vm = self._idle(vm_name)
+        found = reconciliation(vm, self._checks(vm))
+        if found.unresolvable:
+            raise DriftFound(
+                f"reconcile can't record this: {'; '.join(found.unresolvable)}; put the files "
+                "right (or swap-disk the disk), then run it again. Nothing was recorded"
+            )
+        if dry_run or not found.changes and not found.observed:
+            return found
+        vm.reconcile(found.observed, found.found, found.gone, found.disowned, self.clock())
+        self._save(vm, *(self._claimed(f.path, vm_name) for f in found.found))
+        return found
+
+    @_checkpointed
+    def retire(self, vm_name: str) -> list[str]:
+        """End tracking of `vm_name`: its history stays, its images are let go (nothing is
+        deleted). Returns the files snapledger made that are left on disk."""
+        self.refresh()
+        vm = self._idle(vm_name)
+        left_behind = sorted(
+            path for path, record in vm.images.items()
+            if record.origin is Origin.MANAGED and self.storage.exists(path)
+        )
+        vm.retire(self.clock())
+        released = []
+        for path in sorted(vm.images):
+            registration = self._registration(path)
+            if registration is not None:
+                registration.end_use(vm_name, deleted=False)
+                released.append(registration)
+        self._save(vm, *released)
+        return left_behind
+
+    def _idle(self, vm_name: str) -> VirtualMachine:
+        """The VM, loaded fresh, with no operation open (a running one named as such)."""
+        vm = self.vm(vm_name)
+        if vm.operation is not None and (busy := self._still_running(vm, vm.operation)):
+            raise OperationInProgress(f"VM {vm_name!r}: {busy}")
+        vm.check_idle()
+        return vm
+
     def unknown_dependants(self, vm_name: str) -> dict[str, list[str]]:
         """For each image of VM `vm_name`, the files in its directories that the ledger does not
         know and that rest on it (what `explain` names); read-only."""
@@ -398,10 +453,12 @@ class Snapledger:
     def verify(self, vm_name: str | None = None) -> list[str]:
         """Compare every image the ledger knows with the disk; read-only. Findings, or []."""
         self.refresh()
-        names = [vm_name] if vm_name is not None else sorted(self.view.vms)
+        names = [vm_name] if vm_name is not None else sorted(self.view.live_vms())
         findings: list[str] = []
         for name in names:
             vm = self.vm(name)
+            if vm.retired is not None:
+                continue  # no longer tracked: its disks are nobody's business here
             if vm.operation is not None:
                 findings.append(f"{name}: unfinished {vm.operation.kind} {vm.operation.op_id}")
             checks = self._checks(vm)
@@ -417,14 +474,13 @@ class Snapledger:
         self, vm_name: str, dry_run: bool = False, swapping: str | None = None
     ) -> tuple[VirtualMachine, LedgerView]:
         """Load the VM fresh, refresh the sizes of its active images, and give a view holding it.
-        `swapping`: the disk a swap-disk records, whose libvirt source may differ (that is what
-        the swap records)."""
+        `swapping`: the disk a swap-disk records, whose libvirt source may differ and whose
+        active image may have drifted or gone (that image is what the swap takes out of use)."""
         self.refresh()
-        vm = self.vm(vm_name)
-        if vm.operation is not None and (busy := self._still_running(vm, vm.operation)):
-            raise OperationInProgress(f"VM {vm_name!r}: {busy}")
-        vm.check_idle()
-        seen = self._checks(vm).look(vm, sorted(set(vm.disks.values())))
+        vm = self._idle(vm_name)
+        taken_out = vm.disks.get(swapping) if swapping is not None else None
+        actives = {p for d, p in vm.disks.items() if d != swapping} - {taken_out}
+        seen = self._checks(vm).look(vm, sorted(actives))
         libvirt = self._libvirt(vm)
         hypervisor = libvirt.findings(vm, swapping) if libvirt is not None else []
         self._refuse_on_drift(vm, seen, record=not dry_run, extra=hypervisor)
@@ -537,7 +593,7 @@ class Snapledger:
         """For each of `vm`'s images, the files in its directories that the ledger does not
         know and whose backing chain reaches it (a user's own overlays): they make it stay."""
         scan = self._storage_for(vm).scan(sorted(vm.allowed_dirs()))
-        known = {path for other in view.vms.values() for path in other.images}
+        known = {path for other in view.live_vms().values() for path in other.images}
         found = {path: scan.dependants(path, known) for path in sorted(vm.images)}
         return {path: files for path, files in found.items() if files}
 
@@ -690,7 +746,11 @@ class Snapledger:
             if record:  # a dry run reports drift but records nothing
                 vm.record_drift(findings, self.clock())
                 self._save(vm)
-            raise DriftFound(f"the disk disagrees with the ledger: {'; '.join(findings)}")
+            raise DriftFound(
+                f"the disk disagrees with the ledger: {'; '.join(findings)} (where the disks are "
+                f"right, record them with 'snapledger reconcile {vm.name}'; --dry-run shows what "
+                "it would record)"
+            )
 
     def _taken(self, view: LedgerView) -> Callable[[str], bool]:
         used = view.paths_ever_used()

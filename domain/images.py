@@ -63,6 +63,8 @@ class ImageRecord:
     facts: ImageFacts
     origin: Origin
     detached: bool = False
+    # Recorded gone by `reconcile`: the file is not on disk; what rests on it is broken.
+    missing: bool = False
 
     @property
     def path(self) -> str:

@@ -44,8 +44,10 @@ from .steps import (
 LEDGER_NAMESPACE = uuid5(NAMESPACE_URL, "https://snapledger.invalid/")
 
 
-def vm_id(name: str) -> UUID:
-    return uuid5(LEDGER_NAMESPACE, f"vm:{name}")
+def vm_id(name: str, generation: int = 1) -> UUID:
+    """A VM's stream: a name adopted again after `retire` is a new VM with a history of its own."""
+    suffix = "" if generation == 1 else f"#{generation}"
+    return uuid5(LEDGER_NAMESPACE, f"vm:{name}{suffix}")
 
 
 @dataclass(frozen=True)
@@ -85,10 +87,12 @@ class VirtualMachine(Aggregate):
     # The libvirt domain this VM is (`uri`, `domain`), once `LibvirtBound` says so; None for a
     # VM known only by its disk files. A class default: VMs recorded before it stay as they were.
     libvirt: dict[str, str] | None = None
+    generation: int = 1  # the how-manieth VM of this name (after `retire`, the name is free)
+    retired: str | None = None  # when tracking ended (`Retired`); the history stays readable
 
     @staticmethod
-    def create_id(name: str, **_: Any) -> UUID:
-        return vm_id(name)
+    def create_id(name: str, generation: int = 1, **_: Any) -> UUID:
+        return vm_id(name, generation)
 
     @event("Adopted")
     def __init__(
@@ -100,8 +104,10 @@ class VirtualMachine(Aggregate):
         domain_xml: str | None,
         at: str,
         confined: bool = False,
+        generation: int = 1,
     ) -> None:
         self.name = name
+        self.generation = generation
         self.disks: dict[str, str] = dict(disks)
         self.images: dict[str, ImageRecord] = {}
         for item in images:
@@ -138,12 +144,42 @@ class VirtualMachine(Aggregate):
         return target
 
     def check_idle(self) -> None:
+        self.check_tracked()
         if self.operation is not None:
             op = self.operation
             raise OperationInProgress(
                 f"VM {self.name!r} has an unfinished {op.kind} operation {op.op_id}"
                 f"{' (failed: ' + op.failure + ')' if op.failure else ''}; run 'snapledger recover'"
             )
+
+    def check_tracked(self) -> None:
+        if self.retired is not None:
+            raise BadInput(
+                f"VM {self.name!r} was retired at {self.retired}: it is no longer tracked (its "
+                "history stays readable; adopt it again to track it anew)"
+            )
+
+    def missing_images(self) -> set[str]:
+        return {path for path, record in self.images.items() if record.missing}
+
+    def broken_snapshots(self) -> dict[str, list[str]]:
+        """Snapshot -> the disks whose frozen image, or an image below it, is recorded gone."""
+        gone = self.missing_images()
+        broken: dict[str, list[str]] = {}
+        for snap in self.snapshots.values():
+            for disk, path in sorted(snap.disks.items()):
+                if gone & set(self.chain_of(path)):
+                    broken.setdefault(snap.name, []).append(disk)
+        return broken
+
+    def chain_of(self, path: str) -> list[str]:
+        """`path` and the images below it, as this VM recorded them."""
+        chain: list[str] = []
+        current: str | None = path
+        while current is not None and current in self.images and current not in chain:
+            chain.append(current)
+            current = self.images[current].backing
+        return chain
 
     def check_new_snapshot_name(self, name: str) -> None:
         check_name("snapshot", name)
@@ -490,6 +526,62 @@ class VirtualMachine(Aggregate):
             )
         self.current = current
 
+    def reconcile(
+        self,
+        observed: list[ImageFacts],
+        found: list[ImageFacts],
+        gone: list[str],
+        disowned: list[str],
+        at: str,
+    ) -> None:
+        """Record the disks' reality after drift, writing no image: `observed` new facts of
+        images the VM holds (a file back from missing included), `found` images that now lie in
+        a chain (read-only), `gone` images no longer on disk, `disowned` managed images replaced
+        by another file (now the user's: adopted, never deleted)."""
+        self.check_idle()
+        unknown = [f.path for f in observed if f.path not in self.images]
+        unknown += [p for p in [*gone, *disowned] if p not in self.images]
+        if unknown:
+            raise BadInput(f"VM {self.name!r} holds no image {unknown[0]}")
+        self._reconciled(
+            observed=[f.to_dict() for f in observed],
+            found=[{**f.to_dict(), "origin": Origin.FOUND.value} for f in found],
+            gone=sorted(gone),
+            disowned=sorted(disowned),
+            at=at,
+        )
+
+    @event("Reconciled")
+    def _reconciled(
+        self,
+        observed: list[dict[str, Any]],
+        found: list[dict[str, Any]],
+        gone: list[str],
+        disowned: list[str],
+        at: str,
+    ) -> None:
+        for item in observed:
+            facts = ImageFacts.from_dict(item)
+            self.images[facts.path] = replace(self.images[facts.path], facts=facts, missing=False)
+        for path in disowned:
+            self.images[path] = replace(self.images[path], origin=Origin.ADOPTED)
+        for item in found:
+            record = _record_from_dict(item)
+            self.images[record.path] = record
+            self.used_paths.add(record.path)
+        for path in gone:
+            self.images[path] = replace(self.images[path], missing=True)
+        self.drift_findings = []
+
+    def retire(self, at: str) -> None:
+        """End tracking: the history stays; the images are let go (nothing is deleted)."""
+        self.check_idle()
+        self._retired(at=at)
+
+    @event("Retired")
+    def _retired(self, at: str) -> None:
+        self.retired = at
+
     def record_drift(self, findings: list[str], at: str) -> None:
         self._drift_detected(findings=findings, at=at)
 
@@ -502,11 +594,15 @@ def _record_from_dict(item: dict[str, Any]) -> ImageRecord:
     values = dict(item)
     origin = Origin(values.pop("origin"))
     detached = bool(values.pop("detached", False))
-    return ImageRecord(ImageFacts.from_dict(values), origin, detached)
+    missing = bool(values.pop("missing", False))
+    return ImageRecord(ImageFacts.from_dict(values), origin, detached, missing)
 
 
 def image_record_to_dict(record: ImageRecord) -> dict[str, Any]:
-    return {**record.facts.to_dict(), "origin": record.origin.value, "detached": record.detached}
+    return {
+        **record.facts.to_dict(), "origin": record.origin.value, "detached": record.detached,
+        "missing": record.missing,
+    }
 
 
 __all__ = [

@@ -72,7 +72,8 @@ class ImageDag:
         self.children: dict[str, list[str]] = defaultdict(list)
         holders: dict[str, list[tuple[str, Origin, bool]]] = defaultdict(list)
         facts: dict[str, ImageFacts] = {}
-        for vm in view.vms.values():
+        live = view.live_vms()  # a retired VM holds nothing
+        for vm in live.values():
             for record in vm.images.values():
                 holders[record.path].append((vm.name, record.origin, record.detached))
                 if record.path not in facts or record.origin is Origin.MANAGED:
@@ -99,7 +100,7 @@ class ImageDag:
             kids.sort()
 
         roots: list[tuple[str, Need]] = []
-        for vm in view.vms.values():
+        for vm in live.values():
             for disk, path in vm.disks.items():
                 roots.append((path, Need("active", vm.name, disk)))
             for snap in vm.snapshots.values():

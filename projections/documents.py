@@ -21,19 +21,27 @@ def disk_chains(vm: VirtualMachine, dag: ImageDag) -> dict[str, dict[str, Any]]:
     """Each disk's active image and its chain (active first). The only part of the document
     that depends on other aggregates than the VM's own (the images other VMs hold)."""
     return {
-        disk: {"active": active, "chain": dag.chain(active)}
+        disk: {
+            "active": active,
+            # a retired VM's images are no longer in the DAG: its chains as it recorded them
+            "chain": dag.chain(active) if active in dag.nodes else vm.chain_of(active),
+        }
         for disk, active in sorted(vm.disks.items())
     }
 
 
-def snapshot_json(snap: SnapshotRecord) -> dict[str, Any]:
-    return {
+def snapshot_json(snap: SnapshotRecord, broken: list[str] | None = None) -> dict[str, Any]:
+    """`broken`: the disks whose frozen image (or an image below it) is recorded gone."""
+    out: dict[str, Any] = {
         "name": snap.name,
         "parent": snap.parent,
         "created": snap.created,
         "description": snap.description,
         "disks": dict(snap.disks),
     }
+    if broken:
+        out["broken"] = list(broken)
+    return out
 
 
 def vm_document(view: LedgerView, name: str, dag: ImageDag | None = None) -> dict[str, Any]:
@@ -42,13 +50,14 @@ def vm_document(view: LedgerView, name: str, dag: ImageDag | None = None) -> dic
     from .dag import ImageDag
 
     vm = view.vms[name]
-    return {
+    broken = vm.broken_snapshots()
+    document: dict[str, Any] = {
         "vm": name,
         "current": vm.current,
         "domain_xml": vm.domain_xml,
         "disks": disk_chains(vm, dag if dag is not None else ImageDag(view)),
         "snapshots": [
-            snapshot_json(snap)
+            snapshot_json(snap, broken.get(snap.name))
             for snap in sorted(vm.snapshots.values(), key=lambda s: (s.created, s.name))
         ],
         "operation": None
@@ -61,6 +70,12 @@ def vm_document(view: LedgerView, name: str, dag: ImageDag | None = None) -> dic
             "failure": vm.operation.failure,
         },
     }
+    if vm.retired is not None:
+        document["retired"] = vm.retired
+    missing = sorted(vm.missing_images())
+    if missing:
+        document["missing"] = missing
+    return document
 
 
 def json_text(value: Any) -> str:

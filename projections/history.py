@@ -171,7 +171,8 @@ def _operations(
     events: Iterable[tuple[DomainEventProtocol[UUID], int]],
 ) -> dict[str, list[dict[str, Any]]]:
     """Operations of `vm` started, finished (done or rolled back) and failed in between."""
-    wanted = vm_id(vm)
+    # the stream of the VM by that name at the end (a name adopted again is another stream)
+    wanted = new.id if new is not None else old.id if old is not None else vm_id(vm)
     started: dict[str, dict[str, Any]] = {}
     finished: dict[str, dict[str, Any]] = {}
     failed: list[dict[str, Any]] = []

@@ -48,9 +48,11 @@ def _vm(view: LedgerView, name: str) -> VirtualMachine:
     from snapledger.domain.errors import UnknownVm
 
     try:
-        return view.vms[name]
+        vm = view.vms[name]
     except KeyError:
         raise UnknownVm(f"no VM named {name!r} in the ledger") from None
+    vm.check_tracked()
+    return vm
 
 
 def _overlay_for(
@@ -97,6 +99,11 @@ def plan_snapshot(
     activations: list[Step] = []
     new_paths: set[str] = set()
     for disk in disks:
+        if vm.images[vm.disks[disk]].missing:
+            raise Refused(
+                f"the active image of {disk}, {vm.disks[disk]}, is gone (reconcile recorded it): "
+                f"put another in place with 'snapledger swap-disk {vm.name} {disk} PATH'"
+            )
         active = vm.images[vm.disks[disk]].facts
         path = _overlay_for(disk, snapshot_overlay_path(active.path, name), overlays, taken)
         if path in new_paths:
@@ -120,6 +127,12 @@ def plan_revert(
     vm = _vm(view, vm_name)
     vm.check_idle()
     snap = vm.snapshot(name)
+    broken = vm.broken_snapshots().get(name)
+    if broken:
+        raise Refused(
+            f"snapshot {name!r} is broken: an image of {', '.join(broken)} is gone (reconcile "
+            "recorded it), so it can't be reverted to; delete it to let it go"
+        )
     disks = sorted(snap.disks)
     overlays = dict(overlays or {})
     _check_overlay_disks(vm, disks, overlays)
@@ -177,7 +190,7 @@ def check_new_disk_chain(
         raise Refused(
             f"{chain[0]} is used by VM {', '.join(sorted(others))}; put an overlay over it instead"
         )
-    for other in view.vms.values():
+    for other in view.live_vms().values():
         for disk, active in other.disks.items():
             if active in chain[1:] and not (other.name == vm_name and active == replacing):
                 raise Refused(
@@ -257,6 +270,10 @@ def _plan_disk_delete(
 
     if other_holds:
         return metadata_only("; ".join(n.describe() for n in other_holds))
+    gone = [p for p in [frozen_path, *kept, *dag.chain(frozen_path)] if vm.images.get(p) is not None
+            and vm.images[p].missing]
+    if gone:  # a broken snapshot (reconcile recorded a file gone): nothing on disk can move
+        return metadata_only(f"{', '.join(dict.fromkeys(gone))} is gone")
     if frozen.owner is OwnerClass.READ_ONLY:
         return metadata_only(f"{frozen_path} is read-only")
     detached = [c for c in kept if dag.nodes[c].detached]
@@ -405,7 +422,9 @@ def plan_gc(
     for path in unneeded:
         if path in protected:
             continue
-        if dag.nodes[path].owner is OwnerClass.MANAGED:
+        if vm.images[path].missing:  # nothing on disk to delete: the ledger lets it go
+            steps.append(ReleaseImage(path))
+        elif dag.nodes[path].owner is OwnerClass.MANAGED:
             steps.append(DeleteFile(path))
         else:
             steps.append(ReleaseImage(path))

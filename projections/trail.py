@@ -78,6 +78,11 @@ def _summary(kind: str, data: dict[str, Any]) -> str:
         return f"{data['disk']}: {data['previous']} -> {data['path']}"
     if kind == "OperationFailed":
         return f"step {data['index']} failed: {data['error']}"
+    if kind == "Reconciled":
+        parts = [f"{len(data[k])} {k}" for k in ("observed", "found", "gone", "disowned") if data[k]]
+        return "reconciled with the disks: " + (", ".join(parts) or "nothing differed")
+    if kind == "Retired":
+        return "retired: no longer tracked"
     if kind == "OperationResumed":
         runner = data["runner"]
         return f"resumed by process {runner.get('pid')} on {runner.get('host')}"

@@ -66,6 +66,7 @@ class LedgerView:
         self._by_id[aggregate.id] = aggregate
         self.born[aggregate.id] = born
         if isinstance(aggregate, VirtualMachine):
+            # a name adopted again after `retire`: the newer VM (born later) is the one by name
             self.vms[aggregate.name] = aggregate
         elif isinstance(aggregate, ImageRegistration):
             self.registrations[aggregate.path] = aggregate
@@ -73,6 +74,10 @@ class LedgerView:
     def aggregates(self) -> dict[UUID, Aggregate]:
         """Every aggregate by id, in the order of their first events (read-only)."""
         return self._by_id
+
+    def live_vms(self) -> dict[str, VirtualMachine]:
+        """The VMs still tracked (not retired): the ones whose images are held."""
+        return {name: vm for name, vm in self.vms.items() if vm.retired is None}
 
     def users_of(self, path: str) -> set[str]:
         registration = self.registrations.get(path)
