@@ -82,9 +82,10 @@ class Context:
         """`show VM --json`'s text from the persisted projection, if it is current; else None."""
         if self._app is not None or self._ledger is not None:  # a ledger given (replay)
             return None
-        from .projection_store import default_store_url, stored_show_text
+        from .projection_store import stored_show_text
+        from .store_url import chosen_store_url
 
-        return stored_show_text(self.store or default_store_url(), vm)
+        return stored_show_text(chosen_store_url(self.store), vm)
 
 
 def after_command_options(command: F) -> F:

@@ -8,17 +8,18 @@ import os
 import socket
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 from snapledger.domain.ledger_hash import RecordedBy
 
 from .event_store import LedgerApplication
-from .projection_store import default_store_url
 from .qemu_img import QemuImgStorage
 from .service import Snapledger
+from .store_url import SQLITE, chosen_store_url, parse_store_url
 
 
 def store_url(explicit: str | None = None) -> str:
-    return explicit or os.environ.get("SNAPLEDGER_STORE") or default_store_url()
+    return chosen_store_url(explicit)
 
 
 def tool_version() -> str:
@@ -42,8 +43,13 @@ def recording_context(actor: str | None = None, reason: str | None = None) -> Re
 def open_store(
     url: str | None = None, actor: str | None = None, reason: str | None = None
 ) -> LedgerApplication:
-    """The event store alone (verify reads raw rows before anything folds them)."""
-    return LedgerApplication(store_url(url), recorded_by=recording_context(actor, reason))
+    """The event store alone (verify reads raw rows before anything folds them). A SQLite
+    ledger's folder is made if need be (persistence_env creates nothing)."""
+    chosen = store_url(url)
+    store = parse_store_url(chosen)
+    if store.kind == SQLITE:
+        Path(store.path).parent.mkdir(parents=True, exist_ok=True)
+    return LedgerApplication(chosen, recorded_by=recording_context(actor, reason))
 
 
 def open_ledger(

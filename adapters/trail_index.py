@@ -34,7 +34,7 @@ BATCH = 5_000
 
 def trail_index_for(app: LedgerApplication) -> TrailIndex | None:
     """The SQLite ledger's trail index (other stores compute the trail in memory)."""
-    from .projection_store import sqlite_file
+    from .store_url import sqlite_file
 
     path = sqlite_file(app.store_url)
     return TrailIndex(app, path) if path is not None else None
