@@ -9,8 +9,9 @@ from uuid import UUID
 from eventsourcing.application import Application
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Notification
+from eventsourcing.sqlite import SQLiteDatastore
 
-from snapledger.domain.errors import BadInput, LedgerDamaged
+from snapledger.domain.errors import BadInput, LedgerDamaged, StoreUnusable
 from snapledger.domain.ledger_hash import (
     ChainFinding,
     ChainRecord,
@@ -27,11 +28,12 @@ from .store_url import MEMORY, SQLITE, parse_store_url
 
 NOTIFICATION_BATCH = 20_000  # big batches keep per-query cost out of a rebuild
 CHAINED = "snapledger.adapters.ledger_chain"  # recorders that keep the hash chain
+QUICK_CHECK_LINES = 3  # what verify quotes of SQLite's findings on a damaged file
 
 
 def persistence_env(url: str) -> dict[str, str]:
     """Map a store URL (adapters/store_url.py) to eventsourcing's environment settings. Looks at
-    no file and creates none (the command line makes the default store's folder)."""
+    no file and creates none: adapters/store_probe.py decides what may be opened."""
     store = parse_store_url(url)
     if store.kind == MEMORY:
         return {"PERSISTENCE_MODULE": f"{CHAINED}:ChainedPOPOFactory"}
@@ -108,6 +110,20 @@ class LedgerApplication(Application[UUID]):
 
     def has_vm(self, name: str) -> bool:
         return bool(self.recorder.select_events(vm_id(name), limit=1))
+
+    def check_file(self) -> None:
+        """SQLite's own check of the ledger file (`PRAGMA quick_check`, which reads every page):
+        damage no command happened to read yet. StoreUnusable (exit 1) if it finds any."""
+        datastore = getattr(self.recorder, "datastore", None)
+        if not isinstance(datastore, SQLiteDatastore) or datastore.pool.is_sqlite_memory_mode:
+            return
+        with datastore.transaction(commit=False) as cursor:
+            cursor.execute(f"PRAGMA quick_check({QUICK_CHECK_LINES})")
+            found = [str(row[0]) for row in cursor.fetchall()]
+        if found != ["ok"]:
+            raise StoreUnusable(
+                f"store {datastore.pool.db_name} is damaged (SQLite's check: {'; '.join(found)})"
+            )
 
     def _decoded(self, notification: Notification) -> DomainEventProtocol[UUID]:
         try:

@@ -2,7 +2,7 @@
 
 Light on purpose: the standard library and domain/errors.py only, so that the fast path of
 `snapledger show VM --json` can use it before eventsourcing is imported. Parsing looks at no
-file.
+file; what is at a SQLite path is adapters/store_probe.py's business.
 """
 
 from __future__ import annotations

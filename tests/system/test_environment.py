@@ -1,19 +1,32 @@
-"""A broken environment is one line on stderr, never a traceback.
+"""A broken environment is one line on stderr, never a traceback, and reading creates nothing.
 
-Every case runs the real command line in a process of its own, with a HOME of its own.
+Every case runs the real command line in a process of its own, with a HOME of its own: malformed
+store URLs, stores that aren't there, damaged or foreign ledger files, a ledger the system won't
+let us write, and a failure nothing foresaw.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from postgres_server import postgres_server
+from qemu_helpers import make_image
+
+from snapledger.adapters.event_store import LedgerApplication
+from snapledger.adapters.service import Snapledger
+from snapledger.adapters.simulated_storage import CLUSTER, SimulatedStorage
 
 CLI = [sys.executable, "-m", "snapledger.adapters.cli"]
+DISK = "/images/vm.qcow2"  # the simulated ledgers' disk: no command below gets to open it
 
 
 class Run:
@@ -55,9 +68,35 @@ def everything_under(folder: Path) -> list[Path]:
     return sorted(folder.rglob("*"))
 
 
+def simulated_ledger(path: Path) -> str:
+    """A real SQLite ledger (VM `vm`, snapshot `s1`) recorded over simulated disks; its WAL
+    folded into the file, so that damage done to the file is all there is."""
+    url = f"sqlite:///{path}"
+    storage = SimulatedStorage()
+    storage.make_image(DISK, 16 * CLUSTER, {0: 0x01})
+    ledger = Snapledger(LedgerApplication(url), storage)
+    ledger.adopt("vm", {"vda": DISK})
+    ledger.snapshot("vm", "s1")
+    ledger.app.close()
+    del ledger
+    settle(path)
+    return url
+
+
+def settle(path: Path) -> None:
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.execute("PRAGMA journal_mode=DELETE")
+    con.close()
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 # ---- 1. store URLs -----------------------------------------------------------------------------
 
-MALFORMED = ["sqlite:////", "sqlite:////tmp/a%00b",
+MALFORMED = ["sqlite:////", "sqlite:////dev/null", "sqlite:////tmp/a%00b",
              "postgresql://u@127.0.0.1:99999/db", "postgresql://u@127.0.0.1:http/db", "",
              "sqlite://no-third-slash", "mysql://u@h/db", "sqlite:////tmp/mode=memory.sqlite"]
 
@@ -70,6 +109,207 @@ def test_a_malformed_store_url_is_one_line_exit_2(url: str, env: dict[str, str |
     assert everything_under(tmp_path / "home") == []  # --store '' never meant the default store
 
 
+def test_a_directory_is_no_store(env: dict[str, str | bytes], tmp_path: Path) -> None:
+    for command in (["list"], ["recover"]):
+        fails(snapledger("--store", f"sqlite:///{tmp_path}", *command, env=env), 2, str(tmp_path), "directory")
+
+
 def test_a_bad_url_never_shows_its_password(env: dict[str, str | bytes]) -> None:
     line = fails(snapledger("--store", "postgresql://u:s3cret@h:99999/db", "list", env=env), 2)
     assert "s3cret" not in line and "***" in line
+
+
+# ---- 2. reading creates nothing ------------------------------------------------------------------
+
+READING = [  # (command, exit code on an empty ledger)
+    (["list"], 0), (["list", "--json"], 0), (["show", "vm"], 2), (["show", "vm", "--json"], 2),
+    (["tree", "vm"], 2), (["log"], 0), (["log", "--json"], 0), (["log", "vm"], 2),
+    (["explain", "vm", "/images/x"], 2), (["export"], 0), (["export", "--format", "dot"], 0),
+    (["verify"], 0), (["diff", "vm", "0", "1"], 2), (["show", "vm", "--at-event", "1"], 2),
+    (["delete", "vm", "s1", "--dry-run"], 2), (["gc", "--dry-run"], 0),
+    (["snapshot", "vm", "s1", "--dry-run"], 2),
+]
+
+
+@pytest.mark.parametrize(("where", "variable"), [("default", None), ("xdg", "XDG_DATA_HOME"), ("url", "SNAPLEDGER_STORE")])
+def test_reading_a_store_that_is_not_there_creates_nothing(
+    where: str, variable: str | None, env: dict[str, str | bytes], tmp_path: Path
+) -> None:
+    if variable == "XDG_DATA_HOME":
+        env[variable] = str(tmp_path / "home" / "data")
+    elif variable == "SNAPLEDGER_STORE":
+        env[variable] = f"sqlite:///{tmp_path}/home/nonexistent-dir/x.sqlite"
+    for command, code in READING:
+        done = snapledger(*command, env=env)
+        if code:
+            fails(done, code)
+        else:
+            assert done.code == 0 and done.err == "", (command, done.err)
+    assert json.loads(snapledger("list", "--json", env=env).out) == []
+    assert json.loads(snapledger("log", "--json", env=env).out) == []
+    assert "ok" in snapledger("verify", env=env).out
+    assert everything_under(tmp_path / "home") == []
+
+
+def test_replay_creates_no_store(env: dict[str, str | bytes], tmp_path: Path) -> None:
+    export = tmp_path / "empty.jsonl"
+    export.write_bytes(snapledger("--store", "memory:", "export", env=env).out_bytes)
+    assert snapledger("replay", str(export), "list", env=env).code == 0
+    assert everything_under(tmp_path / "home") == []
+
+
+def test_a_writing_command_creates_the_default_store(env: dict[str, str | bytes], tmp_path: Path) -> None:
+    disk = make_image(tmp_path / "vm.qcow2", 16 * CLUSTER)
+    assert snapledger("adopt", "vm", "--disk", f"vda={disk}", env=env).code == 0
+    assert (tmp_path / "home" / ".local" / "share" / "snapledger" / "ledger.sqlite").is_file()
+    assert json.loads(snapledger("list", "--json", env=env).out)[0]["vm"] == "vm"
+
+
+def test_a_writing_command_wants_the_directory_of_a_store_it_is_given(
+    env: dict[str, str | bytes], tmp_path: Path
+) -> None:
+    disk = make_image(tmp_path / "vm.qcow2", 16 * CLUSTER)
+    store = tmp_path / "nowhere" / "l.sqlite"
+    done = snapledger("--store", f"sqlite:///{store}", "adopt", "vm", "--disk", f"vda={disk}", env=env)
+    fails(done, 2, str(store.parent), "does not exist")
+    assert not store.parent.exists()
+
+
+def test_reading_an_empty_postgres_database_creates_no_tables(env: dict[str, str | bytes], tmp_path: Path) -> None:
+    import psycopg
+
+    def tables(url: str) -> list[str]:
+        with psycopg.connect(url) as con:
+            return [r[0] for r in con.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+
+    with postgres_server() as url:
+        for command, code in READING:
+            assert snapledger("--store", url, *command, env=env).code == code, command
+        assert tables(url) == []
+        disk = make_image(tmp_path / "vm.qcow2", 16 * CLUSTER)
+        assert snapledger("--store", url, "adopt", "vm", "--disk", f"vda={disk}", env=env).code == 0
+        assert "snapledger_events" in tables(url)
+        assert json.loads(snapledger("--store", url, "list", "--json", env=env).out)[0]["vm"] == "vm"
+
+
+# ---- 3. a store that is not a ledger, or a damaged one ---------------------------------------------
+
+ON_ANY_STORE = [["list"], ["show", "vm", "--json"], ["show", "vm"], ["log"], ["export"], ["verify"],
+                ["snapshot", "vm", "s9"], ["recover"]]
+
+
+def damaged(kind: str, path: Path) -> str:
+    """`path` made into a store of `kind`; what the error line says about it."""
+    if kind == "empty":
+        path.write_bytes(b"")
+        return "empty file"
+    if kind == "random":
+        path.write_bytes(os.urandom(8192))
+        return "not a SQLite database"
+    if kind == "foreign":
+        con = sqlite3.connect(path)
+        con.execute("CREATE TABLE invoices (n INTEGER)")
+        con.commit()
+        con.close()
+        return "not a snapledger ledger (its tables: invoices)"
+    simulated_ledger(path)
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size // 2)
+    return "malformed"
+
+
+@pytest.mark.parametrize("kind", ["empty", "random", "foreign", "truncated"])
+def test_a_store_that_is_no_ledger_is_one_line_exit_1_and_stays_as_it_was(
+    kind: str, env: dict[str, str | bytes], tmp_path: Path
+) -> None:
+    store = tmp_path / "l.sqlite"
+    says = damaged(kind, store)
+    before = digest(store)
+    env["SNAPLEDGER_STORE"] = f"sqlite:///{store}"
+    for command in ON_ANY_STORE:
+        fails(snapledger(*command, env=env), 1, str(store), says)
+    assert digest(store) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "l.sqlite"]
+
+
+def test_verify_finds_damage_no_other_command_read(env: dict[str, str | bytes], tmp_path: Path) -> None:
+    store = tmp_path / "l.sqlite"
+    env["SNAPLEDGER_STORE"] = simulated_ledger(store)
+    with sqlite3.connect(store) as con:
+        (page_size,) = con.execute("PRAGMA page_size").fetchone()
+        (root,) = con.execute(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'sqlite_autoindex_stored_events_1'"
+        ).fetchone()
+    with open(store, "r+b") as handle:  # the events' primary key index: listing never reads it
+        handle.seek((root - 1) * page_size)
+        handle.write(b"\xff" * 64)
+    assert snapledger("list", env=env).code == 0
+    fails(snapledger("verify", env=env), 1, str(store), "damaged")
+
+
+def test_a_blank_sqlite_file_reads_as_an_empty_ledger_and_becomes_one(
+    env: dict[str, str | bytes], tmp_path: Path
+) -> None:
+    store = tmp_path / "l.sqlite"
+    con = sqlite3.connect(store)
+    con.execute("PRAGMA user_version = 1")  # a valid database without a single table
+    con.close()
+    before = digest(store)
+    env["SNAPLEDGER_STORE"] = f"sqlite:///{store}"
+    assert json.loads(snapledger("list", "--json", env=env).out) == []
+    assert digest(store) == before
+    disk = make_image(tmp_path / "vm.qcow2", 16 * CLUSTER)
+    assert snapledger("adopt", "vm", "--disk", f"vda={disk}", env=env).code == 0
+
+
+def without_dac_override() -> list[str]:
+    """A prefix that makes root subject to file permissions (as everyone else is)."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: file permissions can't be tested")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner", "--"]
+
+
+def test_a_ledger_the_system_won_t_let_us_use_is_one_line_exit_1(env: dict[str, str | bytes], tmp_path: Path) -> None:
+    store = tmp_path / "l.sqlite"
+    env["SNAPLEDGER_STORE"] = f"sqlite:///{store}"
+    disk = make_image(tmp_path / "vm.qcow2", 16 * CLUSTER)
+    assert snapledger("adopt", "vm", "--disk", f"vda={disk}", env=env).code == 0
+    recorded = snapledger("log", "--json", env=env).out
+    prefix = without_dac_override()
+
+    def run(*args: str) -> Run:
+        argv = [*prefix, *CLI, *args]
+        return Run(subprocess.run(argv, capture_output=True, env=env, timeout=120, check=False))  # type: ignore[arg-type]
+
+    store.chmod(0o444)
+    for command in (["list"], ["show", "vm"], ["log"], ["verify"]):  # a read-only ledger can be read
+        assert run(*command).code == 0, (command, run(*command).err)
+    fails(run("snapshot", "vm", "s2"), 1, str(store), "read")
+    store.chmod(0o000)
+    for command in (["list"], ["verify"], ["snapshot", "vm", "s2"]):
+        fails(run(*command), 1, str(store))
+    store.chmod(0o644)
+    assert snapledger("log", "--json", env=env).out == recorded
+    assert not (tmp_path / "vm.s2").exists()  # no overlay made for an operation not recorded
+
+
+# ---- 7. the last resort ---------------------------------------------------------------------------
+
+def test_an_unforeseen_failure_is_one_line_and_a_traceback_only_when_asked(
+    env: dict[str, str | bytes], tmp_path: Path
+) -> None:
+    folder = tmp_path / "inject"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(
+        "from snapledger.adapters import session\n"
+        "def _boom(self):\n"
+        "    raise LookupError('injected by the test')\n"
+        "session.Context.ledger_app = property(_boom)\n"
+    )
+    env = {**env, "PYTHONPATH": str(folder)}
+    fails(snapledger("list", env=env), 1, "unexpected failure (LookupError: injected by the test)")
+    debug = snapledger("list", env={**env, "SNAPLEDGER_DEBUG": "1"})
+    assert debug.code == 1 and "Traceback" in debug.err
+    assert debug.err.strip().splitlines()[-1] == "snapledger: error: unexpected failure (LookupError: injected by the test)"
