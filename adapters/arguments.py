@@ -1,11 +1,37 @@
-"""The command line's arguments, read without click: DISK=PATH pairs, files, replay's command."""
+"""What the command line checks in its arguments before any command runs (click-free: cli.py
+hooks these into click)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from snapledger.domain.errors import BadInput
 from snapledger.domain.names import check_disk_target
+
+
+def check_text(name: str, values: Iterable[object]) -> None:
+    """Arguments must be text. Python hands over bytes that aren't UTF-8 (a file name in
+    Latin-1, garbage pasted into --reason) as lone surrogates, which no ledger, JSON document
+    or terminal can carry: refuse them (exit 2) before anything is recorded."""
+    for value in values:
+        if isinstance(value, str) and not _encodable(value):
+            raise BadInput(f"{name} is not valid UTF-8 text ({_as_bytes(value)}); nothing was done")
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _as_bytes(value: str) -> str:
+    try:
+        return repr(value.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        return ascii(value)
 
 
 def pairs(values: tuple[str, ...], option: str) -> dict[str, str]:

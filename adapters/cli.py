@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from snapledger.domain.errors import (
     BadInput,
@@ -27,7 +28,7 @@ from snapledger.domain.errors import (
     UnknownVm,
 )
 
-from .arguments import pairs, read_file, replay_command
+from .arguments import check_text, pairs, read_file, replay_command
 from .session import READING_COMMANDS, Context
 
 # Only click and the lines above are imported at start: `show VM --json` answers from the
@@ -59,6 +60,7 @@ def after_command_options(command: F) -> F:
 
     def remember(ctx: click.Context, param: click.Parameter, value: object) -> object:
         if value:
+            check_text(_param_name(ctx, param), [value])
             setattr(ctx.find_object(Context), str(param.name), value)
         return value
 
@@ -67,6 +69,41 @@ def after_command_options(command: F) -> F:
     return click.option(
         "--json", "as_json", is_flag=True, expose_value=False, callback=remember, help="JSON output"
     )(command)
+
+
+def _param_name(ctx: click.Context, param: click.Parameter) -> str:
+    """How an error names a parameter: `--reason`, `VM`, or the variable it came from."""
+    if param.name and ctx.get_parameter_source(param.name) == ParameterSource.ENVIRONMENT:
+        return str(param.envvar)
+    if isinstance(param, click.Option):
+        return max(param.opts, key=len)
+    return param.human_readable_name
+
+
+def _check_params(ctx: click.Context) -> None:
+    for param in ctx.command.get_params(ctx):
+        value = ctx.params.get(param.name or "")
+        if value is None or param.type is click.UNPROCESSED:  # replay's command checks its own
+            continue
+        check_text(_param_name(ctx, param), value if isinstance(value, tuple) else [value])
+
+
+class CheckedCommand(click.Command):
+    """A command whose arguments are checked as text once parsed (adapters/arguments.py)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest = super().parse_args(ctx, args)
+        _check_params(ctx)
+        return rest
+
+
+class CheckedGroup(click.Group):
+    command_class = CheckedCommand
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest = super().parse_args(ctx, args)
+        _check_params(ctx)
+        return rest
 
 
 def reads_only(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
@@ -80,7 +117,7 @@ def reads_only(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
 dry_run_option = click.option("--dry-run", is_flag=True, callback=reads_only, help="Show the plan; change nothing.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=CheckedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", envvar="SNAPLEDGER_STORE", help="Store URL (sqlite:////abs/path, postgresql://...).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--actor", envvar="SNAPLEDGER_ACTOR", help="Who acts (recorded with every event).")

@@ -1,8 +1,8 @@
 """A broken environment is one line on stderr, never a traceback, and reading creates nothing.
 
 Every case runs the real command line in a process of its own, with a HOME of its own: malformed
-store URLs, stores that aren't there, damaged or foreign ledger files, a ledger the system won't
-let us write, and a failure nothing foresaw.
+store URLs, stores that aren't there, damaged or foreign ledger files, arguments that aren't
+UTF-8, a ledger the system won't let us write, and a failure nothing foresaw.
 """
 
 from __future__ import annotations
@@ -293,6 +293,47 @@ def test_a_ledger_the_system_won_t_let_us_use_is_one_line_exit_1(env: dict[str, 
     store.chmod(0o644)
     assert snapledger("log", "--json", env=env).out == recorded
     assert not (tmp_path / "vm.s2").exists()  # no overlay made for an operation not recorded
+
+
+# ---- 4. arguments that aren't UTF-8 ------------------------------------------------------------------
+
+UNDECODABLE = [  # (argv, what the message names)
+    ([b"--reason", b"\xff\xfe", b"snapshot", b"vm", b"s2"], "--reason"),
+    ([b"snapshot", b"vm", b"s2", b"--reason", b"caf\xe9"], "--reason"),
+    ([b"--actor", b"\xc3", b"snapshot", b"vm", b"s2"], "--actor"),
+    ([b"snapshot", b"vm", b"s2", b"--actor", b"\x80"], "--actor"),
+    ([b"snapshot", b"vm", b"s2", b"--description", b"\xe9t\xe9"], "--description"),
+    ([b"snapshot", b"v\xffm", b"s2"], "VM"),
+    ([b"snapshot", b"vm", b"s\xff"], "NAME"),
+    ([b"show", b"v\xffm", b"--json"], "VM"),
+    ([b"adopt", b"other", b"--disk", b"vda=/images/\xff.qcow2"], "--disk"),
+    ([b"snapshot", b"vm", b"s2", b"--overlay", b"vda=/images/\xfe"], "--overlay"),
+    ([b"swap-disk", b"vm", b"vda", b"/images/\xff"], "PATH"),
+    ([b"explain", b"vm", b"/images/\xff"], "PATH"),
+    ([b"--store", b"sqlite:////tmp/\xff.sqlite", b"list"], "--store"),
+]
+
+
+@pytest.fixture(scope="module")
+def shared_ledger(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One simulated ledger for the tests that must not record anything in it."""
+    return simulated_ledger(tmp_path_factory.mktemp("shared") / "l.sqlite")
+
+
+@pytest.mark.parametrize(("argv", "named"), UNDECODABLE)
+def test_an_argument_that_is_not_utf8_is_refused_and_nothing_recorded(
+    argv: list[bytes], named: str, env: dict[str, str | bytes], shared_ledger: str
+) -> None:
+    env["SNAPLEDGER_STORE"] = shared_ledger
+    before = snapledger("log", "--json", env=env).out
+    fails(snapledger(*argv, env=env), 2, named, "not valid UTF-8")
+    assert snapledger("log", "--json", env=env).out == before
+
+
+def test_an_actor_from_the_environment_that_is_not_utf8_is_named(env: dict[str, str | bytes], shared_ledger: str) -> None:
+    env["SNAPLEDGER_STORE"] = shared_ledger
+    env["SNAPLEDGER_ACTOR"] = b"\xffops"
+    fails(snapledger("snapshot", "vm", "s2", env=env), 2, "SNAPLEDGER_ACTOR", "not valid UTF-8")
 
 
 # ---- 7. the last resort ---------------------------------------------------------------------------
