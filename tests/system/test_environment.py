@@ -2,7 +2,8 @@
 
 Every case runs the real command line in a process of its own, with a HOME of its own: malformed
 store URLs, stores that aren't there, damaged or foreign ledger files, arguments that aren't
-UTF-8, a ledger the system won't let us write, and a failure nothing foresaw.
+UTF-8, terminal control characters in what users wrote, a ledger the system won't let us write,
+and a failure nothing foresaw.
 """
 
 from __future__ import annotations
@@ -334,6 +335,46 @@ def test_an_actor_from_the_environment_that_is_not_utf8_is_named(env: dict[str, 
     env["SNAPLEDGER_STORE"] = shared_ledger
     env["SNAPLEDGER_ACTOR"] = b"\xffops"
     fails(snapledger("snapshot", "vm", "s2", env=env), 2, "SNAPLEDGER_ACTOR", "not valid UTF-8")
+
+
+# ---- 5. terminal control characters and markup -------------------------------------------------------
+
+STEERING = "\x1b[31mred\x07 \x1b]0;pwned\x07 \r\x08 \u009b2J \u202eevil"
+
+
+def steers(text: str) -> list[str]:
+    """Characters in `text` that steer a terminal (newlines and tabs of the layout are fine)."""
+    return [c for c in text if (ord(c) < 0x20 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F or c == "\u202e"]
+
+
+def test_what_users_wrote_reaches_the_terminal_escaped_and_json_exact(
+    env: dict[str, str | bytes], tmp_path: Path
+) -> None:
+    env["SNAPLEDGER_STORE"] = f"sqlite:///{tmp_path}/l.sqlite"
+    env["COLUMNS"] = "1000"  # table cells on one line each, to look for the escapes in them
+    disk = make_image(tmp_path / "vm.qcow2", 16 * CLUSTER)
+    assert snapledger("adopt", "vm", "--disk", f"vda={disk}", env=env).code == 0
+    reason, actor = f"{STEERING} [bold red]x[/] :smile:", f"ops{STEERING}"
+    done = snapledger("--reason", reason, "--actor", actor, "snapshot", "vm", "s1",
+                      "--description", STEERING, env=env)
+    assert done.code == 0, done.err
+    human = {
+        "log": snapledger("log", env=env), "show": snapledger("show", "vm", env=env),
+        "tree": snapledger("tree", "vm", env=env), "images": snapledger("tree", "vm", "--images", env=env),
+        "diff": snapledger("diff", "vm", "0", str(len(json.loads(snapledger("log", "--json", env=env).out))), env=env),
+        "explain": snapledger("explain", "vm", disk, env=env),
+        "plan": snapledger("delete", "vm", "s1", "--dry-run", env=env),
+        "error": snapledger("swap-disk", "vm", "vda", f"/images/{STEERING}", env=env),
+    }
+    for name, run in human.items():
+        assert steers(run.out + run.err) == [], (name, run.out, run.err)
+    log = human["log"].out
+    assert "\\x1b[31mred\\x07" in log and "[bold red]x[/] :smile:" in log and "ops\\x1b" in log
+    assert "\\u202eevil" in log
+    fails(human["error"], 2, "\\x1b[31mred")
+    entry = json.loads(snapledger("log", "--json", env=env).out)[-1]
+    assert (entry["reason"], entry["actor"]) == (reason, actor)
+    assert b"\x1b" not in snapledger("log", "--json", env=env).out_bytes  # JSON escapes it
 
 
 # ---- 7. the last resort ---------------------------------------------------------------------------
