@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from snapledger.domain.ledger_hash import RecordedBy
 
+from . import extras
 from .event_store import LedgerApplication
 from .qemu_img import QemuImgStorage
 from .service import Snapledger
@@ -54,6 +55,8 @@ def open_store(
         if found == ABSENT:
             default = url is None and not os.environ.get("SNAPLEDGER_STORE")
             check_directory(store.path, create=default)
+    elif store.kind == POSTGRES:
+        extras.require(extras.POSTGRES)
     app = LedgerApplication(chosen, env={"CREATE_TABLE": "no"} if reading else None, recorded_by=recorded_by)
     if reading and store.kind == POSTGRES and not app.recorder.has_tables():  # type: ignore[attr-defined]
         app.close()

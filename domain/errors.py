@@ -93,6 +93,16 @@ class StoreUnusable(SnapledgerError):
     refused to read or write it (exit 1). The tool's own trouble, never drift."""
 
 
+class MissingExtra(SnapledgerError):
+    """An optional part (libvirt-python, psycopg) is not importable (exit 1)."""
+
+    def __init__(self, what: str, extra: str, error: BaseException) -> None:
+        super().__init__(
+            f"{what} is needed and can't be imported ({type(error).__name__}: {error}); "
+            f"install it with: pip install 'snapledger[{extra}]'"
+        )
+
+
 class StorageError(SnapledgerError):
     """A storage adapter could not carry out a step (exit 1)."""
 

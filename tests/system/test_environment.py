@@ -2,8 +2,8 @@
 
 Every case runs the real command line in a process of its own, with a HOME of its own: malformed
 store URLs, stores that aren't there, damaged or foreign ledger files, arguments that aren't
-UTF-8, terminal control characters in what users wrote, a ledger the system won't let us write,
-and a failure nothing foresaw.
+UTF-8, terminal control characters in what users wrote, optional extras that can't be imported,
+a ledger the system won't let us write, and a failure nothing foresaw.
 """
 
 from __future__ import annotations
@@ -377,6 +377,67 @@ def test_what_users_wrote_reaches_the_terminal_escaped_and_json_exact(
     assert b"\x1b" not in snapledger("log", "--json", env=env).out_bytes  # JSON escapes it
 
 
+# ---- 6. optional extras that can't be imported ---------------------------------------------------
+
+@pytest.fixture
+def broken_extras(tmp_path: Path) -> Path:
+    """A folder that, first on PYTHONPATH, makes `import libvirt` and `import psycopg` fail."""
+    folder = tmp_path / "broken"
+    (folder / "psycopg").mkdir(parents=True)
+    (folder / "libvirt.py").write_text('raise ImportError("libvirt made unimportable by the test")\n')
+    (folder / "psycopg" / "__init__.py").write_text('raise ImportError("psycopg made unimportable by the test")\n')
+    return folder
+
+
+def with_path(env: dict[str, str | bytes], folder: Path) -> dict[str, str | bytes]:
+    return {**env, "PYTHONPATH": str(folder)}
+
+
+@pytest.mark.parametrize("module", ["libvirt", "psycopg"])
+def test_the_broken_extras_really_fail_to_import(module: str, broken_extras: Path, env: dict[str, str | bytes]) -> None:
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
+                          env=with_path(env, broken_extras), check=False)  # type: ignore[arg-type]
+    assert done.returncode != 0 and "made unimportable by the test" in done.stderr
+
+
+def libvirt_ledger(path: Path) -> str:
+    """A ledger holding the libvirt domain `web` (adopted through the in-memory libvirt)."""
+    from libvirt_fake import FakeLibvirt
+
+    from snapledger.adapters.libvirt_hypervisor import LibvirtHypervisor, adopt_libvirt
+
+    storage = SimulatedStorage()
+    storage.make_image(DISK, 16 * CLUSTER, {0: 0x01})
+    fake = FakeLibvirt(storage)
+    fake.add("web", {"vda": DISK})
+    hypervisor = LibvirtHypervisor(lambda _uri: fake, sleep=lambda _s: None)
+    url = f"sqlite:///{path}"
+    ledger = Snapledger(LedgerApplication(url), storage, hypervisor=hypervisor)
+    adopt_libvirt(ledger, hypervisor, "web", fake.uri)
+    ledger.app.close()
+    return url
+
+
+def test_without_libvirt_python_a_libvirt_command_names_the_extra(
+    broken_extras: Path, env: dict[str, str | bytes], tmp_path: Path
+) -> None:
+    env = with_path(env, broken_extras)
+    env["SNAPLEDGER_STORE"] = libvirt_ledger(tmp_path / "l.sqlite")
+    before = snapledger("log", "--json", env=env).out
+    for command in (["adopt", "other", "--libvirt"], ["snapshot", "web", "s1"], ["verify", "web"],
+                    ["delete", "web", "nope", "--dry-run"]):
+        fails(snapledger(*command, env=env), 1, "pip install 'snapledger[libvirt]'")
+    assert snapledger("log", "--json", env=env).out == before
+    assert snapledger("show", "web", env=env).code == 0  # reading needs no libvirt
+
+
+def test_without_psycopg_a_postgres_store_names_the_extra(broken_extras: Path, env: dict[str, str | bytes]) -> None:
+    env = with_path(env, broken_extras)
+    for command in (["list"], ["show", "vm", "--json"], ["adopt", "vm", "--disk", "vda=/images/x"]):
+        fails(snapledger("--store", "postgresql://u@127.0.0.1:5432/db", *command, env=env), 1,
+              "pip install 'snapledger[postgres]'")
+
+
 # ---- 7. the last resort ---------------------------------------------------------------------------
 
 def test_an_unforeseen_failure_is_one_line_and_a_traceback_only_when_asked(
@@ -390,7 +451,7 @@ def test_an_unforeseen_failure_is_one_line_and_a_traceback_only_when_asked(
         "    raise LookupError('injected by the test')\n"
         "session.Context.ledger_app = property(_boom)\n"
     )
-    env = {**env, "PYTHONPATH": str(folder)}
+    env = with_path(env, folder)
     fails(snapledger("list", env=env), 1, "unexpected failure (LookupError: injected by the test)")
     debug = snapledger("list", env={**env, "SNAPLEDGER_DEBUG": "1"})
     assert debug.code == 1 and "Traceback" in debug.err
