@@ -1,21 +1,23 @@
 """The `snapledger` command: a thin click layer over the service (contract: shared/design/cli.md).
 
 Each command parses its arguments, calls one service method, and hands the result to `output`.
-User mistakes print one line `snapledger: error: ...` on stderr and exit with the code of
-semantics.md; they never show a traceback.
+Errors print one line `snapledger: error: ...` on stderr and exit with the code of semantics.md:
+a user's mistake, a broken store, a missing extra, and (as a last resort, `main`) anything
+unexpected. None shows a traceback unless SNAPLEDGER_DEBUG=1.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import re
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from snapledger.domain.errors import (
     BadInput,
@@ -25,7 +27,9 @@ from snapledger.domain.errors import (
     TamperFound,
     UnknownVm,
 )
-from snapledger.domain.names import check_disk_target
+
+from .arguments import check_text, pairs, read_file, replay_command
+from .session import READING_COMMANDS, Context
 
 # Only click and the lines above are imported at start: `show VM --json` answers from the
 # persisted projection before eventsourcing, rich or the domain are imported (about 60 ms
@@ -33,8 +37,6 @@ from snapledger.domain.names import check_disk_target
 # tests/unit/test_projection.py checks that importing this module stays light.
 if TYPE_CHECKING:
     from . import output
-    from .event_store import LedgerApplication
-    from .service import Snapledger
 else:
 
     class _Deferred(ModuleType):
@@ -52,47 +54,13 @@ class DriftReported(Refused):
     """verify found the ledger and the disks disagreeing (exit 3)."""
 
 
-class Context:
-    def __init__(self, store: str | None, as_json: bool, actor: str | None, reason: str | None):
-        self.store = store
-        self.as_json = as_json
-        self.actor = actor
-        self.reason = reason
-        self._ledger: Snapledger | None = None
-        self._app: LedgerApplication | None = None
-
-    @property
-    def ledger_app(self) -> LedgerApplication:
-        """The store alone, without folding the ledger (verify reads raw rows first)."""
-        if self._app is None:
-            from .compose import open_store
-
-            self._app = open_store(self.store, self.actor, self.reason)
-        return self._app
-
-    @property
-    def ledger(self) -> Snapledger:
-        if self._ledger is None:
-            from .compose import open_ledger
-
-            self._ledger = open_ledger(self.ledger_app, output.MergeProgress())
-        return self._ledger
-
-    def stored_show_text(self, vm: str) -> str | None:
-        """`show VM --json`'s text from the persisted projection, if it is current; else None."""
-        if self._app is not None or self._ledger is not None:  # a ledger given (replay)
-            return None
-        from .projection_store import default_store_url, stored_show_text
-
-        return stored_show_text(self.store or default_store_url(), vm)
-
-
 def after_command_options(command: F) -> F:
     """`--json`, `--actor` and `--reason` are accepted after the command too
     (`snapledger show vm --json`, `snapledger snapshot vm s1 --reason "before upgrade"`)."""
 
     def remember(ctx: click.Context, param: click.Parameter, value: object) -> object:
         if value:
+            check_text(_param_name(ctx, param), [value])
             setattr(ctx.find_object(Context), str(param.name), value)
         return value
 
@@ -103,28 +71,53 @@ def after_command_options(command: F) -> F:
     )(command)
 
 
-def pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
-    """`vda=PATH` pairs."""
-    out: dict[str, str] = {}
-    for value in values:
-        disk, sep, path = value.partition("=")
-        if not sep or not path:
-            raise BadInput(f"{option} takes DISK=PATH, got {value!r}")
-        check_disk_target(disk)
-        if disk in out:
-            raise BadInput(f"{option} names disk {disk!r} twice")
-        out[disk] = path
-    return out
+def _param_name(ctx: click.Context, param: click.Parameter) -> str:
+    """How an error names a parameter: `--reason`, `VM`, or the variable it came from."""
+    if param.name and ctx.get_parameter_source(param.name) == ParameterSource.ENVIRONMENT:
+        return str(param.envvar)
+    if isinstance(param, click.Option):
+        return max(param.opts, key=len)
+    return param.human_readable_name
 
 
-def read_file(path: str, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as error:
-        raise BadInput(f"can't read {what} {path}: {error.strerror}") from None
+def _check_params(ctx: click.Context) -> None:
+    for param in ctx.command.get_params(ctx):
+        value = ctx.params.get(param.name or "")
+        if value is None or param.type is click.UNPROCESSED:  # replay's command checks its own
+            continue
+        check_text(_param_name(ctx, param), value if isinstance(value, tuple) else [value])
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class CheckedCommand(click.Command):
+    """A command whose arguments are checked as text once parsed (adapters/arguments.py)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest = super().parse_args(ctx, args)
+        _check_params(ctx)
+        return rest
+
+
+class CheckedGroup(click.Group):
+    command_class = CheckedCommand
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest = super().parse_args(ctx, args)
+        _check_params(ctx)
+        return rest
+
+
+def reads_only(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """--dry-run's callback: the command then only reads (READING_COMMANDS)."""
+    context = ctx.find_object(Context)
+    if value and context is not None:
+        context.reading = True
+    return value
+
+
+dry_run_option = click.option("--dry-run", is_flag=True, callback=reads_only, help="Show the plan; change nothing.")
+
+
+@click.group(cls=CheckedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", envvar="SNAPLEDGER_STORE", help="Store URL (sqlite:////abs/path, postgresql://...).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--actor", envvar="SNAPLEDGER_ACTOR", help="Who acts (recorded with every event).")
@@ -133,8 +126,10 @@ def read_file(path: str, what: str) -> bytes:
 @click.pass_context
 def cli(ctx: click.Context, store: str | None, as_json: bool, actor: str | None, reason: str | None) -> None:
     """Keep the complete history of external VM disk snapshots; revert to and delete any of them."""
-    if not isinstance(ctx.obj, Context):  # replay passes the replayed ledger's context in
-        ctx.obj = Context(store, as_json, actor, reason)
+    c = ctx.ensure_object(Context)
+    if not c.fixed:  # replay passes the replayed ledger's context in
+        c.store, c.as_json, c.actor, c.reason = store, as_json, actor, reason
+        c.reading = ctx.invoked_subcommand in READING_COMMANDS
 
 
 pass_context = click.make_pass_decorator(Context)
@@ -192,7 +187,7 @@ def adopt(
 @click.option("--exclude", "excluded", multiple=True, metavar="DISK")
 @click.option("--xml", "xml_path", metavar="SNAPSHOT.xml", help="libvirt <domainsnapshot> XML.")
 @click.option("--description")
-@click.option("--dry-run", is_flag=True)
+@dry_run_option
 @after_command_options
 @pass_context
 def snapshot(
@@ -223,7 +218,7 @@ def snapshot(
 @click.option("--overlay", "overlays", multiple=True, metavar="vda=PATH")
 @click.option("--xml", "xml_path", metavar="REVERT.xml", help="The RFC's <domainsnapshotrevert>.")
 @click.option("--running", is_flag=True, help="Start the libvirt domain again afterwards.")
-@click.option("--dry-run", is_flag=True)
+@dry_run_option
 @after_command_options
 @pass_context
 def revert(
@@ -257,7 +252,7 @@ def swap_disk(c: Context, vm: str, disk: str, path: str) -> None:
 @click.argument("name")
 @click.option("--strategy", type=click.Choice(["auto", "commit", "pull"]), default="auto")
 @click.option("--branches", type=click.Choice(["forbid", "pull", "keep"]), default="forbid")
-@click.option("--dry-run", is_flag=True)
+@dry_run_option
 @after_command_options
 @pass_context
 def delete(c: Context, vm: str, name: str, strategy: str, branches: str, dry_run: bool) -> None:
@@ -269,7 +264,7 @@ def delete(c: Context, vm: str, name: str, strategy: str, branches: str, dry_run
 @cli.command()
 @click.argument("vm", required=False)
 @click.option("--include-detached", is_flag=True)
-@click.option("--dry-run", is_flag=True)
+@dry_run_option
 @after_command_options
 @pass_context
 def gc(c: Context, vm: str | None, include_detached: bool, dry_run: bool) -> None:
@@ -310,6 +305,7 @@ def verify(c: Context, vm: str | None, show_head: bool, expect_head: str | None)
     from snapledger.domain.ledger_hash import BEFORE_CHAIN
 
     app = c.ledger_app
+    app.check_file()  # damage in pages no command read yet: exit 1, as the store's trouble
     checked = app.check_chain(expect_head)
     notes = [str(f) for f in checked if f.kind == BEFORE_CHAIN]
     chain = [str(f) for f in checked if f.kind != BEFORE_CHAIN]
@@ -551,22 +547,6 @@ def export(c: Context, vm: str | None, fmt: str) -> None:
     output.emit_text(image_dag_dot(c.ledger.refresh(), vm))
 
 
-def replay_until(args: tuple[str, ...]) -> tuple[int | None, tuple[str, ...]]:
-    """`--until N` in front of the command is replay's own (`log --until T` is the command's)."""
-    if not args or not args[0].startswith("--until"):
-        return None, args
-    value, rest = (args[0].partition("=")[2], args[1:]) if "=" in args[0] else (
-        args[1] if len(args) > 1 else "", args[2:]
-    )
-    if not value.isdigit() or int(value) <= 0:
-        raise BadInput(f"--until takes a ledger position (1 or more), got {value!r}")
-    return int(value), rest
-
-
-REPLAY_COMMANDS = ("show", "tree", "log", "explain", "diff", "list", "export")
-REPLAY_DRY_RUN_COMMANDS = ("delete", "revert", "gc", "snapshot")
-
-
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, metavar="[--until N] COMMAND...")
@@ -578,15 +558,7 @@ def replay(c: Context, file: str, command: tuple[str, ...]) -> None:
     from .history_file import RecordedFactsStorage, read_export, replay_store
     from .service import Snapledger
 
-    until, command = replay_until(command)
-    if not command:
-        raise BadInput("replay needs a command to run, e.g. `replay FILE show VM`")
-    name = command[0]
-    if name not in REPLAY_COMMANDS + REPLAY_DRY_RUN_COMMANDS:
-        raise BadInput(f"replay runs read-only commands only ({', '.join(REPLAY_COMMANDS)}, or "
-                       f"{'/'.join(REPLAY_DRY_RUN_COMMANDS)} --dry-run), not {name!r}")
-    if name in REPLAY_DRY_RUN_COMMANDS and "--dry-run" not in command:
-        raise BadInput(f"replay runs {name} only with --dry-run")
+    until, command = replay_command(command)
     try:
         with open(file, encoding="utf-8") as handle:
             history = read_export(handle, file)
@@ -595,10 +567,9 @@ def replay(c: Context, file: str, command: tuple[str, ...]) -> None:
     except UnicodeDecodeError:
         raise BadInput(f"{file} is not a snapledger export (not UTF-8 text)") from None
     storage = RecordedFactsStorage()
-    replayed = Context(store=None, as_json=c.as_json, actor=None, reason=None)
-    replayed._app = replay_store(history, until)
-    replayed._ledger = Snapledger(replayed._app, storage)
-    storage.view = replayed._ledger.view
+    app = replay_store(history, until)
+    replayed = Context.given(app, Snapledger(app, storage), c.as_json)
+    storage.view = replayed.ledger.view
     cli.main(args=list(command), obj=replayed, prog_name="snapledger replay", standalone_mode=False)
 
 
@@ -610,8 +581,9 @@ def report(c: Context, plan: Any, dry_run: bool, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    session = Context()
     try:
-        cli.main(args=argv, prog_name="snapledger", standalone_mode=False)
+        cli.main(args=argv, prog_name="snapledger", standalone_mode=False, obj=session)
     except click.exceptions.Exit as done:
         return done.exit_code
     except click.exceptions.Abort:
@@ -625,7 +597,27 @@ def main(argv: list[str] | None = None) -> int:
         return error.exit_code
     except SystemExit as done:
         return int(done.code or 0)
+    except Exception as error:  # the last resort: never a traceback (unless asked for)
+        return unexpected(error, session.store_label())
     return 0
+
+
+def unexpected(error: Exception, store: str | None) -> int:
+    """One line for a failure nothing above foresaw: the store's own errors named as such
+    (adapters/failures.py), anything else as `unexpected failure (Type: message)`; exit 1.
+    SNAPLEDGER_DEBUG=1 shows the traceback too."""
+    if os.environ.get("SNAPLEDGER_DEBUG", "") not in ("", "0"):
+        import traceback
+
+        traceback.print_exception(error)
+    from .failures import describe
+
+    message = describe(error, store)
+    try:
+        output.error(message)
+    except Exception:  # rich itself broken: plain text, still one line
+        sys.stderr.write(f"snapledger: error: {message!r}\n")
+    return 1
 
 
 if __name__ == "__main__":

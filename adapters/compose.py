@@ -11,14 +11,12 @@ from importlib.metadata import PackageNotFoundError, version
 
 from snapledger.domain.ledger_hash import RecordedBy
 
+from . import extras
 from .event_store import LedgerApplication
-from .projection_store import default_store_url
 from .qemu_img import QemuImgStorage
 from .service import Snapledger
-
-
-def store_url(explicit: str | None = None) -> str:
-    return explicit or os.environ.get("SNAPLEDGER_STORE") or default_store_url()
+from .store_probe import ABSENT, LEDGER, check_directory, probe_sqlite
+from .store_url import POSTGRES, SQLITE, chosen_store_url, parse_store_url
 
 
 def tool_version() -> str:
@@ -40,10 +38,30 @@ def recording_context(actor: str | None = None, reason: str | None = None) -> Re
 
 
 def open_store(
-    url: str | None = None, actor: str | None = None, reason: str | None = None
+    url: str | None = None, actor: str | None = None, reason: str | None = None, reading: bool = False
 ) -> LedgerApplication:
-    """The event store alone (verify reads raw rows before anything folds them)."""
-    return LedgerApplication(store_url(url), recorded_by=recording_context(actor, reason))
+    """The event store alone (verify reads raw rows before anything folds them).
+
+    `reading`: the command only reads. A store that isn't there yet is then an empty ledger and
+    nothing is created: no directory, no file, no table. A writing command creates the ledger;
+    only the default store's directory is made for it (docs/decisions.md)."""
+    chosen = chosen_store_url(url)
+    store = parse_store_url(chosen)
+    recorded_by = recording_context(actor, reason)
+    if store.kind == SQLITE:
+        found = probe_sqlite(store.path)
+        if reading and found != LEDGER:
+            return LedgerApplication("memory:", recorded_by=recorded_by)
+        if found == ABSENT:
+            default = url is None and not os.environ.get("SNAPLEDGER_STORE")
+            check_directory(store.path, create=default)
+    elif store.kind == POSTGRES:
+        extras.require(extras.POSTGRES)
+    app = LedgerApplication(chosen, env={"CREATE_TABLE": "no"} if reading else None, recorded_by=recorded_by)
+    if reading and store.kind == POSTGRES and not app.recorder.has_tables():  # type: ignore[attr-defined]
+        app.close()
+        return LedgerApplication("memory:", recorded_by=recorded_by)
+    return app
 
 
 def open_ledger(

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 from uuid import UUID
 
 from eventsourcing.application import Application
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Notification
+from eventsourcing.sqlite import SQLiteDatastore
 
-from snapledger.domain.errors import BadInput, LedgerDamaged
+from snapledger.domain.errors import BadInput, LedgerDamaged, StoreUnusable
 from snapledger.domain.ledger_hash import (
     ChainFinding,
     ChainRecord,
@@ -26,40 +24,36 @@ from snapledger.domain.ledger_hash import (
 from snapledger.domain.vm import vm_id
 
 from .ledger_chain import UNKNOWN
+from .store_url import MEMORY, SQLITE, parse_store_url
 
 NOTIFICATION_BATCH = 20_000  # big batches keep per-query cost out of a rebuild
 CHAINED = "snapledger.adapters.ledger_chain"  # recorders that keep the hash chain
+QUICK_CHECK_LINES = 3  # what verify quotes of SQLite's findings on a damaged file
 
 
 def persistence_env(url: str) -> dict[str, str]:
-    """Map a SQLAlchemy-style store URL to eventsourcing's environment settings."""
-    if url in ("memory:", "memory://"):
+    """Map a store URL (adapters/store_url.py) to eventsourcing's environment settings. Looks at
+    no file and creates none: adapters/store_probe.py decides what may be opened."""
+    store = parse_store_url(url)
+    if store.kind == MEMORY:
         return {"PERSISTENCE_MODULE": f"{CHAINED}:ChainedPOPOFactory"}
-    parts = urlsplit(url)
-    if parts.scheme == "sqlite":
-        if not url.startswith("sqlite:///") or len(url) <= len("sqlite:///"):
-            raise BadInput(f"bad store URL {url!r}: use sqlite:////absolute/path or sqlite:///relative")
-        path = Path(unquote(url[len("sqlite:///") :])).absolute()
-        path.parent.mkdir(parents=True, exist_ok=True)
+    if store.kind == SQLITE:
         return {
             "PERSISTENCE_MODULE": f"{CHAINED}:ChainedSQLiteFactory",
-            "SQLITE_DBNAME": str(path),
+            "SQLITE_DBNAME": store.path,
             "SQLITE_LOCK_TIMEOUT": "10",
         }
-    if parts.scheme in ("postgresql", "postgres"):
-        if not parts.hostname or not parts.path.strip("/"):
-            raise BadInput(f"bad store URL {url!r}: use postgresql://user@host:port/db")
-        env = {
-            "PERSISTENCE_MODULE": "snapledger.adapters.ledger_chain_postgres:ChainedPostgresFactory",
-            "POSTGRES_DBNAME": unquote(parts.path.strip("/")),
-            "POSTGRES_HOST": parts.hostname,
-            "POSTGRES_PORT": str(parts.port or 5432),
-            "POSTGRES_USER": unquote(parts.username or os.environ.get("USER", "postgres")),
-        }
+    pg = store.postgres
+    assert pg is not None
+    return {
+        "PERSISTENCE_MODULE": "snapledger.adapters.ledger_chain_postgres:ChainedPostgresFactory",
+        "POSTGRES_DBNAME": pg.dbname,
+        "POSTGRES_HOST": pg.host,
+        "POSTGRES_PORT": str(pg.port),
+        "POSTGRES_USER": pg.user,
         # No password in the URL: an empty one, so libpq falls back to ~/.pgpass or trust.
-        env["POSTGRES_PASSWORD"] = unquote(parts.password or "")
-        return env
-    raise BadInput(f"bad store URL {url!r}: expected sqlite://, postgresql:// or memory:")
+        "POSTGRES_PASSWORD": pg.password,
+    }
 
 
 def project_events(aggregate: Any, events: Iterable[DomainEventProtocol[UUID]]) -> Any:
@@ -116,6 +110,20 @@ class LedgerApplication(Application[UUID]):
 
     def has_vm(self, name: str) -> bool:
         return bool(self.recorder.select_events(vm_id(name), limit=1))
+
+    def check_file(self) -> None:
+        """SQLite's own check of the ledger file (`PRAGMA quick_check`, which reads every page):
+        damage no command happened to read yet. StoreUnusable (exit 1) if it finds any."""
+        datastore = getattr(self.recorder, "datastore", None)
+        if not isinstance(datastore, SQLiteDatastore) or datastore.pool.is_sqlite_memory_mode:
+            return
+        with datastore.transaction(commit=False) as cursor:
+            cursor.execute(f"PRAGMA quick_check({QUICK_CHECK_LINES})")
+            found = [str(row[0]) for row in cursor.fetchall()]
+        if found != ["ok"]:
+            raise StoreUnusable(
+                f"store {datastore.pool.db_name} is damaged (SQLite's check: {'; '.join(found)})"
+            )
 
     def _decoded(self, notification: Notification) -> DomainEventProtocol[UUID]:
         try:

@@ -90,6 +90,18 @@ class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
         )
         return positions
 
+    def has_tables(self) -> bool:
+        """Whether the ledger's tables are there (a reader, made with CREATE_TABLE off, found
+        them rather than created them)."""
+        with self.datastore.transaction(commit=False) as curs:
+            names = [
+                Identifier(self.datastore.schema, table).as_string(curs)
+                for table in (self.events_table_name, CHAIN_TABLE)
+            ]
+            curs.execute("SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL", names)
+            found = curs.fetchone()
+        return bool(found and next(iter(found.values())))
+
     def select_chain(self, after: int = 0, stop: int | None = None) -> list[ChainRecord]:
         query: Composed = SQL("SELECT * FROM {} WHERE position > %s").format(self._chain_table)
         params: list[int] = [after]

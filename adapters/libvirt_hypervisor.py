@@ -75,6 +75,9 @@ def job_bandwidth_from_env(environ: Mapping[str, str]) -> int:
 
 
 def real_connect(uri: str) -> LibvirtPort:
+    from . import extras
+
+    extras.require(extras.LIBVIRT)  # without libvirt-python: one line naming the pip install
     from .libvirt_domains import LibvirtDomains  # libvirt is imported here, on first use
 
     return LibvirtDomains(uri)

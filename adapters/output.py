@@ -1,6 +1,9 @@
 """Everything the command line prints: JSON for scripts, rich tables and trees for people.
 
-The only module that imports rich.
+The only module that imports rich. What users and other programs wrote (reasons, names, paths)
+reaches the terminal only through adapters/visible.py, and always as rich `Text`: its control
+characters shown as escapes, and `[bold]`-style markup or `:emoji:` codes printed as they are.
+JSON output carries the exact strings.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from rich.tree import Tree
 
 from snapledger.domain.steps import Plan, step_to_dict
 from snapledger.projections.documents import json_text, vm_document
+
+from .visible import visible, visible_data, visible_lines
 
 if TYPE_CHECKING:  # not imported at run time: `show VM` (from the stored document) needs neither
     from snapledger.projections.tree import SnapshotTree
@@ -41,7 +46,7 @@ def emit_json_list(items: list[Any]) -> None:
 
 
 def error(message: str) -> None:
-    errors.print(f"snapledger: error: {' '.join(message.split())}", markup=False)
+    errors.print(Text(f"snapledger: error: {visible(' '.join(message.split()))}"))
 
 
 def plan_json(plan: Plan, done: bool) -> dict[str, Any]:
@@ -55,12 +60,18 @@ def plan_json(plan: Plan, done: bool) -> dict[str, Any]:
     }
 
 
+def _cells(*values: object) -> list[Text]:
+    """Table cells: literal text (rich reads markup in a plain string), each value visible."""
+    return [Text(visible("-" if v is None else str(v))) for v in values]
+
+
 def show_plan(plan: Plan, done: bool, title: str) -> None:
+    title = visible(title)
     if not plan.steps:
-        say(f"{title}: {plan.strategy or 'nothing to do'}")
+        say(f"{title}: {visible(plan.strategy or 'nothing to do')}")
         say("no storage steps; the ledger only" + (" recorded it" if done else " would record it"))
         return
-    table = Table(title=f"{title}: {plan.strategy}" if plan.strategy else title)
+    table = Table(title=Text(f"{title}: {visible(plan.strategy)}" if plan.strategy else title))
     table.add_column("#", justify="right")
     table.add_column("action")
     table.add_column("details")
@@ -69,12 +80,12 @@ def show_plan(plan: Plan, done: bool, title: str) -> None:
         details = {k: v for k, v in step_to_dict(step).items() if k not in ("action", "bytes")}
         if "xml" in details:  # a whole domain definition (define-domain): its size only
             details["xml"] = f"<{len(str(details['xml']))} characters>"
-        table.add_row(str(i), step.action, " ".join(f"{k}={v}" for k, v in details.items()), f"{step.bytes:,}")
+        table.add_row(*_cells(i, step.action, " ".join(f"{k}={v}" for k, v in details.items()), f"{step.bytes:,}"))
     console.print(table)
     for note in plan.notes:
-        console.print(f"note: {note}", markup=False)
+        say(f"note: {visible(note)}")
     verb = "moved" if done else "would move"
-    console.print(f"{'done' if done else 'dry run, nothing changed'}; {verb} {plan.bytes_moved:,} bytes", markup=False)
+    say(f"{'done' if done else 'dry run, nothing changed'}; {verb} {plan.bytes_moved:,} bytes")
 
 
 def vm_json(view: LedgerView, name: str) -> dict[str, Any]:
@@ -84,23 +95,25 @@ def vm_json(view: LedgerView, name: str) -> dict[str, Any]:
 
 
 def show_vm(data: Mapping[str, Any]) -> None:
-    console.print(f"VM {data['vm']}  current: {data['current'] or '-'}", markup=False)
+    data = visible_data(data)
+    say(f"VM {data['vm']}  current: {data['current'] or '-'}")
     for disk, info in data["disks"].items():
-        console.print(f"  {disk}: {' <- '.join(info['chain'])}", markup=False)
+        say(f"  {disk}: {' <- '.join(info['chain'])}")
     if data["operation"]:
         op = data["operation"]
-        console.print(f"  unfinished {op['kind']} {op['id']}: {op['done']}/{op['steps']} steps", markup=False)
+        say(f"  unfinished {op['kind']} {op['id']}: {op['done']}/{op['steps']} steps")
     table = Table(title="snapshots")
     for column in ("name", "parent", "created", "frozen images"):
         table.add_column(column)
     for snap in data["snapshots"]:
         frozen = ", ".join(f"{d}={p}" for d, p in snap["disks"].items())
-        table.add_row(snap["name"], snap["parent"] or "-", snap["created"], frozen)
+        table.add_row(*_cells(snap["name"], snap["parent"], snap["created"], frozen))
     console.print(table)
 
 
 def show_diff(data: Mapping[str, Any]) -> None:
     """`diff VM N M` for people (data: projections.history.diff)."""
+    data = visible_data(data)
     lines = [f"VM {data['vm']}: from position {data['from']} to {data['to']}"]
     if not data["changed"]:
         lines.append("  no changes")
@@ -168,12 +181,13 @@ def tree_json(tree: SnapshotTree) -> dict[str, Any]:
 def show_tree(tree: SnapshotTree) -> None:
     """Like `virsh snapshot-list --tree`, with the current snapshot marked and the present
     hanging below it (at the top when there is no current snapshot)."""
-    root = Tree(Text(tree.vm), guide_style="dim")
-    present = Text(f"(present: {', '.join(f'{d}={p}' for d, p in tree.present.items())})", style="dim")
+    root = Tree(Text(visible(tree.vm)), guide_style="dim")
+    shown = ", ".join(f"{d}={p}" for d, p in tree.present.items())
+    present = Text(visible(f"(present: {shown})"), style="dim")
 
     def add(parent: Tree, name: str) -> None:
         node = tree.nodes[name]
-        label = Text(name, style="bold" if node.current else "")
+        label = Text(visible(name), style="bold" if node.current else "")
         if node.current:
             label.append("  *current")
         branch = parent.add(label)
@@ -219,6 +233,7 @@ def image_dag_json(view: LedgerView, name: str) -> dict[str, Any]:
 def show_image_dag(data: Mapping[str, Any]) -> None:
     """The image DAG as a tree from the bottom image up: each image over its backing file, marked
     with its owner class, the snapshot it freezes and the disk it is the present of."""
+    data = visible_data(data)
     images = data["images"]
     directories = {path.rpartition("/")[0] for path in images}
     short = len(directories) == 1
@@ -242,6 +257,7 @@ def show_image_dag(data: Mapping[str, Any]) -> None:
 
 def show_explain(data: Mapping[str, Any]) -> None:
     """`explain VM PATH` for people (data: projections.explain.Explanation.to_json())."""
+    data = visible_data(data)
     lines = [f"{data['path']}  (VM {data['vm']})"]
     lines.append(f"  owner:      {data['owner']}: {data['owner_reason']}")
     lines.append(f"  state:      {', '.join(data['state'])}")
@@ -287,7 +303,7 @@ TABLE_ROWS = 500  # beyond this a rich table takes seconds to lay out; plain col
 
 def show_rows(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
     header = list(columns)
-    cells = [["-" if v is None else str(v) for v in row] for row in rows]
+    cells = [[visible("-" if v is None else str(v)) for v in row] for row in rows]
     if len(cells) > TABLE_ROWS:
         widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
         lines = [f"{title} ({len(cells)} rows)"]
@@ -299,12 +315,13 @@ def show_rows(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]])
     for column in header:
         table.add_column(column)
     for cell_row in cells:
-        table.add_row(*cell_row)
+        table.add_row(*(Text(cell) for cell in cell_row))
     console.print(table)
 
 
 def say(text: str) -> None:
-    console.print(text, markup=False, highlight=False)
+    """Lines for people, literally (no markup, no emoji codes), nothing in them steering the terminal."""
+    console.print(Text(visible_lines(text)))
 
 
 class MergeProgress:

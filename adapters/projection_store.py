@@ -30,7 +30,11 @@ import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple, Protocol
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote
+
+from snapledger.domain.errors import BadStoreUrl
+
+from .store_url import parse_store_url, sqlite_file
 
 TRACKING = "snapledger_projection"
 CHECKPOINT = "snapledger_checkpoint"
@@ -175,24 +179,6 @@ def code_fingerprint() -> str:
             crc = zlib.crc32(data, zlib.crc32(f"{path.name}:{len(data)}:".encode(), crc))
         _fingerprint = f"1:{crc:08x}"
     return _fingerprint
-
-
-# ---- store URLs without eventsourcing (the same rules as event_store.persistence_env) -------
-
-
-def default_store_url() -> str:
-    """The store when neither --store nor SNAPLEDGER_STORE says (cli.md)."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return f"sqlite:///{Path(base, 'snapledger', 'ledger.sqlite').resolve()}"
-
-
-def sqlite_file(url: str) -> str | None:
-    """The file of a `sqlite:///` store URL as event_store.persistence_env names it; None for
-    any other URL (or a bad one: the normal path reports it)."""
-    prefix = "sqlite:///"
-    if not url.startswith(prefix) or len(url) <= len(prefix):
-        return None
-    return str(Path(unquote(url[len(prefix) :])).absolute())
 
 
 # ---- the port ----------------------------------------------------------------------------------
@@ -599,19 +585,17 @@ POSTGRES_EVENTS = "snapledger_events"
 
 def postgres_connection(url: str) -> dict[str, str] | None:
     """libpq's settings for a `postgresql://` store URL: the ones event_store.persistence_env
-    gives eventsourcing (a test keeps them equal). None for a URL it would refuse."""
-    parts = urlsplit(url)
-    dbname = unquote(parts.path.strip("/"))
-    if not parts.hostname or not dbname:
+    gives eventsourcing (both read adapters/store_url.py). None for any other URL."""
+    try:
+        store = parse_store_url(url)
+    except BadStoreUrl:
         return None
-    params = {
-        "host": parts.hostname,
-        "port": str(parts.port or 5432),
-        "dbname": dbname,
-        "user": unquote(parts.username or os.environ.get("USER", "postgres")),
-    }
-    if parts.password:  # else libpq looks in ~/.pgpass, as it does for eventsourcing
-        params["password"] = unquote(parts.password)
+    pg = store.postgres
+    if pg is None:
+        return None
+    params = {"host": pg.host, "port": str(pg.port), "dbname": pg.dbname, "user": pg.user}
+    if pg.password:  # else libpq looks in ~/.pgpass, as it does for eventsourcing
+        params["password"] = pg.password
     return params
 
 

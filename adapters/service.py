@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Concatenate, NoReturn, ParamSpec, TypeVar
 
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import RecordConflictError
+from eventsourcing.persistence import PersistenceError, RecordConflictError
 
 from snapledger.domain.errors import (
     BadInput,
@@ -176,7 +176,7 @@ class Snapledger:
             return vm
         except AggregateNotFoundError:
             raise UnknownVm(f"no VM named {name!r} in the ledger") from None
-        except LedgerDamaged:
+        except (LedgerDamaged, PersistenceError):  # the store's own trouble is not drift (exit 1)
             raise
         except Exception as error:  # a stored fact that can't be read or applied was changed
             raise LedgerDamaged(

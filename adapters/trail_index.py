@@ -34,10 +34,20 @@ BATCH = 5_000
 
 def trail_index_for(app: LedgerApplication) -> TrailIndex | None:
     """The SQLite ledger's trail index (other stores compute the trail in memory)."""
-    from .projection_store import sqlite_file
+    from .store_url import sqlite_file
 
     path = sqlite_file(app.store_url)
-    return TrailIndex(app, path) if path is not None else None
+    if path is None:
+        return None
+    index: TrailIndex | None = None
+    try:
+        index = TrailIndex(app, path)
+        index.catch_up()
+    except sqlite3.OperationalError:  # a ledger we may only read (or locked too long): no cache
+        if index is not None:
+            index.close()
+        return None
+    return index
 
 
 class TrailIndex:

@@ -43,6 +43,11 @@ class BadPath(BadInput):
     """A path that is relative, exists already, goes through a symlink or lies outside the pools."""
 
 
+class BadStoreUrl(BadInput):
+    """A store URL that names no store: its syntax, a NUL, a port out of range, a directory or
+    a device where the ledger file should be (exit 2)."""
+
+
 class Refused(SnapledgerError):
     """Doing it would lose data, or the ledger disagrees with the disk (exit 3)."""
 
@@ -81,6 +86,21 @@ class OperationInProgress(Conflict):
 
 class ConcurrentUpdate(Conflict):
     pass
+
+
+class StoreUnusable(SnapledgerError):
+    """The store can't serve as a ledger: not a snapledger ledger, damaged, or the system
+    refused to read or write it (exit 1). The tool's own trouble, never drift."""
+
+
+class MissingExtra(SnapledgerError):
+    """An optional part (libvirt-python, psycopg) is not importable (exit 1)."""
+
+    def __init__(self, what: str, extra: str, error: BaseException) -> None:
+        super().__init__(
+            f"{what} is needed and can't be imported ({type(error).__name__}: {error}); "
+            f"install it with: pip install 'snapledger[{extra}]'"
+        )
 
 
 class StorageError(SnapledgerError):

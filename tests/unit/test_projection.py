@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from projection_helpers import rebuilt, spy_reads, view_state
 
-from snapledger.adapters import event_store, projection_store
+from snapledger.adapters import event_store, projection_store, store_url
 from snapledger.adapters.event_store import LedgerApplication
 from snapledger.adapters.projection import CheckpointTranscoder, PersistedProjection
 from snapledger.adapters.projection_store import (
@@ -312,13 +312,14 @@ def test_importing_the_command_line_stays_light() -> None:
 )
 def test_the_fast_path_finds_the_file_the_store_uses(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(Path, "mkdir", lambda *_, **__: None)  # persistence_env makes the folder
-    assert projection_store.sqlite_file(url) == event_store.persistence_env(url)["SQLITE_DBNAME"]
+    assert store_url.sqlite_file(url) == event_store.persistence_env(url)["SQLITE_DBNAME"]
+    assert not list(tmp_path.iterdir())  # parsing a URL creates nothing
 
 
-@pytest.mark.parametrize("url", ["memory:", "sqlite:///", "sqlite://x", "postgresql:///db", "postgresql://h/"])
+@pytest.mark.parametrize("url", ["memory:", "sqlite:///", "sqlite://x", "postgresql:///db", "postgresql://h/",
+                                 "sqlite:////", "sqlite:////tmp/a%00b", "postgresql://u@h:99999/db", ""])
 def test_the_fast_path_leaves_other_stores_alone(url: str) -> None:
-    assert projection_store.sqlite_file(url) is None
+    assert store_url.sqlite_file(url) is None
     assert projection_store.stored_show_text(url, "vm") is None
 
 
