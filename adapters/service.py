@@ -57,8 +57,8 @@ from snapledger.projections.view import LedgerView, replacing
 from .drift import DiskChecks, recorded_format, written_paths
 from .event_store import LedgerApplication, project_events
 from .processes import LocalProcesses, carrying_out
-from .reconcile import Reconciliation, reconciliation
 from .projection import PersistedProjection
+from .reconcile import Reconciliation, reconciliation
 from .storage_port import StoragePort
 
 if TYPE_CHECKING:
