@@ -36,6 +36,18 @@ def recorded_format(vm: VirtualMachine, path: str) -> str | None:
     return record.facts.format if record is not None else None
 
 
+def changed_paths(step: Step) -> tuple[str, ...]:
+    """Files whose content a destructive step changes or that it deletes. A pointer-only rebase
+    is not among them: what the image reads stays the same, so what rests on it does too."""
+    if isinstance(step, Commit):
+        return (step.base,)
+    if isinstance(step, Pull):
+        return (step.image,)
+    if isinstance(step, DeleteFile):
+        return (step.path,)
+    return ()
+
+
 def written_paths(step: Step) -> tuple[str, ...]:
     """Files a destructive step writes or deletes (a commit only reads its top)."""
     if isinstance(step, Commit):

@@ -76,3 +76,21 @@ def carrying_out(op_id: str) -> Iterator[None]:
         yield
     finally:
         _carrying_out.discard(op_id)
+
+
+def files_open_here() -> set[tuple[int, int]]:
+    """(device, inode) of every file this process has a descriptor of: the ledger's SQLite
+    files among them. Such a file is never opened (and closed) again for a look: closing any
+    descriptor of a file drops every POSIX lock this process holds on it, SQLite's included."""
+    identities: set[tuple[int, int]] = set()
+    try:
+        descriptors = os.listdir("/proc/self/fd")
+    except OSError:
+        return identities
+    for fd in descriptors:
+        try:
+            seen = os.stat(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile (the listing's own descriptor, for one)
+        identities.add((seen.st_dev, seen.st_ino))
+    return identities

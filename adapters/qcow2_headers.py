@@ -31,6 +31,8 @@ from typing import TypeAlias
 
 from snapledger.domain.errors import Refused
 
+from .processes import files_open_here
+
 QCOW2_MAGIC = b"QFI\xfb"
 MAX_BACKING_NAME = 1023
 _HEADER = struct.Struct(">4sIQI")  # magic, version, backing_file_offset, backing_file_size
@@ -208,6 +210,10 @@ class DependantIndex:
         linked: list[tuple[str, int]] = []
         visited: set[tuple[int, int]] = set()
         candidates = 0
+        # Files this process has open (the ledger's SQLite files, if they lie here) are never
+        # opened again: closing any descriptor of a file drops every POSIX lock this process
+        # holds on it, and SQLite's locks are POSIX locks. Such a file is no user's image.
+        open_here = files_open_here()
         while own or linked:
             directory, depth = own.pop() if own else linked.pop(0)
             try:
@@ -242,6 +248,12 @@ class DependantIndex:
                 candidates += 1
                 if candidates > max_files:
                     raise ScanTooLarge(f"more than {max_files} files under {', '.join(roots)}")
+                try:
+                    found = entry.stat()
+                except OSError:
+                    continue
+                if (found.st_dev, found.st_ino) in open_here:
+                    continue
                 self._read(entry.path, os.path.join(real, entry.name), is_link)
             own += reversed(subdirectories)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from snapledger.domain.errors import StorageError
 
+from .processes import files_open_here
 from .storage_port import Sharing
 
 _READ_BYTE = 100  # QEMU's "consistent read" permission
@@ -29,6 +30,13 @@ _FLOCK = struct.Struct("@hhqqi4x")
 
 def sharing(path: str) -> Sharing:
     """Hard links of `path` and whether another process holds QEMU's read or write lock on it."""
+    try:
+        identity = os.stat(path)
+    except OSError as error:
+        raise StorageError(f"can't look at {path}: {error.strerror}") from None
+    if (identity.st_dev, identity.st_ino) in files_open_here():
+        # opening and closing it would drop this process's own POSIX locks on it (SQLite's)
+        raise StorageError(f"{path} is a file snapledger itself has open (its ledger?): refused")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError as error:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import posixpath
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -27,8 +28,10 @@ from snapledger.domain.errors import (
     DuplicateName,
     ImageInUse,
     LedgerDamaged,
+    LedgerUnwritable,
     OperationInProgress,
     OutsideAllowedDirs,
+    SnapledgerError,
     StorageError,
     ToolMissing,
     UnknownVm,
@@ -54,12 +57,14 @@ from snapledger.projections.cost import CostModel
 from snapledger.projections.history import event_time
 from snapledger.projections.view import LedgerView, replacing
 
-from .drift import DiskChecks, recorded_format, written_paths
+from .drift import DiskChecks, changed_paths, recorded_format, written_paths
 from .event_store import LedgerApplication, project_events
-from .processes import LocalProcesses, carrying_out
-from .projection import PersistedProjection
+from .failures import describe
+from .processes import LocalProcesses, carrying_out, files_open_here
+from .projection import STORE_ERRORS, PersistedProjection
 from .reconcile import Reconciliation, reconciliation
 from .storage_port import StoragePort
+from .store_url import parse_store_url
 
 if TYPE_CHECKING:
     from .libvirt_hypervisor import LibvirtHypervisor
@@ -360,6 +365,13 @@ class Snapledger:
             if busy is not None:
                 left_alone.append(f"{name}: {busy}")
                 continue
+            created = [s.path for s in op.steps[: op.done] if isinstance(s, CreateOverlay)]
+            if not op.started_destruction and any(not self.storage.exists(p) for p in created):
+                # a roll back cut short (a crash, or the ledger full while it was recorded):
+                # nothing destructive happened, so finish undoing it rather than go on
+                self._roll_back(vm, op, op.done, StorageError("an overlay it made is gone"))
+                finished.append(f"{name}: rolled back {op.kind} {op.op_id}")
+                continue
             try:  # nothing is recorded while another process holds what is left to do
                 self._checks(vm).refuse_in_use(vm, Plan(op.kind, op.steps[op.done :]))
             except ImageInUse as held:
@@ -478,12 +490,17 @@ class Snapledger:
         active image may have drifted or gone (that image is what the swap takes out of use)."""
         self.refresh()
         vm = self._idle(vm_name)
+        checks = self._checks(vm)
         taken_out = vm.disks.get(swapping) if swapping is not None else None
         actives = {p for d, p in vm.disks.items() if d != swapping} - {taken_out}
-        seen = self._checks(vm).look(vm, sorted(actives))
+        seen = checks.look(vm, sorted(actives))
         libvirt = self._libvirt(vm)
         hypervisor = libvirt.findings(vm, swapping) if libvirt is not None else []
         self._refuse_on_drift(vm, seen, record=not dry_run, extra=hypervisor)
+        if taken_out is not None:  # its last size is worth keeping, a drifted identity is not
+            out = checks.look(vm, [taken_out])
+            if not checks.drift(vm, out):
+                seen.update(out)
         vm.observe_images([facts for facts in seen.values() if isinstance(facts, ImageFacts)])
         return vm, replacing(self.view, vm)
 
@@ -523,8 +540,10 @@ class Snapledger:
         freezes (exit 4)."""
         checks = self._checks(vm)
         destructive = [s for s in plan.steps if s.destructive]
+        # ...and what a new overlay is made over (a revert's frozen images): there, and itself
+        builds_on = {s.backing for s in plan.steps if isinstance(s, CreateOverlay)}
         involved = sorted(
-            {p for s in destructive for p in touched_paths(s) if p in vm.images}
+            ({p for s in destructive for p in touched_paths(s)} | builds_on) & set(vm.images)
             - set(vm.disks.values())
         )
         extra = [f for s in destructive for f in checks.chain_findings(vm, s)]
@@ -568,7 +587,11 @@ class Snapledger:
                 self._on_failure(vm, op, index, error)
                 raise
             vm.complete_step(op.op_id, index, observed)
-            self._save(vm)
+            self._save(vm, unrecorded=(
+                f"step {index + 1} of the {op.kind} operation {op.op_id} is done on disk but not "
+                "recorded: once the ledger can be written (free space on its filesystem), run "
+                "'snapledger recover', which does it again"
+            ))
 
     def _check_same_files(self, vm: VirtualMachine, step: Step) -> None:
         """Right before a destructive step: each file is still the one the ledger knows and has
@@ -581,7 +604,7 @@ class Snapledger:
         findings += [
             f"{path}: {', '.join(dependants[path])} rests on it (a file the ledger does not know "
             "appeared after this operation was planned); it is not changed while they do"
-            for path in written_paths(step)
+            for path in changed_paths(step)
             if path in dependants
         ]
         if findings:
@@ -593,7 +616,12 @@ class Snapledger:
         """For each of `vm`'s images, the files in its directories that the ledger does not
         know and whose backing chain reaches it (a user's own overlays): they make it stay."""
         scan = self._storage_for(vm).scan(sorted(vm.allowed_dirs()))
-        known = {path for other in view.live_vms().values() for path in other.images}
+        # Known after the scan: an overlay another process's operation made meanwhile was
+        # registered before it was created, so it is never taken for a user's file.
+        latest = self.refresh()
+        known = {path for other in latest.live_vms().values() for path in other.images}
+        known |= {path for path, reg in latest.registrations.items() if reg.users}
+        known |= set(view.vms[vm.name].images) if vm.name in view.vms else set()
         found = {path: scan.dependants(path, known) for path in sorted(vm.images)}
         return {path: files for path, files in found.items() if files}
 
@@ -634,7 +662,10 @@ class Snapledger:
         step = op.steps[index]
         if op.started_destruction or step.destructive:
             vm.fail_operation(op.op_id, index, str(error))
-            self._save(vm)
+            self._save(vm, unrecorded=(
+                f"step {index + 1} of the {op.kind} operation {op.op_id} failed ({error}) and "
+                "that is not recorded either: run 'snapledger recover' once it can be written"
+            ))
             return
         self._roll_back(vm, op, index, error)
 
@@ -667,12 +698,18 @@ class Snapledger:
         vm.roll_back_operation(op.op_id, created, str(error))
         planned = [s.path for s in op.steps if isinstance(s, CreateOverlay)]  # failed one too
         registrations = self._release(vm.name, op, gone={p: True for p in planned})
-        self._save(vm, *registrations)
+        self._save(vm, *registrations, unrecorded=(
+            f"the {op.kind} operation {op.op_id} was undone on disk ({error}) but that is not "
+            "recorded: run 'snapledger recover' once the ledger can be written"
+        ))
 
     def _finish(self, vm: VirtualMachine, op: OperationRecord) -> None:
         gone = vm.paths_let_go(op.op_id)
         vm.close_operation(op.op_id, self.clock())
-        self._save(vm, *self._release(vm.name, op, gone))
+        self._save(vm, *self._release(vm.name, op, gone), unrecorded=(
+            f"every step of the {op.kind} operation {op.op_id} is done and recorded, its end is "
+            "not: run 'snapledger recover' once the ledger can be written"
+        ))
 
     # ---- cross-VM registrations ------------------------------------------------------
 
@@ -725,9 +762,13 @@ class Snapledger:
         (with `{dir}`, that file's resolved directory) tells the user what to do."""
         if not self.storage.exists(path):
             raise BadPath(f"{path} does not exist")
+        if self._is_the_ledger(path):
+            raise BadPath(f"{path} is the ledger's own file, not a disk image")
         allowed = sorted(allowed)
+        # a file the ledger holds already keeps its recorded format: only a new one is probed
+        known = [v.images[path] for v in self.view.live_vms().values() if path in v.images]
         try:
-            return self.storage.inspect_chain(path, allowed)
+            return self.storage.inspect_chain(path, allowed, known[0].facts.format if known else None)
         except OutsideAllowedDirs as outside:
             advice = fix.format(dir=posixpath.dirname(outside.resolved))
             raise BadPath(f"{outside} of {whose} ({', '.join(allowed)}): {advice}") from None
@@ -752,6 +793,20 @@ class Snapledger:
                 "it would record)"
             )
 
+    def _is_the_ledger(self, path: str) -> bool:
+        """A file this process has open (the ledger's SQLite files) is never taken for a disk."""
+        try:
+            seen = os.stat(path)
+        except OSError:
+            return False
+        return (seen.st_dev, seen.st_ino) in files_open_here()
+
+    def _store_label(self) -> str | None:
+        try:
+            return parse_store_url(self.app.store_url).label
+        except SnapledgerError:
+            return None
+
     def _taken(self, view: LedgerView) -> Callable[[str], bool]:
         used = view.paths_ever_used()
         return lambda path: path in used or self.storage.exists(path)
@@ -771,15 +826,26 @@ class Snapledger:
                 raise BadPath(f"{path} exists")
         return checked
 
-    def _save(self, *aggregates: object) -> None:
+    def _save(self, *aggregates: object, unrecorded: str = "nothing was done") -> None:
+        """Record the aggregates' new events atomically. A store that can't take them (its
+        filesystem full, read-only) is the tool's own trouble: LedgerUnwritable (exit 1), saying
+        what the disks hold that the ledger does not (`unrecorded`)."""
         try:
             self.app.save(*aggregates)
         except RecordConflictError:
             raise ConcurrentUpdate(
                 "another process changed this part of the ledger first; nothing was done, try again"
             ) from None
+        except STORE_ERRORS as error:
+            raise LedgerUnwritable(
+                f"the ledger could not record this ({describe(error, self._store_label())}); "
+                f"{unrecorded}"
+            ) from None
         finally:
-            self.refresh()
+            try:
+                self.refresh()
+            except STORE_ERRORS:
+                pass  # the error above says what matters
 
 
 def carry_out(

@@ -20,7 +20,7 @@ import posixpath
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
-from snapledger.domain.errors import ImageInUse, StorageError
+from snapledger.domain.errors import ImageInUse, StorageError, ToolMissing
 from snapledger.domain.images import ImageFacts
 from snapledger.domain.names import confinement, is_within
 
@@ -86,6 +86,7 @@ class SimulatedStorage:
         self.busy_at: int | None = None
         self.bytes_written = 0
         self.holders: dict[str, str] = {}  # path -> who holds it open ("writer"/"reader" + name)
+        self.tool_missing = False  # qemu-img not on PATH: what it would do raises ToolMissing
 
     # ---- what tests and users do outside snapledger ----------------------------------
 
@@ -187,6 +188,7 @@ class SimulatedStorage:
         raise StorageError(f"{path}: too many levels of symbolic links")
 
     def inspect(self, path: str, fmt: str | None = None) -> ImageFacts:
+        self._tool()
         image = self._get(path)
         backing: str | None
         backing_format: str | None
@@ -237,6 +239,7 @@ class SimulatedStorage:
     def create_overlay(
         self, path: str, backing: str, backing_format: str, virtual_size: int
     ) -> None:
+        self._tool()
         self._fault()
         if path in self.files:
             raise StorageError(f"{path} exists")
@@ -255,6 +258,7 @@ class SimulatedStorage:
         return SimulatedScan(backings, self.resolve)
 
     def commit(self, top: str, base: str, *, fmt: str) -> None:
+        self._tool()
         image = self._opened(top, fmt)
         self._locked(top, base)
         if image.backing != base:
@@ -265,6 +269,7 @@ class SimulatedStorage:
     def pull(
         self, image: str, new_backing: str | None, new_backing_format: str | None, *, fmt: str
     ) -> None:
+        self._tool()
         target = self._opened(image, fmt)
         self._locked(image)
         chain: list[str] = []
@@ -284,6 +289,7 @@ class SimulatedStorage:
     def rebase_unsafe(
         self, image: str, new_backing: str | None, new_backing_format: str | None, *, fmt: str
     ) -> None:
+        self._tool()
         self._fault(opens_images=True)
         target = self._opened(image, fmt)
         self._locked(image)
@@ -295,6 +301,10 @@ class SimulatedStorage:
         del self.files[path]
 
     # ---- internals -------------------------------------------------------------------
+
+    def _tool(self) -> None:
+        if self.tool_missing:
+            raise ToolMissing("can't run qemu-img: No such file or directory (simulated)")
 
     def _opened(self, path: str, fmt: str) -> SimImage:
         image = self._get(path)

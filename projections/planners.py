@@ -288,9 +288,6 @@ def _plan_disk_delete(
                 f"{frozen_path} is {frozen.owner.value} and rests on managed images: kept as detached",
             )
         return _DiskMerge((ReleaseImage(frozen_path),), f"{frozen_path} is {frozen.owner.value}: released, left on disk")
-    unknown = [f"{d} rests on {c}" for c in kept for d in dag.dependants(c)]
-    if unknown:  # a merge would delete or rewrite a file they read through
-        return metadata_only(f"{'; '.join(unknown)} (a file the ledger does not know)")
     if len(kept) > 1:
         if forced:
             raise StrategyNotAllowed(
@@ -298,6 +295,9 @@ def _plan_disk_delete(
                 f"has {len(kept)} branches: use --branches pull or --branches keep"
             )
         return _plan_branch_point(dag, vm, disk, frozen_path, kept, branches, cost)
+    unknown = [f"{d} rests on {c}" for c in kept for d in dag.dependants(c)]
+    if unknown:  # a merge would delete or rewrite a file they read through
+        return metadata_only(f"{'; '.join(unknown)} (a file the ledger does not know)")
 
     child_path = kept[0]
     child = dag.nodes[child_path]
@@ -377,6 +377,10 @@ def _plan_branch_point(
             f"{frozen_path} ({disk}) is the base of {len(kept)} branches ({described}); "
             "use --branches pull to copy it into every branch, or --branches keep to keep it as their shared base"
         )
+    unknown = [f"{d} rests on {c}" for c in kept for d in dag.dependants(c)]
+    if unknown:  # pulling into a branch would rewrite a file they read through
+        return _DiskMerge((), f"metadata only ({'; '.join(unknown)}, a file the ledger does not "
+                              f"know): {frozen_path} stays as the shared base")
     unmanaged = [c for c in kept if dag.nodes[c].owner is not OwnerClass.MANAGED]
     if unmanaged:
         raise StrategyNotAllowed(

@@ -335,3 +335,34 @@ def test_depth_and_file_limits(vms: Path) -> None:
     DependantIndex.scan([str(vms)], max_files=3)
     with pytest.raises(ScanTooLarge):
         DependantIndex.scan([str(vms)], max_files=2)
+
+
+def test_a_scan_never_drops_this_processs_locks_on_a_ledger_lying_there(tmp_path: Path) -> None:
+    """The ledger's SQLite file may lie among the VM's images. SQLite's locks are POSIX locks,
+    which closing *any* descriptor of the file drops for the whole process: a scan that opened
+    and closed it would let another process write the ledger at the same time (it was seen to
+    damage a ledger). The scan leaves files this process has open alone."""
+    import sqlite3
+
+    base = make_image(tmp_path / "base.qcow2", 1 << 20)
+    make_image(tmp_path / "hand.qcow2", 1 << 20, backing=base)
+    ledger = tmp_path / "ledger.sqlite"
+    ours = sqlite3.connect(ledger, isolation_level=None)
+    ours.execute("CREATE TABLE t (x)")
+    ours.execute("BEGIN IMMEDIATE")  # a RESERVED lock: no other writer may begin
+    ours.execute("INSERT INTO t VALUES (1)")
+    index = DependantIndex.scan([str(tmp_path)])
+    assert index.dependants(base, []) == [str(tmp_path / "hand.qcow2")]
+    # another process (SQLite shares lock state between connections of one process) may not
+    # begin to write: our lock is still held
+    try_to_write = (
+        "import sqlite3, sys\n"
+        "c = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)\n"
+        "try:\n    c.execute('BEGIN IMMEDIATE')\nexcept sqlite3.OperationalError as e:\n"
+        "    sys.exit(str(e))\n"
+    )
+    tried = subprocess.run([sys.executable, "-c", try_to_write, str(ledger)],
+                           capture_output=True, text=True, timeout=60, check=False)
+    assert "locked" in tried.stderr, "the scan dropped this process's SQLite lock"
+    ours.execute("COMMIT")
+    ours.close()

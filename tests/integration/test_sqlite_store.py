@@ -10,7 +10,7 @@ import pytest
 from snapledger.adapters.event_store import LedgerApplication
 from snapledger.adapters.service import Snapledger
 from snapledger.adapters.simulated_storage import CLUSTER, SimulatedCrash, SimulatedStorage
-from snapledger.domain.errors import ConcurrentUpdate, OperationInProgress
+from snapledger.domain.errors import ConcurrentUpdate, OperationInProgress, SnapledgerError
 from snapledger.domain.vm import VirtualMachine
 from snapledger.projections.view import LedgerView
 
@@ -166,6 +166,13 @@ def test_adopting_an_image_another_vms_operation_reserved_conflicts(
     assert events(other) == before and storage.files == files
     assert "other" not in other.refresh().vms
 
+    # other.qcow2, a file the ledger does not know, now rests on base.s2: recover won't delete
+    # it under that file (exit 3) until the user has taken the file away
+    with pytest.raises(SnapledgerError) as refused:
+        other.recover()
+    assert refused.value.exit_code == 3 and "/images/other.qcow2" in str(refused.value)
+    assert storage.files["/images/base.s2"].clusters == files["/images/base.s2"].clusters
+    storage.delete("/images/other.qcow2")
     other.recover()
     vm = other.vm(VM)
     assert vm.operation is None and "/images/base.s2" not in storage.files

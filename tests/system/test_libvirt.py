@@ -5,19 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import libvirt_helpers
-import pytest
 from cli_helpers import Cli
 from libvirt_helpers import Domains
 from qemu_helpers import CLUSTER, assert_reads, make_image
-
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.libvirt_domains import LibvirtDomains
-from snapledger.adapters.libvirt_hypervisor import LibvirtHypervisor
-from snapledger.adapters.qemu_img import QemuImgStorage
-from snapledger.adapters.service import Snapledger
 
 MIB = 1 << 20
 libvirt_vms = libvirt_helpers.libvirt_vms  # the fixture
@@ -148,14 +143,23 @@ def test_revert_running_domain_stops_redefines_and_starts_it(tmp_path: Path, lib
     assert cli.run("verify", name).returncode == 0
 
 
-class Crash(BaseException):
-    """The process dies here."""
-
+DIES_AFTER_THE_REDEFINITION = """
+import os, sys
+from snapledger.adapters.event_store import LedgerApplication
+from snapledger.adapters.libvirt_domains import LibvirtDomains
+from snapledger.adapters.libvirt_hypervisor import LibvirtHypervisor
+from snapledger.adapters.qemu_img import QemuImgStorage
+from snapledger.adapters.service import Snapledger
 
 class DiesAfterTheRedefinition(LibvirtDomains):
-    def define(self, xml: str) -> None:
+    def define(self, xml):
         super().define(xml)
-        raise Crash("killed right after libvirt redefined the domain")
+        os._exit(9)  # killed right after libvirt redefined the domain
+
+store, name = sys.argv[1:]
+Snapledger(LedgerApplication(store), QemuImgStorage(),
+           hypervisor=LibvirtHypervisor(DiesAfterTheRedefinition)).revert(name, "s1", running=True)
+"""
 
 
 def test_a_revert_running_cut_short_is_finished_and_started_by_recover(
@@ -168,11 +172,11 @@ def test_a_revert_running_cut_short_is_finished_and_started_by_recover(
     libvirt_vms.write(name, 0x11, 0)
     cli.run("snapshot", name, "s1")
     libvirt_vms.write(name, 0x22, 0)
-    dying = Snapledger(LedgerApplication(cli.env["SNAPLEDGER_STORE"]), QemuImgStorage(),
-                       hypervisor=LibvirtHypervisor(DiesAfterTheRedefinition))
-    with pytest.raises(Crash):
-        dying.revert(name, "s1", running=True)
-    dying.app.close()
+    died = subprocess.run(
+        [sys.executable, "-c", DIES_AFTER_THE_REDEFINITION, cli.env["SNAPLEDGER_STORE"], name],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert died.returncode == 9, died.stderr
     assert not libvirt_vms.running(name)
     assert "domain " + name + " is running" in cli.run("recover").stdout
     reverted = libvirt_vms.path("vda.s1-1")

@@ -664,7 +664,8 @@ def test_recover_leaves_an_operation_whose_process_still_runs_alone(tmp_path: Pa
     finally:
         for pid in merges:
             os.kill(pid, signal.SIGCONT)
-    assert delete.wait(timeout=300) == 0, delete.stderr.read() if delete.stderr else ""
+    code = delete.wait(timeout=300)
+    assert code == 0, (delete.stderr.read() if delete.stderr else b"").decode()
     assert "nothing to recover" in cli.run("recover").stdout
     state = h.refresh()
     assert {s["name"] for s in state["snapshots"]} == set(expected)

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -243,3 +244,75 @@ def test_an_overlay_path_qemu_img_would_misread_is_bad_input(cli: Cli, tmp_path:
     assert cli.state() == before
     cli.run("snapshot", "vm", "s1")
     assert cli.json("show", "vm")["snapshots"][0]["name"] == "s1"
+
+
+# ---- the ledger's own filesystem full ------------------------------------------------------
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "ledger-fs"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"this test needs root to mount a tmpfs: {done.stderr}"
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_ledger_is_one_line_and_recover_finishes_once_there_is_space(
+    tmp_path: Path, small_tmpfs: Path
+) -> None:
+    """The ledger's filesystem fills up: every command exits 1 with one line (no traceback,
+    nothing recorded as drift, no image touched that the ledger did not record first; SQLite
+    can't even open a WAL ledger for reading on a full filesystem); once space is freed, recover
+    and the same commands work, and every snapshot reads as before."""
+    images = tmp_path / "images"
+    images.mkdir()
+    cli = Cli(images)
+    cli.env["SNAPLEDGER_STORE"] = f"sqlite:///{small_tmpfs}/ledger.sqlite"
+    three_snapshots(cli, images)
+    state = cli.json("show", "vm")
+    reads = {s["name"]: raw_bytes(s["disks"]["vda"]) for s in state["snapshots"]}
+    present = raw_bytes(state["disks"]["vda"]["active"])
+    filler = small_tmpfs / "filler"
+    with open(filler, "wb") as out:  # fill every last block
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError:
+            pass
+    files_before = sorted(p.name for p in images.iterdir())
+    for command in (["snapshot", "vm", "s4"], ["delete", "vm", "s2"], ["revert", "vm", "s1"],
+                    ["gc"], ["recover"]):
+        refused = cli.run(*command, expect=1)
+        assert "store" in one_line(refused) or "ledger" in one_line(refused), one_line(refused)
+    assert sorted(p.name for p in images.iterdir()) == files_before  # no file left behind
+    filler.unlink()
+    assert [s["name"] for s in cli.json("show", "vm")["snapshots"]] == ["s1", "s2", "s3"]
+    cli.run("recover")
+    assert "DriftDetected" not in event_types(cli)
+    state = cli.json("show", "vm")
+    assert {s["name"]: raw_bytes(s["disks"]["vda"]) for s in state["snapshots"]} == reads
+    assert raw_bytes(state["disks"]["vda"]["active"]) == present
+    cli.run("verify")
+    cli.run("delete", "vm", "s2")
+    cli.run("verify")
+
+
+def test_the_ledger_among_the_images_is_never_a_disk_nor_opened_by_a_scan(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """The ledger's SQLite file lies in the VM's directory: adopting it as a disk is bad input,
+    and deleting snapshots (whose header scans look at every file there) leaves it whole."""
+    ledger = tmp_path / "ledger.sqlite"
+    three_snapshots(cli, tmp_path)
+    refused = cli.run("adopt", "other", "--disk", f"vda={ledger}", expect=2)
+    assert "ledger" in one_line(refused)
+    cli.run("delete", "vm", "s2")
+    cli.run("delete", "vm", "s3")
+    cli.run("verify")
+    check = subprocess.run(["sqlite3", str(ledger), "PRAGMA integrity_check"], capture_output=True,
+                           text=True, timeout=60, check=True)
+    assert check.stdout.strip() == "ok"

@@ -24,9 +24,9 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+from machine_world import FillableLedger, WorldActors
 from projection_helpers import rebuilt, view_state
 
-from snapledger.adapters.event_store import LedgerApplication
 from snapledger.adapters.projection import PersistedProjection
 from snapledger.adapters.projection_store import MemoryProjectionStore
 from snapledger.adapters.service import Snapledger
@@ -63,14 +63,14 @@ class SnapRef:
     name: str
 
 
-class LedgerMachine(RuleBasedStateMachine):
+class LedgerMachine(WorldActors, RuleBasedStateMachine):
     vms = Bundle("vms")
     snapshots = Bundle("snapshots")
 
     def __init__(self) -> None:
         super().__init__()
         self.storage = SimulatedStorage()
-        self.app = LedgerApplication("memory:")
+        self.app = FillableLedger("memory:")
         ticks = itertools.count()
         self.clock = lambda: f"2026-01-01T00:00:00.{next(ticks):06d}+00:00"
         self.ledger = Snapledger(self.app, self.storage, clock=self.clock, projection=self.projection())
@@ -81,6 +81,7 @@ class LedgerMachine(RuleBasedStateMachine):
         # Files the user made: never deleted; `frozen_files` are never changed either.
         self.user_files: set[str] = set()
         self.frozen_files: dict[str, Content] = {}
+        self.init_world()
 
     @initialize()
     def make_template(self) -> None:
@@ -164,15 +165,19 @@ class LedgerMachine(RuleBasedStateMachine):
     # ---- rules ---------------------------------------------------------------------------
 
     @precondition(lambda self: len(self.ledger.view.vms) < 3)
-    @rule(target=vms, own=st.lists(contents, min_size=1, max_size=2), on_template=st.booleans())
-    def adopt(self, own: list[Content], on_template: bool) -> str:
+    @rule(target=vms, own=st.lists(contents, min_size=1, max_size=2), on_template=st.booleans(),
+          raw=st.booleans())
+    def adopt(self, own: list[Content], on_template: bool, raw: bool) -> str:
+        """A VM over its own qcow2 disks, the first maybe over a template, or raw."""
         vm = f"vm{next(self.names)}"
         disks = {}
+        raw = raw and not on_template
         for i, content in enumerate(own):
             disk = "vda" if i == 0 else "vdb"
-            path = f"/vms/{vm}/{disk}.qcow2"
+            fmt = "raw" if raw and i == 0 else "qcow2"
+            path = f"/vms/{vm}/{disk}.{'img' if fmt == 'raw' else 'qcow2'}"
             backing = TEMPLATE if on_template and i == 0 else None
-            self.storage.make_image(path, SIZE, content, backing=backing)
+            self.storage.make_image(path, SIZE, content, backing=backing, fmt=fmt)
             self.user_files.add(path)
             disks[disk] = path
             below = self.frozen_files[TEMPLATE] if backing else {}
@@ -232,6 +237,7 @@ class LedgerMachine(RuleBasedStateMachine):
         for cluster, pattern in writes.items():
             self.storage.write(self.active(vm, disk), cluster, pattern)
         self.present[(vm, disk)].update(writes)
+        self.guest_wrote(self.active(vm, disk), writes)
 
     def _expect_snapshot(self, vm: str, name: str, exclude: frozenset[str]) -> SnapRef:
         ref = SnapRef(vm, name)
@@ -301,6 +307,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 for cluster, pattern in content.items():
                     self.storage.write(self.active(vm, disk), cluster, pattern)
                 self.present[(vm, disk)].update(content)
+                self.guest_wrote(self.active(vm, disk), content)
         self.ledger.revert(vm, refs[1].name)
         self._expect_revert(refs[1])
         return multiple(*refs)
@@ -535,7 +542,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def ledger_agrees_with_disk_on_backing(self) -> None:
         for vm in self.ledger.view.vms.values():
             for record in vm.images.values():
-                seen = self.storage.inspect(record.path)
+                seen = self.storage.inspect(record.path, record.facts.format)
                 assert (seen.backing, seen.backing_format) == (
                     record.facts.backing,
                     record.facts.backing_format,
@@ -564,11 +571,14 @@ class LedgerMachine(RuleBasedStateMachine):
             assert view_state(projection.view_at(position)) == view_state(rebuilt(self.app, position))
 
     def check_nothing_unreachable(self, vm: str, include_detached: bool) -> None:
-        dag = ImageDag(self.ledger.view)
+        dependants = self.ledger.unknown_dependants(vm)  # users' own files rest on these
+        dag = ImageDag(self.ledger.view, dependants=dependants)
+        without = ImageDag(self.ledger.view, ignore_detached_of=vm, dependants=dependants)
         for path in self.ledger.view.vms[vm].images:
             node = dag.nodes[path]
             assert node.needed, f"{path} is unreachable after gc"
-            if include_detached and node.detached:  # only a user's file on managed images stays
+            if include_detached and node.detached and not without.nodes[path].needed:
+                # discarded, unless it is a user's file on managed images
                 chain = dag.chain(path)
                 assert node.owner is not OwnerClass.MANAGED, f"{path} was not discarded"
                 assert any(dag.nodes[p].owner is OwnerClass.MANAGED for p in chain[1:])
