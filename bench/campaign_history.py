@@ -325,8 +325,13 @@ class History:
         faults = list(self.features.faults)
         at: dict[int, list[str]] = {}
         for kind in faults:
-            first = 0 if kind == "raw-header" else (2 if kind == "kill-9-merge" else 1)
-            at.setdefault(self.rng.randint(first, max(first, steps - 1)), []).append(kind)
+            if kind == "raw-header":  # while the raw disk is still active
+                when = 0
+            elif kind == "kill-9-merge":  # before other deletes have merged the big data
+                when = self.rng.randint(1, min(3, steps - 1))
+            else:
+                when = self.rng.randint(1, steps - 1)
+            at.setdefault(when, []).append(kind)
         if self.features.big:
             self.step_index = 0
             self.big_write()
@@ -386,7 +391,11 @@ class History:
         return Intent("write", vm.name, [])
 
     def big_write(self) -> None:
+        """A snapshot, 192 MiB written into the managed overlay it makes, another snapshot: a
+        delete of either then has 192 MiB to merge (commit into the adopted disk, or pull)."""
         vm = self.vms["vm0"]
+        self.execute(Intent("snapshot", "vm0", ["snapshot", "vm0", self.new_name()],
+                            target=f"s{self.counter}"))
         path = vm.active("vda")
         first, count = BIG_REGION
         self.note(f"guest writes {count * CLUSTER >> 20} MiB of 0xab into vm0/vda")
@@ -858,17 +867,19 @@ class History:
     def kill_mid_merge(self) -> bool:
         vm = self.vms["vm0"]
         candidates = []
-        for name in sorted(vm.snapshots):
-            options = self.delete_options()
-            run = self.snapledger(["delete", vm.name, name, *options, "--dry-run", "--json"])
-            if run.returncode == 0 and json.loads(run.stdout).get("bytes_moved", 0) >= 32 << 20:
-                candidates.append((name, options))
+        for name in sorted(vm.snapshots)[:4]:
+            for options in ([], ["--strategy", "pull"], ["--branches", "pull"]):
+                run = self.snapledger(["delete", vm.name, name, *options, "--dry-run", "--json"])
+                if run.returncode == 0 and json.loads(run.stdout).get("bytes_moved", 0) >= 32 << 20:
+                    candidates.append((name, options))
+                    break
         if not candidates:
             self.note("no delete would move 32 MiB: a kill at random instead")
             self.kill_at_random()
             self.fault("kill-9")
             return False
         name, options = self.rng.choice(candidates)
+        self.note(f"delete {name} {' '.join(options)} would move 32 MiB or more")
         intent = Intent("delete", vm.name, ["delete", vm.name, name, *options], target=name)
         run = self.execute(intent, kill=KillPlan(self.rng.uniform(0.0, 0.3), during_merge=True))
         self.note(f"merge seen running: {run.merge_seen}")

@@ -69,10 +69,21 @@ class Campaign:
 _campaign: Campaign | None = None
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _interruptible() -> None:
+    """Ctrl-C and SIGTERM end the campaign through its clean-up (even when started in the
+    background by a shell, which would have SIGINT ignored)."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def _worker_init(campaign: Campaign) -> None:
     global _campaign
     _campaign = campaign
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    _interruptible()
 
 
 def _worker_run(seed: int) -> HistoryResult:
@@ -166,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.seed, args.seed + args.histories))
     results: list[HistoryResult] = []
     started = time.monotonic()
+    _interruptible()
     interrupted = False
     try:
         campaign = Campaign(scratch_root, installed_features())
