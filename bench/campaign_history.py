@@ -944,6 +944,8 @@ class History:
         if picked is None:
             return False
         path = picked[0]
+        if self.rng.random() < 0.5:  # most often a running VM's own disk: its active image
+            path = vm.active(self.rng.choice(sorted(vm.disks)))
         intent = self.mutating_intent(vm)
         dry = self.dry_exit(intent)
         self.note(f"another process holds {os.path.basename(path)} open for writing")
