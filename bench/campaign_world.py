@@ -20,7 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-_WRITE_LOCK_BYTE = 101
+from snapledger.adapters import qemu_locks
+
 FILLER = ".campaign-filler"  # QEMU holds byte 100 + n of an image for permission bit n; 1 is write
 
 
@@ -79,18 +80,9 @@ def kill_group(pgid: int, wait: float = 30.0) -> None:
 
 
 def holds_write_lock(path: str) -> bool:
-    """Whether some process holds QEMU's write lock on `path` (read from /proc/locks)."""
-    st = os.stat(path)
-    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    for line in Path("/proc/locks").read_text().splitlines():
-        fields = line.split()
-        if "->" in fields or "OFDLCK" not in fields or key not in fields:
-            continue
-        at = fields.index(key)
-        start, end = fields[at + 1], fields[at + 2]
-        if int(start) <= _WRITE_LOCK_BYTE and (end == "EOF" or _WRITE_LOCK_BYTE <= int(end)):
-            return True
-    return False
+    """Whether some process holds QEMU's write lock on `path` (only to wait for a holder to be
+    ready: snapledger's own look, which takes no lock)."""
+    return qemu_locks.sharing(path).writer is not None
 
 
 @dataclass

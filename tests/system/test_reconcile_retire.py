@@ -102,6 +102,13 @@ def test_a_frozen_image_gone_leaves_a_broken_snapshot_until_it_is_deleted(h: His
     assert found["gone"] == [frozen]
     state = h.cli.json("show", "vm")
     assert state["missing"] == [frozen]
+    reconciled = [e for e in h.cli.json("log", "vm") if e["type"].endswith(".Reconciled")]
+    assert len(reconciled) == 1 and "1 gone" in reconciled[0]["summary"]
+    before = h.cli.json("show", "vm", "--at-event", str(reconciled[0]["position"] - 1))
+    assert "missing" not in before  # the past as it was
+    export = h.root.parent / f"{h.root.name}.jsonl"
+    export.write_text(h.cli.run("export", "vm").stdout)
+    assert h.cli.json("replay", str(export), "show", "vm")["missing"] == [frozen]
     broken = {s["name"] for s in state["snapshots"] if s.get("broken")}
     assert broken == {"s3"}  # s3's frozen image; the present rests on it too
     refused = h.cli.run("revert", "vm", "s3", expect=3)

@@ -104,15 +104,21 @@ def test_recover_never_follows_a_backing_rewritten_while_the_operation_was_open(
     assert storage.read_all(recovering.vm("a").disks["vda"]) == {0: 0x70, 1: 0x11, 2: 0x22, 3: 0x23}
 
 
-def test_recover_meeting_a_held_image_is_a_conflict_that_records_nothing() -> None:
-    """Another process holds the commit's target: recover sees QEMU's lock before it takes the
-    operation over, records nothing, and finishes once the holder has let go."""
+def a_delete_cut_short() -> tuple[SimulatedStorage, Snapledger]:
+    """s2's delete (a commit) recorded, then the process died at its first storage call; a new
+    process on the same store, to recover it."""
     storage, ledger = world()
     with_snapshots(storage, ledger)
     storage.inject(crash_at=1)
     with pytest.raises(SimulatedCrash):
         ledger.delete("a", "s2", strategy="commit")
-    recovering = Snapledger(ledger.app, storage)
+    return storage, Snapledger(ledger.app, storage)
+
+
+def test_recover_meeting_a_held_image_is_a_conflict_that_records_nothing() -> None:
+    """Another process holds the commit's target: recover sees QEMU's lock before it takes the
+    operation over, records nothing, and finishes once the holder has let go."""
+    storage, recovering = a_delete_cut_short()
     before = positions(recovering)
     storage.hold("/vms/a/vda.s1")
     for _ in range(2):
@@ -129,12 +135,7 @@ def test_recover_meeting_a_held_image_is_a_conflict_that_records_nothing() -> No
 def test_recover_whose_merge_finds_the_image_locked_records_no_failure() -> None:
     """The lock appears only when qemu-img opens the image: recover had taken the operation over
     (OperationResumed), records no failure, and a later recover finishes it."""
-    storage, ledger = world()
-    with_snapshots(storage, ledger)
-    storage.inject(crash_at=1)
-    with pytest.raises(SimulatedCrash):
-        ledger.delete("a", "s2", strategy="commit")
-    recovering = Snapledger(ledger.app, storage)
+    storage, recovering = a_delete_cut_short()
     before = positions(recovering)
     storage.inject(busy_at=1)
     with pytest.raises(ImageInUse) as busy:

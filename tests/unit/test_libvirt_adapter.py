@@ -569,3 +569,21 @@ def test_a_ledger_without_the_libvirt_adapter_plans_but_never_acts() -> None:
     with pytest.raises(BadInput, match="libvirt"):
         offline.delete(DOM, "s1")
     assert ledger.vm(DOM).operation is None
+
+
+def test_a_vm_whose_domain_was_undefined_can_be_retired() -> None:
+    """The domain is gone from libvirt: verify says so forever, until the VM is retired, which
+    asks nothing of libvirt; the images stay, and the name can be adopted again."""
+    storage, fake, ledger = make(running=False)
+    ledger.snapshot(DOM, "s1")
+    del fake.domains[DOM]
+    assert any("libvirt" in f for f in ledger.verify(DOM))
+    files = dict(storage.files)
+    left = ledger.retire(DOM)
+    assert left == ["/images/web.s1"] and storage.files == files
+    assert ledger.verify() == [] and ledger.verify(DOM) == []
+    assert DOM not in ledger.view.live_vms() and ledger.recover() == [] and ledger.gc() == []
+    fake.add(DOM, {"vda": "/images/web.s1"}, running=False)
+    adopt_libvirt(ledger, ledger.hypervisor, DOM, fake.uri)  # type: ignore[arg-type]
+    assert ledger.vm(DOM).generation == 2 and ledger.vm(DOM).snapshots == {}
+    assert ledger.verify(DOM) == []
