@@ -208,7 +208,11 @@ class RecordedFactsStorage:
     def _refuse(self, *_: object, **__: object) -> None:
         raise BadInput("replay is read-only: use show, tree, log, explain, diff or --dry-run")
 
-    create_overlay = commit = pull = rebase_unsafe = delete = _refuse
+    create_overlay = commit = pull = rebase_unsafe = delete = repair = _refuse
+
+    def reads_same_over(self, image: str, fmt: str, backing: str, backing_format: str) -> bool:
+        self._refuse()
+        return False
 
 
 class NoDependants:

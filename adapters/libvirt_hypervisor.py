@@ -403,6 +403,13 @@ class LibvirtStorage:
     def scan(self, directories: Iterable[str]) -> Dependants:
         return self.inner.scan(directories)
 
+    def repair(self, path: str, *, fmt: str) -> None:
+        if self._live(path) is None:  # a running domain's image: QEMU keeps its own metadata
+            self.inner.repair(path, fmt=fmt)
+
+    def reads_same_over(self, image: str, fmt: str, backing: str, backing_format: str) -> bool:
+        return self.inner.reads_same_over(image, fmt, backing, backing_format)
+
     def sharing(self, path: str) -> Sharing:
         """An image the VM's own running domain has open is libvirt's to change (block jobs):
         QEMU's locks on it are that domain's, not another process's."""

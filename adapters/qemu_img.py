@@ -147,6 +147,7 @@ class QemuImgStorage:
         self.file_mode = file_mode
         # Told the fraction done of a running merge (the CLI draws a progress bar with it).
         self.progress: Callable[[float], None] | None = None
+        self.last_code = 0  # the exit code of the last qemu-img run that succeeded
 
     # ---- the storage port ------------------------------------------------------------
 
@@ -250,6 +251,28 @@ class QemuImgStorage:
             args = ["-b", new_backing, "-F", new_backing_format]
         self._run("rebase", image, ["-q", "-u", "-f", fmt, *args, image])
 
+    def repair(self, path: str, *, fmt: str) -> None:
+        # qemu-img check -r all on the image alone: leaked or wrongly counted clusters a killed
+        # qemu-img left (its caches of L2 tables and refcounts were never written) are put right
+        if fmt == "raw":
+            return  # no metadata of its own
+        self._check_file(path)
+        spec = {"driver": fmt, "file": {"driver": "file", "filename": path}, "backing": None}
+        self._run("check", path, ["-q", "-r", "all", "json:" + json.dumps(spec)], long=True)
+
+    def reads_same_over(self, image: str, fmt: str, backing: str, backing_format: str) -> bool:
+        # qemu-img compare of the image as its header says against the image over `backing`
+        self._check_file(image)
+        self._check_file(backing)
+        if fmt not in FORMATS or backing_format not in FORMATS:
+            raise StorageError(f"{image}: formats {fmt!r}/{backing_format!r} are not accepted")
+        now = {"driver": fmt, "file": {"driver": "file", "filename": image}}
+        over = {**now, "backing": {"driver": backing_format,
+                                   "file": {"driver": "file", "filename": backing}}}
+        self._run("compare", image, ["-U", "-q", "json:" + json.dumps(now), "json:" + json.dumps(over)],
+                  long=True, succeeds=(0, 1))
+        return self.last_code == 0
+
     def sharing(self, path: str) -> Sharing:
         self._check_file(path)
         return qemu_locks.sharing(path)
@@ -333,9 +356,13 @@ class QemuImgStorage:
         merge: bool = False,
         limited: bool = False,
         pass_fds: tuple[int, ...] = (),
+        long: bool = False,
+        succeeds: tuple[int, ...] = (0,),
     ) -> str:
+        """qemu-img's output; StorageError unless it exits with one of `succeeds` (its exit
+        code is then `self.last_code`). `long`: the merge timeout, without progress."""
         argv = [self.qemu_img, command, *args]
-        timeout = self.merge_timeout if merge else self.timeout
+        timeout = self.merge_timeout if merge or long else self.timeout
         if merge:
             return self._run_merge(command, path, argv, timeout)
         preexec = _limits(self.probe_cpu_seconds, self.probe_address_space) if limited else None
@@ -355,8 +382,9 @@ class QemuImgStorage:
             raise StorageError(f"qemu-img {command} {path}: timed out after {timeout:g} s") from None
         except OSError as error:
             raise self._missing(error) from None
-        if done.returncode != 0:
+        if done.returncode not in succeeds:
             raise _failure(command, path, _how(done.returncode), done.stderr)
+        self.last_code = done.returncode
         return done.stdout
 
     def _missing(self, error: OSError) -> ToolMissing:

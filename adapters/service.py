@@ -564,6 +564,9 @@ class Snapledger:
             self._execute_steps(vm, recovering)
 
     def _execute_steps(self, vm: VirtualMachine, recovering: bool) -> None:
+        # The first step recover carries out may have been cut short mid-way (by a crash or a
+        # failure): it is redone knowing that; every later one starts fresh.
+        resumed = recovering
         while True:
             op = vm.operation
             if op is None:
@@ -578,7 +581,7 @@ class Snapledger:
                     hypervisor.storage(vm, self.storage).await_job(step)
                 if step.destructive:
                     self._check_same_files(vm, step)
-                observed = self._carry_out(step, vm)
+                observed = self._carry_out(step, vm, resumed)
             except ImageInUse as busy:
                 self._on_busy(vm, op, index, busy, recovering)
             except ToolMissing as missing:
@@ -586,6 +589,7 @@ class Snapledger:
             except StorageError as error:
                 self._on_failure(vm, op, index, error)
                 raise
+            resumed = False
             vm.complete_step(op.op_id, index, observed)
             self._save(vm, unrecorded=(
                 f"step {index + 1} of the {op.kind} operation {op.op_id} is done on disk but not "
@@ -634,17 +638,21 @@ class Snapledger:
         hypervisor = self._libvirt(vm)
         return hypervisor.storage(vm, self.storage) if hypervisor is not None else self.storage
 
-    def _carry_out(self, step: Step, vm: VirtualMachine) -> list[ImageFacts]:
+    def _carry_out(self, step: Step, vm: VirtualMachine, resumed: bool = False) -> list[ImageFacts]:
         def format_of(path: str) -> str:
             return recorded_format(vm, path) or "qcow2"  # an overlay the operation creates
 
+        # what a pulled image was backed by before the step (the ledger's facts change only
+        # once the step is recorded done)
+        before = vm.images.get(step.image) if isinstance(step, Pull) else None
+        was = (before.facts.backing, before.facts.backing_format) if before else None
         if vm.libvirt is None:
-            return carry_out(self.storage, step, format_of)
+            return carry_out(self.storage, step, format_of, resumed, was)
         hypervisor = self._hypervisor(vm)
         if isinstance(step, DOMAIN_STEPS):
             hypervisor.carry_out(vm, step)
             return []
-        return carry_out(hypervisor.storage(vm, self.storage), step, format_of)
+        return carry_out(hypervisor.storage(vm, self.storage), step, format_of, resumed, was)
 
     def _libvirt(self, vm: VirtualMachine) -> LibvirtHypervisor | None:
         """The libvirt adapter if `vm` is a libvirt domain and this ledger has one (a replayed
@@ -849,11 +857,22 @@ class Snapledger:
 
 
 def carry_out(
-    storage: StoragePort, step: Step, format_of: Callable[[str], str]
+    storage: StoragePort,
+    step: Step,
+    format_of: Callable[[str], str],
+    resumed: bool = False,
+    was: tuple[str | None, str | None] | None = None,
 ) -> list[ImageFacts]:
     """Do one storage step, or see from the disk that it was done before a crash; return the
     facts of the files it changed, as observed afterwards. Every image is opened with the format
-    the ledger recorded (`format_of`), never a guessed one."""
+    the ledger recorded (`format_of`), never a guessed one.
+
+    `resumed`: the step may have been cut short (recover's first step). A killed qemu-img never
+    wrote back its cached metadata, so the image a merge wrote is repaired first; and a pull's
+    header may already name the new backing while the data it needs is not all in (QEMU writes
+    the header first): unless the image reads over the new backing what it read over the old
+    one (`was`, still whole: it is deleted only by a later step), it is put back over the old
+    one and the pull done again."""
     if isinstance(step, CreateOverlay):
         if storage.exists(step.path):
             try:
@@ -866,11 +885,15 @@ def carry_out(
             storage.create_overlay(step.path, step.backing, step.backing_format, step.virtual_size)
         return [storage.inspect(step.path, "qcow2")]
     if isinstance(step, Commit):
+        if resumed:
+            storage.repair(step.base, fmt=format_of(step.base))
         storage.commit(step.top, step.base, fmt=format_of(step.top))
         return [storage.inspect(step.base, format_of(step.base)),
                 storage.inspect(step.top, format_of(step.top))]
     if isinstance(step, (Pull, RebaseUnsafe)):
         fmt = format_of(step.image)
+        if isinstance(step, Pull) and resumed:
+            _undo_a_pull_cut_short(storage, step, fmt, was)
         if storage.inspect(step.image, fmt).backing != step.new_backing:
             if isinstance(step, Pull):
                 storage.pull(step.image, step.new_backing, step.new_backing_format, fmt=fmt)
@@ -884,6 +907,20 @@ def carry_out(
     if isinstance(step, DOMAIN_STEPS):  # never silently skipped: only a hypervisor does them
         raise StorageError(f"{step.action} needs the libvirt adapter")
     return []  # ledger-only steps
+
+
+def _undo_a_pull_cut_short(
+    storage: StoragePort, step: Pull, fmt: str, was: tuple[str | None, str | None] | None
+) -> None:
+    storage.repair(step.image, fmt=fmt)
+    if was is None or was[0] is None or was[0] == step.new_backing or was[1] is None:
+        return
+    if not storage.exists(was[0]):
+        return  # nothing to compare with: the step checks the chain itself
+    if storage.inspect(step.image, fmt).backing != step.new_backing:
+        return  # the header still names the old backing: the pull is simply done again
+    if not storage.reads_same_over(step.image, fmt, was[0], was[1]):
+        storage.rebase_unsafe(step.image, was[0], was[1], fmt=fmt)
 
 
 __all__ = ["Snapledger", "carry_out", "utc_now"]

@@ -71,6 +71,15 @@ class StoragePort(Protocol):
 
     def delete(self, path: str) -> None: ...
 
+    def repair(self, path: str, *, fmt: str) -> None:
+        """After a merge that wrote `path` was cut short (a killed qemu-img never wrote back its
+        cached metadata): make the image's own metadata whole again, keeping what it maps."""
+
+    def reads_same_over(self, image: str, fmt: str, backing: str, backing_format: str) -> bool:
+        """Whether `image` reads, through the backing its header names now, exactly what it would
+        read over `backing`. A pull cut short can leave the header naming the new backing before
+        the data it needs is all in (QEMU writes the header before its cached metadata)."""
+
     def sharing(self, path: str) -> Sharing:
         """Hard links and another process's write lock on `path`, looked at without taking a
         lock that would disturb a running writer; StorageError if it can't be looked at."""

@@ -276,8 +276,13 @@ class LedgerMachine(WorldActors, RuleBasedStateMachine):
         self._expect_revert(snap)
 
     def snapshots_where(self, wanted: str) -> list[SnapRef]:
-        """Model snapshots whose frozen image is a managed image with 1 (`middle`) or 2+ children."""
-        dag = ImageDag(self.ledger.view)
+        """Model snapshots whose frozen image is a managed image with 1 (`middle`) or 2+ children
+        (and, for a branch point, no file of a user's resting on it: that makes it stay)."""
+        dependants = {
+            path: files for name in self.ledger.view.live_vms()
+            for path, files in self.ledger.unknown_dependants(name).items()
+        }
+        dag = ImageDag(self.ledger.view, dependants=dependants)
         found = []
         for ref in sorted(self.taken, key=lambda r: (r.vm, r.name)):
             vm = self.ledger.view.vms[ref.vm]
@@ -288,6 +293,7 @@ class LedgerMachine(WorldActors, RuleBasedStateMachine):
                 managed = dag.nodes[path].owner is OwnerClass.MANAGED
                 # A detached child makes any delete metadata only (semantics.md), so skip those.
                 attached = not any(dag.nodes[k].detached for k in kids)
+                attached = attached and not dag.dependants(path)
                 if (wanted == "middle" and len(kids) == 1) or (
                     wanted == "branch point" and managed and attached and len(kids) > 1
                 ):
