@@ -210,6 +210,10 @@ class RecordedFactsStorage:
 
     create_overlay = commit = pull = rebase_unsafe = delete = repair = _refuse
 
+    def remove_unfinished(self, path: str) -> bool:
+        self._refuse()
+        return False
+
     def reads_same_over(self, image: str, fmt: str, backing: str, backing_format: str) -> bool:
         self._refuse()
         return False

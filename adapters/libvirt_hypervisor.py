@@ -403,6 +403,9 @@ class LibvirtStorage:
     def scan(self, directories: Iterable[str]) -> Dependants:
         return self.inner.scan(directories)
 
+    def remove_unfinished(self, path: str) -> bool:
+        return self.inner.remove_unfinished(path)
+
     def repair(self, path: str, *, fmt: str) -> None:
         if self._live(path) is None:  # a running domain's image: QEMU keeps its own metadata
             self.inner.repair(path, fmt=fmt)

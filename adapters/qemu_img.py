@@ -54,6 +54,8 @@ from .qcow2_headers import DependantIndex
 from .storage_port import Sharing
 
 FORMATS = frozenset({"qcow2", "raw"})
+# An empty overlay as qemu-img create makes it is 192 KiB; a create cut short leaves less.
+UNFINISHED_AT_MOST = 1 << 20
 GIB = 1 << 30
 
 
@@ -250,6 +252,23 @@ class QemuImgStorage:
             self._info(new_backing, new_backing_format)  # it opens with the format it will have
             args = ["-b", new_backing, "-F", new_backing_format]
         self._run("rebase", image, ["-q", "-u", "-f", fmt, *args, image])
+
+    def remove_unfinished(self, path: str) -> bool:
+        self._check_path(path)
+        try:
+            seen = os.lstat(path)
+        except OSError:
+            return False
+        if not stat.S_ISREG(seen.st_mode) or seen.st_size > UNFINISHED_AT_MOST:
+            return False
+        if seen.st_size:
+            try:
+                if self._allocated(path, "qcow2") > 0:
+                    return False  # a whole image with data in it: not what a create left
+            except StorageError:
+                pass  # not even a whole qcow2 header: a create killed before it wrote one
+        self._unlink_if_ours(path, seen)
+        return not os.path.lexists(path)
 
     def repair(self, path: str, *, fmt: str) -> None:
         # qemu-img check -r all on the image alone: leaked or wrongly counted clusters a killed

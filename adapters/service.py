@@ -41,12 +41,9 @@ from snapledger.domain.images import ImageFacts, Origin
 from snapledger.domain.names import check_disk_target, check_name, check_user_path
 from snapledger.domain.steps import (
     DOMAIN_STEPS,
-    Commit,
     CreateOverlay,
-    DeleteFile,
     Plan,
     Pull,
-    RebaseUnsafe,
     SetActive,
     Step,
     touched_paths,
@@ -63,6 +60,7 @@ from .failures import describe
 from .processes import LocalProcesses, carrying_out, files_open_here
 from .projection import STORE_ERRORS, PersistedProjection
 from .reconcile import Reconciliation, reconciliation
+from .step_execution import carry_out
 from .storage_port import StoragePort
 from .store_url import parse_store_url
 
@@ -856,71 +854,4 @@ class Snapledger:
                 pass  # the error above says what matters
 
 
-def carry_out(
-    storage: StoragePort,
-    step: Step,
-    format_of: Callable[[str], str],
-    resumed: bool = False,
-    was: tuple[str | None, str | None] | None = None,
-) -> list[ImageFacts]:
-    """Do one storage step, or see from the disk that it was done before a crash; return the
-    facts of the files it changed, as observed afterwards. Every image is opened with the format
-    the ledger recorded (`format_of`), never a guessed one.
-
-    `resumed`: the step may have been cut short (recover's first step). A killed qemu-img never
-    wrote back its cached metadata, so the image a merge wrote is repaired first; and a pull's
-    header may already name the new backing while the data it needs is not all in (QEMU writes
-    the header first): unless the image reads over the new backing what it read over the old
-    one (`was`, still whole: it is deleted only by a later step), it is put back over the old
-    one and the pull done again."""
-    if isinstance(step, CreateOverlay):
-        if storage.exists(step.path):
-            try:
-                facts = storage.inspect(step.path, "qcow2")
-            except StorageError:
-                facts = None
-            if facts is None or facts.backing != step.backing:
-                raise StorageError(f"{step.path} exists and is not the overlay this operation made")
-        else:
-            storage.create_overlay(step.path, step.backing, step.backing_format, step.virtual_size)
-        return [storage.inspect(step.path, "qcow2")]
-    if isinstance(step, Commit):
-        if resumed:
-            storage.repair(step.base, fmt=format_of(step.base))
-        storage.commit(step.top, step.base, fmt=format_of(step.top))
-        return [storage.inspect(step.base, format_of(step.base)),
-                storage.inspect(step.top, format_of(step.top))]
-    if isinstance(step, (Pull, RebaseUnsafe)):
-        fmt = format_of(step.image)
-        if isinstance(step, Pull) and resumed:
-            _undo_a_pull_cut_short(storage, step, fmt, was)
-        if storage.inspect(step.image, fmt).backing != step.new_backing:
-            if isinstance(step, Pull):
-                storage.pull(step.image, step.new_backing, step.new_backing_format, fmt=fmt)
-            else:
-                storage.rebase_unsafe(step.image, step.new_backing, step.new_backing_format, fmt=fmt)
-        return [storage.inspect(step.image, fmt)]
-    if isinstance(step, DeleteFile):
-        if storage.exists(step.path):
-            storage.delete(step.path)
-        return []
-    if isinstance(step, DOMAIN_STEPS):  # never silently skipped: only a hypervisor does them
-        raise StorageError(f"{step.action} needs the libvirt adapter")
-    return []  # ledger-only steps
-
-
-def _undo_a_pull_cut_short(
-    storage: StoragePort, step: Pull, fmt: str, was: tuple[str | None, str | None] | None
-) -> None:
-    storage.repair(step.image, fmt=fmt)
-    if was is None or was[0] is None or was[0] == step.new_backing or was[1] is None:
-        return
-    if not storage.exists(was[0]):
-        return  # nothing to compare with: the step checks the chain itself
-    if storage.inspect(step.image, fmt).backing != step.new_backing:
-        return  # the header still names the old backing: the pull is simply done again
-    if not storage.reads_same_over(step.image, fmt, was[0], was[1]):
-        storage.rebase_unsafe(step.image, was[0], was[1], fmt=fmt)
-
-
-__all__ = ["Snapledger", "carry_out", "utc_now"]
+__all__ = ["Snapledger", "utc_now"]

@@ -240,7 +240,12 @@ class SimulatedStorage:
         self, path: str, backing: str, backing_format: str, virtual_size: int
     ) -> None:
         self._tool()
-        self._fault()
+        try:
+            self._fault()
+        except SimulatedCrash:  # killed as qemu-img began: an empty file is left
+            if path not in self.files:
+                self.files[path] = SimImage("partial", None, None, virtual_size, {}, next(self._inodes))
+            raise
         if path in self.files:
             raise StorageError(f"{path} exists")
         below = self._get(backing)
@@ -288,6 +293,13 @@ class SimulatedStorage:
         # is what a crash here leaves.
         self._copy(moves, target, header=(new_backing, new_backing_format))
         target.backing, target.backing_format = new_backing, new_backing_format
+
+    def remove_unfinished(self, path: str) -> bool:
+        image = self.files.get(path)
+        if image is None or image.clusters or image.format not in ("partial", "qcow2"):
+            return False
+        del self.files[path]
+        return True
 
     def repair(self, path: str, *, fmt: str) -> None:
         self._tool()

@@ -71,6 +71,11 @@ class StoragePort(Protocol):
 
     def delete(self, path: str) -> None: ...
 
+    def remove_unfinished(self, path: str) -> bool:
+        """Remove `path` if it is what a create cut short leaves: a small file that holds no
+        data (empty, a header only part written, or an image that maps nothing). True if it
+        was removed; a file that may hold anyone's data is never removed."""
+
     def repair(self, path: str, *, fmt: str) -> None:
         """After a merge that wrote `path` was cut short (a killed qemu-img never wrote back its
         cached metadata): make the image's own metadata whole again, keeping what it maps."""

@@ -21,8 +21,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from snapledger.adapters.drift import recorded_format
-from snapledger.adapters.service import carry_out
 from snapledger.adapters.simulated_storage import CLUSTER, SimulatedStorage
+from snapledger.adapters.step_execution import carry_out
 from snapledger.domain.errors import BranchPointRefused, StorageError, StrategyNotAllowed
 from snapledger.domain.image_registry import ImageRegistration, release_registrations
 from snapledger.domain.images import ImageFacts, Origin

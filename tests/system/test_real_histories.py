@@ -357,6 +357,9 @@ class CrashingStorage:
     def repair(self, path: str, *, fmt: str) -> None:
         self.real.repair(path, fmt=fmt)
 
+    def remove_unfinished(self, path: str) -> bool:
+        return self.real.remove_unfinished(path)
+
     def reads_same_over(self, image: str, fmt: str, backing: str, backing_format: str) -> bool:
         return self.real.reads_same_over(image, fmt, backing, backing_format)
 
@@ -659,6 +662,56 @@ class HeaderFirst(QemuImgStorage):
 
 Snapledger(LedgerApplication(sys.argv[1]), HeaderFirst()).delete("vm", "s1", strategy="pull")
 """
+
+
+DIES_IN_THE_CREATE = """
+import os, sys
+from snapledger.adapters.event_store import LedgerApplication
+from snapledger.adapters.qemu_img import QemuImgStorage
+from snapledger.adapters.service import Snapledger
+
+class DiesInTheCreate(QemuImgStorage):
+    # killed right after the overlay's file was made (O_EXCL), before qemu-img wrote to it
+    def create_overlay(self, path, backing, backing_format, virtual_size):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        os._exit(9)
+
+Snapledger(LedgerApplication(sys.argv[1]), DiesInTheCreate()).snapshot("vm", sys.argv[2])
+"""
+
+
+def test_an_overlay_whose_create_was_cut_short_is_made_again(tmp_path: Path) -> None:
+    """The process dies with the new overlay an empty file: recover makes it again and finishes
+    the snapshot (it used to refuse forever: "exists and is not the overlay this operation
+    made"). A file at that path that holds data is never removed."""
+    cli = Cli(tmp_path)
+    base = make_image(cli.path("base.qcow2"), 16 * CLUSTER, {0: 0x10})
+    cli.run("adopt", "vm", "--disk", f"vda={base}")
+
+    def dies_in_the_create(name: str) -> str:
+        died = subprocess.run([sys.executable, "-c", DIES_IN_THE_CREATE,
+                               cli.env["SNAPLEDGER_STORE"], name], capture_output=True, text=True,
+                              timeout=300, check=False)
+        assert died.returncode == 9, died.stderr
+        overlay = cli.path(f"base.{name}")
+        assert os.path.getsize(overlay) == 0
+        return overlay
+
+    overlay = dies_in_the_create("s9")
+    assert "finished snapshot" in cli.run("recover").stdout
+    state = cli.json("show", "vm")
+    assert [s["name"] for s in state["snapshots"]] == ["s9"]
+    assert state["disks"]["vda"]["chain"] == [overlay, base]
+    cli.run("verify")
+    cli.run("delete", "vm", "s9")
+    assert not os.path.exists(overlay)
+
+    overlay = dies_in_the_create("s10")
+    os.unlink(overlay)  # someone else's image at that path, with data: left alone
+    make_image(overlay, 16 * CLUSTER, {3: 0x77})
+    refused = cli.run("recover", expect=1)
+    assert "is not the overlay this operation made" in refused.stderr
+    assert_reads(overlay, {3: 0x77}, 16)
 
 
 def test_a_pull_whose_header_was_written_before_its_data_is_redone(tmp_path: Path) -> None:
