@@ -411,6 +411,11 @@ class LibvirtStorage:
             self.inner.repair(path, fmt=fmt)
 
     def reads_same_over(self, image: str, fmt: str, backing: str, backing_format: str) -> bool:
+        if self._live(image) is not None:
+            # merged by a block job inside the running QEMU, which no restart of libvirtd or
+            # death of snapledger stops half-written; the file on disk lags behind QEMU's
+            # caches, so it is not what to compare
+            return True
         return self.inner.reads_same_over(image, fmt, backing, backing_format)
 
     def sharing(self, path: str) -> Sharing:
