@@ -9,9 +9,10 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-from eventsourcing.persistence import IntegrityError, StoredEvent
+from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
 from psycopg import Cursor
+from psycopg.errors import DuplicateObject, DuplicateTable
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 
@@ -29,7 +30,6 @@ def schema_lock_key(schema: str) -> int:
     pg_advisory_xact_lock(int, int) takes, so ledgers in two schemas don't wait for each other."""
     key = zlib.crc32(schema.encode())
     return key - (1 << 32) if key >= 1 << 31 else key
-CREATE_ATTEMPTS = 3
 
 
 class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
@@ -46,26 +46,37 @@ class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
         )
 
     def create_table(self) -> None:
-        # Hosts starting together on an empty database: CREATE TYPE (run by the library in a
-        # transaction of its own) can lose a race with a concurrent one in the catalog's unique
-        # index, which the library does not expect. Once the winner has committed, the next
-        # attempt finds the type there.
-        for attempt in range(1, CREATE_ATTEMPTS + 1):
-            try:
-                super().create_table()
-                return
-            except IntegrityError:
-                if attempt == CREATE_ATTEMPTS:
-                    raise
+        # Hosts starting together on an empty database: the library creates its composite type
+        # in a transaction of its own, outside any lock, and a concurrent CREATE TYPE fails in
+        # the catalog in more ways than the one it suppresses (a unique violation on pg_type,
+        # "relation ... already exists"). Here everything, types included, is created under one
+        # advisory lock. A type already there is found by trying (in a savepoint): a lookup
+        # first is not enough, as the catalog cache may not yet have seen the commit of the
+        # host that held the lock before us.
+        with self.datastore.transaction(commit=True) as curs:
+            self._lock_schema(curs)
+            for statement in self.sql_create_statements:
+                if "CREATE TYPE" in statement.as_string():
+                    try:
+                        with curs.connection.transaction():
+                            curs.execute(statement, prepare=False)
+                    except (DuplicateObject, DuplicateTable):
+                        pass
+            self._create_table(curs)
+        self.datastore.register_type_adapters()
 
-    def _create_table(self, curs: Cursor[DictRow]) -> None:
-        # CREATE TABLE IF NOT EXISTS is not safe against a concurrent one (a unique violation
-        # on pg_type): the tables are created by one process at a time.
+    def _lock_schema(self, curs: Cursor[DictRow]) -> None:
         curs.execute(
             "SELECT pg_advisory_xact_lock(%s, %s)",
             (CREATE_LOCK_CLASS, schema_lock_key(self.datastore.schema)),
             prepare=False,
         )
+
+    def _create_table(self, curs: Cursor[DictRow]) -> None:
+        # CREATE TABLE IF NOT EXISTS is not safe against a concurrent one (a unique violation
+        # on pg_type): the tables are created by one process at a time. (Advisory locks stack
+        # within a session: taking it again inside create_table is harmless.)
+        self._lock_schema(curs)
         super()._create_table(curs)
 
     def _fetch_ids_after_insert_events(
