@@ -528,6 +528,17 @@ def assert_regions(path: str, expected: Mapping[int, int]) -> None:
     assert out.count("read ") == REGIONS, out
 
 
+def assert_history_reads(cli: Cli, h: History, expected: Mapping[str, Mapping[int, int]]) -> None:
+    """The ledger lists exactly the expected snapshots, each and the present read as written
+    (with qemu-io), and `verify` agrees."""
+    state = h.refresh()
+    assert {s["name"] for s in state["snapshots"]} == set(expected)
+    for snap in state["snapshots"]:
+        assert_regions(snap["disks"]["vda"], expected[snap["name"]])
+    assert_regions(state["disks"]["vda"]["active"], h.present)
+    cli.run("verify")
+
+
 def big_history(cli: Cli) -> History:
     """s0 (user's base) <- s1 (16 MiB) <- s2 (256 MiB more) <- present (16 MiB more)."""
     base = make_image(cli.path("base.qcow2"), REGIONS * REGION)
@@ -728,12 +739,7 @@ def test_a_pull_whose_header_was_written_before_its_data_is_redone(tmp_path: Pat
                           timeout=300, check=False)
     assert died.returncode == 9, died.stderr
     assert "finished delete" in cli.run("recover").stdout
-    state = h.refresh()
-    assert {s["name"] for s in state["snapshots"]} == set(expected)
-    for snap in state["snapshots"]:
-        assert_regions(snap["disks"]["vda"], expected[snap["name"]])
-    assert_regions(state["disks"]["vda"]["active"], h.present)
-    cli.run("verify")
+    assert_history_reads(cli, h, expected)
 
 
 def test_recover_leaves_an_operation_whose_process_still_runs_alone(tmp_path: Path) -> None:
@@ -766,12 +772,7 @@ def test_recover_leaves_an_operation_whose_process_still_runs_alone(tmp_path: Pa
     code = delete.wait(timeout=300)
     assert code == 0, (delete.stderr.read() if delete.stderr else b"").decode()
     assert "nothing to recover" in cli.run("recover").stdout
-    state = h.refresh()
-    assert {s["name"] for s in state["snapshots"]} == set(expected)
-    for snap in state["snapshots"]:
-        assert_regions(snap["disks"]["vda"], expected[snap["name"]])
-    assert_regions(state["disks"]["vda"]["active"], h.present)
-    cli.run("verify")
+    assert_history_reads(cli, h, expected)
 
 
 # ---- 6. two processes racing on one store ------------------------------------------------
