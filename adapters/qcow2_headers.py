@@ -165,6 +165,9 @@ class DependantIndex:
         self._nodes: dict[str, Node] = {}  # any absolute name -> the file it names
         self._real_dirs: dict[str, str] = {}
         self._backed_by: dict[Node, set[tuple[int, int]]] = {}
+        # Files found whose backing file is not there: what they rest on can't be told, so they
+        # may rest on any image (a user's overlay moved away for a while, its own overlay left).
+        self._missing_backing: dict[tuple[int, int], str] = {}
 
     @classmethod
     def scan(
@@ -179,12 +182,17 @@ class DependantIndex:
                 directory = os.path.dirname(name)
                 for target in reference.names:
                     target = target if target[0] == "/" else os.path.join(directory, target)
-                    index._backed_by.setdefault(index._node(target), set()).add(node)
+                    backing = index._node(target)
+                    index._backed_by.setdefault(backing, set()).add(node)
+                    if isinstance(backing, str):  # no such file
+                        index._missing_backing.setdefault(node, target)
         return index
 
     def dependants(self, image: str, known: Collection[str]) -> list[str]:
         """Every qcow2 file found whose backing chain reaches `image` through files the ledger
-        doesn't know (E2 -> E1 -> image gives [E1, E2]). A `known` file is neither reported nor
+        doesn't know (E2 -> E1 -> image gives [E1, E2]), and every such file whose chain ends in
+        a backing file that is missing (it may rest on `image`: named with that backing, next to
+        the nearest), with the files resting on those. A `known` file is neither reported nor
         walked through. Nearest first, then by name; each file once, by its own name rather
         than a symlink's, then the smallest."""
         known_nodes = {self._node(path) for path in known}
@@ -192,6 +200,7 @@ class DependantIndex:
         reached: set[Node] = {start}
         level: list[Node] = [start]
         found: list[str] = []
+        unresolved = sorted(node for node in self._missing_backing if node not in known_nodes)
         while level:
             nearer: list[tuple[int, int]] = []
             for node in level:
@@ -199,9 +208,20 @@ class DependantIndex:
                     if dependant not in reached and dependant not in known_nodes:
                         reached.add(dependant)
                         nearer.append(dependant)
-            found += sorted(min(self._names[node])[1] for node in nearer)
+            found += sorted(self._name(node) for node in nearer)
+            if level == [start]:
+                maybe = [node for node in unresolved if node not in reached]
+                reached.update(maybe)
+                nearer += maybe
+                found += sorted(
+                    f"{self._name(node)} (its backing file {self._missing_backing[node]} is "
+                    "missing: it may rest on this image)" for node in maybe
+                )
             level = list(nearer)
         return found
+
+    def _name(self, node: tuple[int, int]) -> str:
+        return min(self._names[node])[1]
 
     def _walk(self, roots: list[str], max_depth: int, max_files: int) -> None:
         """Real directories first (depth first, sorted), then the symlinked ones, so a file is

@@ -53,21 +53,30 @@ class SimImage:
 
 @dataclass
 class SimulatedScan:
-    """What a header scan of some directories found: file -> the file its header names."""
+    """What a header scan of some directories found: file -> the file its header names, and
+    which of those named files are not there (the rule of adapters/qcow2_headers.py)."""
 
     backings: dict[str, str]
     resolve: Callable[[str], str]
+    missing: frozenset[str] = frozenset()
 
     def dependants(self, image: str, known: Collection[str]) -> list[str]:
         ours = {self.resolve(k) for k in known}
+        start = self.resolve(image)
+        seen = {start}
         found: list[str] = []
-        frontier = [self.resolve(image)]
+        frontier = [start]
         while frontier:
-            above = sorted(
-                f for f, b in self.backings.items()
-                if b in frontier and f not in ours and f not in found
-            )
+            above = sorted(f for f, b in self.backings.items()
+                           if b in frontier and f not in ours and f not in seen)
             found += above
+            if frontier == [start]:
+                maybe = sorted(f for f, b in self.backings.items()
+                               if b in self.missing and f not in ours and f not in seen | set(above))
+                found += [f"{f} (its backing file {self.backings[f]} is missing: it may rest on "
+                          "this image)" for f in maybe]
+                above += maybe
+            seen.update(above)
             frontier = above
         return found
 
@@ -260,7 +269,9 @@ class SimulatedStorage:
             named = image.forged_backing or image.backing  # a header is read, not a format
             if named is not None and is_within(self.resolve(path), within):
                 backings[self.resolve(path)] = self.resolve(named)
-        return SimulatedScan(backings, self.resolve)
+        there = {self.resolve(path) for path in self.files}
+        missing = frozenset(b for b in backings.values() if b not in there)
+        return SimulatedScan(backings, self.resolve, missing)
 
     def commit(self, top: str, base: str, *, fmt: str) -> None:
         self._tool()

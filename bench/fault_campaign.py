@@ -197,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
                         print(report_line(result), flush=True)
                         if args.verbose:
                             print("  setup: " + result.setup + "\n  " + "\n  ".join(result.steps))
+                    # Idle workers end on their own: leaving the block would SIGTERM them, and
+                    # their handler would print a traceback on the way out.
+                    pool.close()
+                    pool.join()
                 except KeyboardInterrupt:
                     pool.terminate()
                     raise

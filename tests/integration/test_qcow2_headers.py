@@ -155,6 +155,22 @@ def test_a_chain_of_two_hand_made_overlays_nearest_first(vms: Path) -> None:
     assert index.dependants(e1, known=[base, s1]) == [e2]
 
 
+
+def test_a_file_whose_backing_is_missing_may_rest_on_any_image(vms: Path, tmp_path: Path) -> None:
+    """e2 -> e1 -> s1 with e1 moved away: e2 is reported for every image (with the name of the
+    file it misses) and so is e3 above it; a known file with a missing backing is not."""
+    base, s1 = base_and_overlay(vms)
+    e1 = make_image(vms / "e1.qcow2", SIZE, backing=s1)
+    e2 = make_image(vms / "e2.qcow2", SIZE, backing=e1)
+    e3 = make_image(vms / "e3.qcow2", SIZE, backing=e2)
+    other = make_image(vms / "other.qcow2", SIZE, backing=s1)
+    os.rename(e1, tmp_path / "e1.qcow2")
+    index = DependantIndex.scan([str(vms)])
+    maybe = f"{e2} (its backing file {e1} is missing: it may rest on this image)"
+    assert index.dependants(s1, known=[base, s1]) == [other, maybe, e3]
+    assert index.dependants(base, known=[base, s1]) == [maybe, e3]
+    assert index.dependants(base, known=[base, s1, e2]) == []
+
 def test_a_backing_named_through_a_symlinked_directory(vms: Path, tmp_path: Path) -> None:
     base, s1 = base_and_overlay(vms)
     (tmp_path / "alias").symlink_to(vms)

@@ -124,3 +124,24 @@ def test_without_dependants_the_same_delete_merges(h: History) -> None:
     assert plan["steps"], plan
     h.cli.run("delete", "vm", "s2")
     assert not os.path.exists(h.s1) or not os.path.exists(h.root / "vda.s2")
+
+
+def test_an_overlay_whose_backing_is_away_may_rest_on_any_image(h: History) -> None:
+    """hand2 -> hand1 -> vda.s1, and the user has moved hand1 away for a while: what hand2 rests
+    on can't be told, so it may rest on vda.s1. Deleting s2 leaves vda as it is on disk and names
+    hand2 and the missing file; once hand1 is back, both read exactly as before (a fault
+    campaign found this losing the user's data, seed 334)."""
+    hand1, reads1 = h.hand("hand1.qcow2", h.s1, {6: 0x66})
+    hand2, reads2 = h.hand("hand2.qcow2", hand1, {7: 0x77})
+    (h.root / "away").mkdir()
+    away = str(h.root / "away" / "hand1.qcow2")
+    os.rename(hand1, away)
+    before = {p: raw_bytes(p) for p in (h.s1, h.active())}
+    plan = h.cli.json("delete", "vm", "s2", "--dry-run")
+    assert plan["steps"] == [] and hand2 in plan["strategy"] and hand1 in plan["strategy"]
+    h.cli.run("delete", "vm", "s2")
+    assert {p: raw_bytes(p) for p in before} == before
+    os.rename(away, hand1)
+    assert raw_bytes(hand1) == reads1 and raw_bytes(hand2) == reads2
+    assert_reads(hand2, {0: 0x10, 1: 0x21, 6: 0x66, 7: 0x77}, CLUSTERS)
+    h.cli.run("verify")
