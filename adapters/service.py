@@ -616,8 +616,15 @@ class Snapledger:
 
     def _dependants(self, vm: VirtualMachine, view: LedgerView) -> dict[str, list[str]]:
         """For each of `vm`'s images, the files in its directories that the ledger does not
-        know and whose backing chain reaches it (a user's own overlays): they make it stay."""
-        scan = self._storage_for(vm).scan(sorted(vm.allowed_dirs()))
+        know and whose backing chain reaches it (a user's own overlays): they make it stay.
+        The directories of every VM tracked are looked in, not only `vm`'s: a user's disk that
+        another VM adopted over one of `vm`'s images and then swapped away rests on it still,
+        and the ledger has stopped holding it (found by the deep state-machine profile)."""
+        latest = self.refresh()
+        directories = set(vm.allowed_dirs())
+        for other in latest.live_vms().values():
+            directories |= other.allowed_dirs()
+        scan = self._storage_for(vm).scan(sorted(directories))
         # Known after the scan: an overlay another process's operation made meanwhile was
         # registered before it was created, so it is never taken for a user's file.
         latest = self.refresh()

@@ -145,3 +145,29 @@ def test_an_overlay_whose_backing_is_away_may_rest_on_any_image(h: History) -> N
     assert raw_bytes(hand1) == reads1 and raw_bytes(hand2) == reads2
     assert_reads(hand2, {0: 0x10, 1: 0x21, 6: 0x66, 7: 0x77}, CLUSTERS)
     h.cli.run("verify")
+
+
+def test_a_disk_another_vm_let_go_of_keeps_the_image_it_rests_on(tmp_path: Path) -> None:
+    """vm2's disk, the user's file in vm2's own directory, rests on vm1's vda.s1 (s2's frozen
+    image). vm1 deletes s2 and reverts to s1; vm2 swaps its disk and lets the old one go. vm1's
+    gc then finds that file in vm2's directory and leaves vda.s1 (it deleted it before: found
+    by the deep state-machine profile)."""
+    one, two = tmp_path / "vm1", tmp_path / "vm2"
+    one.mkdir()
+    two.mkdir()
+    cli = Cli(tmp_path)
+    disk = make_image(one / "vda.qcow2", SIZE, {0: 0x10})
+    cli.run("adopt", "vm1", "--disk", f"vda={disk}")
+    cli.run("snapshot", "vm1", "s1")
+    qemu_io(str(one / "vda.s1"), [f"write -P 0x21 {CLUSTER} {CLUSTER}"])
+    cli.run("snapshot", "vm1", "s2")
+    theirs = make_image(two / "vda.qcow2", SIZE, {2: 0x33}, backing=str(one / "vda.s1"))
+    cli.run("adopt", "vm2", "--disk", f"vda={theirs}", "--pool", str(one))
+    cli.run("delete", "vm1", "s2")
+    cli.run("revert", "vm1", "s1")
+    other = make_image(two / "other.qcow2", SIZE, {})
+    cli.run("swap-disk", "vm2", "vda", other)
+    cli.run("gc", "vm2", "--include-detached")
+    cli.run("gc", "vm1", "--include-detached")
+    assert os.path.exists(one / "vda.s1")
+    assert_reads(theirs, {0: 0x10, 1: 0x21, 2: 0x33}, CLUSTERS)

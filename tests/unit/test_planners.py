@@ -395,3 +395,29 @@ def test_crash_during_a_commit_is_recovered_with_every_snapshot_intact(crash_at:
     assert "/images/base.s2" not in storage.files
     assert fresh.gc() == []
     assert_views_agree(fresh)
+
+
+def test_a_disk_another_vm_let_go_of_still_keeps_the_image_it_rests_on() -> None:
+    """vm2's disk (the user's file) rests on vda.s1, s2's frozen image in vm1. vm1 deletes s2 and
+    reverts to s1; vm2 swaps its disk for another and lets the old one go. The
+    ledger holds vda.s1 for nobody now, but the user's file in vm2's directory still rests on it:
+    vm1's gc leaves it, because the scan looks in every tracked VM's directories (the deep
+    state-machine profile found gc deleting it)."""
+    storage = SimulatedStorage()
+    storage.make_image("/vms/vm1/vda.qcow2", 16 * CLUSTER, {0: 0x11})
+    ledger = Snapledger(LedgerApplication(), storage)
+    ledger.adopt("vm1", {"vda": "/vms/vm1/vda.qcow2"})
+    ledger.snapshot("vm1", "s1")
+    storage.write(ledger.view.vms["vm1"].disks["vda"], 1, 0x22)
+    ledger.snapshot("vm1", "s2")
+    frozen = ledger.view.vms["vm1"].snapshots["s2"].disks["vda"]
+    storage.make_image("/vms/vm2/vda.qcow2", 16 * CLUSTER, {2: 0x33}, backing=frozen)
+    ledger.adopt("vm2", {"vda": "/vms/vm2/vda.qcow2"}, pools=["/vms/vm1"])
+    ledger.delete("vm1", "s2")  # metadata only: vm2 uses the image
+    ledger.revert("vm1", "s1")  # vm1 itself no longer needs vda.s1
+    storage.make_image("/vms/vm2/other.qcow2", 16 * CLUSTER, {})
+    ledger.swap_disk("vm2", "vda", "/vms/vm2/other.qcow2")
+    ledger.gc("vm2", True)  # vm2 lets go of its old disk (the user's file: released, kept)
+    ledger.gc("vm1", True)
+    assert storage.exists(frozen)
+    assert storage.read_all("/vms/vm2/vda.qcow2") == {0: 0x11, 1: 0x22, 2: 0x33}
