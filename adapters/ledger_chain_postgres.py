@@ -50,7 +50,8 @@ class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
         # in a transaction of its own, outside any lock, and a concurrent CREATE TYPE fails in
         # the catalog in more ways than the one it suppresses (a unique violation on pg_type,
         # "relation ... already exists"). Here everything, types included, is created under one
-        # advisory lock. A type already there is found by trying (in a savepoint): a lookup
+        # advisory lock (the library's _create_table, which makes the tables, is called only
+        # from here). A type already there is found by trying (in a savepoint): a lookup
         # first is not enough, as the catalog cache may not yet have seen the commit of the
         # host that held the lock before us.
         with self.datastore.transaction(commit=True) as curs:
@@ -71,13 +72,6 @@ class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
             (CREATE_LOCK_CLASS, schema_lock_key(self.datastore.schema)),
             prepare=False,
         )
-
-    def _create_table(self, curs: Cursor[DictRow]) -> None:
-        # CREATE TABLE IF NOT EXISTS is not safe against a concurrent one (a unique violation
-        # on pg_type): the tables are created by one process at a time. (Advisory locks stack
-        # within a session: taking it again inside create_table is harmless.)
-        self._lock_schema(curs)
-        super()._create_table(curs)
 
     def _fetch_ids_after_insert_events(
         self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any

@@ -324,5 +324,5 @@ class DependantIndex:
         return node
 
 
-__all__ = ["BackingReference", "DependantIndex", "ScanTooLarge", "read_backing_names",
+__all__ = ["QCOW2_MAGIC", "BackingReference", "DependantIndex", "ScanTooLarge", "read_backing_names",
            "read_backing_reference", "reference_of"]

@@ -50,7 +50,7 @@ from snapledger.domain.images import ImageFacts
 from snapledger.domain.names import confinement, is_within
 
 from . import qemu_locks
-from .qcow2_headers import DependantIndex
+from .qcow2_headers import QCOW2_MAGIC, DependantIndex
 from .storage_port import Sharing
 
 FORMATS = frozenset({"qcow2", "raw"})
@@ -259,14 +259,21 @@ class QemuImgStorage:
             seen = os.lstat(path)
         except OSError:
             return False
-        if not stat.S_ISREG(seen.st_mode) or seen.st_size > UNFINISHED_AT_MOST:
-            return False
+        if (not stat.S_ISREG(seen.st_mode) or seen.st_nlink != 1
+                or seen.st_size > UNFINISHED_AT_MOST):
+            return False  # not a file a create of ours could have left, or not ours alone
         if seen.st_size:
+            try:
+                with open(path, "rb") as opened:
+                    if opened.read(4) != QCOW2_MAGIC:
+                        return False  # anyone's bytes (a raw file): qemu-img writes the magic first
+            except OSError:
+                return False
             try:
                 if self._allocated(path, "qcow2") > 0:
                     return False  # a whole image with data in it: not what a create left
             except StorageError:
-                pass  # not even a whole qcow2 header: a create killed before it wrote one
+                pass  # a header only part written: a create killed before it finished
         self._unlink_if_ours(path, seen)
         return not os.path.lexists(path)
 

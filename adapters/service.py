@@ -620,9 +620,8 @@ class Snapledger:
         The directories of every VM tracked are looked in, not only `vm`'s: a user's disk that
         another VM adopted over one of `vm`'s images and then swapped away rests on it still,
         and the ledger has stopped holding it (found by the deep state-machine profile)."""
-        latest = self.refresh()
         directories = set(vm.allowed_dirs())
-        for other in latest.live_vms().values():
+        for other in view.live_vms().values():
             directories |= other.allowed_dirs()
         scan = self._storage_for(vm).scan(sorted(directories))
         # Known after the scan: an overlay another process's operation made meanwhile was

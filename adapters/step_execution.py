@@ -49,7 +49,7 @@ def carry_out(
                 facts = None
             if facts is not None and facts.backing == step.backing:
                 pass  # made before a crash
-            elif storage.remove_unfinished(step.path):  # a create cut short: made again
+            elif resumed and storage.remove_unfinished(step.path):  # a create cut short
                 storage.create_overlay(
                     step.path, step.backing, step.backing_format, step.virtual_size
                 )

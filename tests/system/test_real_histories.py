@@ -723,6 +723,16 @@ def test_an_overlay_whose_create_was_cut_short_is_made_again(tmp_path: Path) -> 
     refused = cli.run("recover", expect=1)
     assert "is not the overlay this operation made" in refused.stderr
     assert_reads(overlay, {3: 0x77}, 16)
+    # a small raw file of anyone's bytes (no qcow2 magic), and an empty file with a second
+    # link: neither is what a create of ours left, so neither is removed
+    overlay = dies_in_the_create("s11")
+    Path(overlay).write_bytes(b"the user's notes\n")
+    assert "is not the overlay" in cli.run("recover", expect=1).stderr
+    assert Path(overlay).read_bytes() == b"the user's notes\n"
+    overlay = dies_in_the_create("s12")
+    os.link(overlay, cli.path("keep"))
+    assert "is not the overlay" in cli.run("recover", expect=1).stderr
+    assert os.path.exists(overlay) and os.stat(overlay).st_nlink == 2
 
 
 def test_a_pull_whose_header_was_written_before_its_data_is_redone(tmp_path: Path) -> None:
