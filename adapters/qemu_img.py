@@ -549,6 +549,8 @@ class QemuImgStorage:
             seen.st_dev,
             seen.st_ino,
             seen.st_size,
+            seen.st_mtime_ns,
+            seen.st_ctime_ns,
         )
 
 

@@ -7,10 +7,15 @@ mutating call, with merges left half done the way an interrupted qemu-img leaves
 image locked by another process there (a merge or rebase that does nothing and raises ImageInUse).
 Symlinks can be simulated (`symlink`): `resolve` follows them, as realpath does.
 
-The world outside snapledger acts on it too: hard links (`hard_link`), another process holding an
-image open (`hold`, `release`), a guest writing a qcow2 header into a raw disk (`forge_header`:
-only a probe that guesses the format is fooled) and files a user makes (`make_image`), which
-`scan` finds.
+The world outside snapledger acts on it too: hard links (`hard_link`, `unlink_name`), another
+process holding an image open (`hold`, `release`), a guest writing a qcow2 header into a raw disk
+(`forge_header`: only a probe that guesses the format is fooled), a `chmod`, and files a user
+makes (`make_image`), which `scan` finds.
+
+Files have times, from a clock of the storage's own that ticks once per change (deterministic):
+every write into a file (a guest's, a commit's, a pull's, a rebase's, a repair's, half of one cut
+short) moves its mtime and ctime; a change of its metadata only (a link added or removed, a
+chmod) moves its ctime.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from .storage_port import Sharing
 
 CLUSTER = 64 * 1024
 HEADER = 192 * 1024  # what an empty qcow2 file takes on the host
+EPOCH_NS = 1_798_761_600 * 1_000_000_000  # 2027-01-01T00:00:00Z: the simulated clock's tick 0
+TICK_NS = 1_000_123  # one tick of it: a millisecond and a bit, so every digit shows
 
 
 class SimulatedCrash(BaseException):
@@ -45,6 +52,10 @@ class SimImage:
     links: int = 1
     # A qcow2 header a guest wrote into a raw disk: (backing it names); only probing sees it.
     forged_backing: str | None = None
+    # The ticks of the storage's clock at the last write of its content (mtime) and the last
+    # change of anything about it (ctime); set by SimulatedStorage.
+    mtime: int = 0
+    ctime: int = 0
 
     @property
     def allocated(self) -> int:
@@ -88,6 +99,7 @@ class SimulatedStorage:
         self.files: dict[str, SimImage] = {}
         self.links: dict[str, str] = {}  # simulated symlinks: path -> absolute target
         self._inodes = itertools.count(1000)
+        self._ticks = itertools.count(1)  # the files' clock
         self._calls = 0
         self._opens = 0
         self.fail_at: int | None = None
@@ -110,15 +122,28 @@ class SimulatedStorage:
         if path in self.files:
             raise StorageError(f"{path} exists")
         backing_format = self.files[backing].format if backing is not None else None
-        self.files[path] = SimImage(
+        self._new(path, SimImage(
             fmt, backing, backing_format, virtual_size, dict(clusters or {}), next(self._inodes)
-        )
+        ))
 
     def write(self, path: str, cluster: int, pattern: int) -> None:
         image = self._get(path)
         if not 0 <= cluster < image.virtual_size // CLUSTER:
             raise StorageError(f"cluster {cluster} is outside {path}")
         image.clusters[cluster] = pattern
+        self.modified(image)
+
+    def modified(self, image: SimImage) -> None:
+        """`image`'s content was written: its mtime and ctime move."""
+        image.mtime = image.ctime = next(self._ticks)
+
+    def changed(self, image: SimImage) -> None:
+        """Only `image`'s metadata changed (links, mode, owner): its ctime moves."""
+        image.ctime = next(self._ticks)
+
+    def chmod(self, path: str) -> None:
+        """`chmod` (or chown, or setfattr) of `path`, even to what it was: only its ctime moves."""
+        self.changed(self._get(path))
 
     def read(self, path: str, cluster: int) -> int:
         current: str | None = path
@@ -145,7 +170,16 @@ class SimulatedStorage:
 
     def hard_link(self, path: str) -> None:
         """Another name for `path` now exists (outside the directories snapledger looks at)."""
-        self._get(path).links += 1
+        image = self._get(path)
+        image.links += 1
+        self.changed(image)
+
+    def unlink_name(self, path: str) -> None:
+        """The other name `hard_link` made is removed again (the link count, and the ctime, move)."""
+        image = self._get(path)
+        assert image.links > 1, f"{path} has no other name"
+        image.links -= 1
+        self.changed(image)
 
     def hold(self, path: str, writing: bool = True) -> None:
         """Another process opens `path` (for writing, or only reading) and keeps it open."""
@@ -161,6 +195,7 @@ class SimulatedStorage:
         assert image.format == "raw", "only a raw disk's guest can write a header at offset 0"
         image.forged_backing = backing
         image.clusters[0] = 0x51  # the header's bytes are the guest's data in cluster 0
+        self.modified(image)
 
     def symlink(self, link: str, target: str) -> None:
         """`link` (a file or directory name) now leads to `target`."""
@@ -219,6 +254,8 @@ class SimulatedStorage:
             self.device,
             image.inode,
             HEADER + image.allocated,
+            EPOCH_NS + image.mtime * TICK_NS,
+            EPOCH_NS + image.ctime * TICK_NS,
         )
 
     def inspect_chain(
@@ -253,14 +290,14 @@ class SimulatedStorage:
             self._fault()
         except SimulatedCrash:  # killed as qemu-img began: an empty file is left
             if path not in self.files:
-                self.files[path] = SimImage("partial", None, None, virtual_size, {}, next(self._inodes))
+                self._new(path, SimImage("partial", None, None, virtual_size, {}, next(self._inodes)))
             raise
         if path in self.files:
             raise StorageError(f"{path} exists")
         below = self._get(backing)
         if below.format != backing_format:
             raise StorageError(f"{backing} is {below.format}, not {backing_format}")
-        self.files[path] = SimImage("qcow2", backing, backing_format, virtual_size, {}, next(self._inodes))
+        self._new(path, SimImage("qcow2", backing, backing_format, virtual_size, {}, next(self._inodes)))
 
     def scan(self, directories: Iterable[str]) -> SimulatedScan:
         within = [self.resolve(d) for d in directories]
@@ -281,6 +318,7 @@ class SimulatedStorage:
             raise StorageError(f"{base} is not the backing file of {top}")
         target = self._get(base)
         self._copy(list(image.clusters.items()), target)
+        self.modified(target)  # opened for writing and flushed, even with nothing to move
 
     def pull(
         self, image: str, new_backing: str | None, new_backing_format: str | None, *, fmt: str
@@ -304,6 +342,7 @@ class SimulatedStorage:
         # is what a crash here leaves.
         self._copy(moves, target, header=(new_backing, new_backing_format))
         target.backing, target.backing_format = new_backing, new_backing_format
+        self.modified(target)  # its header at least, even with no cluster to move
 
     def remove_unfinished(self, path: str) -> bool:
         image = self.files.get(path)
@@ -314,7 +353,9 @@ class SimulatedStorage:
 
     def repair(self, path: str, *, fmt: str) -> None:
         self._tool()
-        self._opened(path, fmt)  # nothing to put right: the simulation keeps no metadata cache
+        # nothing to put right (the simulation keeps no metadata cache), but `qemu-img check -r`
+        # opens the image for writing: counted as a write, so what reads its facts must look again
+        self.modified(self._opened(path, fmt))
 
     def reads_same_over(self, image: str, fmt: str, backing: str, backing_format: str) -> bool:
         self._tool()
@@ -331,6 +372,7 @@ class SimulatedStorage:
         target = self._opened(image, fmt)
         self._locked(image)
         target.backing, target.backing_format = new_backing, new_backing_format
+        self.modified(target)
 
     def delete(self, path: str) -> None:
         self._fault()
@@ -338,6 +380,10 @@ class SimulatedStorage:
         del self.files[path]
 
     # ---- internals -------------------------------------------------------------------
+
+    def _new(self, path: str, image: SimImage) -> None:
+        self.files[path] = image
+        self.modified(image)
 
     def _tool(self) -> None:
         if self.tool_missing:
@@ -381,8 +427,10 @@ class SimulatedStorage:
             if half_done and target is not None:
                 for cluster, value in half_done[: len(half_done) // 2]:
                     target.clusters[cluster] = value
+                self.modified(target)
             if header is not None and target is not None:
                 target.backing, target.backing_format = header
+                self.modified(target)
             raise SimulatedCrash(f"injected crash at call {self._calls}")
 
     def _copy(
@@ -392,4 +440,6 @@ class SimulatedStorage:
         self._fault(moves, target, opens_images=True, header=header)
         for cluster, value in moves:
             target.clusters[cluster] = value
+        if moves:
+            self.modified(target)
         self.bytes_written += len(moves) * CLUSTER

@@ -34,6 +34,10 @@ class ImageFacts:
     device: int
     inode: int
     size: int  # file size on the host
+    # The file's st_mtime_ns and st_ctime_ns when observed; 0: not known (facts recorded before
+    # snapledger looked at times). Last, with defaults: older events' dicts still load.
+    mtime_ns: int = 0
+    ctime_ns: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
