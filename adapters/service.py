@@ -651,12 +651,27 @@ class Snapledger:
         before = vm.images.get(step.image) if isinstance(step, Pull) else None
         was = (before.facts.backing, before.facts.backing_format) if before else None
         if vm.libvirt is None:
-            return carry_out(self.storage, step, format_of, resumed, was)
-        hypervisor = self._hypervisor(vm)
-        if isinstance(step, DOMAIN_STEPS):
-            hypervisor.carry_out(vm, step)
-            return []
-        return carry_out(hypervisor.storage(vm, self.storage), step, format_of, resumed, was)
+            storage: StoragePort = self.storage
+        else:
+            hypervisor = self._hypervisor(vm)
+            if isinstance(step, DOMAIN_STEPS):
+                hypervisor.carry_out(vm, step)
+                return []
+            storage = hypervisor.storage(vm, self.storage)
+        if isinstance(step, SetActive):
+            # The image the disk leaves (a snapshot's frozen image, a revert's abandoned
+            # present) was written until now (a live snapshot switches the domain in the step
+            # before): its facts as of this moment are the ones it keeps from here on, times
+            # included, so what drift compares is its content after its last legitimate write.
+            left = vm.disks[step.disk]
+            record = vm.images.get(left)
+            if left == step.path or record is None or not storage.exists(left):
+                return []
+            try:
+                return [storage.inspect(left, record.facts.format)]
+            except StorageError:  # not readable now: the checks that need it say so
+                return []
+        return carry_out(storage, step, format_of, resumed, was)
 
     def _libvirt(self, vm: VirtualMachine) -> LibvirtHypervisor | None:
         """The libvirt adapter if `vm` is a libvirt domain and this ledger has one (a replayed
