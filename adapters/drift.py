@@ -59,6 +59,18 @@ def written_paths(step: Step) -> tuple[str, ...]:
     return ()
 
 
+def frozen_rules(vm: VirtualMachine, path: str) -> dict[str, bool]:
+    """What of `path`'s recorded facts must still hold on disk, beyond its identity (for
+    ImageFacts.identity_differs): the size of every image a guest does not write (not active);
+    the mtime of every one that is not detached either (its content never changes: frozen
+    means frozen); and its ctime too, unless the VM is a libvirt domain (libvirt's DAC driver
+    chowns every image of a running domain's chain at each start, and leaves backing files so)."""
+    active = path in vm.disks.values()
+    record = vm.images.get(path)
+    kept = not active and (record is None or not record.detached)
+    return {"check_size": not active, "check_mtime": kept, "check_ctime": kept and vm.libvirt is None}
+
+
 class DiskChecks:
     def __init__(self, storage: StoragePort) -> None:
         self.storage = storage
@@ -76,8 +88,9 @@ class DiskChecks:
 
     def drift(self, vm: VirtualMachine, seen_on_disk: Mapping[str, Seen]) -> list[str]:
         """Where the disk disagrees with what `vm` recorded. Active images change size as the
-        guest writes; every other image must keep its size too."""
-        actives = set(vm.disks.values())
+        guest writes; every other image must keep its size too, and one that is not detached
+        its content: a moved mtime is drift (and a moved ctime, unless libvirt runs the VM:
+        its security driver chowns the whole chain at each start). See `frozen_rules`."""
         allowed = self.resolved_dirs(vm)
         findings: list[str] = []
         for path, seen in seen_on_disk.items():
@@ -88,7 +101,7 @@ class DiskChecks:
             if isinstance(seen, str):
                 findings.append(seen)
                 continue
-            changed = vm.images[path].facts.identity_differs(seen, check_size=path not in actives)
+            changed = vm.images[path].facts.identity_differs(seen, **frozen_rules(vm, path))
             if changed:
                 findings.append(f"{path}: {', '.join(changed)}")
             findings += self.outside(seen, allowed)
@@ -109,7 +122,7 @@ class DiskChecks:
                 findings.append(f"{path}: replaced (inode {record.facts.inode} -> {seen.inode})")
             findings += self.outside(seen, allowed)
         findings += self.hard_links(written_paths(step))
-        return list(dict.fromkeys(findings + self.chain_findings(vm, step)))
+        return list(dict.fromkeys(findings + self.chain_findings(vm, step, compare=False)))
 
     # ---- confinement and chains --------------------------------------------------------
 
@@ -128,10 +141,15 @@ class DiskChecks:
                 findings.append(outside_finding(name, resolved, below))
         return findings
 
-    def chain_findings(self, vm: VirtualMachine, step: Step) -> list[str]:
+    def chain_findings(self, vm: VirtualMachine, step: Step, compare: bool = True) -> list[str]:
         """A merge opens the whole chain below the image it writes: every file of that chain,
         as the disk says now, must be there, readable with its recorded formats, and in the
-        VM's directories. The walk stops at the first file outside, before opening it."""
+        VM's directories. The walk stops at the first file outside, before opening it.
+
+        `compare` (when an operation is planned): every file of it the merge reads and the
+        ledger holds must also be as recorded (`drift`'s rules: a frozen image below that was
+        written behind the ledger's back is drift, even at the same size). Not right before a
+        step: after a crash, recover must not be stopped by what its own steps changed."""
         if isinstance(step, Commit):
             top = step.top
         elif isinstance(step, Pull):
@@ -139,12 +157,24 @@ class DiskChecks:
         else:
             return []
         try:
-            self.storage.inspect_chain(top, sorted(vm.allowed_dirs()), recorded_format(vm, top))
+            chain = self.storage.inspect_chain(
+                top, sorted(vm.allowed_dirs()), recorded_format(vm, top)
+            )
         except OutsideAllowedDirs as outside:
             return [outside_finding(outside.path, outside.resolved, outside.below)]
         except StorageError as error:  # a file missing or unreadable anywhere below
             return [f"{top}: its backing chain can't be read ({error})"]
-        return []
+        if not compare:
+            return []
+        findings = []
+        for seen in chain:
+            record = vm.images.get(seen.path)
+            if record is None or record.missing or seen.path in written_paths(step):
+                continue  # what the step writes is checked as such (and may be mid-change)
+            changed = record.facts.identity_differs(seen, **frozen_rules(vm, seen.path))
+            if changed:
+                findings.append(f"{seen.path}: {', '.join(changed)}")
+        return findings
 
     # ---- who else has the files --------------------------------------------------------
 

@@ -14,7 +14,7 @@ from snapledger.domain.errors import OutsideAllowedDirs, StorageError
 from snapledger.domain.images import ImageFacts, Origin
 from snapledger.domain.vm import VirtualMachine
 
-from .drift import DiskChecks, outside_finding
+from .drift import DiskChecks, frozen_rules, outside_finding
 
 
 @dataclass
@@ -42,7 +42,6 @@ def reconciliation(vm: VirtualMachine, checks: DiskChecks) -> Reconciliation:
     storage = checks.storage
     allowed = checks.resolved_dirs(vm)
     seen = checks.look(vm, sorted(vm.images))
-    actives = set(vm.disks.values())
     for path, facts in seen.items():
         record = vm.images[path]
         if isinstance(facts, str):
@@ -61,7 +60,7 @@ def reconciliation(vm: VirtualMachine, checks: DiskChecks) -> Reconciliation:
             out.observed.append(facts)
             out.changes.append(f"{path}: back on the disk")
         else:
-            changed = record.facts.identity_differs(facts, check_size=path not in actives)
+            changed = record.facts.identity_differs(facts, **frozen_rules(vm, path))
             if changed or record.facts.size != facts.size or record.facts.allocated != facts.allocated:
                 out.observed.append(facts)
                 if changed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -49,15 +50,47 @@ class ImageFacts:
     def with_backing(self, backing: str | None, backing_format: str | None) -> ImageFacts:
         return replace(self, backing=backing, backing_format=backing_format)
 
-    def identity_differs(self, seen: ImageFacts, *, check_size: bool) -> list[str]:
-        """What changed between the recorded facts (self) and what is seen on disk now."""
+    def identity_differs(
+        self, seen: ImageFacts, *, check_size: bool, check_mtime: bool = False,
+        check_ctime: bool = False,
+    ) -> list[str]:
+        """What changed between the recorded facts (self) and what is seen on disk now.
+
+        `check_size`: the image is not active (a guest does not write it). `check_mtime`: it
+        is not detached either, so its content must stay as recorded (frozen means frozen): a
+        moved mtime is a change even at the same size and inode. `check_ctime`: a moved ctime
+        too (its owner, mode or links changed, or its content); not for libvirt's domains,
+        whose security driver chowns every image of a chain at each start. A time is compared
+        only where both sides know it (0: facts recorded before times were)."""
         changed = []
         for name in ("format", "backing", "backing_format", "device", "inode"):
             if getattr(self, name) != getattr(seen, name):
                 changed.append(f"{name} {getattr(self, name)!r} -> {getattr(seen, name)!r}")
         if check_size and self.size != seen.size:
             changed.append(f"size {self.size} -> {seen.size}")
+        if check_mtime and _moved(self.mtime_ns, seen.mtime_ns):
+            changed.append(
+                f"modified since it was frozen (mtime {format_ns(self.mtime_ns)} -> "
+                f"{format_ns(seen.mtime_ns)})"
+            )
+        elif check_mtime and check_ctime and _moved(self.ctime_ns, seen.ctime_ns):
+            changed.append(
+                f"changed since it was frozen (ctime {format_ns(self.ctime_ns)} -> "
+                f"{format_ns(seen.ctime_ns)}, mtime the same: its owner, mode, links or "
+                "content were changed)"
+            )
         return changed
+
+
+def _moved(recorded: int, seen: int) -> bool:
+    return recorded != 0 and seen != 0 and recorded != seen
+
+
+def format_ns(ns: int) -> str:
+    """A file time in nanoseconds since the epoch, for people: UTC, to the nanosecond."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{rest:09d}Z"
 
 
 @dataclass(frozen=True)

@@ -545,6 +545,16 @@ class LedgerMachine(WorldActors, RuleBasedStateMachine):
                 assert self.storage.files[path].clusters == self.frozen_files[path]
 
     @invariant()
+    def snapledgers_own_operations_leave_no_drift(self) -> None:
+        """Between rules the disks agree with the ledger for every idle VM: what snapledger
+        wrote (a commit's base, a pulled or rebased image, a frozen image written until its
+        disk moved away) it has read back, times included, so nothing it did looks like
+        drift (and the world's doings that do were reconciled by the rule that did them)."""
+        for name, vm in sorted(self.ledger.refresh().live_vms().items()):
+            if vm.operation is None:
+                assert self.ledger.verify(name) == [], name
+
+    @invariant()
     def ledger_agrees_with_disk_on_backing(self) -> None:
         for vm in self.ledger.view.vms.values():
             for record in vm.images.values():
