@@ -281,11 +281,16 @@ def gc(c: Context, vm: str | None, include_detached: bool, dry_run: bool) -> Non
 
 @cli.command()
 @click.argument("vm", required=False)
+@click.option("--pivoted", is_flag=True, help=(
+    "Vouch that the live commit VM's open operation was at pivoted (a pivot by hand) and "
+    "the domain ran on the commit's base since: the commit is taken as done."))
 @after_command_options
 @pass_context
-def recover(c: Context, vm: str | None) -> None:
+def recover(c: Context, vm: str | None, pivoted: bool) -> None:
     """Finish operations a crash interrupted."""
-    finished = c.ledger.recover(vm)
+    if pivoted and vm is None:
+        raise BadInput("--pivoted vouches for one VM's operation: name the VM")
+    finished = c.ledger.recover(vm, pivoted=pivoted)
     if c.as_json:
         output.emit_json({"finished": finished})
     else:

@@ -68,9 +68,16 @@ def open_ledger(
     app: LedgerApplication, progress: Callable[[float], None] | None = None
 ) -> Snapledger:
     """The service over `app`: real disks through qemu-img, libvirt when a VM is bound to it."""
-    from .libvirt_hypervisor import LibvirtHypervisor, job_bandwidth_from_env  # libvirt on use
+    from .libvirt_hypervisor import (  # libvirt on use
+        LibvirtHypervisor,
+        job_bandwidth_from_env,
+        pause_after_pivot_from_env,
+    )
 
     storage = QemuImgStorage()
     storage.progress = progress
-    hypervisor = LibvirtHypervisor(job_bandwidth=job_bandwidth_from_env(os.environ))
+    hypervisor = LibvirtHypervisor(
+        job_bandwidth=job_bandwidth_from_env(os.environ),
+        pause_after_pivot=pause_after_pivot_from_env(os.environ),
+    )
     return Snapledger(app, storage, hypervisor=hypervisor)

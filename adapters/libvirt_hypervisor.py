@@ -9,8 +9,13 @@
 - `storage(vm, inner)` routes each storage step: an image in the backing chain of a running
   domain's disk is merged by a libvirt block job (active commit with pivot, non-active commit,
   pull into the active image); every other image goes to `inner` (qemu-img) as before.
-- `findings` compares libvirt's disk sources with the ledger (drift).
-- `adopt_libvirt` reads a domain and its libvirt snapshot metadata into the ledger.
+- `findings` compares libvirt's definitions with the ledger (drift; adapters/libvirt_definitions.py),
+  and every operation records the definition the domain starts from (`current_definition`).
+- `after_recover` starts a persistent domain again that ran when the operation `recover`
+  finished began (its definition names the images the ledger says).
+
+The storage side is adapters/libvirt_storage.py, `adopt --libvirt` adapters/libvirt_adopt.py
+(both re-exported here).
 
 This module imports no libvirt: `connect` (adapters/libvirt_domains.py in the command line, a fake
 in the unit tests) does, and only when a VM bound to libvirt is acted on.
@@ -19,44 +24,56 @@ in the unit tests) does, and only when a VM bound to libvirt is acted on.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 
 from snapledger.domain.errors import BadInput, Refused, StorageError
-from snapledger.domain.images import ImageFacts, Origin
 from snapledger.domain.steps import (
     Commit,
     DefineDomain,
+    DeleteFile,
     Plan,
     Pull,
+    RebaseUnsafe,
     SetActive,
     StartDomain,
     Step,
     StopDomain,
     SwitchDisks,
 )
-from snapledger.domain.vm import VirtualMachine
+from snapledger.domain.vm import OperationRecord, VirtualMachine
 
-from .libvirt_port import BlockJob, LibvirtFailure, LibvirtPort, NoSuchDomain
+from . import libvirt_definitions as definitions
+from .libvirt_adopt import DEFAULT_URI, AdoptReport, adopt_libvirt
+from .libvirt_port import LibvirtFailure, LibvirtPort, NoSuchDomain
+from .libvirt_storage import (
+    DomainStopped,
+    ForeignBlockJob,
+    LibvirtStorage,
+    LiveDisk,
+    WrongImage,
+    find_live,
+    port_running,
+)
 from .libvirt_xml import (
-    LibvirtSnapshot,
     disk_sources,
     domain_disks,
+    domain_root,
     parse_snapshot,
     snapshot_request_xml,
     with_sources,
 )
-from .storage_port import Dependants, Sharing, StoragePort
+from .storage_port import StoragePort
 
-if TYPE_CHECKING:
-    from .service import Snapledger
+CHAIN_STEPS = (Commit, Pull, RebaseUnsafe, DeleteFile)  # steps that change what a chain holds
 
-DEFAULT_URI = "qemu:///system"
 # A test knob, never set in normal use: a bandwidth limit (bytes per second) for every block job
 # snapledger starts, so that the system tests can interrupt a live merge reliably
 # (tests/system/test_libvirt_restart.py). Unset, empty or 0: no limit.
 TEST_JOB_BANDWIDTH_ENV = "SNAPLEDGER_TEST_JOB_BANDWIDTH"
+# A test knob too: seconds to wait right after a pivot of ours, before the step is recorded done,
+# so that a test can kill snapledger exactly there. Unset, empty or 0: no wait.
+TEST_PAUSE_AFTER_PIVOT_ENV = "SNAPLEDGER_TEST_PAUSE_AFTER_PIVOT"
 
 
 class LiveStepImpossible(Refused):
@@ -74,6 +91,14 @@ def job_bandwidth_from_env(environ: Mapping[str, str]) -> int:
     return int(value)
 
 
+def pause_after_pivot_from_env(environ: Mapping[str, str]) -> float:
+    value = environ.get(TEST_PAUSE_AFTER_PIVOT_ENV, "").strip()
+    try:
+        return float(value) if value else 0.0
+    except ValueError:
+        raise BadInput(f"{TEST_PAUSE_AFTER_PIVOT_ENV} must be a number of seconds, not {value!r}") from None
+
+
 def real_connect(uri: str) -> LibvirtPort:
     from . import extras
 
@@ -81,13 +106,6 @@ def real_connect(uri: str) -> LibvirtPort:
     from .libvirt_domains import LibvirtDomains  # libvirt is imported here, on first use
 
     return LibvirtDomains(uri)
-
-
-@dataclass
-class LiveDisk:
-    domain: str
-    disk: str
-    chain: list[str]  # active first
 
 
 class LibvirtHypervisor:
@@ -99,6 +117,7 @@ class LibvirtHypervisor:
         job_timeout: float = 6 * 3600.0,
         sleep: Callable[[float], None] = time.sleep,
         job_bandwidth: int = 0,
+        pause_after_pivot: float = 0.0,
     ) -> None:
         self.connect = connect
         self.poll_seconds = poll_seconds
@@ -107,6 +126,10 @@ class LibvirtHypervisor:
         # bytes per second for every block job started; 0 (the default) is no limit. Only the
         # tests set it (TEST_JOB_BANDWIDTH_ENV), to make a live merge slow enough to interrupt.
         self.job_bandwidth = job_bandwidth
+        self.pause_after_pivot = pause_after_pivot  # a test knob (TEST_PAUSE_AFTER_PIVOT_ENV)
+        # Called with (disk, base) right before a pivot of ours: the service records the fact
+        # (PivotRequested) first, so that `recover` can tell our pivot from a hand-made start.
+        self.on_pivot: Callable[[str, str], None] | None = None
         self._ports: dict[str, LibvirtPort] = {}
         # why a StartDomain step's domain did not start, by domain: reported by `after`
         self._start_failures: dict[str, str] = {}
@@ -129,25 +152,40 @@ class LibvirtHypervisor:
         running = port.is_running(domain)
         return disk_sources(port.xml(domain, inactive=not running))
 
+    def domain_id(self, vm: VirtualMachine) -> int | None:
+        """The running domain's libvirt id (a new one at every start), or None."""
+        port, domain = self.port(vm)
+        try:
+            if not port.is_running(domain):
+                return None
+            found = domain_root(port.xml(domain)).get("id")
+        except NoSuchDomain:
+            return None
+        return int(found) if found is not None and found.lstrip("-").isdigit() else None
+
+    def runtime(self, vm: VirtualMachine) -> dict[str, object]:
+        """What an operation records about the domain when it begins: whether it runs, and in
+        which QEMU (its id), so that `recover` can tell a restart from a pivot."""
+        found = self.domain_id(vm)
+        return {"domain_running": found is not None, "domain_id": found}
+
+    def current_definition(self, vm: VirtualMachine) -> str:
+        """The definition to record around an operation (see libvirt_definitions)."""
+        return definitions.current_definition(*self.port(vm), vm)
+
     # ---- the service's questions -----------------------------------------------------
 
     def findings(self, vm: VirtualMachine, ignore: str | None = None) -> list[str]:
-        """Where libvirt's idea of the disks differs from the ledger's: drift (but for disk
-        `ignore`, which a swap-disk is recording)."""
-        try:
-            sources = self.live_sources(vm)
-        except NoSuchDomain as gone:
-            return [f"libvirt: {gone}"]
-        out = []
-        for disk, active in sorted(vm.disks.items()):
-            seen = sources.get(disk)
-            if seen != active and disk != ignore:
-                out.append(
-                    f"{disk}: libvirt's domain uses {seen or 'no file'}, the ledger says {active}"
-                    + (f" (changed behind snapledger's back? record it with 'snapledger swap-disk "
-                       f"{vm.name} {disk} {seen}')" if seen else "")
-                )
-        return out
+        """Where libvirt's definitions differ from the ledger: drift (see libvirt_definitions)."""
+        return definitions.findings(*self.port(vm), vm, ignore)
+
+    def stale_definition(self, vm: VirtualMachine) -> tuple[str, list[str]] | None:
+        """What `reconcile` redefines a stale persistent definition with, and what it names."""
+        return definitions.stale_definition(*self.port(vm), vm)
+
+    def redefine(self, vm: VirtualMachine, xml: str) -> None:
+        port, _ = self.port(vm)
+        port.define(xml)
 
     def domain_xml(self, vm: VirtualMachine) -> str:
         """The definition now (persistent if the domain has one), as a snapshot records it."""
@@ -176,7 +214,12 @@ class LibvirtHypervisor:
         changed = {d: p for d, p in final.items() if vm.disks[d] != p}
         sets = [i for i, s in enumerate(steps) if isinstance(s, SetActive)]
         if running:
+            self._refuse_foreign_jobs(port, domain, vm)
             self._check_live(vm, steps)
+        # A persistent definition may hold explicit <backingStore> chains (libvirt writes them
+        # at live snapshots): any change of a chain under a disk redefines it, or `virsh start`
+        # finds a deleted image there.
+        chains_change = any(isinstance(s, CHAIN_STEPS) for s in steps)
         if plan.kind == "revert":
             if not persistent and not start:
                 raise BadInput(
@@ -194,24 +237,95 @@ class LibvirtHypervisor:
         elif running and plan.kind == "snapshot" and changed:
             switch = SwitchDisks(domain, tuple(sorted(changed.items())))
             steps.insert(sets[0], switch)
-        elif running and changed and persistent:
+        elif running and persistent and (changed or chains_change):
             # an active commit: libvirt rewrites the persistent definition at the pivot, but if the
             # domain is shut off before it (the job is cancelled), recover commits with qemu-img
             # and the definition must not be left on the deleted top
             define = DefineDomain(domain, with_sources(port.xml(domain, inactive=True), final))
-            steps.insert(sets[-1] + 1, define)
-        elif not running and changed:
+            steps.insert(sets[-1] + 1 if sets else len(steps), define)
+        elif not running and (changed or chains_change):
             if not persistent:
                 raise BadInput(f"domain {domain!r} is neither running nor defined")
             define = DefineDomain(domain, with_sources(port.xml(domain, inactive=True), final))
-            steps.insert(sets[-1] + 1, define)
+            steps.insert(sets[-1] + 1 if sets else len(steps), define)
         return replace(plan, steps=tuple(steps))
 
+    @staticmethod
+    def _refuse_foreign_jobs(port: LibvirtPort, domain: str, vm: VirtualMachine) -> None:
+        """Before anything is recorded: a block job on a tracked disk of the running domain is
+        not ours (we record an operation before we start one), so nothing can be done now."""
+        for disk in sorted(vm.disks):
+            try:
+                job = port.block_job(domain, disk)
+            except LibvirtFailure:
+                continue  # a disk the running domain does not have: drift says so
+            if job is not None:
+                raise ForeignBlockJob(
+                    f"domain {domain!r} runs a block job on {disk} that snapledger did not "
+                    f"start ({job.kind}, {job.cur}/{job.end}); nothing was done: wait for it to "
+                    f"end or cancel it ('virsh blockjob {domain} {disk} --abort'), then try again"
+                )
+
+    def check_resumable(self, vm: VirtualMachine, op: OperationRecord) -> None:
+        """Before `recover` takes `op` over: a running domain's disks are on images the
+        operation can have left them on (the ledger's active image, or one a step still to do
+        moves it to). Anything else is a domain started on the wrong image: WrongImage (exit 3),
+        nothing recorded. Which of those a live commit accepts is decided at its step."""
+        port, domain = self.port(vm)
+        try:
+            if not port.is_running(domain):
+                return
+            live = disk_sources(port.xml(domain))
+        except NoSuchDomain:
+            return
+        for disk, active in sorted(vm.disks.items()):
+            plausible = {active}
+            for step in op.steps[op.done:]:
+                if isinstance(step, SwitchDisks):
+                    plausible |= {p for d, p in step.disks if d == disk}
+                elif isinstance(step, SetActive) and step.disk == disk:
+                    plausible.add(step.path)
+            seen = live.get(disk)
+            if seen not in plausible:
+                raise WrongImage(
+                    f"domain {domain!r} runs {disk} on {seen or 'no file'}, but the {op.kind} "
+                    f"operation {op.op_id} expects {active} at this step; nothing was done: shut "
+                    f"the domain down, start it on {active} "
+                    f"({definitions.definition_hint(vm, {disk: active})}), then run 'snapledger "
+                    "recover'"
+                )
+
+    def after_recover(self, vm: VirtualMachine, op: OperationRecord) -> list[str]:
+        """After `recover` finished `op`: a domain that ran when the operation began and has
+        stopped since is started again on the images the ledger now says, when libvirt can
+        (persistent); a transient one that is gone is named with where its definition is."""
+        if not op.details.get("domain_running") or op.kind == "revert":
+            return []  # a revert stops the domain itself, and starts it again if asked
+        port, domain = self.port(vm)
+        where = ", ".join(f"{d}={p}" for d, p in sorted(vm.disks.items()))
+        try:
+            if port.is_running(domain):
+                return []
+            persistent = port.is_persistent(domain)
+        except NoSuchDomain:
+            persistent = False
+        if not persistent:
+            return [
+                f"domain {domain} ran when the {op.kind} began and is gone (transient): start "
+                f"it again with the definition 'snapledger show {vm.name} --json' gives "
+                f"(domain_xml, on {where})"
+            ]
+        try:
+            port.start(domain)
+        except LibvirtFailure as error:
+            return [f"domain {domain} ran when the {op.kind} began; starting it again failed: {error}"]
+        return [f"domain {domain} ran when the {op.kind} began: started again on {where}"]
+
     def _check_live(self, vm: VirtualMachine, steps: list[Step]) -> None:
-        live = self._live_disks(vm)
+        live = self.live_disks(vm)
         for step in steps:
             if isinstance(step, Pull):
-                where = _find(live, step.image)
+                where = find_live(live, step.image)
                 if where is not None and where.chain[0] != step.image:
                     raise LiveStepImpossible(
                         f"can't pull into {step.image} while domain {where.domain!r} runs: it is "
@@ -341,7 +455,7 @@ class LibvirtHypervisor:
 
     # ---- running chains --------------------------------------------------------------
 
-    def _live_disks(self, vm: VirtualMachine) -> list[LiveDisk]:
+    def live_disks(self, vm: VirtualMachine) -> list[LiveDisk]:
         """The chain of every file-backed disk of every running domain on the VM's connection."""
         port, _ = self.port(vm)
         out = []
@@ -356,400 +470,18 @@ class LibvirtHypervisor:
         return out
 
 
-def port_running(port: LibvirtPort, domain: str) -> bool:
-    try:
-        return port.is_running(domain)
-    except NoSuchDomain:
-        return False
-
-
-def _find(live: list[LiveDisk], path: str) -> LiveDisk | None:
-    for disk in live:
-        if path in disk.chain:
-            return disk
-    return None
-
-
-class LibvirtStorage:
-    """StoragePort for one libvirt VM's operation: merges of images a running QEMU has open go to
-    libvirt block jobs, everything else to `inner`."""
-
-    def __init__(self, inner: StoragePort, hypervisor: LibvirtHypervisor, vm: VirtualMachine) -> None:
-        self.inner = inner
-        self.hypervisor = hypervisor
-        self.vm = vm
-        self.port, self.domain = hypervisor.port(vm)
-
-    @property
-    def progress(self) -> Callable[[float], None] | None:
-        return getattr(self.inner, "progress", None)
-
-    # ---- passed through --------------------------------------------------------------
-
-    def exists(self, path: str) -> bool:
-        return self.inner.exists(path)
-
-    def resolve(self, path: str) -> str:
-        return self.inner.resolve(path)
-
-    def inspect(self, path: str, fmt: str | None = None) -> ImageFacts:
-        return self.inner.inspect(path, fmt)
-
-    def inspect_chain(
-        self, path: str, within: Iterable[str] | None = None, fmt: str | None = None
-    ) -> list[ImageFacts]:
-        return self.inner.inspect_chain(path, within, fmt)
-
-    def scan(self, directories: Iterable[str]) -> Dependants:
-        return self.inner.scan(directories)
-
-    def remove_unfinished(self, path: str) -> bool:
-        return self.inner.remove_unfinished(path)
-
-    def repair(self, path: str, *, fmt: str) -> None:
-        if self._live(path) is None:  # a running domain's image: QEMU keeps its own metadata
-            self.inner.repair(path, fmt=fmt)
-
-    def reads_same_over(self, image: str, fmt: str, backing: str, backing_format: str) -> bool:
-        if self._live(image) is not None:
-            # merged by a block job inside the running QEMU, which no restart of libvirtd or
-            # death of snapledger stops half-written; the file on disk lags behind QEMU's
-            # caches, so it is not what to compare
-            return True
-        return self.inner.reads_same_over(image, fmt, backing, backing_format)
-
-    def sharing(self, path: str) -> Sharing:
-        """An image the VM's own running domain has open is libvirt's to change (block jobs):
-        QEMU's locks on it are that domain's, not another process's."""
-        seen = self.inner.sharing(path)
-        if self._live(path) is None:
-            return seen
-        return Sharing(links=seen.links, writer=None, reader=None)
-
-    def create_overlay(self, path: str, backing: str, backing_format: str, virtual_size: int) -> None:
-        self.inner.create_overlay(path, backing, backing_format, virtual_size)
-
-    # ---- routed ----------------------------------------------------------------------
-
-    def _live(self, path: str) -> LiveDisk | None:
-        return _find(self.hypervisor._live_disks(self.vm), path)
-
-    def commit(self, top: str, base: str, *, fmt: str) -> None:
-        live = self._live(top)
-        if live is None:
-            if self._committed_live_before(top, base):
-                return  # a block job did it before a crash; qemu-img must not do it again
-            self.inner.commit(top, base, fmt=fmt)
-            return
-        at = live.chain.index(top)
-        if at + 1 >= len(live.chain) or live.chain[at + 1] != base:
-            raise StorageError(f"{base} is not the backing file of {top} in {live.domain}'s {live.disk}")
-        active = at == 0
-        job = self.port.block_job(live.domain, live.disk)
-        if job is None:
-            self.port.block_commit(
-                live.domain, live.disk, base, None if active else top, self.hypervisor.job_bandwidth
-            )
-        elif job.kind not in ("commit", "active-commit"):
-            raise StorageError(f"{live.domain}'s {live.disk} runs another block job ({job.kind})")
-        self._wait(live, pivot=active)
-        after = self._live_chain(live)
-        if top in after or base not in after:
-            raise StorageError(
-                f"block commit of {top} into {base} did not finish: {live.domain}'s {live.disk} "
-                f"still reads {' <- '.join(reversed(after))}"
-            )
-
-    def await_job(self, step: Step) -> None:
-        """Before `recover` checks and redoes a merge step: a block job still running on its disk
-        that ends by itself (a non-active commit or a pull, started before the process died or
-        libvirtd restarted) is waited for. While a non-active commit runs, QEMU keeps the image
-        it commits locked against reads, so qemu-img could not even inspect it. An active commit
-        is left to `commit`, which waits for it and pivots."""
-        if isinstance(step, Commit):
-            path = step.top
-        elif isinstance(step, Pull):
-            path = step.image
-        else:
-            return
-        live = self._live(path)
-        if live is None:
-            return
-        job = self.port.block_job(live.domain, live.disk)
-        if job is not None and job.kind in ("commit", "pull"):
-            self._wait(live, pivot=False)
-
-    def _committed_live_before(self, top: str, base: str) -> bool:
-        """After a crash: libvirt no longer reads `top` through a disk whose ledger chain holds
-        it, and reads `base` instead: a block job committed and dropped `top` already."""
-        images = self.vm.images
-        try:
-            sources = self.hypervisor.live_sources(self.vm)
-        except NoSuchDomain as gone:
-            if top in self.vm.disks.values():
-                # An active commit whose domain vanished (a transient one, destroyed): it may
-                # have pivoted first, and the guest written into `base` since. The files can't
-                # tell, and committing `top` again would overwrite those writes.
-                raise Refused(
-                    f"{gone}: snapledger can't tell whether the live commit of {top} into {base} "
-                    "pivoted before the domain went (then the guest's later writes are in "
-                    f"{base} only). Nothing was done. Start the domain again on the image it last "
-                    f"ran on (its definition is in `snapledger show {self.vm.name} --json`), then "
-                    "run the command again"
-                ) from None
-            return False
-        for disk, active in self.vm.disks.items():
-            chain: list[str] = []
-            path: str | None = active
-            while path is not None and path in images:
-                chain.append(path)
-                path = images[path].backing
-            if top not in chain or disk not in sources:
-                continue
-            try:
-                source = sources[disk]
-                known = images.get(source)
-                # the ledger's format if it knows the file, else libvirt's: it runs qcow2 only
-                fmt = known.facts.format if known is not None else "qcow2"
-                now = [f.path for f in self.inner.inspect_chain(source, fmt=fmt)]
-            except StorageError:
-                continue
-            if top not in now and base in now:
-                return True
-        return False
-
-    def pull(
-        self, image: str, new_backing: str | None, new_backing_format: str | None, *, fmt: str
-    ) -> None:
-        live = self._live(image)
-        if live is None:
-            self.inner.pull(image, new_backing, new_backing_format, fmt=fmt)
-            return
-        if live.chain[0] != image:
-            raise StorageError(
-                f"can't pull into {image}: it is a backing file of {live.domain}'s {live.disk}, "
-                "and libvirt pulls only into the active image"
-            )
-        if new_backing is not None and new_backing not in live.chain:
-            raise StorageError(f"{new_backing} is not below {image} in {live.domain}'s {live.disk}")
-        job = self.port.block_job(live.domain, live.disk)
-        if job is None:
-            self.port.block_pull(live.domain, live.disk, new_backing, self.hypervisor.job_bandwidth)
-        elif job.kind != "pull":
-            raise StorageError(f"{live.domain}'s {live.disk} runs another block job ({job.kind})")
-        self._wait(live, pivot=False)
-        after = self._live_chain(live)
-        expected = after[1] if len(after) > 1 else None
-        if expected != new_backing:
-            raise StorageError(
-                f"block pull into {image} did not finish: it is backed by {expected or 'nothing'}"
-            )
-
-    def rebase_unsafe(
-        self, image: str, new_backing: str | None, new_backing_format: str | None, *, fmt: str
-    ) -> None:
-        live = self._live(image)
-        if live is not None:
-            raise StorageError(f"{image} is open by running domain {live.domain}: not rebased")
-        self.inner.rebase_unsafe(image, new_backing, new_backing_format, fmt=fmt)
-
-    def delete(self, path: str) -> None:
-        live = self._live(path)
-        if live is not None:
-            raise StorageError(f"{path} is open by running domain {live.domain} ({live.disk}): not deleted")
-        self.inner.delete(path)
-
-    # ---- block jobs ------------------------------------------------------------------
-
-    def _live_chain(self, live: LiveDisk) -> list[str]:
-        for disk in domain_disks(self.port.xml(live.domain)):
-            if disk.target == live.disk and disk.source:
-                return [disk.source, *disk.chain]
-        return []
-
-    def _wait(self, live: LiveDisk, pivot: bool) -> None:
-        deadline = time.monotonic() + self.hypervisor.job_timeout
-        pause = 0.005  # short jobs end in milliseconds: look again soon, then less often
-        while True:
-            job: BlockJob | None = self.port.block_job(live.domain, live.disk)
-            if job is None:
-                if self.progress is not None:
-                    self.progress(1.0)
-                return  # finished; the caller reads the chain to see how
-            if job.end and self.progress is not None:
-                self.progress(min(job.cur / job.end, 1.0))
-            if pivot and job.ready:
-                try:
-                    self.port.pivot(live.domain, live.disk)
-                    if self.progress is not None:
-                        self.progress(1.0)
-                    return
-                except LibvirtFailure as error:
-                    if "not ready" not in str(error):
-                        raise
-            if time.monotonic() > deadline:
-                self.port.abort_job(live.domain, live.disk)
-                raise StorageError(
-                    f"block job on {live.domain}'s {live.disk} timed out after "
-                    f"{self.hypervisor.job_timeout:g} s and was cancelled"
-                )
-            self.hypervisor.sleep(pause)
-            pause = min(pause * 2, self.hypervisor.poll_seconds)
-
-
-# ---- adopt --libvirt -----------------------------------------------------------------
-
-
-@dataclass
-class AdoptReport:
-    disks: dict[str, str]
-    left_alone: list[str]
-    imported: list[str]
-    notes: list[str] = field(default_factory=list)
-
-
-def _ordered(snapshots: list[LibvirtSnapshot]) -> list[LibvirtSnapshot]:
-    """Parents before children (by creation time among siblings)."""
-    by_name = {s.name: s for s in snapshots}
-    out: list[LibvirtSnapshot] = []
-    placed: set[str] = set()
-
-    def place(snap: LibvirtSnapshot, path: tuple[str, ...] = ()) -> None:
-        if snap.name in placed:
-            return
-        if snap.name in path:
-            raise BadInput(f"libvirt's snapshot metadata loops at {snap.name!r}")
-        if snap.parent in by_name:
-            place(by_name[snap.parent], (*path, snap.name))
-        placed.add(snap.name)
-        out.append(snap)
-
-    for snap in sorted(snapshots, key=lambda s: (s.created or 0, s.name)):
-        place(snap)
-    return out
-
-
-def adopt_libvirt(
-    ledger: Snapledger,
-    hypervisor: LibvirtHypervisor,
-    name: str,
-    uri: str = DEFAULT_URI,
-    pools: Iterable[str] = (),
-    keep_metadata: bool = False,
-) -> AdoptReport:
-    """Record libvirt domain `name`: its file-backed qcow2 disks and their chains, and its
-    external snapshots from libvirt's metadata as history. libvirt's metadata of the imported
-    snapshots is then removed, unless `keep_metadata`: libvirt 9.0 deletes (merges) external
-    snapshots itself, and virsh must not act on a history snapledger manages (docs/libvirt.md)."""
-    port = hypervisor.port_for(uri)
-    running = port.is_running(name)
-    live_xml = port.xml(name, inactive=not running)
-    definition = port.xml(name, inactive=True)
-    tracked: dict[str, str] = {}
-    left_alone: list[str] = []
-    for disk in domain_disks(live_xml):
-        reason = disk.left_alone_reason()
-        if reason is None:
-            assert disk.source is not None
-            tracked[disk.target] = disk.source
-        else:
-            left_alone.append(reason)
-    if not tracked:
-        raise BadInput(
-            f"domain {name!r} has no file-backed qcow2 disk to track"
-            + (f" ({'; '.join(left_alone)})" if left_alone else "")
-        )
-    snapshots = _ordered([parse_snapshot(x) for x in port.snapshot_xmls(name)])
-    notes: list[str] = []
-    records: list[dict[str, Any]] = []
-    origins: dict[str, Origin] = {}
-    overlays: set[str] = set()
-    for snap in snapshots:
-        for target, (mode, overlay) in snap.disks.items():
-            if mode == "internal":
-                raise Refused(
-                    f"snapshot {snap.name!r} of {name!r} is internal ({target}): snapledger keeps "
-                    "external snapshots only; delete it with virsh first"
-                )
-            if mode == "external" and overlay and target in tracked:
-                overlays.add(overlay)
-        if snap.memory not in (None, "no"):
-            notes.append(f"snapshot {snap.name}: its memory state is not imported (disks only)")
-    for snap in snapshots:
-        frozen = {}
-        for target, (mode, _overlay) in snap.disks.items():
-            if mode != "external" or target not in tracked:
-                continue
-            path = snap.domain_sources.get(target)
-            if path is None:
-                raise Refused(f"libvirt's metadata of snapshot {snap.name!r} does not say what {target} was")
-            frozen[target] = path
-            if path not in overlays:
-                origins[path] = Origin.ADOPTED  # the disk as it was before its first snapshot
-        if not frozen:
-            notes.append(f"snapshot {snap.name}: captures no tracked disk, not imported")
-            continue
-        records.append({
-            "name": snap.name,
-            "parent": snap.parent,
-            "disks": frozen,
-            "created": _created(snap.created),
-            "domain_xml": snap.domain,
-            "description": snap.description,
-        })
-    imported_names = {r["name"] for r in records}
-    for record in records:  # a parent that was not imported: its nearest imported ancestor
-        parent = record["parent"]
-        by_name = {s.name: s for s in snapshots}
-        while parent is not None and parent not in imported_names:
-            parent = by_name[parent].parent if parent in by_name else None
-        record["parent"] = parent
-    for overlay in overlays:
-        origins.setdefault(overlay, Origin.MANAGED)
-    for path in tracked.values():
-        origins.setdefault(path, Origin.ADOPTED)
-    current = _current(records)
-    at = ledger.clock()
-
-    def extend(vm: VirtualMachine) -> None:
-        vm.bind_libvirt(uri, name)
-        if records:
-            vm.import_snapshots(records, current, at)
-
-    ledger.adopt(name, tracked, pools, definition, origins=origins, extend=extend)
-    if records and not keep_metadata:
-        for record in records:
-            port.delete_snapshot_metadata(name, record["name"])
-        notes.append(
-            "libvirt's metadata of the imported snapshots was removed: snapledger keeps their "
-            "history now (--keep-libvirt-metadata keeps it)"
-        )
-    return AdoptReport(tracked, left_alone, [r["name"] for r in records], notes)
-
-
-def _created(seconds: int | None) -> str:
-    from datetime import UTC, datetime
-
-    if seconds is None:
-        return "unknown"
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds")
-
-
-def _current(records: list[dict[str, Any]]) -> str | None:
-    """The snapshot the present grew from: the last one taken (libvirt cannot revert external
-    snapshots, so its history is a line)."""
-    if not records:
-        return None
-    return str(records[-1]["name"])
-
-
 __all__ = [
     "DEFAULT_URI",
+    "TEST_JOB_BANDWIDTH_ENV",
+    "TEST_PAUSE_AFTER_PIVOT_ENV",
     "AdoptReport",
+    "DomainStopped",
+    "ForeignBlockJob",
     "LibvirtHypervisor",
     "LibvirtStorage",
-    "TEST_JOB_BANDWIDTH_ENV",
     "LiveStepImpossible",
+    "WrongImage",
     "adopt_libvirt",
     "job_bandwidth_from_env",
+    "pause_after_pivot_from_env",
 ]

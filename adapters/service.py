@@ -41,6 +41,7 @@ from snapledger.domain.images import ImageFacts, Origin
 from snapledger.domain.names import check_disk_target, check_name, check_user_path
 from snapledger.domain.steps import (
     DOMAIN_STEPS,
+    Commit,
     CreateOverlay,
     Plan,
     Pull,
@@ -341,6 +342,7 @@ class Snapledger:
             return
         hypervisor = self._hypervisor(vm)
         previous = hypervisor.swap(vm, disk, chain[0].path)  # libvirt uses it, or is redefined
+        vm.record_definition(hypervisor.current_definition(vm), self.clock())
         try:
             self._save(vm, *claims)
         except BaseException:
@@ -349,8 +351,13 @@ class Snapledger:
             raise
 
     @_checkpointed
-    def recover(self, vm_name: str | None = None) -> list[str]:
-        """Finish every operation a crash or failure left open (all steps are safe to redo)."""
+    def recover(self, vm_name: str | None = None, pivoted: bool = False) -> list[str]:
+        """Finish every operation a crash or failure left open (all steps are safe to redo).
+        `pivoted`: the operator vouches that the live active commit `vm_name`'s operation was
+        at pivoted onto its base (by hand) and the domain ran there since (recorded first)."""
+        if pivoted:
+            assert vm_name is not None
+            self._vouch_pivot(vm_name)
         names = [vm_name] if vm_name is not None else sorted(self.refresh().live_vms())
         finished: list[str] = []
         left_alone: list[str] = []
@@ -377,16 +384,39 @@ class Snapledger:
                     f"{held}; the {op.kind} operation {op.op_id} stays open: run 'snapledger "
                     "recover' once that process has finished"
                 ) from None
+            if (hypervisor := self._libvirt(vm)) is not None:
+                hypervisor.check_resumable(vm, op)  # a domain started on the wrong image: exit 3
             vm.resume_operation(op.op_id, self.processes.this_process(), self.clock())
             self._save(vm)  # a second recover racing this one fails here, before any step
             self._execute(vm, recovering=True)
             notes: list[str] = []
             if (hypervisor := self._libvirt(vm)) is not None:  # as after a run: start, forget
                 notes = hypervisor.after(vm, Plan(op.kind, op.steps), op.target)
+                notes += hypervisor.after_recover(vm, op)
             finished.append("; ".join([f"{name}: finished {op.kind} {op.op_id}", *notes]))
         if left_alone:
             raise OperationInProgress("; ".join([*finished, *left_alone]))
         return finished
+
+    def _vouch_pivot(self, vm_name: str) -> None:
+        """Record, on the operator's word, the pivot of the active commit in progress."""
+        vm = self.vm(vm_name)
+        op = vm.operation
+        step = op.steps[op.done] if op is not None and op.done < len(op.steps) else None
+        disk = next(
+            (d for d, p in sorted(vm.disks.items()) if isinstance(step, Commit) and p == step.top),
+            None,
+        )
+        if op is None or not isinstance(step, Commit) or disk is None:
+            raise BadInput(
+                f"--pivoted: VM {vm_name!r} has no open operation whose next step is a live "
+                "commit of a disk's active image"
+            )
+        if (busy := self._still_running(vm, op)) is not None:
+            raise OperationInProgress(f"VM {vm_name!r}: {busy}")
+        if not op.pivot_vouched(op.done):
+            vm.record_pivot(op.op_id, op.done, disk, step.base, self.clock(), vouched=True)
+            self._save(vm)
 
     def _still_running(self, vm: VirtualMachine, op: OperationRecord) -> str | None:
         """Why `op` is left alone (its process still carries it out, or another host's does),
@@ -420,11 +450,40 @@ class Snapledger:
                 f"reconcile can't record this: {'; '.join(found.unresolvable)}; put the files "
                 "right (or swap-disk the disk), then run it again. Nothing was recorded"
             )
+        hypervisor = self._libvirt(vm)
+        stale = hypervisor.stale_definition(vm) if hypervisor is not None else None
+        if stale is not None:
+            # an image the stale definition names that changed on disk may be where the domain
+            # ran and wrote: moving the definition off it could hide those writes
+            checks = self._checks(vm)
+            changed = [p for p in stale[1] if p in vm.images and checks.drift(vm, checks.look(vm, [p]))]
+            if changed:
+                raise DriftFound(
+                    f"reconcile can't redefine the domain: its persistent definition names "
+                    f"{', '.join(changed)}, which changed on disk since the ledger recorded it "
+                    "(the domain may have run on it); put the definition right by hand, or "
+                    f"retire the VM and adopt it again. Nothing was recorded"
+                )
         if dry_run or not found.changes and not found.observed:
+            if stale is not None:
+                found.changes.append(self._redefined(vm, stale[0], dry_run))
             return found
         vm.reconcile(found.observed, found.found, found.gone, found.disowned, self.clock())
         self._save(vm, *(self._claimed(f.path, vm_name) for f in found.found))
+        if hypervisor is not None and (stale := hypervisor.stale_definition(vm)) is not None:
+            found.changes.append(self._redefined(vm, stale[0], dry_run))
         return found
+
+    def _redefined(self, vm: VirtualMachine, xml: str, dry_run: bool) -> str:
+        """reconcile's offer for a libvirt VM: a persistent definition on other images or chains
+        than the ledger is redefined on the ledger's (no image is touched)."""
+        hypervisor = self._hypervisor(vm)
+        where = ", ".join(f"{d}={p}" for d, p in sorted(vm.disks.items()))
+        if not dry_run:
+            hypervisor.redefine(vm, xml)
+            vm.record_definition(hypervisor.current_definition(vm), self.clock())
+            self._save(vm)
+        return f"libvirt's persistent definition {'would be' if dry_run else 'was'} redefined on {where}"
 
     @_checkpointed
     def retire(self, vm_name: str) -> list[str]:
@@ -521,6 +580,11 @@ class Snapledger:
         details = {
             **details, "previous_active": dict(vm.disks), "runner": self.processes.this_process()
         }
+        if (hypervisor := self._libvirt(vm)) is not None:
+            # whether the domain runs and in which QEMU, for recover; and the definition it
+            # starts from, on the images the ledger says (a recorded one may predate this code)
+            details.update(hypervisor.runtime(vm))
+            vm.record_definition(hypervisor.current_definition(vm), self.clock())
         vm.start_operation(op_id, plan.kind, target, plan, [], details, self.clock())
         registrations = self._reserve(vm.name, op_id, plan.steps)
         self._save(vm, *registrations)
@@ -558,8 +622,56 @@ class Snapledger:
         this one fails its save), so the object stays current, and the VM's stream is not
         replayed again for every step."""
         assert vm.operation is not None
-        with carrying_out(vm.operation.op_id):
-            self._execute_steps(vm, recovering)
+        hypervisor = self._libvirt(vm)
+        if hypervisor is not None:
+            hypervisor.on_pivot = functools.partial(self._record_pivot, vm)
+        op_id = vm.operation.op_id
+        try:
+            with carrying_out(op_id):
+                self._execute_steps(vm, recovering)
+        except ConcurrentUpdate:
+            self._after_conflict(vm.name, op_id)  # returns if another process finished it
+        finally:
+            if hypervisor is not None:
+                hypervisor.on_pivot = None
+
+    def _after_conflict(self, vm_name: str, op_id: str) -> None:
+        """Another process recorded on the VM while this one carried out operation `op_id` (a
+        `recover` that took it over): never "nothing was done" for what may be done. Returns if
+        the operation is closed (finished elsewhere); raises ConcurrentUpdate saying who carries
+        it on otherwise."""
+        latest = self.vm(vm_name)
+        op = latest.operation
+        if op is None or op.op_id != op_id:
+            ended = [
+                type(e).__name__ for e in self.app.repository.event_store.get(latest.id, desc=True)
+                if getattr(e, "op_id", None) == op_id
+            ][:1]
+            if ended and ended[0] == "OperationRolledBack":
+                raise ConcurrentUpdate(
+                    f"another process rolled back the operation {op_id} this one carried out: "
+                    "nothing of it stays done; try again"
+                ) from None
+            return  # finished (by whoever took it over): the command's work is done
+        runner = op.runner or {}
+        raise ConcurrentUpdate(
+            f"another process (pid {runner.get('pid')} on {runner.get('host')}) took over the "
+            f"{op.kind} operation {op_id} and carries it on ({op.done} of {len(op.steps)} steps "
+            f"recorded done); see 'snapledger show {vm_name}'"
+        ) from None
+
+    def _record_pivot(self, vm: VirtualMachine, disk: str, base: str) -> None:
+        """Recorded before the pivot is asked: without it, recover takes a domain found on
+        `base` for one started there by hand (see LibvirtStorage._committed_live_before)."""
+        op = vm.operation
+        assert op is not None
+        if op.pivot_requested(op.done, disk) == base:
+            return  # asked before (a "not ready" answer, then again)
+        vm.record_pivot(op.op_id, op.done, disk, base, self.clock())
+        self._save(vm, unrecorded=(
+            f"nothing was pivoted: the {op.kind} operation {op.op_id} stays open; run "
+            "'snapledger recover' once the ledger can be written"
+        ))
 
     def _execute_steps(self, vm: VirtualMachine, recovering: bool) -> None:
         # The first step recover carries out may have been cut short mid-way (by a crash or a
@@ -733,6 +845,8 @@ class Snapledger:
     def _finish(self, vm: VirtualMachine, op: OperationRecord) -> None:
         gone = vm.paths_let_go(op.op_id)
         vm.close_operation(op.op_id, self.clock())
+        if (hypervisor := self._libvirt(vm)) is not None:  # the definition on the final images
+            vm.record_definition(hypervisor.current_definition(vm), self.clock())
         self._save(vm, *self._release(vm.name, op, gone), unrecorded=(
             f"every step of the {op.kind} operation {op.op_id} is done and recorded, its end is "
             "not: run 'snapledger recover' once the ledger can be written"

@@ -87,6 +87,17 @@ def snapshot_request(text: bytes) -> SnapshotRequest:
     root = parse_secure(text, "snapshot XML")
     if root.tag != "domainsnapshot":
         raise BadInput(f"snapshot XML: expected <domainsnapshot>, found <{root.tag}>")
+    memory = root.find("memory")
+    if memory is not None and memory.get("snapshot", "no") != "no":
+        # a disk-only snapshot taken instead would drop the guest's memory without a word
+        raise BadInput(
+            f"snapshot XML: <memory snapshot={memory.get('snapshot')!r}> asks for the guest's "
+            "memory state, and snapledger takes disk-only snapshots: use <memory "
+            "snapshot='no'/> (or leave <memory> out), or save the memory with 'virsh save' first"
+        )
+    for unsupported in ("inactiveDomain", "cookie"):
+        if root.find(unsupported) is not None:
+            raise BadInput(f"snapshot XML: <{unsupported}> is not supported (disk-only snapshots)")
     overlays, excluded = _disk_sources(root, "snapshot XML")
     return SnapshotRequest(
         root.findtext("name"), root.findtext("description"), overlays, frozenset(excluded)

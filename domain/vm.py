@@ -76,6 +76,17 @@ class OperationRecord:
     def started_destruction(self) -> bool:
         return any(s.destructive for s in self.steps[: self.done])
 
+    def pivot_requested(self, index: int, disk: str) -> str | None:
+        """The base snapledger asked libvirt to pivot `disk` onto during step `index`, if any."""
+        pivots = self.details.get("pivots", {})
+        asked = pivots.get(str(index), {}) if isinstance(pivots, dict) else {}
+        base = asked.get(disk) if isinstance(asked, dict) else None
+        return str(base) if base is not None else None
+
+    def pivot_vouched(self, index: int) -> bool:
+        """The operator vouched that step `index`'s pivot happened (recover --pivoted)."""
+        return index in self.details.get("pivots_vouched", [])
+
     @property
     def runner(self) -> dict[str, Any] | None:
         """The process carrying it out, as recorded when it started or was resumed."""
@@ -494,6 +505,40 @@ class VirtualMachine(Aggregate):
     @event("LibvirtBound")
     def _libvirt_bound(self, uri: str, domain: str) -> None:
         self.libvirt = {"uri": uri, "domain": domain}
+
+    def record_pivot(
+        self, op_id: str, index: int, disk: str, base: str, at: str, vouched: bool = False
+    ) -> None:
+        """Right before snapledger asks libvirt to pivot `disk` onto `base` (the end of the live
+        active commit of step `index`): from then on the domain may write into `base`. Without
+        this fact, `recover` knows that no pivot of ours happened, so a domain found running on
+        `base` was started there by hand and lacks the guest's writes kept in the top.
+        `vouched`: not ours, the operator's word that the domain pivoted (recover --pivoted)."""
+        op = self._check_current_operation(op_id)
+        if index != op.done:
+            raise BadInput(f"step {index} is not the step in progress (next is {op.done})")
+        self._pivot_requested(op_id=op_id, index=index, disk=disk, base=base, at=at, vouched=vouched)
+
+    @event("PivotRequested")
+    def _pivot_requested(
+        self, op_id: str, index: int, disk: str, base: str, at: str, vouched: bool = False
+    ) -> None:
+        assert self.operation is not None
+        details = dict(self.operation.details)
+        details["pivots"] = {**details.get("pivots", {}), str(index): {disk: base}}
+        if vouched:
+            details["pivots_vouched"] = sorted({*details.get("pivots_vouched", []), index})
+        self.operation = replace(self.operation, details=details)
+
+    def record_definition(self, domain_xml: str, at: str) -> None:
+        """The libvirt domain's definition now, as an adapter read it (or built it from the
+        ledger when the domain is gone): it names the images the domain runs on."""
+        if domain_xml != self.domain_xml:
+            self._definition_recorded(domain_xml=domain_xml, at=at)
+
+    @event("DefinitionRecorded")
+    def _definition_recorded(self, domain_xml: str, at: str) -> None:
+        self.domain_xml = domain_xml
 
     def import_snapshots(
         self, snapshots: list[dict[str, Any]], current: str | None, at: str

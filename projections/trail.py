@@ -72,6 +72,10 @@ def _summary(kind: str, data: dict[str, Any]) -> str:
         return f"{kind} {data['name']}"
     if kind == "LibvirtBound":
         return f"libvirt domain {data['domain']} at {data['uri']}"
+    if kind == "PivotRequested":
+        return f"step {data['index']}: pivot of {data['disk']} onto {data['base']} asked of libvirt"
+    if kind == "DefinitionRecorded":
+        return "libvirt domain definition recorded"
     if kind == "SnapshotsImported":
         return "imported snapshots " + ", ".join(s["name"] for s in data["snapshots"])
     if kind == "DiskSwapped":

@@ -12,6 +12,7 @@ fails, as while libvirtd restarts), `down_after` (that many calls succeed first)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lxml import etree
@@ -32,6 +33,7 @@ class FakeDomain:
     running: bool = False
     live: dict[str, str] = field(default_factory=dict)
     extra_disks: str = ""  # XML of disks snapledger leaves alone
+    id: int = 1  # libvirt's id of the running domain: a new one at every start
 
 
 @dataclass
@@ -53,13 +55,27 @@ class FakeLibvirt:
         self.fail_jobs = False
         self.down = False
         self.down_after: int | None = None
-        self.down_on: tuple[str, int] | None = None  # (call, n): down from the n-th such call
+        self._down_on: tuple[str, int] | None = None
+        self._down_base = 0
+        self.next_id = 2
         self.crash_after: str | None = None  # the process dies right after this call is done
+        self.stop_during_job = False  # the next look at a running job finds the domain destroyed
+        self.on_job_poll: Callable[[], None] | None = None  # run once, at the next look at a job
         self.refuse_start: str | None = None  # why starting a domain fails (libvirt's words)
         self.calls: list[str] = []
         self.bandwidths: list[int] = []  # the limit each block job was started with
 
     # ---- what a test does ------------------------------------------------------------
+
+    @property
+    def down_on(self) -> tuple[str, int] | None:
+        """(call, n): down from the n-th such call after this was set."""
+        return self._down_on
+
+    @down_on.setter
+    def down_on(self, value: tuple[str, int] | None) -> None:
+        self._down_on = value
+        self._down_base = self.calls.count(value[0]) if value is not None else 0
 
     def add(self, name: str, sources: dict[str, str], *, running: bool = True,
             persistent: bool = True, extra_disks: str = "") -> None:
@@ -82,7 +98,7 @@ class FakeLibvirt:
             if self.down_after < 0:
                 self.down, self.down_after = True, None
         if self.down_on is not None and self.down_on[0] == what:
-            if self.calls.count(what) >= self.down_on[1]:
+            if self.calls.count(what) - self._down_base >= self.down_on[1]:
                 self.down, self.down_on = True, None
         if self.down:
             raise LibvirtFailure(f"libvirt {what}: Cannot write data: Broken pipe")
@@ -115,7 +131,7 @@ class FakeLibvirt:
                 f"<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
                 f"<source file='{path}'/>{backing}<target dev='{target}' bus='virtio'/></disk>"
             )
-        ident = " id='1'" if live else ""
+        ident = f" id='{dom.id}'" if live else ""
         return (f"<domain type='qemu'{ident}><name>{domain}</name><memory unit='KiB'>65536</memory>"
                 f"<devices>{''.join(disks)}{dom.extra_disks}</devices></domain>")
 
@@ -173,6 +189,7 @@ class FakeLibvirt:
             raise LibvirtFailure(self.refuse_start)
         dom = self._dom(domain)
         dom.running, dom.live = True, dict(dom.sources)
+        dom.id, self.next_id = self.next_id, self.next_id + 1
         self._maybe_crash("create")
 
     def create(self, xml: str) -> None:
@@ -182,7 +199,8 @@ class FakeLibvirt:
         name = domain_name(xml)
         assert name is not None
         sources = disk_sources(xml)
-        self.domains[name] = FakeDomain(name, sources, False, True, dict(sources))
+        self.domains[name] = FakeDomain(name, sources, False, True, dict(sources), id=self.next_id)
+        self.next_id += 1
         self._maybe_crash("createXML")
 
     def destroy(self, domain: str) -> None:
@@ -219,6 +237,17 @@ class FakeLibvirt:
         job = self.jobs.get((domain, disk))
         if job is None:
             return None
+        if self.on_job_poll is not None:  # another process acts while the job runs
+            hook, self.on_job_poll = self.on_job_poll, None
+            hook()
+            job = self.jobs.get((domain, disk))
+            if job is None:
+                return None
+        if self.stop_during_job:  # the domain is destroyed while the job runs
+            self.stop_during_job = False
+            self.destroy(domain)
+            raise LibvirtFailure("libvirt blockJobInfo: Requested operation is not valid: "
+                                 "domain is not running")
         if self.fail_jobs:
             del self.jobs[(domain, disk)]
             return None
