@@ -71,6 +71,8 @@ class LibvirtDomains:
         try:
             return fn(*args)
         except libvirt.libvirtError as error:
+            if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:  # gone since it was looked up
+                raise NoSuchDomain(f"libvirt {what}: {_one_line(error)}") from None
             raise LibvirtFailure(f"libvirt {what}: {_one_line(error)}") from None
 
     # ---- the port --------------------------------------------------------------------

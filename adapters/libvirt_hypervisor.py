@@ -278,6 +278,21 @@ class LibvirtHypervisor:
             live = disk_sources(port.xml(domain))
         except NoSuchDomain:
             return
+        step = op.steps[op.done] if op.done < len(op.steps) else None
+        ours = {"commit", "active-commit"} if isinstance(step, Commit) else (
+            {"pull"} if isinstance(step, Pull) else set())
+        for disk in sorted(vm.disks):
+            try:
+                job = port.block_job(domain, disk)
+            except LibvirtFailure:
+                continue
+            if job is not None and job.kind not in ours:  # could not be the step's own job
+                raise ForeignBlockJob(
+                    f"domain {domain!r} runs a block job on {disk} that is not the {op.kind} "
+                    f"operation's ({job.kind}); the operation {op.op_id} stays open: wait for "
+                    f"the job to end or cancel it ('virsh blockjob {domain} {disk} --abort'), "
+                    "then run 'snapledger recover'"
+                )
         for disk, active in sorted(vm.disks.items()):
             plausible = {active}
             for step in op.steps[op.done:]:
@@ -311,9 +326,9 @@ class LibvirtHypervisor:
             persistent = False
         if not persistent:
             return [
-                f"domain {domain} ran when the {op.kind} began and is gone (transient): start "
-                f"it again with the definition 'snapledger show {vm.name} --json' gives "
-                f"(domain_xml, on {where})"
+                f"domain {domain} ran when the {op.kind} began and is gone (transient, or "
+                f"undefined and stopped): start it again with the definition 'snapledger show "
+                f"{vm.name} --json' gives (domain_xml, on {where})"
             ]
         try:
             port.start(domain)
@@ -350,6 +365,11 @@ class LibvirtHypervisor:
         elif isinstance(step, DefineDomain):
             if not step.persistent:
                 return  # a transient domain is started from the XML (after the operation)
+            try:
+                if not port.is_persistent(step.domain):
+                    return  # undefined since the plan was made: not made persistent again
+            except NoSuchDomain:
+                return  # undefined and stopped: nothing to define (the ledger keeps its XML)
             wanted = disk_sources(step.xml)
             if port.is_running(step.domain):
                 live = disk_sources(port.xml(step.domain))

@@ -43,6 +43,7 @@ from snapledger.domain.steps import (
     DOMAIN_STEPS,
     Commit,
     CreateOverlay,
+    DeleteFile,
     Plan,
     Pull,
     SetActive,
@@ -58,6 +59,7 @@ from snapledger.projections.view import LedgerView, replacing
 from .drift import DiskChecks, changed_paths, recorded_format, written_paths
 from .event_store import LedgerApplication, project_events
 from .failures import describe
+from .libvirt_port import NoSuchDomain
 from .processes import LocalProcesses, carrying_out, files_open_here
 from .projection import STORE_ERRORS, PersistedProjection
 from .reconcile import Reconciliation, reconciliation
@@ -393,6 +395,13 @@ class Snapledger:
             if (hypervisor := self._libvirt(vm)) is not None:  # as after a run: start, forget
                 notes = hypervisor.after(vm, Plan(op.kind, op.steps), op.target)
                 notes += hypervisor.after_recover(vm, op)
+            notes += [
+                f"{top} was kept on disk, not deleted: the pivot onto its base is only vouched "
+                "for (--pivoted); if it did not happen, the guest's last writes are in it. It is "
+                "yours now (the ledger no longer tracks it): compare it with the disk, then "
+                "delete it"
+                for top in sorted(vouched_tops(op))
+            ]
             finished.append("; ".join([f"{name}: finished {op.kind} {op.op_id}", *notes]))
         if left_alone:
             raise OperationInProgress("; ".join([*finished, *left_alone]))
@@ -481,7 +490,7 @@ class Snapledger:
         where = ", ".join(f"{d}={p}" for d, p in sorted(vm.disks.items()))
         if not dry_run:
             hypervisor.redefine(vm, xml)
-            vm.record_definition(hypervisor.current_definition(vm), self.clock())
+            vm.record_definition(hypervisor.current_definition(vm), self.clock(), redefined=True)
             self._save(vm)
         return f"libvirt's persistent definition {'would be' if dry_run else 'was'} redefined on {where}"
 
@@ -572,7 +581,13 @@ class Snapledger:
     ) -> Plan:
         if vm.libvirt is not None and (self.hypervisor is not None or not dry_run):
             # the domain's own steps: live switch, stop, redefine (a replay's dry run: none)
-            plan = self._hypervisor(vm).shape(vm, plan, target, start)
+            try:
+                plan = self._hypervisor(vm).shape(vm, plan, target, start)
+            except NoSuchDomain as gone:  # it was there a moment ago, when the disks were checked
+                raise ConcurrentUpdate(
+                    f"{gone}: the domain went away while the {plan.kind} was planned (destroyed? "
+                    "a transient domain is gone once stopped); nothing was done"
+                ) from None
         self._check_plan(vm, plan, record=not dry_run)
         if dry_run:
             return plan
@@ -701,6 +716,9 @@ class Snapledger:
                 raise
             resumed = False
             vm.complete_step(op.op_id, index, observed)
+            if isinstance(step, SetActive) and (hypervisor := self._libvirt(vm)) is not None:
+                # mid-operation too, the definition `show --json` gives names the disks' images
+                vm.record_definition(hypervisor.current_definition(vm), self.clock())
             self._save(vm, unrecorded=(
                 f"step {index + 1} of the {op.kind} operation {op.op_id} is done on disk but not "
                 "recorded: once the ledger can be written (free space on its filesystem), run "
@@ -770,6 +788,10 @@ class Snapledger:
                 hypervisor.carry_out(vm, step)
                 return []
             storage = hypervisor.storage(vm, self.storage)
+            if isinstance(step, DeleteFile) and step.path in vouched_tops(vm.operation):
+                # a pivot only the operator vouched for (recover --pivoted): if it did not
+                # happen, the top holds the guest's last writes, so it is kept (now the user's)
+                return []
         if isinstance(step, SetActive):
             # The image the disk leaves (a snapshot's frozen image, a revert's abandoned
             # present) was written until now (a live snapshot switches the domain in the step
@@ -987,6 +1009,16 @@ class Snapledger:
                 self.refresh()
             except STORE_ERRORS:
                 pass  # the error above says what matters
+
+
+def vouched_tops(op: OperationRecord | None) -> set[str]:
+    """The tops of the operation's active commits whose pivot only the operator vouched for."""
+    if op is None:
+        return set()
+    return {
+        step.top for index, step in enumerate(op.steps)
+        if isinstance(step, Commit) and op.pivot_vouched(index)
+    }
 
 
 __all__ = ["Snapledger", "utc_now"]

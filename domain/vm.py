@@ -530,14 +530,15 @@ class VirtualMachine(Aggregate):
             details["pivots_vouched"] = sorted({*details.get("pivots_vouched", []), index})
         self.operation = replace(self.operation, details=details)
 
-    def record_definition(self, domain_xml: str, at: str) -> None:
+    def record_definition(self, domain_xml: str, at: str, redefined: bool = False) -> None:
         """The libvirt domain's definition now, as an adapter read it (or built it from the
-        ledger when the domain is gone): it names the images the domain runs on."""
-        if domain_xml != self.domain_xml:
-            self._definition_recorded(domain_xml=domain_xml, at=at)
+        ledger when the domain is gone): it names the images the domain runs on. Recorded when
+        it changed, and always when snapledger `redefined` the domain itself (reconcile)."""
+        if domain_xml != self.domain_xml or redefined:
+            self._definition_recorded(domain_xml=domain_xml, at=at, redefined=redefined)
 
     @event("DefinitionRecorded")
-    def _definition_recorded(self, domain_xml: str, at: str) -> None:
+    def _definition_recorded(self, domain_xml: str, at: str, redefined: bool = False) -> None:
         self.domain_xml = domain_xml
 
     def import_snapshots(

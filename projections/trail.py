@@ -73,8 +73,13 @@ def _summary(kind: str, data: dict[str, Any]) -> str:
     if kind == "LibvirtBound":
         return f"libvirt domain {data['domain']} at {data['uri']}"
     if kind == "PivotRequested":
+        if data.get("vouched"):
+            return (f"step {data['index']}: pivot of {data['disk']} onto {data['base']} vouched "
+                    "for by the operator (recover --pivoted)")
         return f"step {data['index']}: pivot of {data['disk']} onto {data['base']} asked of libvirt"
     if kind == "DefinitionRecorded":
+        if data.get("redefined"):
+            return "libvirt domain redefined on the ledger's images (reconcile)"
         return "libvirt domain definition recorded"
     if kind == "SnapshotsImported":
         return "imported snapshots " + ", ".join(s["name"] for s in data["snapshots"])

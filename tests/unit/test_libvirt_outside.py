@@ -75,7 +75,7 @@ def test_a_transient_domain_destroyed_before_the_pivot_is_finished_offline() -> 
     fake.destroy(DOM)
     assert DOM not in fake.domains
     notes = ledger.recover(DOM)
-    assert "is gone (transient)" in notes[0] and f"vda={BASE}" in notes[0]
+    assert "is gone (transient" in notes[0] and f"vda={BASE}" in notes[0]
     assert storage.read_all(BASE) == {0: 0x01, 2: 0x22}
     assert not storage.exists(S1)
     assert recorded_sources(ledger) == {"vda": BASE}
@@ -217,10 +217,14 @@ def test_a_pivot_by_hand_then_a_restart_is_refused_until_vouched_for() -> None:
     assert storage.read_all(BASE) == {0: 0x01, 2: 0x22, 3: 0x99}
     with pytest.raises(BadInput, match="no open operation"):
         make()[2].recover(DOM, pivoted=True)
-    ledger.recover(DOM, pivoted=True)
+    notes = ledger.recover(DOM, pivoted=True)
     assert storage.read_all(BASE) == {0: 0x01, 2: 0x22, 3: 0x99}  # not committed again
-    assert not storage.exists(S1) and fake.domains[DOM].live == {"vda": BASE}
+    assert fake.domains[DOM].live == {"vda": BASE}
+    # only vouched for: the top is kept (the user's now), in case the word was wrong
+    assert storage.exists(S1) and any(f"{S1} was kept on disk" in n for n in notes)
+    assert S1 not in ledger.vm(DOM).images
     assert ledger.verify(DOM) == []
+    assert S1 in ledger.unknown_dependants(DOM)[BASE]  # it rests on the disk: the disk stays
 
 
 def test_a_pivot_by_hand_in_the_same_qemu_is_taken_as_done() -> None:
@@ -257,3 +261,62 @@ def test_recover_refuses_a_domain_started_on_an_image_the_operation_never_leaves
     fake.domains[DOM].sources = {"vda": "/images/web.s3"}
     ledger.recover(DOM)
     assert ledger.verify(DOM) == []
+
+
+def test_a_false_pivoted_loses_nothing() -> None:
+    """The operator vouches for a pivot that never happened (the domain was destroyed before the
+    job was ready, then started on the base): the guest's last writes, in the top only, stay on
+    disk, and the note names the file."""
+    storage, fake, ledger = interrupted_live_delete(persistent=True)
+    guest_write(storage, fake, 5, 0x55)  # in web.s1 only
+    fake.destroy(DOM)
+    fake.domains[DOM].sources = {"vda": BASE}  # virsh define on the base by hand
+    fake.start(DOM)
+    with pytest.raises(WrongImage):
+        ledger.recover(DOM)
+    notes = ledger.recover(DOM, pivoted=True)  # a lie
+    assert any(f"{S1} was kept on disk" in n for n in notes)
+    assert storage.read_all(S1)[5] == 0x55  # nothing lost
+
+
+def test_recover_refuses_a_block_job_that_is_not_the_steps_own() -> None:
+    storage, fake, ledger = interrupted_live_delete(persistent=True)
+    fake.jobs[(DOM, "vda")] = FakeJob("pull", S1, None, steps_left=1000)  # a hand blockpull
+    version = ledger.vm(DOM).version
+    with pytest.raises(ForeignBlockJob, match="stays open"):
+        ledger.recover(DOM)
+    assert ledger.vm(DOM).version == version
+    del fake.jobs[(DOM, "vda")]
+    ledger.recover(DOM)
+    assert storage.read_all(BASE) == {0: 0x01, 2: 0x22}
+
+
+def test_a_live_delete_does_not_make_an_undefined_domain_persistent_again() -> None:
+    storage, fake, ledger = interrupted_live_delete(persistent=True)
+    fake.domains[DOM].persistent = False  # virsh undefine of the running domain
+    ledger.recover(DOM)
+    assert not fake.domains[DOM].persistent
+    assert recorded_sources(ledger) == {"vda": BASE}
+
+
+def test_a_domain_undefined_and_destroyed_mid_commit_is_finished_offline() -> None:
+    storage, fake, ledger = interrupted_live_delete(persistent=True)
+    fake.domains[DOM].persistent = False
+    fake.destroy(DOM)  # transient now: gone
+    notes = ledger.recover(DOM)
+    assert "is gone" in notes[0]
+    assert storage.read_all(BASE) == {0: 0x01, 2: 0x22} and not storage.exists(S1)
+    assert recorded_sources(ledger) == {"vda": BASE}
+    assert ledger.vm(DOM).operation is None
+
+
+def test_every_reconcile_that_redefines_leaves_a_trace() -> None:
+    storage, fake, ledger = make()
+    ledger.snapshot(DOM, "s1")
+    for _ in range(2):
+        fake.domains[DOM].sources = {"vda": BASE}  # virsh define with the adopt-time XML
+        before = ledger.vm(DOM).version
+        found = ledger.reconcile(DOM)
+        assert any("redefined" in c for c in found.changes)
+        assert ledger.vm(DOM).version > before
+        assert fake.domains[DOM].sources == {"vda": S1}
