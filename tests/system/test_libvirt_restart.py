@@ -466,14 +466,19 @@ def test_snapledger_killed_during_a_job_that_ends_by_itself_then_recover_waits_f
 # ---- the domain shut down after the pivot -------------------------------------------------
 
 
-def test_snapledger_killed_after_the_pivot_then_the_domain_is_destroyed_then_recover(
+def test_snapledger_killed_then_a_pivot_by_hand_then_the_domain_is_destroyed_then_recover(
     tmp_path: Path, libvirtd: Domains, background: list[Background]
 ) -> None:
-    """The pivot happened, snapledger died before recording the step, the guest wrote into the
-    disk (the new active image), and the domain was destroyed before `recover`. libvirt 9.0
-    rewrote the persistent definition at the pivot (the disk's source is the base now), so
-    `recover`, which sees the domain shut off, takes the commit as done: committing vda.s1 again
-    with qemu-img would overwrite what the guest wrote after the pivot."""
+    """snapledger died during the job; the operator pivoted by hand (virsh blockjob --pivot),
+    the guest wrote into the disk (the new active image), and the domain was destroyed before
+    `recover`. libvirt 9.0 rewrote the persistent definition at the pivot, but no pivot of ours
+    is recorded: a definition on the base looks the same as one pointed there by hand with the
+    guest's writes still in vda.s1 only. So `recover` refuses (exit 3) and says both ways out;
+    `recover --pivoted` (the operator's word) takes the commit as done: committing vda.s1 again
+    with qemu-img would overwrite what the guest wrote after the pivot; vda.s1 is kept on disk (a
+    word can be wrong) and named in the note. The domain ran when the
+    delete began, so recover starts it again, on the disk. (snapledger's own pivot followed by
+    a kill is in test_libvirt_world.py.)"""
     vms = libvirtd
     cli, name, base = _setup(tmp_path, vms)
     s1 = vms.path("vda.s1")
@@ -497,8 +502,15 @@ def test_snapledger_killed_after_the_pivot_then_the_domain_is_destroyed_then_rec
     present = content({12 * MIB: 0x33, 2 * MIB: 0x55}, 0x22)
     assert_file_reads(base, present)  # what the guest left on the disk
     merged = _stamp(base)
-    cli.run("recover", name)  # the commit is taken as done: qemu-img commits nothing
-    assert _stamp(base) == merged
+    refused = cli.run("recover", name, expect=3)
+    assert "never asked libvirt to pivot" in refused.stderr and "--pivoted" in refused.stderr
+    assert _stamp(base) == merged and os.path.exists(s1)
+    vouched = cli.run("recover", name, "--pivoted")  # the commit is taken as done
+    assert _stamp(base) == merged  # qemu-img committed nothing
+    # only vouched for: vda.s1 is kept, in case the word was wrong, and the note names it
+    assert f"{s1} was kept on disk" in " ".join(vouched.stdout.split())
+    assert os.path.exists(s1)
+    os.remove(s1)  # the operator compared it with the disk: what the note asks
     shown = cli.json("show", name)
     assert shown["operation"] is None
     assert _steps_done(cli, name, op["id"]) == list(range(op["steps"]))  # nothing done twice
@@ -507,13 +519,15 @@ def test_snapledger_killed_after_the_pivot_then_the_domain_is_destroyed_then_rec
     assert_file_reads(base, present)  # the guest's writes after the pivot are kept
     done = cli.run("verify", name)
     assert done.returncode == 0, done.stdout
-    assert not vms.running(name)
+    assert vms.running(name)  # started again by recover
     assert vms.sources(name, inactive=True)["vda"] == [base]
-    vms.domain(name).create()  # virsh start: on the disk
     assert _domblklist(name) == [base]
     assert vms.sources(name)["vda"] == [base]
     assert_running_reads(vms, name, present)
     assert cli.run("verify", name).returncode == 0
+    vms.stop(name)
+    vms.domain(name).create()  # virsh start: on the disk
+    assert _domblklist(name) == [base]
 
 
 def test_a_live_active_commit_updates_the_persistent_definition_so_a_restart_boots_on_the_base(
@@ -583,6 +597,9 @@ def test_snapledger_killed_during_an_active_commit_then_the_domain_is_destroyed_
     assert vms.sources(name, inactive=True)["vda"][0] == base  # not the deleted vda.s1
     done = cli.run("verify", name)
     assert done.returncode == 0, done.stdout
+    assert vms.running(name) and _domblklist(name) == [base]  # started again by recover
+    assert_running_reads(vms, name, present)
+    vms.stop(name)
     vms.domain(name).create()  # virsh start: on the disk
     assert _domblklist(name) == [base]
     assert_running_reads(vms, name, present)
