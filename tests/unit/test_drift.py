@@ -12,8 +12,10 @@ from snapledger.domain.errors import DriftFound, StorageError
 BASE = "/images/base.qcow2"
 
 
-def make() -> tuple[SimulatedStorage, Snapledger]:
-    storage = SimulatedStorage()
+def make(storage: SimulatedStorage | None = None) -> tuple[SimulatedStorage, Snapledger]:
+    """base.qcow2 <- base.s1 <- base.s2 <- base.s3 (active); s1 froze base.qcow2, s2 base.s1,
+    s3 base.s2; each overlay holds one cluster the guest wrote."""
+    storage = storage or SimulatedStorage()
     storage.make_image(BASE, 16 * CLUSTER, {0: 1})
     ledger = Snapledger(LedgerApplication("memory:"), storage)
     ledger.adopt("vm", {"vda": BASE})

@@ -9,6 +9,7 @@ times were (0) are never compared. Simulated storage: its files have a clock of 
 from __future__ import annotations
 
 import pytest
+from test_drift import BASE, make
 
 from snapledger.adapters.drift import DiskChecks
 from snapledger.adapters.event_store import LedgerApplication
@@ -17,21 +18,6 @@ from snapledger.adapters.simulated_storage import CLUSTER, SimulatedCrash, Simul
 from snapledger.domain.errors import DriftFound
 from snapledger.domain.images import ImageFacts, format_ns
 from snapledger.domain.vm import VirtualMachine
-
-BASE = "/images/base.qcow2"
-
-
-def make(storage: SimulatedStorage | None = None) -> tuple[SimulatedStorage, Snapledger]:
-    """base.qcow2 <- base.s1 <- base.s2 <- base.s3 (active); s1 froze base.qcow2, s2 base.s1,
-    s3 base.s2; each overlay holds one cluster the guest wrote."""
-    storage = storage or SimulatedStorage()
-    storage.make_image(BASE, 16 * CLUSTER, {0: 1})
-    ledger = Snapledger(LedgerApplication("memory:"), storage)
-    ledger.adopt("vm", {"vda": BASE})
-    for name, cluster in (("s1", 1), ("s2", 2), ("s3", 3)):
-        ledger.snapshot("vm", name)
-        storage.write(ledger.vm("vm").disks["vda"], cluster, 0x10 + cluster)
-    return storage, ledger
 
 
 def files(storage: SimulatedStorage) -> dict[str, tuple[object, ...]]:
