@@ -84,9 +84,22 @@ def definition_findings(
         seen = disks.get(disk)
         if seen is None or seen.source != active:
             out.append(_source_finding(vm, disk, seen.source if seen else None, which, next_boot))
-        elif seen.chain and list(seen.chain) != vm.chain_of(active)[1:]:
+        elif not _chain_agrees(seen, vm.chain_of(active)[1:], which):
             out.append(_chain_finding(vm, disk, seen, which))
     return out
+
+
+def _chain_agrees(seen: DomainDisk, expected: list[str], which: str) -> bool:
+    """A running domain's chain is all of it (libvirt probed it). A persistent definition may
+    hold only the top of it (libvirt writes what it knew at a live snapshot, and probes the rest
+    at start): it agrees if it is the beginning of the ledger's chain and does not end early
+    with an explicit "no backing file"."""
+    chain = list(seen.chain)
+    if which != "persistent":
+        return not chain or chain == expected
+    if chain != expected[: len(chain)]:
+        return False
+    return not seen.chain_closed or chain == expected
 
 
 def _chain_finding(vm: VirtualMachine, disk: str, seen: DomainDisk, which: str) -> str:

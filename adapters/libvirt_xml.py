@@ -25,6 +25,9 @@ class DomainDisk:
     format: str | None  # the driver type: qcow2, raw, ...
     source: str | None  # a file path, a device path, or a network name
     chain: tuple[str, ...] = ()  # the files of <backingStore>, top first (live XML only)
+    # the chain ends at an explicit empty <backingStore/> ("no backing file"), not where libvirt
+    # was told nothing more (then it probes the rest when the domain starts)
+    chain_closed: bool = False
 
     def left_alone_reason(self) -> str | None:
         """Why snapledger does not track this disk, or None if it does."""
@@ -76,7 +79,8 @@ def _source_of(element: etree._Element) -> str | None:
     return None
 
 
-def _chain(disk: etree._Element) -> tuple[str, ...]:
+def _chain(disk: etree._Element) -> tuple[tuple[str, ...], bool]:
+    """The files of the disk's <backingStore> chain, and whether it ends explicitly."""
     files = []
     store = disk.find("backingStore")
     while store is not None and store.find("source") is not None:
@@ -84,7 +88,7 @@ def _chain(disk: etree._Element) -> tuple[str, ...]:
         if path:
             files.append(path)
         store = store.find("backingStore")
-    return tuple(files)
+    return tuple(files), store is not None
 
 
 def domain_disks(xml: str) -> list[DomainDisk]:
@@ -95,6 +99,7 @@ def domain_disks(xml: str) -> list[DomainDisk]:
         driver = disk.find("driver")
         if target is None or not target.get("dev"):
             raise BadInput("domain XML: a <disk> has no <target dev=...>")
+        chain, closed = _chain(disk)
         disks.append(
             DomainDisk(
                 target=str(target.get("dev")),
@@ -102,7 +107,8 @@ def domain_disks(xml: str) -> list[DomainDisk]:
                 kind=disk.get("type", "file"),
                 format=driver.get("type") if driver is not None else None,
                 source=_source_of(disk),
-                chain=_chain(disk),
+                chain=chain,
+                chain_closed=closed,
             )
         )
     return disks

@@ -481,3 +481,79 @@ def test_a_snapshot_deleted_with_virsh_gets_a_hint_that_works(
     assert cli.run("verify", name).returncode == 0
     cli.run("snapshot", name, "t1")
     assert_running_reads(vms, name, [(1 * MIB, 64 * 1024, 0x11), (2 * MIB, 64 * 1024, 0x22)])
+
+
+def test_the_domain_starts_after_every_kind_of_operation(
+    tmp_path: Path, libvirt_vms: Domains
+) -> None:
+    """After each kind of operation, live and offline (snapshot, revert, delete by active and
+    non-active commit and by pull, swap-disk, gc), the domain is destroyed and started again with
+    `virsh start`: it runs on the images the ledger says, the definition `show --json` gives
+    names them, verify is clean, and the guest's last write is there."""
+    vms = libvirt_vms
+    cli, name, base = _setup(tmp_path, vms)
+    pattern = iter(range(0x40, 0x80))
+    last: list[tuple[int, int]] = []
+
+    def guest_writes() -> None:
+        value = next(pattern)
+        offset = (value - 0x40) * 64 * 1024
+        vms.write(name, value, offset)
+        last.append((offset, value))
+
+    def starts_again(after: str) -> None:
+        vms.stop(name)
+        vms.domain(name).create()  # virsh start
+        shown = cli.json("show", name)
+        active = shown["disks"]["vda"]["active"]
+        assert _domblklist(name) == [active], after
+        assert disk_sources(shown["domain_xml"]) == {"vda": active}, after
+        assert vms.sources(name)["vda"][0] == active
+        done = cli.run("verify", name)
+        assert done.returncode == 0, (after, done.stdout)
+        offset, value = last[-1]
+        assert vms.reads(name, value, offset, 64 * 1024), after
+
+    for args in (("snapshot", name, "s1"), ("snapshot", name, "s2"), ("snapshot", name, "s3")):
+        guest_writes()
+        cli.run(*args)  # live
+        starts_again(" ".join(args))
+    guest_writes()
+    cli.run("delete", name, "s3", "--strategy", "commit")  # live active commit and pivot
+    starts_again("live active commit")
+    guest_writes()
+    cli.run("snapshot", name, "s4")
+    cli.run("delete", name, "s2", "--strategy", "commit")  # live non-active commit
+    starts_again("live non-active commit")
+    guest_writes()
+    cli.run("delete", name, "s4", "--strategy", "pull")  # live pull into the active image
+    starts_again("live pull")
+    guest_writes()
+    vms.stop(name)
+    cli.run("snapshot", name, "s5")  # offline
+    vms.domain(name).create()
+    guest_writes()
+    starts_again("offline snapshot")
+    cli.run("snapshot", name, "s6")
+    guest_writes()
+    vms.stop(name)
+    cli.run("delete", name, "s5")  # offline, under the active image
+    vms.domain(name).create()
+    starts_again("offline delete")
+    cli.run("revert", name, "s6", "--running")
+    last.append(last[-2])  # s6 holds what was written before it
+    starts_again("revert --running")
+    vms.stop(name)
+    cli.run("revert", name, "s1")  # offline; the abandoned present is deleted
+    vms.domain(name).create()
+    last.append(last[0])
+    starts_again("offline revert")
+    vms.stop(name)
+    mine = vms.path("mine.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", cli.json("show", name)
+                    ["disks"]["vda"]["active"], "-F", "qcow2", mine], check=True)
+    cli.run("swap-disk", name, "vda", mine)  # offline: the domain is redefined on it
+    vms.domain(name).create()
+    starts_again("swap-disk")
+    cli.run("gc", name, "--include-detached")
+    starts_again("gc")

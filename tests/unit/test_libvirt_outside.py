@@ -320,3 +320,30 @@ def test_every_reconcile_that_redefines_leaves_a_trace() -> None:
         assert any("redefined" in c for c in found.changes)
         assert ledger.vm(DOM).version > before
         assert fake.domains[DOM].sources == {"vda": S1}
+
+
+def _persistent_xml(chain: str) -> str:
+    return (f"<domain><name>{DOM}</name><devices><disk type='file' device='disk'>"
+            f"<driver name='qemu' type='qcow2'/><source file='/images/web.s2'/>{chain}"
+            "<target dev='vda'/></disk></devices></domain>")
+
+
+def _store(path: str, inner: str = "") -> str:
+    return f"<backingStore type='file'><format type='qcow2'/><source file='{path}'/>{inner}</backingStore>"
+
+
+@pytest.mark.parametrize(("chain", "agrees"), [
+    ("", True),  # libvirt probes it all at start
+    (_store(S1), True),  # what libvirt writes at a live snapshot: the top of the chain
+    (_store(S1, _store(BASE, "<backingStore/>")), True),  # all of it, closed
+    (_store(S1, "<backingStore/>"), False),  # "no backing file" below web.s1: wrong
+    (_store("/images/web.gone", _store(BASE)), False),  # a deleted image
+], ids=["none", "top-only", "whole", "closed-early", "stale"])
+def test_a_persistent_definition_may_hold_the_top_of_the_chain(chain: str, agrees: bool) -> None:
+    from snapledger.adapters.libvirt_definitions import definition_findings
+
+    storage, fake, ledger = make()
+    ledger.snapshot(DOM, "s1")
+    ledger.snapshot(DOM, "s2")
+    found = definition_findings(ledger.vm(DOM), _persistent_xml(chain), "persistent", None)
+    assert (found == []) == agrees, found
