@@ -54,6 +54,7 @@ from .libvirt_storage import (
     WrongImage,
     find_live,
     port_running,
+    refuse_foreign_jobs,
 )
 from .libvirt_xml import (
     disk_sources,
@@ -214,7 +215,8 @@ class LibvirtHypervisor:
         changed = {d: p for d, p in final.items() if vm.disks[d] != p}
         sets = [i for i, s in enumerate(steps) if isinstance(s, SetActive)]
         if running:
-            self._refuse_foreign_jobs(port, domain, vm)
+            # nothing is recorded yet, so any job on a tracked disk is someone else's
+            refuse_foreign_jobs(port, domain, vm.disks, frozenset(), "nothing was done; try again")
             self._check_live(vm, steps)
         # A persistent definition may hold explicit <backingStore> chains (libvirt writes them
         # at live snapshots): any change of a chain under a disk redefines it, or `virsh start`
@@ -250,22 +252,6 @@ class LibvirtHypervisor:
             steps.insert(sets[-1] + 1 if sets else len(steps), define)
         return replace(plan, steps=tuple(steps))
 
-    @staticmethod
-    def _refuse_foreign_jobs(port: LibvirtPort, domain: str, vm: VirtualMachine) -> None:
-        """Before anything is recorded: a block job on a tracked disk of the running domain is
-        not ours (we record an operation before we start one), so nothing can be done now."""
-        for disk in sorted(vm.disks):
-            try:
-                job = port.block_job(domain, disk)
-            except LibvirtFailure:
-                continue  # a disk the running domain does not have: drift says so
-            if job is not None:
-                raise ForeignBlockJob(
-                    f"domain {domain!r} runs a block job on {disk} that snapledger did not "
-                    f"start ({job.kind}, {job.cur}/{job.end}); nothing was done: wait for it to "
-                    f"end or cancel it ('virsh blockjob {domain} {disk} --abort'), then try again"
-                )
-
     def check_resumable(self, vm: VirtualMachine, op: OperationRecord) -> None:
         """Before `recover` takes `op` over: a running domain's disks are on images the
         operation can have left them on (the ledger's active image, or one a step still to do
@@ -279,20 +265,12 @@ class LibvirtHypervisor:
         except NoSuchDomain:
             return
         step = op.steps[op.done] if op.done < len(op.steps) else None
-        ours = {"commit", "active-commit"} if isinstance(step, Commit) else (
-            {"pull"} if isinstance(step, Pull) else set())
-        for disk in sorted(vm.disks):
-            try:
-                job = port.block_job(domain, disk)
-            except LibvirtFailure:
-                continue
-            if job is not None and job.kind not in ours:  # could not be the step's own job
-                raise ForeignBlockJob(
-                    f"domain {domain!r} runs a block job on {disk} that is not the {op.kind} "
-                    f"operation's ({job.kind}); the operation {op.op_id} stays open: wait for "
-                    f"the job to end or cancel it ('virsh blockjob {domain} {disk} --abort'), "
-                    "then run 'snapledger recover'"
-                )
+        ours = frozenset({"commit", "active-commit"} if isinstance(step, Commit) else (
+            {"pull"} if isinstance(step, Pull) else set()))
+        refuse_foreign_jobs(  # a job that could not be the open step's own
+            port, domain, vm.disks, ours,
+            f"the {op.kind} operation {op.op_id} stays open: run 'snapledger recover' after",
+        )
         for disk, active in sorted(vm.disks.items()):
             plausible = {active}
             for step in op.steps[op.done:]:

@@ -62,6 +62,29 @@ def port_running(port: LibvirtPort, domain: str) -> bool:
         return False
 
 
+def foreign_job(domain: str, disk: str, job: BlockJob, then: str = "") -> ForeignBlockJob:
+    """A block job snapledger did not start, and what to do about it (`then`: what follows)."""
+    return ForeignBlockJob(
+        f"domain {domain!r} runs a block job on {disk} that snapledger did not start "
+        f"({job.kind}, {job.cur}/{job.end}): wait for it to end or cancel it ('virsh blockjob "
+        f"{domain} {disk} --abort')" + (f"; {then}" if then else "")
+    )
+
+
+def refuse_foreign_jobs(
+    port: LibvirtPort, domain: str, disks: Iterable[str], ours: frozenset[str], then: str
+) -> None:
+    """ForeignBlockJob if a job of a kind not in `ours` runs on one of `disks` of the running
+    `domain`."""
+    for disk in sorted(disks):
+        try:
+            job = port.block_job(domain, disk)
+        except LibvirtFailure:
+            continue  # a disk the running domain does not have: drift says so
+        if job is not None and job.kind not in ours:
+            raise foreign_job(domain, disk, job, then)
+
+
 def find_live(live: list[LiveDisk], path: str) -> LiveDisk | None:
     for disk in live:
         if path in disk.chain:
@@ -152,7 +175,7 @@ class LibvirtStorage:
                     self.hypervisor.job_bandwidth,
                 )
             elif job.kind not in ("commit", "active-commit"):
-                raise self._foreign(live, job)
+                raise foreign_job(live.domain, live.disk, job)
             self._wait(live, pivot=active, base=base)
             after = self._live_chain(live)
         except (LibvirtFailure, NoSuchDomain) as error:
@@ -275,7 +298,7 @@ class LibvirtStorage:
                     live.domain, live.disk, new_backing, self.hypervisor.job_bandwidth
                 )
             elif job.kind != "pull":
-                raise self._foreign(live, job)
+                raise foreign_job(live.domain, live.disk, job)
             self._wait(live, pivot=False)
             after = self._live_chain(live)
         except (LibvirtFailure, NoSuchDomain) as error:
@@ -301,14 +324,6 @@ class LibvirtStorage:
         self.inner.delete(path)
 
     # ---- block jobs ------------------------------------------------------------------
-
-    @staticmethod
-    def _foreign(live: LiveDisk, job: BlockJob) -> ForeignBlockJob:
-        return ForeignBlockJob(
-            f"domain {live.domain!r} runs a block job on {live.disk} that snapledger did not "
-            f"start ({job.kind}): wait for it to end or cancel it ('virsh blockjob {live.domain} "
-            f"{live.disk} --abort')"
-        )
 
     def _stopped(self, live: LiveDisk, error: StorageError | NoSuchDomain) -> StorageError:
         """A libvirt failure during a job of ours: DomainStopped (exit 4) if the domain is no
@@ -381,5 +396,7 @@ __all__ = [
     "LiveDisk",
     "WrongImage",
     "find_live",
+    "foreign_job",
+    "refuse_foreign_jobs",
     "port_running",
 ]

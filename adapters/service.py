@@ -401,6 +401,7 @@ class Snapledger:
                 "yours now (the ledger no longer tracks it): compare it with the disk, then "
                 "delete it"
                 for top in sorted(vouched_tops(op))
+                if self.storage.exists(top)  # not when our own pivot superseded the word
             ]
             finished.append("; ".join([f"{name}: finished {op.kind} {op.op_id}", *notes]))
         if left_alone:
@@ -473,13 +474,12 @@ class Snapledger:
                     "(the domain may have run on it); put the definition right by hand, or "
                     f"retire the VM and adopt it again. Nothing was recorded"
                 )
-        if dry_run or not found.changes and not found.observed:
-            if stale is not None:
-                found.changes.append(self._redefined(vm, stale[0], dry_run))
-            return found
-        vm.reconcile(found.observed, found.found, found.gone, found.disowned, self.clock())
-        self._save(vm, *(self._claimed(f.path, vm_name) for f in found.found))
-        if hypervisor is not None and (stale := hypervisor.stale_definition(vm)) is not None:
+        if not dry_run and (found.changes or found.observed):
+            vm.reconcile(found.observed, found.found, found.gone, found.disowned, self.clock())
+            self._save(vm, *(self._claimed(f.path, vm_name) for f in found.found))
+            if hypervisor is not None:  # the chains just recorded may make it stale (or not)
+                stale = hypervisor.stale_definition(vm)
+        if stale is not None:
             found.changes.append(self._redefined(vm, stale[0], dry_run))
         return found
 
@@ -658,11 +658,11 @@ class Snapledger:
         latest = self.vm(vm_name)
         op = latest.operation
         if op is None or op.op_id != op_id:
-            ended = [
-                type(e).__name__ for e in self.app.repository.event_store.get(latest.id, desc=True)
-                if getattr(e, "op_id", None) == op_id
-            ][:1]
-            if ended and ended[0] == "OperationRolledBack":
+            last = next(  # the newest event of that operation, read from the end
+                (e for e in self.app.repository.event_store.get(latest.id, desc=True)
+                 if getattr(e, "op_id", None) == op_id), None,
+            )
+            if type(last).__name__ == "OperationRolledBack":
                 raise ConcurrentUpdate(
                     f"another process rolled back the operation {op_id} this one carried out: "
                     "nothing of it stays done; try again"
@@ -680,7 +680,7 @@ class Snapledger:
         `base` for one started there by hand (see LibvirtStorage._committed_live_before)."""
         op = vm.operation
         assert op is not None
-        if op.pivot_requested(op.done, disk) == base:
+        if op.pivot_requested(op.done, disk) == base and not op.pivot_vouched(op.done):
             return  # asked before (a "not ready" answer, then again)
         vm.record_pivot(op.op_id, op.done, disk, base, self.clock())
         self._save(vm, unrecorded=(

@@ -526,8 +526,9 @@ class VirtualMachine(Aggregate):
         assert self.operation is not None
         details = dict(self.operation.details)
         details["pivots"] = {**details.get("pivots", {}), str(index): {disk: base}}
-        if vouched:
-            details["pivots_vouched"] = sorted({*details.get("pivots_vouched", []), index})
+        vouched_for = {*details.get("pivots_vouched", [])}
+        # our own pivot, asked of libvirt, supersedes the operator's word for that step
+        details["pivots_vouched"] = sorted(vouched_for | {index} if vouched else vouched_for - {index})
         self.operation = replace(self.operation, details=details)
 
     def record_definition(self, domain_xml: str, at: str, redefined: bool = False) -> None:

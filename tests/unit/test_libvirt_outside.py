@@ -347,3 +347,13 @@ def test_a_persistent_definition_may_hold_the_top_of_the_chain(chain: str, agree
     ledger.snapshot(DOM, "s2")
     found = definition_findings(ledger.vm(DOM), _persistent_xml(chain), "persistent", None)
     assert (found == []) == agrees, found
+
+
+def test_our_own_pivot_after_a_vouch_deletes_the_top_as_usual() -> None:
+    """--pivoted said while the domain still runs on the top: recover's own live commit pivots
+    (PivotRequested, asked of libvirt), which supersedes the word: nothing is kept behind."""
+    storage, fake, ledger = interrupted_live_delete(persistent=True)
+    notes = ledger.recover(DOM, pivoted=True)
+    assert not any("kept on disk" in n for n in notes), notes
+    assert not storage.exists(S1) and fake.domains[DOM].live == {"vda": BASE}
+    assert storage.read_all(BASE) == {0: 0x01, 2: 0x22}
