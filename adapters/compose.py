@@ -9,14 +9,18 @@ import socket
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
+from snapledger.adapters import extras
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.eventstore.probe import ABSENT, LEDGER, check_directory, probe_sqlite
+from snapledger.adapters.eventstore.store_url import (
+    POSTGRES,
+    SQLITE,
+    chosen_store_url,
+    parse_store_url,
+)
+from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.storage.qemu_img import QemuImgStorage
 from snapledger.domain.ledger_hash import RecordedBy
-
-from . import extras
-from .event_store import LedgerApplication
-from .qemu_img import QemuImgStorage
-from .service import Snapledger
-from .store_probe import ABSENT, LEDGER, check_directory, probe_sqlite
-from .store_url import POSTGRES, SQLITE, chosen_store_url, parse_store_url
 
 
 def tool_version() -> str:
@@ -68,7 +72,7 @@ def open_ledger(
     app: LedgerApplication, progress: Callable[[float], None] | None = None
 ) -> Snapledger:
     """The service over `app`: real disks through qemu-img, libvirt when a VM is bound to it."""
-    from .libvirt_hypervisor import (  # libvirt on use
+    from snapledger.adapters.libvirt.hypervisor import (  # libvirt on use
         LibvirtHypervisor,
         job_bandwidth_from_env,
         pause_after_pivot_from_env,

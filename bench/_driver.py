@@ -1,6 +1,6 @@
 """A lean driver of the real aggregates, for building big ledgers quickly in the benchmarks.
 
-It plays the same command sequence as `snapledger.adapters.service.Snapledger` (prepare ->
+It plays the same command sequence as `snapledger.adapters.service.commands.Snapledger` (prepare ->
 plan -> record intent and reservations -> carry out each step on SimulatedStorage -> closing
 event -> release), with the project's own planners, aggregates and storage simulation, but keeps
 every aggregate in memory instead of reloading it from the store for each command, and leaves
@@ -20,9 +20,9 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from snapledger.adapters.drift import recorded_format
-from snapledger.adapters.simulated_storage import CLUSTER, SimulatedStorage
-from snapledger.adapters.step_execution import carry_out
+from snapledger.adapters.service.drift import recorded_format
+from snapledger.adapters.service.step_execution import carry_out
+from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
 from snapledger.domain.errors import BranchPointRefused, StorageError, StrategyNotAllowed
 from snapledger.domain.image_registry import ImageRegistration, release_registrations
 from snapledger.domain.images import ImageFacts, Origin

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from snapledger.adapters import qemu_locks
+from snapledger.adapters.storage import qemu_locks
 
 FILLER = ".campaign-filler"  # QEMU holds byte 100 + n of an image for permission bit n; 1 is write
 

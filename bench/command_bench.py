@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from plan_bench import build  # noqa: E402
 
-from snapledger.adapters.service import Snapledger  # noqa: E402
+from snapledger.adapters.service.commands import Snapledger  # noqa: E402
 
 
 def main() -> int:

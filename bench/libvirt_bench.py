@@ -150,10 +150,10 @@ def one_snapledger(root: Path, layout: Layout) -> tuple[float, int, str]:
 
 def one_service(root: Path, layout: Layout) -> tuple[float, int, str]:
     """The same delete as one in-process service call (no interpreter start, no imports)."""
-    from snapledger.adapters.event_store import LedgerApplication
-    from snapledger.adapters.libvirt_hypervisor import LibvirtHypervisor
-    from snapledger.adapters.qemu_img import QemuImgStorage
-    from snapledger.adapters.service import Snapledger
+    from snapledger.adapters.eventstore.application import LedgerApplication
+    from snapledger.adapters.libvirt.hypervisor import LibvirtHypervisor
+    from snapledger.adapters.service.commands import Snapledger
+    from snapledger.adapters.storage.qemu_img import QemuImgStorage
 
     build = Build(root, layout)
     try:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _driver import Fleet  # noqa: E402
 
-from snapledger.adapters.event_store import LedgerApplication  # noqa: E402
+from snapledger.adapters.eventstore.application import LedgerApplication  # noqa: E402
 from snapledger.domain.errors import BranchPointRefused  # noqa: E402
 from snapledger.domain.vm import VirtualMachine  # noqa: E402
 from snapledger.projections import planners  # noqa: E402

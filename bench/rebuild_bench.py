@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _driver import Fleet, expected_view  # noqa: E402
 
-from snapledger.adapters.event_store import LedgerApplication  # noqa: E402
+from snapledger.adapters.eventstore.application import LedgerApplication  # noqa: E402
 from snapledger.projections.view import LedgerView  # noqa: E402
 
 TARGET = 150_000

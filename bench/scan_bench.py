@@ -1,4 +1,4 @@
-"""Scanning a directory of qcow2 files for dependants (adapters/qcow2_headers.py).
+"""Scanning a directory of qcow2 files for dependants (adapters/storage/qcow2_headers.py).
 
     python bench/scan_bench.py [--dir /tmp/snapledger-scan-bench] [--files 10000] [--raw 0.2]
                                [--repeat 7] [--cold 5] [--fresh]
@@ -27,7 +27,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from snapledger.adapters.qcow2_headers import DependantIndex
+from snapledger.adapters.storage.qcow2_headers import DependantIndex
 
 TARGET_MS = 250.0
 SIZE = 64 << 20

@@ -8,7 +8,7 @@ or on a PostgreSQL ledger.
 The ledger is built once and cached at --db by rebuild_bench.build (many VMs in groups, played
 through the real aggregates, planners and SimulatedStorage by _driver.Fleet, saved in batches,
 then checked to replay to the driver's state). Each run is a fresh
-`python -m snapledger.adapters.cli show VM --json` with SNAPLEDGER_STORE pointing at it; wall
+`python -m snapledger.adapters.cli.main show VM --json` with SNAPLEDGER_STORE pointing at it; wall
 time and the child's CPU time (user + sys, from wait4's rusage) are reported, medians of
 --repeat runs.
 
@@ -20,7 +20,7 @@ First the persisted projection is brought up to date by one `show` (on a ledger 
 yet, or one written by other code, that run folds every event and writes the checkpoints and
 archive points: its time is reported). Then:
 
-- `show VM --json`: answered from the stored document (adapters/projection_store.py), before
+- `show VM --json`: answered from the stored document (adapters/checkpoint/stores.py), before
   eventsourcing is even imported. Target: <= 100 ms median.
 - `show VM --json --at-event N`, N in the middle and near the end, each the farthest from the
   archive point before it (so the most events to replay). Target: <= 1 s.
@@ -52,8 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rebuild_bench import build, build_into  # noqa: E402
 
-from snapledger.adapters.event_store import LedgerApplication  # noqa: E402
-from snapledger.adapters.projection import CHECKPOINT_EVERY  # noqa: E402
+from snapledger.adapters.checkpoint.persisted import CHECKPOINT_EVERY  # noqa: E402
+from snapledger.adapters.eventstore.application import LedgerApplication  # noqa: E402
 
 TARGET_MS = 100.0
 TARGET_AT_EVENT_MS = 1000.0
@@ -101,12 +101,12 @@ IN_PROCESS = r"""
 import json, sys, time
 def now(): return time.perf_counter(), time.process_time()
 t0 = now()
-from snapledger.adapters.projection_store import stored_show_text
+from snapledger.adapters.checkpoint.stores import stored_show_text
 t1 = now()
 text = stored_show_text(sys.argv[1], sys.argv[2])
 t2 = now()
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.projection import PersistedProjection
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.checkpoint.persisted import PersistedProjection
 from snapledger.projections.dag import ImageDag
 from snapledger.projections.documents import json_text, vm_document
 t3 = now()
@@ -131,15 +131,15 @@ print(json.dumps({k: [b[0] - a[0], b[1] - a[1]] for k, (a, b) in parts.items()} 
 # keeps nothing (what NullProjectionStore did), so every process folds the whole ledger.
 NO_FAST_PATH = r"""
 import sys
-import snapledger.adapters.projection_store as projection_store
+import snapledger.adapters.checkpoint.stores as projection_store
 projection_store.stored_show_text = lambda url, vm: None  # cli.py imports it on use
-from snapledger.adapters.cli import main
+from snapledger.adapters.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 NO_PROJECTION = NO_FAST_PATH.replace(
-    "from snapledger.adapters.cli import main",
-    r"""import snapledger.adapters.projection as projection
-from snapledger.adapters.projection_store import BEHIND
+    "from snapledger.adapters.cli.main import main",
+    r"""import snapledger.adapters.checkpoint.persisted as projection
+from snapledger.adapters.checkpoint.stores import BEHIND
 
 class NothingKept:
     persistent = False
@@ -149,7 +149,7 @@ class NothingKept:
     def wipe(self, seen): return None
 
 projection.store_for = lambda app: NothingKept()
-from snapledger.adapters.cli import main""",
+from snapledger.adapters.cli.main import main""",
 )
 
 
@@ -195,9 +195,9 @@ def main() -> int:
     timed(show, env)  # warms the bytecode cache
 
     base = median_runs([sys.executable, "-c", "pass"], env, args.repeat)
-    imp = median_runs([sys.executable, "-c", "import snapledger.adapters.cli"], env, args.repeat)
+    imp = median_runs([sys.executable, "-c", "import snapledger.adapters.cli.main"], env, args.repeat)
     fast = median_runs(show, env, args.repeat)
-    rows = [("python -c pass", base), ("python -c 'import snapledger.adapters.cli'", imp),
+    rows = [("python -c pass", base), ("python -c 'import snapledger.adapters.cli.main'", imp),
             (f"snapledger show {vm} --json", fast)]
     if args.store:
         for label, script in (("the same, no fast path (checkpoint + catch-up)", NO_FAST_PATH),

@@ -1,6 +1,6 @@
 """The `show` document of a VM: what `snapledger show VM --json` prints (contract: cli.md).
 
-Computed from a LedgerView. The persisted projection (adapters/projection.py) stores it per VM,
+Computed from a LedgerView. The persisted projection (adapters/checkpoint/persisted.py) stores it per VM,
 as the exact text `show --json` prints, so that `show` can answer without folding the ledger;
 the command line computes it the same way when it has to. One function, so both agree.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # json_text is used where eventsourcing is not imported (adapters/output.py)
+if TYPE_CHECKING:  # json_text is used where eventsourcing is not imported (adapters/cli/output.py)
     from snapledger.domain.vm import SnapshotRecord, VirtualMachine
 
     from .dag import ImageDag

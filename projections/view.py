@@ -26,7 +26,7 @@ class LedgerView:
         self._by_id: dict[UUID, Aggregate] = {}
         self.position = 0  # the ledger position of the last event applied
         self.version = 0  # bumped on every change, for caches of derived views
-        # For the persisted projection (adapters/projection.py): the position of each
+        # For the persisted projection (adapters/checkpoint/persisted.py): the position of each
         # aggregate's first event (restoring in that order keeps `vms` in ledger order), and
         # the aggregates changed since the last checkpoint.
         self.born: dict[UUID, int] = {}

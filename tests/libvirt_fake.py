@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
-from snapledger.adapters.libvirt_port import BlockJob, LibvirtFailure, NoSuchDomain
-from snapledger.adapters.libvirt_xml import disk_sources, domain_name, parse_snapshot
-from snapledger.adapters.simulated_storage import SimulatedCrash, SimulatedStorage
-from snapledger.adapters.xml_input import parse_secure
+from snapledger.adapters.libvirt.port import BlockJob, LibvirtFailure, NoSuchDomain
+from snapledger.adapters.libvirt.xml import disk_sources, domain_name, parse_snapshot
+from snapledger.adapters.libvirt.xml_input import parse_secure
+from snapledger.adapters.storage.simulated import SimulatedCrash, SimulatedStorage
 from snapledger.domain.errors import ImageInUse
 from snapledger.domain.images import ImageFacts
 

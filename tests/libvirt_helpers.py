@@ -109,7 +109,7 @@ class Domains:
 
     def sources(self, name: str, inactive: bool = False) -> dict[str, list[str]]:
         """Each disk's chain as libvirt reads it, active first."""
-        from snapledger.adapters.libvirt_xml import domain_disks
+        from snapledger.adapters.libvirt.xml import domain_disks
 
         flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
         xml = self.domain(name).XMLDesc(flags)

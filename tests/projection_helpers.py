@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.projection import PersistedProjection
-from snapledger.adapters.service import Snapledger
-from snapledger.adapters.simulated_storage import CLUSTER, SimulatedStorage
+from snapledger.adapters.checkpoint.persisted import PersistedProjection
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
 from snapledger.projections.view import LedgerView
 
 

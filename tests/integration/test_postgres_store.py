@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.service import Snapledger
-from snapledger.adapters.simulated_storage import CLUSTER, SimulatedStorage
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
 from snapledger.domain.errors import ConcurrentUpdate
 from snapledger.domain.ledger_hash import RecordedBy
 
@@ -86,9 +86,9 @@ def test_editing_an_event_in_postgres_is_found(url: str) -> None:
 
 HOST_STARTING = """
 import sys
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.service import Snapledger
-from snapledger.adapters.simulated_storage import CLUSTER, SimulatedStorage
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
 
 url, name = sys.argv[1:]
 storage = SimulatedStorage()

@@ -31,9 +31,8 @@ from projection_helpers import (
 )
 from store_backends import Backend, PostgresBackend, SQLiteBackend
 
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.projection import PersistedProjection, store_for
-from snapledger.adapters.projection_store import (
+from snapledger.adapters.checkpoint.persisted import PersistedProjection, store_for
+from snapledger.adapters.checkpoint.stores import (
     BEHIND,
     CHECKPOINT,
     DAMAGED,
@@ -49,7 +48,8 @@ from snapledger.adapters.projection_store import (
     row_checksum,
     stored_show_text,
 )
-from snapledger.adapters.service import Snapledger
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.service.commands import Snapledger
 from snapledger.domain.errors import Refused
 from snapledger.projections.documents import json_text, vm_document
 
@@ -276,10 +276,10 @@ def test_after_random_histories_the_persisted_projection_is_the_ledger(
 CHILD = textwrap.dedent(
     """
     import os, sys
-    from snapledger.adapters.event_store import LedgerApplication
-    from snapledger.adapters.projection import PersistedProjection
-    from snapledger.adapters.service import Snapledger
-    from snapledger.adapters.simulated_storage import CLUSTER, SimulatedStorage
+    from snapledger.adapters.eventstore.application import LedgerApplication
+    from snapledger.adapters.checkpoint.persisted import PersistedProjection
+    from snapledger.adapters.service.commands import Snapledger
+    from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
 
     url, name, count, crash = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "crash"
     storage = SimulatedStorage()
@@ -417,7 +417,7 @@ def test_a_row_whose_state_was_edited_is_found_and_the_view_folded_from_the_even
 def test_on_postgresql_a_save_held_up_past_the_lock_timeout_fails_harmlessly(postgres: str) -> None:
     """Another writer holds the lock (a stuck process): the save gives up after the store's
     lock timeout instead of hanging the command, and the next reader catches up."""
-    from snapledger.adapters.projection_store_postgres import LOCK_CLASS, PostgresProjectionStore
+    from snapledger.adapters.checkpoint.postgres import LOCK_CLASS, PostgresProjectionStore
 
     url = PostgresBackend(postgres).new_url()
     ledger, storage = with_history(url)

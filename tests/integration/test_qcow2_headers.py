@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from qemu_helpers import make_image, set_backing_unchecked
 
-from snapledger.adapters.qcow2_headers import (
+from snapledger.adapters.storage.qcow2_headers import (
     MAX_BACKING_NAME,
     DependantIndex,
     ScanTooLarge,
@@ -250,7 +250,7 @@ def test_truncated_headers_and_backings_past_the_end_are_skipped(vms: Path) -> N
 
 SCAN_IN_A_CHILD = """
 import json, sys
-from snapledger.adapters.qcow2_headers import DependantIndex, read_backing_names
+from snapledger.adapters.storage.qcow2_headers import DependantIndex, read_backing_names
 vms, image = sys.argv[1], sys.argv[2]
 names = {p: read_backing_names(vms + "/" + p) for p in sys.argv[3:]}
 index = DependantIndex.scan([vms])

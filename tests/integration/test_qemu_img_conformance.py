@@ -26,10 +26,10 @@ from hypothesis import event, given, note, settings
 from hypothesis import strategies as st
 from qemu_helpers import CLUSTER, make_image, mismatched_clusters, qemu_io, write_clusters
 
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.qemu_img import QemuImgStorage
-from snapledger.adapters.service import Snapledger
-from snapledger.adapters.simulated_storage import SimulatedStorage
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.storage.qemu_img import QemuImgStorage
+from snapledger.adapters.storage.simulated import SimulatedStorage
 from snapledger.domain.errors import SnapledgerError
 
 VM = "vm"

@@ -23,8 +23,8 @@ from qemu_helpers import (
     write_clusters,
 )
 
-from snapledger.adapters.qemu_img import QemuImgStorage
-from snapledger.adapters.storage_port import StoragePort
+from snapledger.adapters.service.ports import StoragePort
+from snapledger.adapters.storage.qemu_img import QemuImgStorage
 from snapledger.domain.errors import ImageInUse, OutsideAllowedDirs, StorageError, ToolMissing
 
 VSIZE = 16 * CLUSTER

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.service import Snapledger
-from snapledger.adapters.simulated_storage import CLUSTER, SimulatedCrash, SimulatedStorage
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.storage.simulated import CLUSTER, SimulatedCrash, SimulatedStorage
 from snapledger.domain.errors import ConcurrentUpdate, OperationInProgress, SnapledgerError
 from snapledger.domain.vm import VirtualMachine
 from snapledger.projections.view import LedgerView

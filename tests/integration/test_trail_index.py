@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.service import Snapledger
-from snapledger.adapters.simulated_storage import CLUSTER, SimulatedStorage
-from snapledger.adapters.trail_index import TrailIndex, trail_index_for
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.eventstore.trail_index import TrailIndex, trail_index_for
+from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
 from snapledger.projections.history import event_time
 from snapledger.projections.trail import trail
 

@@ -218,9 +218,9 @@ def test_a_backing_rewritten_to_point_outside_is_found_and_never_followed(
 
 DIES_AT_THE_MERGE = """
 import os, sys
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.qemu_img import QemuImgStorage
-from snapledger.adapters.service import Snapledger
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.storage.qemu_img import QemuImgStorage
+from snapledger.adapters.service.commands import Snapledger
 
 class DiesAtTheMerge(QemuImgStorage):
     def commit(self, top, base, *, fmt):

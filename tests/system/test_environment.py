@@ -22,9 +22,9 @@ import pytest
 from postgres_server import postgres_server
 from qemu_helpers import make_image
 
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.service import Snapledger
-from snapledger.adapters.simulated_storage import CLUSTER, SimulatedStorage
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
 
 CLI = [sys.executable, "-m", "snapledger.adapters.cli"]
 DISK = "/images/vm.qcow2"  # the simulated ledgers' disk: no command below gets to open it
@@ -404,7 +404,7 @@ def libvirt_ledger(path: Path) -> str:
     """A ledger holding the libvirt domain `web` (adopted through the in-memory libvirt)."""
     from libvirt_fake import FakeLibvirt
 
-    from snapledger.adapters.libvirt_hypervisor import LibvirtHypervisor, adopt_libvirt
+    from snapledger.adapters.libvirt.hypervisor import LibvirtHypervisor, adopt_libvirt
 
     storage = SimulatedStorage()
     storage.make_image(DISK, 16 * CLUSTER, {0: 0x01})

@@ -145,11 +145,11 @@ def test_revert_running_domain_stops_redefines_and_starts_it(tmp_path: Path, lib
 
 DIES_AFTER_THE_REDEFINITION = """
 import os, sys
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.libvirt_domains import LibvirtDomains
-from snapledger.adapters.libvirt_hypervisor import LibvirtHypervisor
-from snapledger.adapters.qemu_img import QemuImgStorage
-from snapledger.adapters.service import Snapledger
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.libvirt.domains import LibvirtDomains
+from snapledger.adapters.libvirt.hypervisor import LibvirtHypervisor
+from snapledger.adapters.storage.qemu_img import QemuImgStorage
+from snapledger.adapters.service.commands import Snapledger
 
 class DiesAfterTheRedefinition(LibvirtDomains):
     def define(self, xml):

@@ -35,7 +35,7 @@ from cli_helpers import CLI, Cli
 from libvirt_helpers import URI, Domains
 from qemu_helpers import make_image, qemu_io
 
-from snapledger.adapters.libvirt_hypervisor import TEST_JOB_BANDWIDTH_ENV
+from snapledger.adapters.libvirt.hypervisor import TEST_JOB_BANDWIDTH_ENV
 
 MIB = 1 << 20
 SIZE = 16 * MIB  # the disk's virtual size

@@ -41,8 +41,8 @@ from test_libvirt_restart import (
     wait_for,
 )
 
-from snapledger.adapters.libvirt_hypervisor import TEST_PAUSE_AFTER_PIVOT_ENV
-from snapledger.adapters.libvirt_xml import disk_sources
+from snapledger.adapters.libvirt.hypervisor import TEST_PAUSE_AFTER_PIVOT_ENV
+from snapledger.adapters.libvirt.xml import disk_sources
 
 __all__ = ["background", "libvirt_vms", "libvirtd"]  # fixtures
 
@@ -434,7 +434,7 @@ def test_verify_compares_the_persistent_definition_and_reconcile_redefines_it(
     s1 = vms.path("vda.s1")
     vms.write(name, 0x22, 1 * MIB)
     inactive = vms.domain(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-    from snapledger.adapters.libvirt_xml import with_sources
+    from snapledger.adapters.libvirt.xml import with_sources
 
     vms.conn.defineXML(with_sources(inactive, {"vda": base}))  # the next boot: on s1's image
     found = cli.run("verify", name, expect=3)

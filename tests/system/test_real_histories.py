@@ -26,10 +26,10 @@ import pytest
 from cli_helpers import CLI, Cli
 from qemu_helpers import CLUSTER, assert_reads, make_image, qemu_io, write_clusters
 
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.qemu_img import QemuImgStorage
-from snapledger.adapters.service import Snapledger
-from snapledger.adapters.storage_port import Dependants, Sharing
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.service.ports import Dependants, Sharing
+from snapledger.adapters.storage.qemu_img import QemuImgStorage
 from snapledger.domain.images import ImageFacts
 
 CLUSTERS = 16
@@ -659,9 +659,9 @@ def test_kill_9_at_random_moments_of_a_big_merge_loses_nothing(tmp_path: Path) -
 
 DIES_WITH_THE_HEADER_WRITTEN = """
 import os, subprocess, sys
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.qemu_img import QemuImgStorage
-from snapledger.adapters.service import Snapledger
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.storage.qemu_img import QemuImgStorage
+from snapledger.adapters.service.commands import Snapledger
 
 class HeaderFirst(QemuImgStorage):
     # what a qemu-img killed late in a safe rebase can leave (QEMU 7.2, seen): the header names
@@ -677,9 +677,9 @@ Snapledger(LedgerApplication(sys.argv[1]), HeaderFirst()).delete("vm", "s1", str
 
 DIES_IN_THE_CREATE = """
 import os, sys
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.qemu_img import QemuImgStorage
-from snapledger.adapters.service import Snapledger
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.storage.qemu_img import QemuImgStorage
+from snapledger.adapters.service.commands import Snapledger
 
 class DiesInTheCreate(QemuImgStorage):
     # killed right after the overlay's file was made (O_EXCL), before qemu-img wrote to it
@@ -790,7 +790,7 @@ def test_recover_leaves_an_operation_whose_process_still_runs_alone(tmp_path: Pa
 # Both racers import everything first, then start at the same instant.
 RACER = (
     "import sys, time\n"
-    "from snapledger.adapters.cli import main\n"
+    "from snapledger.adapters.cli.main import main\n"
     "time.sleep(max(0.0, float(sys.argv[1]) - time.time()))\n"
     "sys.exit(main(sys.argv[2:]))\n"
 )

@@ -199,9 +199,9 @@ def test_retire_ends_tracking_and_the_name_can_be_adopted_again(h: History) -> N
 def test_retire_is_refused_while_an_operation_is_open(h: History) -> None:
     script = (
         "import os, sys\n"
-        "from snapledger.adapters.event_store import LedgerApplication\n"
-        "from snapledger.adapters.qemu_img import QemuImgStorage\n"
-        "from snapledger.adapters.service import Snapledger\n"
+        "from snapledger.adapters.eventstore.application import LedgerApplication\n"
+        "from snapledger.adapters.storage.qemu_img import QemuImgStorage\n"
+        "from snapledger.adapters.service.commands import Snapledger\n"
         "class Dies(QemuImgStorage):\n"
         "    def commit(self, top, base, *, fmt):\n"
         "        os._exit(9)\n"

@@ -20,8 +20,8 @@ from hypothesis import event, note
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, precondition, rule
 
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.simulated_storage import SimImage
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.storage.simulated import SimImage
 from snapledger.domain.errors import (
     BranchPointRefused,
     Conflict,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.service import Snapledger
-from snapledger.adapters.simulated_storage import CLUSTER, SimulatedCrash, SimulatedStorage
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.storage.simulated import CLUSTER, SimulatedCrash, SimulatedStorage
 from snapledger.domain.errors import BadPath, DriftFound, ImageInUse, StorageError
 from snapledger.domain.image_registry import ImageRegistration
 from snapledger.domain.vm import VirtualMachine

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.service import Snapledger
-from snapledger.adapters.simulated_storage import CLUSTER, SimulatedCrash, SimulatedStorage
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.storage.simulated import CLUSTER, SimulatedCrash, SimulatedStorage
 from snapledger.domain.errors import BadInput, SnapledgerError, UnknownImage, UnknownVm
 from snapledger.domain.images import OwnerClass
 from snapledger.projections.explain import Explanation, explain_image

@@ -7,15 +7,15 @@ import io
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.history_file import (
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.eventstore.export import (
     RecordedFactsStorage,
     export_jsonl,
     read_export,
     replay_store,
 )
-from snapledger.adapters.service import Snapledger
-from snapledger.adapters.simulated_storage import CLUSTER, SimulatedStorage
+from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
 from snapledger.domain.errors import SnapledgerError
 
 operations = st.lists(

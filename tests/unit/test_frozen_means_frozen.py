@@ -11,10 +11,10 @@ from __future__ import annotations
 import pytest
 from test_drift import BASE, make
 
-from snapledger.adapters.drift import DiskChecks
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.service import Snapledger
-from snapledger.adapters.simulated_storage import CLUSTER, SimulatedCrash, SimulatedStorage
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.service.drift import DiskChecks
+from snapledger.adapters.storage.simulated import CLUSTER, SimulatedCrash, SimulatedStorage
 from snapledger.domain.errors import DriftFound
 from snapledger.domain.images import ImageFacts, format_ns
 from snapledger.domain.vm import VirtualMachine

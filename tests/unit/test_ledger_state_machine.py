@@ -27,11 +27,11 @@ from hypothesis.stateful import (
 from machine_world import FillableLedger, WorldActors
 from projection_helpers import rebuilt, view_state
 
-from snapledger.adapters.drift import DiskChecks
-from snapledger.adapters.projection import PersistedProjection
-from snapledger.adapters.projection_store import MemoryProjectionStore
-from snapledger.adapters.service import Snapledger
-from snapledger.adapters.simulated_storage import CLUSTER, SimulatedCrash, SimulatedStorage
+from snapledger.adapters.checkpoint.persisted import PersistedProjection
+from snapledger.adapters.checkpoint.stores import MemoryProjectionStore
+from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.service.drift import DiskChecks
+from snapledger.adapters.storage.simulated import CLUSTER, SimulatedCrash, SimulatedStorage
 from snapledger.domain.errors import (
     BadPath,
     BranchPointRefused,

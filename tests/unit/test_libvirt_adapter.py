@@ -7,16 +7,16 @@ from __future__ import annotations
 import pytest
 from libvirt_fake import FakeLibvirt, JobLockedStorage, virsh_snapshot_xml
 
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.libvirt_hypervisor import (
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.libvirt.hypervisor import (
     TEST_JOB_BANDWIDTH_ENV,
     LibvirtHypervisor,
     adopt_libvirt,
     job_bandwidth_from_env,
 )
-from snapledger.adapters.libvirt_xml import snapshot_request_xml, with_sources
-from snapledger.adapters.service import Snapledger
-from snapledger.adapters.simulated_storage import CLUSTER, SimulatedCrash, SimulatedStorage
+from snapledger.adapters.libvirt.xml import snapshot_request_xml, with_sources
+from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.storage.simulated import CLUSTER, SimulatedCrash, SimulatedStorage
 from snapledger.domain.errors import (
     BadInput,
     BranchPointRefused,
@@ -548,7 +548,7 @@ def test_a_ledger_without_the_libvirt_adapter_plans_but_never_acts() -> None:
     """An exported history replayed elsewhere has no libvirt: dry runs plan, nothing runs."""
     import io
 
-    from snapledger.adapters.history_file import (
+    from snapledger.adapters.eventstore.export import (
         RecordedFactsStorage,
         export_jsonl,
         read_export,

@@ -11,12 +11,12 @@ import pytest
 from libvirt_fake import FakeJob, FakeLibvirt
 from test_libvirt_adapter import BASE, DOM, actions, guest_write, make
 
-from snapledger.adapters.libvirt_hypervisor import DomainStopped, ForeignBlockJob, WrongImage
-from snapledger.adapters.libvirt_xml import disk_sources, domain_disks
-from snapledger.adapters.processes import LocalProcesses
-from snapledger.adapters.service import Snapledger
-from snapledger.adapters.simulated_storage import SimulatedStorage
-from snapledger.adapters.xml_input import snapshot_request
+from snapledger.adapters.host.processes import LocalProcesses
+from snapledger.adapters.libvirt.hypervisor import DomainStopped, ForeignBlockJob, WrongImage
+from snapledger.adapters.libvirt.xml import disk_sources, domain_disks
+from snapledger.adapters.libvirt.xml_input import snapshot_request
+from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.storage.simulated import SimulatedStorage
 from snapledger.domain.errors import BadInput, StorageError
 
 S1 = "/images/web.s1"
@@ -340,7 +340,7 @@ def _store(path: str, inner: str = "") -> str:
     (_store("/images/web.gone", _store(BASE)), False),  # a deleted image
 ], ids=["none", "top-only", "whole", "closed-early", "stale"])
 def test_a_persistent_definition_may_hold_the_top_of_the_chain(chain: str, agrees: bool) -> None:
-    from snapledger.adapters.libvirt_definitions import definition_findings
+    from snapledger.adapters.libvirt.definitions import definition_findings
 
     storage, fake, ledger = make()
     ledger.snapshot(DOM, "s1")

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.service import Snapledger
-from snapledger.adapters.simulated_storage import CLUSTER, SimulatedStorage
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
 from snapledger.domain.errors import UnknownVm
 from snapledger.domain.images import OwnerClass
 from snapledger.projections.pictures import image_dag_dot, image_picture

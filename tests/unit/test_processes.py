@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from snapledger.adapters.processes import LocalProcesses, carrying_out
+from snapledger.adapters.host.processes import LocalProcesses, carrying_out
 
 
 def test_a_live_process_on_this_host_runs_its_operation() -> None:
@@ -15,7 +15,7 @@ def test_a_live_process_on_this_host_runs_its_operation() -> None:
         runner = {**processes.this_process(), "pid": child.pid}
         runner["started"] = LocalProcesses("here").this_process()["started"]  # ours, not its
         assert processes.running(runner, "op") is False  # a pid reused by another process
-        from snapledger.adapters import processes as module
+        from snapledger.adapters.host import processes as module
 
         runner["started"] = module._start_ticks(child.pid)
         assert processes.running(runner, "op") is True

@@ -14,10 +14,9 @@ from typing import Any
 import pytest
 from projection_helpers import rebuilt, spy_reads, view_state
 
-from snapledger.adapters import event_store, projection_store, store_url
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.projection import CheckpointTranscoder, PersistedProjection
-from snapledger.adapters.projection_store import (
+from snapledger.adapters.checkpoint import stores as projection_store
+from snapledger.adapters.checkpoint.persisted import CheckpointTranscoder, PersistedProjection
+from snapledger.adapters.checkpoint.stores import (
     BEHIND,
     NEEDS_FULL,
     SAME,
@@ -28,8 +27,11 @@ from snapledger.adapters.projection_store import (
     Update,
     decide,
 )
-from snapledger.adapters.service import Snapledger
-from snapledger.adapters.simulated_storage import CLUSTER, SimulatedCrash, SimulatedStorage
+from snapledger.adapters.eventstore import application as event_store
+from snapledger.adapters.eventstore import store_url
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.storage.simulated import CLUSTER, SimulatedCrash, SimulatedStorage
 from snapledger.domain.errors import StorageError
 from snapledger.domain.images import Origin
 from snapledger.projections.documents import json_text, vm_document
@@ -295,10 +297,10 @@ def test_memory_store_rows_round_trip() -> None:
 
 def test_importing_the_command_line_stays_light() -> None:
     """`show VM --json` answers before eventsourcing, rich or the domain are imported."""
-    heavy = ["eventsourcing", "rich", "lxml", "snapledger.domain.vm", "snapledger.adapters.output",
-             "snapledger.adapters.service", "snapledger.projections.view"]
+    heavy = ["eventsourcing", "rich", "lxml", "snapledger.domain.vm", "snapledger.adapters.cli.output",
+             "snapledger.adapters.service.commands", "snapledger.projections.view"]
     code = (
-        "import sys, snapledger.adapters.cli, snapledger.adapters.projection_store;"
+        "import sys, snapledger.adapters.cli.main, snapledger.adapters.checkpoint.stores;"
         f"print([m for m in {heavy!r} if m in sys.modules])"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -13,7 +13,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from snapledger.adapters.qcow2_headers import DependantIndex, read_backing_names, reference_of
+from snapledger.adapters.storage.qcow2_headers import (
+    DependantIndex,
+    read_backing_names,
+    reference_of,
+)
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.service import Snapledger
-from snapledger.adapters.simulated_storage import CLUSTER, SimulatedStorage
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
 from snapledger.domain.errors import UnknownVm
 from snapledger.domain.images import OwnerClass
 from snapledger.projections.tree import image_report, snapshot_tree

@@ -19,10 +19,10 @@ from hypothesis import Phase, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from snapledger.adapters.event_store import LedgerApplication
-from snapledger.adapters.output import vm_json
-from snapledger.adapters.service import Snapledger
-from snapledger.adapters.simulated_storage import CLUSTER, SimulatedStorage
+from snapledger.adapters.cli.output import vm_json
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
 from snapledger.domain.errors import BadInput, Refused, StorageError
 from snapledger.projections.history import diff, event_time, parse_time
 from snapledger.projections.view import LedgerView

@@ -1,0 +1,452 @@
+"""The persisted, tracked projection: the LedgerView at a recorded ledger position P, so that
+no command folds the whole ledger (docs/architecture.md, "Persisted projections").
+
+At P, in one transaction that never moves P back (adapters/checkpoint/stores.py; on PostgreSQL
+adapters/checkpoint/postgres.py):
+
+1. a checkpoint: every aggregate of the view as an eventsourcing snapshot
+   (`Snapshot.take(aggregate)` through an eventsourcing `Mapper`, and back with
+   `to_domain_event(...).mutate(None)`); only the aggregates changed since the last checkpoint are
+   rewritten (`LedgerView.dirty`);
+2. the `show --json` text of every VM whose document changed;
+3. P itself.
+
+Every `every` positions the checkpoint is also kept as an archive point, for `view_at`.
+
+A process starts from the newest checkpoint and applies only the events after P. A crash
+between a save and the projection's update is harmless: the next reader sees P below the
+ledger's last position and catches up. A projection that is damaged, ahead of the ledger, or
+written by other code is dropped and rebuilt from the events; it never changes what the ledger
+says.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import json
+import sqlite3
+import sys
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import fields, is_dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, Snapshot
+from eventsourcing.persistence import Mapper, PersistenceError, StoredEvent, Transcoder
+from eventsourcing.sqlite import SQLiteConnectionPool, SQLiteFactory
+from eventsourcing.utils import get_topic
+
+from snapledger.adapters.checkpoint.stores import (
+    NEEDS_FULL,
+    SAME,
+    WRITTEN,
+    Doc,
+    MemoryProjectionStore,
+    ProjectionStore,
+    Row,
+    SQLiteProjectionStore,
+    Tracking,
+    Update,
+    code_fingerprint,
+    doc_checksum,
+    row_checksum,
+)
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.domain.errors import LedgerDamaged
+from snapledger.domain.image_registry import ImageRegistration
+from snapledger.domain.vm import VirtualMachine
+from snapledger.projections.dag import ImageDag
+from snapledger.projections.documents import disk_chains, json_text, vm_document
+from snapledger.projections.view import LedgerView
+
+CHECKPOINT_EVERY = 5_000  # positions between archive points (time travel replays fewer)
+SNAPSHOT_TOPIC = get_topic(Snapshot)
+AGGREGATE_TOPICS = {get_topic(VirtualMachine), get_topic(ImageRegistration)}
+DOMAIN = "snapledger.domain."  # the only modules a checkpoint may name classes of
+# What a store raises when it can't be read or written (locked too long, read-only, gone):
+# sqlite3's own errors, and eventsourcing's, into which its PostgreSQL datastore turns psycopg's.
+STORE_ERRORS = (sqlite3.Error, PersistenceError)
+
+
+class ProjectionDamaged(Exception):
+    """A checkpoint row that can't be what this code wrote."""
+
+
+class CheckpointTranscoder(Transcoder):
+    """JSON that gives back exactly the Python values aggregate state holds.
+
+    The library's JSONTranscoder encodes a tuple as a list and a StrEnum member as a plain
+    string without asking any transcoding (the json module handles both itself), and a snapshot
+    decoded that way is not the aggregate it was: `reserved_by == (vm, op_id)` and
+    `origin is Origin.MANAGED` would no longer hold. Here every value is tagged before json sees
+    it: tuples, sets, datetimes, UUIDs, and the dataclasses and enums of snapledger.domain (only
+    those: a checkpoint names no other class).
+    """
+
+    def __init__(self) -> None:
+        self._classes: dict[str, Any] = {}
+        self._fields: dict[type, tuple[str, ...]] = {}
+        self._decoder = json.JSONDecoder(object_hook=self._untag)
+        self._untaggers: dict[str, Callable[[Any], Any]] = {
+            "tuple": tuple,
+            "set": set,
+            "frozenset": frozenset,
+            "datetime": datetime.fromisoformat,
+            "uuid": UUID,
+            "dict": dict,
+            "dataclass": self._dataclass,
+            "enum": self._enum,
+        }
+
+    def encode(self, obj: Any) -> bytes:
+        return json.dumps(self._tag(obj), separators=(",", ":"), ensure_ascii=False).encode()
+
+    def decode(self, data: bytes) -> Any:
+        return self._decoder.decode(data.decode())
+
+    def _tag(self, o: Any) -> Any:
+        t = type(o)
+        if t is str or t is int or t is float or t is bool or o is None:
+            return o
+        if t is dict:
+            out = {}
+            for key, value in o.items():
+                if type(key) is not str:
+                    raise TypeError(f"a checkpoint holds str keys only, not {key!r}")
+                out[key] = self._tag(value)
+            if len(out) == 2 and "_type_" in out:  # would read as a tag: as pairs instead
+                return {"_type_": "dict", "_data_": [[k, v] for k, v in out.items()]}
+            return out
+        if t is list:
+            return [self._tag(v) for v in o]
+        if t is tuple:
+            return {"_type_": "tuple", "_data_": [self._tag(v) for v in o]}
+        if t is set or t is frozenset:
+            items = [self._tag(v) for v in o]
+            try:
+                items.sort()
+            except TypeError:
+                pass
+            return {"_type_": t.__name__, "_data_": items}
+        if t is datetime:
+            return {"_type_": "datetime", "_data_": o.isoformat()}
+        if t is UUID:
+            return {"_type_": "uuid", "_data_": o.hex}
+        if isinstance(o, Enum) and t.__module__.startswith(DOMAIN):
+            return {"_type_": "enum", "_data_": [get_topic(t), self._tag(o.value)]}
+        if is_dataclass(o) and t.__module__.startswith(DOMAIN):
+            names = self._field_names(t)  # by position: the code is the same (code_fingerprint)
+            return {
+                "_type_": "dataclass",
+                "_data_": [get_topic(t), [self._tag(getattr(o, n)) for n in names]],
+            }
+        raise TypeError(f"a checkpoint can't hold a {t.__module__}.{t.__qualname__}")
+
+    def _untag(self, d: dict[str, Any]) -> Any:
+        if len(d) != 2:
+            return d
+        kind = d.get("_type_")
+        if kind is None:
+            return d
+        untag = self._untaggers.get(kind)
+        if untag is None:
+            raise ValueError(f"unknown tag {kind!r}")
+        return untag(d["_data_"])
+
+    def _dataclass(self, data: list[Any]) -> Any:
+        topic, values = data
+        cls = self._class(topic)
+        if not (isinstance(cls, type) and is_dataclass(cls)):
+            raise ValueError(f"{topic} is not a dataclass")
+        names = self._field_names(cls)
+        if len(values) != len(names):
+            raise ValueError(f"{topic} has {len(names)} fields, not {len(values)}")
+        obj = object.__new__(cls)
+        for name, value in zip(names, values, strict=True):
+            object.__setattr__(obj, name, value)
+        return obj
+
+    def _enum(self, data: list[Any]) -> Any:
+        cls = self._class(data[0])
+        if not (isinstance(cls, type) and issubclass(cls, Enum)):
+            raise ValueError(f"{data[0]} is not an enum")
+        return cls(data[1])
+
+    def _field_names(self, cls: type) -> tuple[str, ...]:
+        names = self._fields.get(cls)
+        if names is None:
+            names = self._fields[cls] = tuple(f.name for f in fields(cls))
+        return names
+
+    def _class(self, topic: str) -> Any:
+        cls = self._classes.get(topic)
+        if cls is None:
+            module, _, qualname = topic.partition(":")
+            if not module.startswith(DOMAIN):
+                raise ValueError(f"a checkpoint names {topic!r}, outside {DOMAIN}")
+            cls = importlib.import_module(module)
+            for part in qualname.split("."):
+                cls = getattr(cls, part)
+            self._classes[topic] = cls
+        return cls
+
+
+class CheckpointCodec:
+    """Aggregate <-> checkpoint row, through eventsourcing's Snapshot and Mapper (with the
+    application's compressor and cipher, so a checkpoint is as protected as the events)."""
+
+    def __init__(self, app_mapper: Mapper[UUID]) -> None:
+        self.mapper: Mapper[UUID] = Mapper(
+            transcoder=CheckpointTranscoder(),
+            compressor=app_mapper.compressor,
+            cipher=app_mapper.cipher,
+        )
+
+    def row(self, aggregate: Aggregate, born: int) -> Row:
+        stored = self.mapper.to_stored_event(Snapshot.take(aggregate))
+        oid = stored.originator_id.hex if isinstance(stored.originator_id, UUID) else str(stored.originator_id)
+        checksum = row_checksum(oid, stored.originator_version, born, stored.topic, stored.state)
+        return Row(oid, stored.originator_version, born, stored.topic, stored.state, checksum)
+
+    def aggregate(self, row: Row) -> Aggregate:
+        oid, version, born, topic, state, checksum = row
+        if topic != SNAPSHOT_TOPIC or checksum != row_checksum(oid, version, born, topic, state):
+            raise ProjectionDamaged(f"checkpoint row {oid} v{version} is damaged")
+        try:
+            snapshot = self.mapper.to_domain_event(StoredEvent(UUID(oid), version, topic, state))
+            if snapshot.topic not in AGGREGATE_TOPICS:  # type: ignore[attr-defined]
+                raise ValueError(f"not an aggregate of the ledger: {snapshot.topic!r}")  # type: ignore[attr-defined]
+            aggregate = snapshot.mutate(None)  # type: ignore[attr-defined]
+        except Exception as error:
+            raise ProjectionDamaged(f"checkpoint row {oid} v{version}: {error}") from error
+        if not isinstance(aggregate, Aggregate):
+            raise ProjectionDamaged(f"checkpoint row {oid} v{version} is not an aggregate")
+        return aggregate
+
+    def view(self, rows: Iterable[Row], position: int) -> LedgerView:
+        with _collector_paused():
+            return LedgerView.restored(((self.aggregate(r), r.born) for r in rows), position)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Decoding a checkpoint, or applying the few thousand events after one, makes some 10^5
+    objects and no garbage cycles; the cyclic collector would walk the growing heap again and
+    again (a fifth to a quarter of the time)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _is_postgres(factory: object) -> bool:
+    # A PostgreSQL factory exists only once eventsourcing.postgres was imported: looking it up
+    # in sys.modules asks without importing psycopg.
+    module = sys.modules.get("eventsourcing.postgres")
+    return module is not None and isinstance(factory, module.PostgresFactory)
+
+
+_memory_stores: weakref.WeakKeyDictionary[object, MemoryProjectionStore] = weakref.WeakKeyDictionary()
+
+
+def store_for(app: LedgerApplication) -> ProjectionStore:
+    """SQLite: the ledger's own file. PostgreSQL: the ledger's database schema
+    (adapters/checkpoint/postgres.py, imported only then: no psycopg for anyone else).
+    memory, and any other store: an in-memory store kept with the application's recorder (a
+    second Snapledger on the same application finds it)."""
+    factory = app.factory
+    if isinstance(factory, SQLiteFactory):
+        name = factory.env.get(SQLiteFactory.SQLITE_DBNAME) or ""
+        if name and not SQLiteConnectionPool.detect_memory_mode(name):
+            timeout = float(factory.env.get(SQLiteFactory.SQLITE_LOCK_TIMEOUT) or 10)
+            return SQLiteProjectionStore(name, timeout)
+    elif _is_postgres(factory):
+        from snapledger.adapters.checkpoint.postgres import PostgresProjectionStore
+
+        return PostgresProjectionStore.of(app)
+    recorder = app.recorder
+    store = _memory_stores.get(recorder)
+    if store is None:
+        ref = weakref.ref(recorder)
+
+        def last_position() -> int:
+            found = ref()
+            return (found.max_notification_id() or 0) if found is not None else 0
+
+        store = _memory_stores[recorder] = MemoryProjectionStore(last_position)
+    return store
+
+
+class PersistedProjection:
+    """Loads, catches up and saves one process's LedgerView against the store."""
+
+    def __init__(
+        self, app: LedgerApplication, store: ProjectionStore | None = None, every: int = CHECKPOINT_EVERY
+    ) -> None:
+        self.app = app
+        self.store = store if store is not None else store_for(app)
+        self.every = every
+        self.codec = CheckpointCodec(app.mapper)
+        self.fingerprint = code_fingerprint()
+        self.base = -1  # the stored position the view's dirty set counts from (-1: none)
+
+    # ---- the present ---------------------------------------------------------------------
+
+    def load(self) -> LedgerView:
+        """The newest checkpoint as a view (not caught up), or an empty view if there is none
+        that can be trusted (that one is dropped)."""
+        try:
+            top, tracking, rows = self.store.read_current()
+        except STORE_ERRORS:
+            return LedgerView()
+        if tracking is None:
+            return LedgerView()
+        if (
+            tracking.fingerprint != self.fingerprint
+            or tracking.position > top
+            or tracking.aggregates != len(rows)
+            or any(r.born > tracking.position for r in rows)
+        ):
+            return self._dropped(tracking)
+        try:
+            view = self.codec.view(rows, tracking.position)
+        except ProjectionDamaged:
+            return self._dropped(tracking)
+        self.base = tracking.position
+        return view
+
+    def _dropped(self, tracking: Tracking | None) -> LedgerView:
+        try:
+            self.store.wipe(tracking)
+        except STORE_ERRORS:
+            pass
+        self.base = -1
+        return LedgerView()
+
+    def present(self) -> LedgerView:
+        """The ledger's state now: the newest checkpoint, caught up, and saved. Should the
+        events after the checkpoint not apply to it (its rows are ahead of the position it
+        claims), the checkpoint is dropped and the view folded from position 0; an error then
+        is the ledger's own."""
+        view = self.load()
+        try:
+            self.catch_up(view)
+        except LedgerDamaged:
+            if view.position == 0:
+                raise  # folded from the first event: the damage is the ledger's own
+            try:
+                tracking = self.store.read_current()[1]
+            except STORE_ERRORS:
+                tracking = None
+            view = self.catch_up(self._dropped(tracking))
+        self.save(view)
+        return view
+
+    def catch_up(self, view: LedgerView) -> LedgerView:
+        """Apply every event after the view's position. A long way (a first start, or after a
+        rebuild) is saved at each multiple of `every` on the way: those are the archive points
+        time travel starts from, and an interrupted catch-up resumes from the last one."""
+        while True:
+            keep = self.every and self.store.persistent
+            boundary = (view.position // self.every + 1) * self.every if keep else None
+            view.apply_all(self.app.events_after(view.position, stop=boundary))
+            if boundary is None or view.position < boundary:
+                return view
+            self.save(view, docs=False)
+
+    def save(self, view: LedgerView, docs: bool = True) -> str:
+        """Persist `view` at its position: the aggregates changed since the last save (all of
+        them if the store holds nothing to build on), the documents that changed, and P.
+        Cheap when little changed; nothing at all when the store is already there. A store
+        that can't be written (locked too long, read-only) is left behind: the next reader
+        catches up."""
+        if view.position == 0 or not self.store.persistent:
+            return SAME
+        dirty = set(view.dirty)
+        if view.position == self.base and not dirty and not docs:
+            return SAME
+        try:
+            outcome = self._commit(view, dirty, docs, full=self.base < 0)
+            if outcome == NEEDS_FULL:
+                outcome = self._commit(view, dirty, docs, full=True)
+        except STORE_ERRORS:
+            return "failed"
+        if outcome in (WRITTEN, SAME):
+            view.dirty -= dirty
+            self.base = view.position
+        return outcome
+
+    def _commit(self, view: LedgerView, dirty: set[UUID], docs: bool, full: bool) -> str:
+        aggregates = view.aggregates()
+        ids = aggregates if full else [i for i in aggregates if i in dirty]
+        rows = [self.codec.row(aggregates[i], view.born[i]) for i in ids]
+        update = Update(
+            position=view.position,
+            fingerprint=self.fingerprint,
+            base=self.base,
+            full=full,
+            rows=rows,
+            aggregates=len(aggregates),
+            vms=len(view.vms),
+            docs=docs,
+            every=self.every,
+        )
+        changed = {
+            a.name for i in dirty if isinstance(a := aggregates.get(i), VirtualMachine)
+        } | (set(view.vms) if full else set())
+
+        def docs_for(stored: dict[str, str], only_missing: bool) -> list[Doc]:
+            missing = [name for name in view.vms if name not in stored]
+            if not missing and (only_missing or not changed):
+                return []  # a document depends on VMs only: none changed, none to rewrite
+            dag = ImageDag(view)
+            out = []
+            for name, vm in view.vms.items():
+                chains = json.dumps(disk_chains(vm, dag), separators=(",", ":"))
+                if name in stored and (only_missing or (name not in changed and stored[name] == chains)):
+                    continue
+                text = json_text(vm_document(view, name, dag))
+                out.append(Doc(name, chains, text, doc_checksum(name, chains, text)))
+            return out
+
+        return self.store.commit(update, docs_for)
+
+    # ---- the past --------------------------------------------------------------------------
+
+    def view_at(self, position: int) -> LedgerView:
+        """The ledger's state right after `position`: the nearest checkpoint at or before it
+        (an archive point or the current one), then the events up to `position`."""
+        view = self._checkpoint_at(position) or LedgerView()
+        if position - view.position <= 2 * self.every:  # bounded: no cycles pile up
+            with _collector_paused():
+                view.apply_all(self.app.events_after(view.position, stop=position))
+        else:
+            view.apply_all(self.app.events_after(view.position, stop=position))
+        view.dirty.clear()
+        return view
+
+    def _checkpoint_at(self, position: int) -> LedgerView | None:
+        try:
+            found = self.store.read_at(position, self.fingerprint)
+        except STORE_ERRORS:
+            return None
+        if found is None:
+            return None
+        point, count, rows = found
+        if len(rows) != count:
+            return None
+        try:
+            return self.codec.view(rows, point)
+        except ProjectionDamaged:
+            return None
+
+
+__all__ = ["CHECKPOINT_EVERY", "PersistedProjection", "store_for"]

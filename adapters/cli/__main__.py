@@ -1,0 +1,7 @@
+"""`python -m snapledger.adapters.cli`: the command line."""
+
+import sys
+
+from snapledger.adapters.cli.main import main
+
+sys.exit(main())

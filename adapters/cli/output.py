@@ -1,0 +1,359 @@
+"""Everything the command line prints: JSON for scripts, rich tables and trees for people.
+
+The only module that imports rich. What users and other programs wrote (reasons, names, paths)
+reaches the terminal only through adapters/cli/visible.py, and always as rich `Text`: its control
+characters shown as escapes, and `[bold]`-style markup or `:emoji:` codes printed as they are.
+JSON output carries the exact strings.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from snapledger.adapters.cli.visible import visible, visible_data, visible_lines
+from snapledger.domain.steps import Plan, step_to_dict
+from snapledger.projections.documents import json_text, vm_document
+
+if TYPE_CHECKING:  # not imported at run time: `show VM` (from the stored document) needs neither
+    from snapledger.projections.tree import SnapshotTree
+    from snapledger.projections.view import LedgerView
+
+console = Console()
+if not console.is_terminal:  # piped or logged: keep long paths on one line
+    console.width = max(console.width, 200)
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(json_text(value) + "\n")
+
+
+def emit_json_list(items: list[Any]) -> None:
+    """A long JSON list (100,000 log entries) on one line: `json.dumps` without indenting runs
+    the C encoder, several times faster than the indenting pure-Python one."""
+    sys.stdout.write(json.dumps(items) + "\n")
+
+
+def error(message: str) -> None:
+    errors.print(Text(f"snapledger: error: {visible(' '.join(message.split()))}"))
+
+
+def plan_json(plan: Plan, done: bool) -> dict[str, Any]:
+    return {
+        "kind": plan.kind,
+        "strategy": plan.strategy,
+        "done": done,
+        "steps": [step_to_dict(step) for step in plan.steps],
+        "bytes_moved": plan.bytes_moved,
+        "notes": list(plan.notes),
+    }
+
+
+def _cells(*values: object) -> list[Text]:
+    """Table cells: literal text (rich reads markup in a plain string), each value visible."""
+    return [Text(visible("-" if v is None else str(v))) for v in values]
+
+
+def show_plan(plan: Plan, done: bool, title: str) -> None:
+    title = visible(title)
+    if not plan.steps:
+        say(f"{title}: {visible(plan.strategy or 'nothing to do')}")
+        say("no storage steps; the ledger only" + (" recorded it" if done else " would record it"))
+        return
+    table = Table(title=Text(f"{title}: {visible(plan.strategy)}" if plan.strategy else title))
+    table.add_column("#", justify="right")
+    table.add_column("action")
+    table.add_column("details")
+    table.add_column("bytes", justify="right")
+    for i, step in enumerate(plan.steps, start=1):
+        details = {k: v for k, v in step_to_dict(step).items() if k not in ("action", "bytes")}
+        if "xml" in details:  # a whole domain definition (define-domain): its size only
+            details["xml"] = f"<{len(str(details['xml']))} characters>"
+        table.add_row(*_cells(i, step.action, " ".join(f"{k}={v}" for k, v in details.items()), f"{step.bytes:,}"))
+    console.print(table)
+    for note in plan.notes:
+        say(f"note: {visible(note)}")
+    verb = "moved" if done else "would move"
+    say(f"{'done' if done else 'dry run, nothing changed'}; {verb} {plan.bytes_moved:,} bytes")
+
+
+def vm_json(view: LedgerView, name: str) -> dict[str, Any]:
+    """The `show` document. Keep it vm_document itself: the persisted projection stores
+    vm_document's text, and `show` prints that text when it can (the two must not differ)."""
+    return vm_document(view, name)
+
+
+def show_vm(data: Mapping[str, Any]) -> None:
+    data = visible_data(data)
+    say(f"VM {data['vm']}  current: {data['current'] or '-'}")
+    for disk, info in data["disks"].items():
+        say(f"  {disk}: {' <- '.join(info['chain'])}")
+    if data["operation"]:
+        op = data["operation"]
+        say(f"  unfinished {op['kind']} {op['id']}: {op['done']}/{op['steps']} steps")
+    table = Table(title="snapshots")
+    for column in ("name", "parent", "created", "frozen images"):
+        table.add_column(column)
+    for snap in data["snapshots"]:
+        frozen = ", ".join(f"{d}={p}" for d, p in snap["disks"].items())
+        table.add_row(*_cells(snap["name"], snap["parent"], snap["created"], frozen))
+    console.print(table)
+
+
+def show_diff(data: Mapping[str, Any]) -> None:
+    """`diff VM N M` for people (data: projections.history.diff)."""
+    data = visible_data(data)
+    lines = [f"VM {data['vm']}: from position {data['from']} to {data['to']}"]
+    if not data["changed"]:
+        lines.append("  no changes")
+    if data["current"] is not None:
+        lines.append(f"  current: {data['current']['from'] or '-'} -> {data['current']['to'] or '-'}")
+    if data["domain_xml_changed"]:
+        lines.append("  VM definition changed")
+    snaps = data["snapshots"]
+    for snap in snaps["added"]:
+        lines.append(f"  + snapshot {snap['name']} (parent {snap['parent'] or '-'})")
+    for snap in snaps["removed"]:
+        lines.append(f"  - snapshot {snap['name']} (parent {snap['parent'] or '-'})")
+    for snap in snaps["changed"]:
+        parent, disks = snap["parent"], snap["disks"]
+        if parent["from"] != parent["to"]:
+            lines.append(f"  ~ snapshot {snap['name']}: parent {parent['from'] or '-'} -> {parent['to'] or '-'}")
+        for disk in sorted(set(disks["from"]) | set(disks["to"])):
+            was, now = disks["from"].get(disk), disks["to"].get(disk)
+            if was != now:
+                lines.append(f"  ~ snapshot {snap['name']} {disk}: held by {was or '-'} -> {now or '-'}")
+    for disk, info in data["disks"].items():
+        lines.append(f"  {disk}: {' <- '.join(info['chain']['from']) or '-'}")
+        lines.append(f"  {' ' * len(disk)}  -> {' <- '.join(info['chain']['to']) or '-'}")
+    for image in data["images"]["added"]:
+        lines.append(f"  + image {image['path']} ({image['owner']})")
+    for image in data["images"]["removed"]:
+        lines.append(f"  - image {image['path']} ({image['owner']})")
+    for image in data["images"]["rebacked"]:
+        lines.append(f"  ~ image {image['path']}: backing {image['from'] or '-'} -> {image['to'] or '-'}")
+    ops = data["operations"]
+    events = []
+    for key in ("started", "failed", "finished"):
+        for op in ops[key]:
+            verb = (op["outcome"] or key) if key == "finished" else key
+            line = "  operation " + " ".join(str(w) for w in (verb, op["kind"], op["target"], op["id"]) if w)
+            if key == "failed":
+                line += f" at step {op['step']}: {op['error']}"
+            if op["position"] is not None:
+                line += f" (position {op['position']})"
+            events.append((op["position"] is None, op["position"] or 0, line))
+    lines += [line for _, _, line in sorted(events)]
+    for line in lines:
+        say(line)
+
+
+def tree_json(tree: SnapshotTree) -> dict[str, Any]:
+    return {
+        "vm": tree.vm,
+        "current": tree.current,
+        "present": tree.present,
+        "roots": list(tree.roots),
+        "snapshots": {
+            n.name: {
+                "parent": n.parent,
+                "children": list(n.children),
+                "disks": n.frozen,
+                "current": n.current,
+            }
+            for n in tree.nodes.values()
+        },
+        "branches": [list(b) for b in tree.branches()],
+    }
+
+
+def show_tree(tree: SnapshotTree) -> None:
+    """Like `virsh snapshot-list --tree`, with the current snapshot marked and the present
+    hanging below it (at the top when there is no current snapshot)."""
+    root = Tree(Text(visible(tree.vm)), guide_style="dim")
+    shown = ", ".join(f"{d}={p}" for d, p in tree.present.items())
+    present = Text(visible(f"(present: {shown})"), style="dim")
+
+    def add(parent: Tree, name: str) -> None:
+        node = tree.nodes[name]
+        label = Text(visible(name), style="bold" if node.current else "")
+        if node.current:
+            label.append("  *current")
+        branch = parent.add(label)
+        if node.current:
+            branch.add(present)
+        for child in node.children:
+            add(branch, child)
+
+    if tree.current is None:
+        root.add(present)
+    for name in tree.roots:
+        add(root, name)
+    console.print(root)
+
+
+def image_dag_json(view: LedgerView, name: str) -> dict[str, Any]:
+    from snapledger.projections.pictures import image_lines, image_picture
+
+    picture = image_picture(view, name)
+    return {
+        "vm": name,
+        "roots": picture.roots(),
+        "images": {
+            path: {
+                "owner": image.owner.value,
+                "backing": image.backing,
+                "freezes": image.freezes[0][1] if image.freezes else None,
+                "snapshots": [snap for _, snap, _ in image.freezes],
+                "active_for": [disk for _, disk in image.active_for],
+                "detached": image.detached,
+                "needed": image.needed,
+                "needed_because": [n.describe() for n in image.needs],
+                "children": list(image.children),
+                "branch_point": image.branch_point,
+                "vms": list(image.vms),
+                "marks": image_lines(image, qualify=False),
+            }
+            for path, image in picture.images.items()
+        },
+    }
+
+
+def show_image_dag(data: Mapping[str, Any]) -> None:
+    """The image DAG as a tree from the bottom image up: each image over its backing file, marked
+    with its owner class, the snapshot it freezes and the disk it is the present of."""
+    data = visible_data(data)
+    images = data["images"]
+    directories = {path.rpartition("/")[0] for path in images}
+    short = len(directories) == 1
+    title = f"images of {data['vm']}, each above its backing file"
+    if short:
+        title += f" (in {next(iter(directories)) or '/'})"
+    root = Tree(Text(title), guide_style="dim")
+
+    def add(parent: Tree, path: str) -> None:
+        info = images[path]
+        label = Text(path.rpartition("/")[2] if short else path, style="bold" if info["active_for"] else "")
+        label.append("  " + " · ".join(info["marks"]), style="" if info["needed"] else "dim")
+        branch = parent.add(label)
+        for child in info["children"]:
+            add(branch, child)
+
+    for path in data["roots"]:
+        add(root, path)
+    console.print(root)
+
+
+def show_explain(data: Mapping[str, Any]) -> None:
+    """`explain VM PATH` for people (data: projections.explain.Explanation.to_json())."""
+    data = visible_data(data)
+    lines = [f"{data['path']}  (VM {data['vm']})"]
+    lines.append(f"  owner:      {data['owner']}: {data['owner_reason']}")
+    lines.append(f"  state:      {', '.join(data['state'])}")
+    lines.append(f"  used by:    {', '.join(data['vms'])}")
+    lines.append(f"  chain:      {' <- '.join(data['chain'])}")
+    if data["frozen_by"]:
+        held = ", ".join(f"{f['snapshot']} of {f['vm']} ({f['disk']})" for f in data["frozen_by"])
+        lines.append(f"  freezes:    {held}")
+    if data["needs"]:
+        lines.append("  kept because:")
+        needs = sorted(data["needs"], key=lambda need: need["kind"] == "below")
+        lines += [f"    - {need['text']}" for need in needs]
+    else:
+        lines.append("  kept because: nothing needs it")
+    if data["resting_on_it"]:
+        lines.append("  resting on it:")
+        lines += [f"    - {h['image']} ({h['owner']}): {h['text']}" for h in data["resting_on_it"]]
+    if data["branches"]:
+        lines.append(f"  branches:   {len(data['branches'])} histories: {', '.join(data['branches'])}")
+    lines.append(f"  may write:  {'yes' if data['may_write'] else 'no'}")
+    lines += [f"    - {reason}" for reason in data["write_reasons"]]
+    lines.append(f"  may delete: {'yes' if data['may_delete'] else 'no'}")
+    lines.append(f"    - {data['delete_reason']}")
+    if data["freed_by"]:
+        lines.append("  freed by:")
+        for route in data["freed_by"]:
+            lines.append(f"    $ {' && '.join(route['commands'])}")
+            moved = f" (moves {route['bytes_moved']:,} bytes)" if route["bytes_moved"] else ""
+            lines.append(f"      {route['effect']}{moved}")
+    else:
+        lines.append(f"  freed by:   {data['nothing_frees_it']}")
+    for line in lines:
+        say(line)
+
+
+def emit_text(text: str) -> None:
+    """Text made elsewhere (an export), exactly as it is."""
+    sys.stdout.write(text)
+
+
+TABLE_ROWS = 500  # beyond this a rich table takes seconds to lay out; plain columns instead
+
+
+def show_rows(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
+    header = list(columns)
+    cells = [[visible("-" if v is None else str(v)) for v in row] for row in rows]
+    if len(cells) > TABLE_ROWS:
+        widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+        lines = [f"{title} ({len(cells)} rows)"]
+        for line in (header, *cells):
+            lines.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+        sys.stdout.write("\n".join(lines) + "\n")
+        return
+    table = Table(title=title)
+    for column in header:
+        table.add_column(column)
+    for cell_row in cells:
+        table.add_row(*(Text(cell) for cell in cell_row))
+    console.print(table)
+
+
+def say(text: str) -> None:
+    """Lines for people, literally (no markup, no emoji codes), nothing in them steering the terminal."""
+    console.print(Text(visible_lines(text)))
+
+
+class MergeProgress:
+    """A progress bar for a block operation (commit, pull), drawn on a terminal only and only
+    once the operation has run for a second; fed with the fraction done by the storage adapter."""
+
+    def __init__(self) -> None:
+        self._bar: Progress | None = None
+        self._task: Any = None
+        self._started: float | None = None
+        self._last = 0.0
+
+    def __call__(self, fraction: float) -> None:
+        if not console.is_terminal:
+            return
+        now = time.monotonic()
+        if self._started is None or fraction < self._last:  # a new operation began
+            self.close()
+            self._started = now
+        self._last = fraction
+        if self._bar is None and now - self._started >= 1.0 and fraction < 1.0:
+            self._bar = Progress(
+                TextColumn("merging"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
+                console=console, transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("merge", total=100.0)
+        if self._bar is not None:
+            self._bar.update(self._task, completed=fraction * 100.0)
+        if fraction >= 1.0:
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+        self._bar, self._started, self._last = None, None, 0.0

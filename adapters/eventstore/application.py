@@ -1,0 +1,154 @@
+"""The event store: an eventsourcing Application whose persistence is chosen by a store URL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import Application
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import Notification
+from eventsourcing.sqlite import SQLiteDatastore
+
+from snapledger.adapters.eventstore.chain import UNKNOWN
+from snapledger.adapters.eventstore.store_url import MEMORY, SQLITE, parse_store_url
+from snapledger.domain.errors import BadInput, LedgerDamaged, StoreUnusable
+from snapledger.domain.ledger_hash import (
+    ChainFinding,
+    ChainRecord,
+    RecordedBy,
+    StoredEventRow,
+    check_chain,
+    head,
+    stored_event_row,
+)
+from snapledger.domain.vm import vm_id
+
+NOTIFICATION_BATCH = 20_000  # big batches keep per-query cost out of a rebuild
+CHAINED = "snapledger.adapters.eventstore.chain"  # recorders that keep the hash chain
+QUICK_CHECK_LINES = 3  # what verify quotes of SQLite's findings on a damaged file
+
+
+def persistence_env(url: str) -> dict[str, str]:
+    """Map a store URL (adapters/eventstore/store_url.py) to eventsourcing's environment settings. Looks at
+    no file and creates none: adapters/eventstore/probe.py decides what may be opened."""
+    store = parse_store_url(url)
+    if store.kind == MEMORY:
+        return {"PERSISTENCE_MODULE": f"{CHAINED}:ChainedPOPOFactory"}
+    if store.kind == SQLITE:
+        return {
+            "PERSISTENCE_MODULE": f"{CHAINED}:ChainedSQLiteFactory",
+            "SQLITE_DBNAME": store.path,
+            "SQLITE_LOCK_TIMEOUT": "10",
+        }
+    pg = store.postgres
+    assert pg is not None
+    return {
+        "PERSISTENCE_MODULE": "snapledger.adapters.eventstore.chain_postgres:ChainedPostgresFactory",
+        "POSTGRES_DBNAME": pg.dbname,
+        "POSTGRES_HOST": pg.host,
+        "POSTGRES_PORT": str(pg.port),
+        "POSTGRES_USER": pg.user,
+        # No password in the URL: an empty one, so libpq falls back to ~/.pgpass or trust.
+        "POSTGRES_PASSWORD": pg.password,
+    }
+
+
+def project_events(aggregate: Any, events: Iterable[DomainEventProtocol[UUID]]) -> Any:
+    """eventsourcing's `project_aggregate` (the repository's projector) without its per-event
+    `isinstance` against a typing Protocol, which costs nearly half of loading a VM with a long
+    history. Our events are the library's own `@event` classes: they can mutate."""
+    for event in events:
+        aggregate = event.mutate(aggregate)  # type: ignore[attr-defined]
+    return aggregate
+
+
+class LedgerApplication(Application[UUID]):
+    """Thin: the repository loads aggregates, `save` stores their new events atomically."""
+
+    name = "snapledger"
+
+    def __init__(
+        self,
+        store_url: str = "memory:",
+        env: dict[str, Any] | None = None,
+        recorded_by: RecordedBy = UNKNOWN,
+    ) -> None:
+        self.store_url = store_url
+        self.recorded_by = recorded_by  # who/where/why, chained with every event saved
+        self.read_only = False  # a replayed history
+        super().__init__(env={**persistence_env(store_url), **(env or {})})
+
+    def save(self, *objs: Any, **kwargs: Any) -> Any:
+        if self.read_only:
+            raise BadInput("this ledger is a replay and read-only: nothing can be recorded")
+        kwargs.setdefault("recorded_by", self.recorded_by)
+        return super().save(*objs, **kwargs)
+
+    def events_after(
+        self, position: int, stop: int | None = None
+    ) -> Iterator[tuple[DomainEventProtocol[UUID], int]]:
+        """Every event recorded after `position` (and, given `stop`, at or before `stop`), in
+        ledger order, with its position."""
+        for notification in self._notifications(position, stop):
+            yield self._decoded(notification), notification.id
+
+    def _notifications(self, after: int, stop: int | None) -> Iterator[Notification]:
+        while True:
+            batch = self.recorder.select_notifications(
+                start=after, limit=NOTIFICATION_BATCH, stop=stop, inclusive_of_start=False
+            )
+            yield from batch
+            if len(batch) < NOTIFICATION_BATCH:
+                return
+            after = batch[-1].id
+
+    def last_position(self) -> int:
+        return self.recorder.max_notification_id() or 0
+
+    def has_vm(self, name: str) -> bool:
+        return bool(self.recorder.select_events(vm_id(name), limit=1))
+
+    def check_file(self) -> None:
+        """SQLite's own check of the ledger file (`PRAGMA quick_check`, which reads every page):
+        damage no command happened to read yet. StoreUnusable (exit 1) if it finds any."""
+        datastore = getattr(self.recorder, "datastore", None)
+        if not isinstance(datastore, SQLiteDatastore) or datastore.pool.is_sqlite_memory_mode:
+            return
+        with datastore.transaction(commit=False) as cursor:
+            cursor.execute(f"PRAGMA quick_check({QUICK_CHECK_LINES})")
+            found = [str(row[0]) for row in cursor.fetchall()]
+        if found != ["ok"]:
+            raise StoreUnusable(
+                f"store {datastore.pool.db_name} is damaged (SQLite's check: {'; '.join(found)})"
+            )
+
+    def _decoded(self, notification: Notification) -> DomainEventProtocol[UUID]:
+        try:
+            return self.mapper.to_domain_event(notification)
+        except Exception as error:  # any decoding failure means bytes changed under us
+            raise LedgerDamaged(
+                f"the stored event at ledger position {notification.id} can't be read "
+                f"({type(error).__name__}); run `snapledger verify`"
+            ) from None
+
+    # ---- the hash chain ----------------------------------------------------------------
+
+    def chain(self, after: int = 0, stop: int | None = None) -> list[ChainRecord]:
+        """The chain records after position `after` (up to `stop`), in ledger order."""
+        return self.recorder.select_chain(after, stop)  # type: ignore[attr-defined, no-any-return]
+
+    def stored_rows(self, after: int = 0, stop: int | None = None) -> Iterator[StoredEventRow]:
+        """The stored events as bytes, with positions: what the chain commits to."""
+        for n in self._notifications(after, stop):
+            yield stored_event_row(n.id, n.originator_id, n.originator_version, n.topic, n.state)
+
+    def check_chain(self, expect_head: str | None = None) -> list[ChainFinding]:
+        return check_chain(list(self.stored_rows()), self.chain(), expect_head)
+
+    def head(self) -> tuple[int, str]:
+        """The last position and its chain hash: keep it elsewhere, give it to verify later."""
+        last = self.last_position()
+        records = self.chain(after=max(last - 1, 0)) if last else []
+        return head(records)

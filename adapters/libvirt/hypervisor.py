@@ -1,0 +1,486 @@
+"""Snapledger's VMs that are libvirt domains: what the service asks of libvirt, through LibvirtPort.
+
+- `shape` adds the hypervisor's steps to a plan before it is recorded: a live snapshot switches
+  the running domain onto the new overlays in one atomic step (`SwitchDisks`); a revert stops a
+  running domain first (`StopDomain`); whenever the disks change while the domain is shut off,
+  and at every revert, the domain is redefined with the ledger's active images as its sources
+  (`DefineDomain`, placed before any file is deleted); `revert --running` ends with
+  `StartDomain`, so that a revert finished by `recover` starts the domain too.
+- `storage(vm, inner)` routes each storage step: an image in the backing chain of a running
+  domain's disk is merged by a libvirt block job (active commit with pivot, non-active commit,
+  pull into the active image); every other image goes to `inner` (qemu-img) as before.
+- `findings` compares libvirt's definitions with the ledger (drift; adapters/libvirt/definitions.py),
+  and every operation records the definition the domain starts from (`current_definition`).
+- `after_recover` starts a persistent domain again that ran when the operation `recover`
+  finished began (its definition names the images the ledger says).
+
+The storage side is adapters/libvirt/storage.py, `adopt --libvirt` adapters/service/adopt_libvirt.py
+(both re-exported here).
+
+This module imports no libvirt: `connect` (adapters/libvirt/domains.py in the command line, a fake
+in the unit tests) does, and only when a VM bound to libvirt is acted on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+
+from snapledger.adapters.libvirt import definitions
+from snapledger.adapters.libvirt.port import LibvirtFailure, LibvirtPort, NoSuchDomain
+from snapledger.adapters.libvirt.storage import (
+    DomainStopped,
+    ForeignBlockJob,
+    LibvirtStorage,
+    LiveDisk,
+    WrongImage,
+    find_live,
+    port_running,
+    refuse_foreign_jobs,
+)
+from snapledger.adapters.libvirt.xml import (
+    disk_sources,
+    domain_disks,
+    domain_root,
+    parse_snapshot,
+    snapshot_request_xml,
+    with_sources,
+)
+from snapledger.adapters.service.adopt_libvirt import DEFAULT_URI, AdoptReport, adopt_libvirt
+from snapledger.adapters.service.ports import StoragePort
+from snapledger.domain.errors import BadInput, Refused, StorageError
+from snapledger.domain.steps import (
+    Commit,
+    DefineDomain,
+    DeleteFile,
+    Plan,
+    Pull,
+    RebaseUnsafe,
+    SetActive,
+    StartDomain,
+    Step,
+    StopDomain,
+    SwitchDisks,
+)
+from snapledger.domain.vm import OperationRecord, VirtualMachine
+
+CHAIN_STEPS = (Commit, Pull, RebaseUnsafe, DeleteFile)  # steps that change what a chain holds
+
+# A test knob, never set in normal use: a bandwidth limit (bytes per second) for every block job
+# snapledger starts, so that the system tests can interrupt a live merge reliably
+# (tests/system/test_libvirt_restart.py). Unset, empty or 0: no limit.
+TEST_JOB_BANDWIDTH_ENV = "SNAPLEDGER_TEST_JOB_BANDWIDTH"
+# A test knob too: seconds to wait right after a pivot of ours, before the step is recorded done,
+# so that a test can kill snapledger exactly there. Unset, empty or 0: no wait.
+TEST_PAUSE_AFTER_PIVOT_ENV = "SNAPLEDGER_TEST_PAUSE_AFTER_PIVOT"
+
+
+class LiveStepImpossible(Refused):
+    """A planned step can't be done while the domain runs (a pull into a backing file of a
+    running disk: libvirt pulls only into the active image)."""
+
+
+def job_bandwidth_from_env(environ: Mapping[str, str]) -> int:
+    """The block jobs' bandwidth limit the test knob asks for (bytes per second), or 0."""
+    value = environ.get(TEST_JOB_BANDWIDTH_ENV, "").strip()
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise BadInput(f"{TEST_JOB_BANDWIDTH_ENV} must be a number of bytes per second, not {value!r}")
+    return int(value)
+
+
+def pause_after_pivot_from_env(environ: Mapping[str, str]) -> float:
+    value = environ.get(TEST_PAUSE_AFTER_PIVOT_ENV, "").strip()
+    try:
+        return float(value) if value else 0.0
+    except ValueError:
+        raise BadInput(f"{TEST_PAUSE_AFTER_PIVOT_ENV} must be a number of seconds, not {value!r}") from None
+
+
+def real_connect(uri: str) -> LibvirtPort:
+    from snapledger.adapters import extras
+
+    extras.require(extras.LIBVIRT)  # without libvirt-python: one line naming the pip install
+    from snapledger.adapters.libvirt.domains import (
+        LibvirtDomains,  # libvirt is imported here, on first use
+    )
+
+    return LibvirtDomains(uri)
+
+
+class LibvirtHypervisor:
+    def __init__(
+        self,
+        connect: Callable[[str], LibvirtPort] = real_connect,
+        *,
+        poll_seconds: float = 0.25,
+        job_timeout: float = 6 * 3600.0,
+        sleep: Callable[[float], None] = time.sleep,
+        job_bandwidth: int = 0,
+        pause_after_pivot: float = 0.0,
+    ) -> None:
+        self.connect = connect
+        self.poll_seconds = poll_seconds
+        self.job_timeout = job_timeout
+        self.sleep = sleep
+        # bytes per second for every block job started; 0 (the default) is no limit. Only the
+        # tests set it (TEST_JOB_BANDWIDTH_ENV), to make a live merge slow enough to interrupt.
+        self.job_bandwidth = job_bandwidth
+        self.pause_after_pivot = pause_after_pivot  # a test knob (TEST_PAUSE_AFTER_PIVOT_ENV)
+        # Called with (disk, base) right before a pivot of ours: the service records the fact
+        # (PivotRequested) first, so that `recover` can tell our pivot from a hand-made start.
+        self.on_pivot: Callable[[str, str], None] | None = None
+        self._ports: dict[str, LibvirtPort] = {}
+        # why a StartDomain step's domain did not start, by domain: reported by `after`
+        self._start_failures: dict[str, str] = {}
+
+    # ---- binding ---------------------------------------------------------------------
+
+    def port_for(self, uri: str) -> LibvirtPort:
+        if uri not in self._ports:
+            self._ports[uri] = self.connect(uri)
+        return self._ports[uri]
+
+    def port(self, vm: VirtualMachine) -> tuple[LibvirtPort, str]:
+        assert vm.libvirt is not None
+        return self.port_for(vm.libvirt["uri"]), vm.libvirt["domain"]
+
+    def live_sources(self, vm: VirtualMachine) -> dict[str, str]:
+        """libvirt's disk sources now: the running definition if the domain runs, else the
+        persistent one."""
+        port, domain = self.port(vm)
+        running = port.is_running(domain)
+        return disk_sources(port.xml(domain, inactive=not running))
+
+    def domain_id(self, vm: VirtualMachine) -> int | None:
+        """The running domain's libvirt id (a new one at every start), or None."""
+        port, domain = self.port(vm)
+        try:
+            if not port.is_running(domain):
+                return None
+            found = domain_root(port.xml(domain)).get("id")
+        except NoSuchDomain:
+            return None
+        return int(found) if found is not None and found.lstrip("-").isdigit() else None
+
+    def runtime(self, vm: VirtualMachine) -> dict[str, object]:
+        """What an operation records about the domain when it begins: whether it runs, and in
+        which QEMU (its id), so that `recover` can tell a restart from a pivot."""
+        found = self.domain_id(vm)
+        return {"domain_running": found is not None, "domain_id": found}
+
+    def current_definition(self, vm: VirtualMachine) -> str:
+        """The definition to record around an operation (see libvirt_definitions)."""
+        return definitions.current_definition(*self.port(vm), vm)
+
+    # ---- the service's questions -----------------------------------------------------
+
+    def findings(self, vm: VirtualMachine, ignore: str | None = None) -> list[str]:
+        """Where libvirt's definitions differ from the ledger: drift (see libvirt_definitions)."""
+        return definitions.findings(*self.port(vm), vm, ignore)
+
+    def stale_definition(self, vm: VirtualMachine) -> tuple[str, list[str]] | None:
+        """What `reconcile` redefines a stale persistent definition with, and what it names."""
+        return definitions.stale_definition(*self.port(vm), vm)
+
+    def redefine(self, vm: VirtualMachine, xml: str) -> None:
+        port, _ = self.port(vm)
+        port.define(xml)
+
+    def domain_xml(self, vm: VirtualMachine) -> str:
+        """The definition now (persistent if the domain has one), as a snapshot records it."""
+        port, domain = self.port(vm)
+        return port.xml(domain, inactive=True)
+
+    def check_live(self, vm: VirtualMachine, plan: Plan) -> None:
+        """Raise LiveStepImpossible if the domain runs and `plan` has a step libvirt can't do
+        live (a pull into a backing file of a running disk)."""
+        port, domain = self.port(vm)
+        if port.is_running(domain):
+            self._check_live(vm, list(plan.steps))
+
+    def shape(
+        self, vm: VirtualMachine, plan: Plan, target: str | None = None, start: bool = False
+    ) -> Plan:
+        """`plan` with the hypervisor's steps added (see the module's docstring)."""
+        port, domain = self.port(vm)
+        running = port.is_running(domain)
+        persistent = port.is_persistent(domain)
+        steps: list[Step] = list(plan.steps)
+        final = dict(vm.disks)
+        for step in steps:
+            if isinstance(step, SetActive):
+                final[step.disk] = step.path
+        changed = {d: p for d, p in final.items() if vm.disks[d] != p}
+        sets = [i for i, s in enumerate(steps) if isinstance(s, SetActive)]
+        if running:
+            # nothing is recorded yet, so any job on a tracked disk is someone else's
+            refuse_foreign_jobs(port, domain, vm.disks, frozenset(), "nothing was done; try again")
+            self._check_live(vm, steps)
+        # A persistent definition may hold explicit <backingStore> chains (libvirt writes them
+        # at live snapshots): any change of a chain under a disk redefines it, or `virsh start`
+        # finds a deleted image there.
+        chains_change = any(isinstance(s, CHAIN_STEPS) for s in steps)
+        if plan.kind == "revert":
+            if not persistent and not start:
+                raise BadInput(
+                    f"domain {domain!r} is transient: it exists only while it runs, so a revert "
+                    "must start it again (--running)"
+                )
+            snap_xml = vm.snapshot(target).domain_xml if target is not None else None
+            base_xml = snap_xml or port.xml(domain, inactive=True)
+            define = DefineDomain(domain, with_sources(base_xml, final), persistent)
+            steps.insert(sets[-1] + 1 if sets else len(steps), define)
+            if running:
+                steps.insert(0, StopDomain(domain))
+            if start:
+                steps.append(StartDomain(domain, "" if persistent else define.xml))
+        elif running and plan.kind == "snapshot" and changed:
+            switch = SwitchDisks(domain, tuple(sorted(changed.items())))
+            steps.insert(sets[0], switch)
+        elif running and persistent and (changed or chains_change):
+            # an active commit: libvirt rewrites the persistent definition at the pivot, but if the
+            # domain is shut off before it (the job is cancelled), recover commits with qemu-img
+            # and the definition must not be left on the deleted top
+            define = DefineDomain(domain, with_sources(port.xml(domain, inactive=True), final))
+            steps.insert(sets[-1] + 1 if sets else len(steps), define)
+        elif not running and (changed or chains_change):
+            if not persistent:
+                raise BadInput(f"domain {domain!r} is neither running nor defined")
+            define = DefineDomain(domain, with_sources(port.xml(domain, inactive=True), final))
+            steps.insert(sets[-1] + 1 if sets else len(steps), define)
+        return replace(plan, steps=tuple(steps))
+
+    def check_resumable(self, vm: VirtualMachine, op: OperationRecord) -> None:
+        """Before `recover` takes `op` over: a running domain's disks are on images the
+        operation can have left them on (the ledger's active image, or one a step still to do
+        moves it to). Anything else is a domain started on the wrong image: WrongImage (exit 3),
+        nothing recorded. Which of those a live commit accepts is decided at its step."""
+        port, domain = self.port(vm)
+        try:
+            if not port.is_running(domain):
+                return
+            live = disk_sources(port.xml(domain))
+        except NoSuchDomain:
+            return
+        step = op.steps[op.done] if op.done < len(op.steps) else None
+        ours = frozenset({"commit", "active-commit"} if isinstance(step, Commit) else (
+            {"pull"} if isinstance(step, Pull) else set()))
+        refuse_foreign_jobs(  # a job that could not be the open step's own
+            port, domain, vm.disks, ours,
+            f"the {op.kind} operation {op.op_id} stays open: run 'snapledger recover' after",
+        )
+        for disk, active in sorted(vm.disks.items()):
+            plausible = {active}
+            for step in op.steps[op.done:]:
+                if isinstance(step, SwitchDisks):
+                    plausible |= {p for d, p in step.disks if d == disk}
+                elif isinstance(step, SetActive) and step.disk == disk:
+                    plausible.add(step.path)
+            seen = live.get(disk)
+            if seen not in plausible:
+                raise WrongImage(
+                    f"domain {domain!r} runs {disk} on {seen or 'no file'}, but the {op.kind} "
+                    f"operation {op.op_id} expects {active} at this step; nothing was done: shut "
+                    f"the domain down, start it on {active} "
+                    f"({definitions.definition_hint(vm, {disk: active})}), then run 'snapledger "
+                    "recover'"
+                )
+
+    def after_recover(self, vm: VirtualMachine, op: OperationRecord) -> list[str]:
+        """After `recover` finished `op`: a domain that ran when the operation began and has
+        stopped since is started again on the images the ledger now says, when libvirt can
+        (persistent); a transient one that is gone is named with where its definition is."""
+        if not op.details.get("domain_running") or op.kind == "revert":
+            return []  # a revert stops the domain itself, and starts it again if asked
+        port, domain = self.port(vm)
+        where = ", ".join(f"{d}={p}" for d, p in sorted(vm.disks.items()))
+        try:
+            if port.is_running(domain):
+                return []
+            persistent = port.is_persistent(domain)
+        except NoSuchDomain:
+            persistent = False
+        if not persistent:
+            return [
+                f"domain {domain} ran when the {op.kind} began and is gone (transient, or "
+                f"undefined and stopped): start it again with the definition 'snapledger show "
+                f"{vm.name} --json' gives (domain_xml, on {where})"
+            ]
+        try:
+            port.start(domain)
+        except LibvirtFailure as error:
+            return [f"domain {domain} ran when the {op.kind} began; starting it again failed: {error}"]
+        return [f"domain {domain} ran when the {op.kind} began: started again on {where}"]
+
+    def _check_live(self, vm: VirtualMachine, steps: list[Step]) -> None:
+        live = self.live_disks(vm)
+        for step in steps:
+            if isinstance(step, Pull):
+                where = find_live(live, step.image)
+                if where is not None and where.chain[0] != step.image:
+                    raise LiveStepImpossible(
+                        f"can't pull into {step.image} while domain {where.domain!r} runs: it is "
+                        f"a backing file of {where.disk}, and libvirt pulls only into the active "
+                        "image; use --strategy commit, or shut the domain down"
+                    )
+
+    def storage(self, vm: VirtualMachine, inner: StoragePort) -> LibvirtStorage:
+        return LibvirtStorage(inner, self, vm)
+
+    def carry_out(self, vm: VirtualMachine, step: Step) -> None:
+        """A hypervisor step, or see from libvirt that it was done before a crash."""
+        port, _ = self.port(vm)
+        if isinstance(step, SwitchDisks):
+            self._switch(port, step)
+        elif isinstance(step, StopDomain):
+            try:
+                if port.is_running(step.domain):
+                    port.destroy(step.domain)
+            except NoSuchDomain:
+                pass  # a transient domain is gone once stopped
+        elif isinstance(step, DefineDomain):
+            if not step.persistent:
+                return  # a transient domain is started from the XML (after the operation)
+            try:
+                if not port.is_persistent(step.domain):
+                    return  # undefined since the plan was made: not made persistent again
+            except NoSuchDomain:
+                return  # undefined and stopped: nothing to define (the ledger keeps its XML)
+            wanted = disk_sources(step.xml)
+            if port.is_running(step.domain):
+                live = disk_sources(port.xml(step.domain))
+                moved = {d: p for d, p in wanted.items() if live.get(d) != p and d in vm.disks}
+                if moved:
+                    raise LibvirtFailure(
+                        f"domain {step.domain!r} was started during the operation and runs on "
+                        f"other images ({', '.join(sorted(moved))}); shut it down and run "
+                        "'snapledger recover'"
+                    )
+            port.define(step.xml)
+        elif isinstance(step, StartDomain):
+            self._start(port, step)
+        else:
+            raise StorageError(f"{step.action} is not a hypervisor step")
+
+    def _start(self, port: LibvirtPort, step: StartDomain) -> None:
+        """Start the domain unless it runs. A domain that won't start (too little memory, say)
+        does not fail the operation: its disks are final and recorded; `after` reports why."""
+        self._start_failures.pop(step.domain, None)
+        if port_running(port, step.domain):
+            return
+        try:
+            if step.xml:
+                port.create(step.xml)
+            else:
+                port.start(step.domain)
+        except LibvirtFailure as error:
+            self._start_failures[step.domain] = str(error)
+
+    def _switch(self, port: LibvirtPort, step: SwitchDisks) -> None:
+        overlays = dict(step.disks)
+        running = port.is_running(step.domain)
+        xml = port.xml(step.domain, inactive=not running)
+        sources = disk_sources(xml)
+        done = [d for d, p in overlays.items() if sources.get(d) == p]
+        if len(done) == len(overlays):
+            return
+        if done:
+            raise LibvirtFailure(
+                f"domain {step.domain!r} is on the new overlays for {', '.join(done)} only"
+            )
+        if running:
+            targets = [d.target for d in domain_disks(xml)]
+            port.create_disk_snapshot(step.domain, snapshot_request_xml(targets, overlays))
+        else:  # stopped since the plan was made: the same switch, by a new definition
+            port.define(with_sources(port.xml(step.domain, inactive=True), overlays))
+
+    def after(self, vm: VirtualMachine, plan: Plan, target: str | None) -> list[str]:
+        """What follows a finished operation (also one finished by `recover`): forget libvirt's
+        metadata of a snapshot snapledger deleted; say whether a domain the operation started
+        runs. Returns notes for the user."""
+        port, domain = self.port(vm)
+        notes = []
+        if plan.kind == "delete" and target is not None:
+            if target in self.metadata_names(port, domain):
+                port.delete_snapshot_metadata(domain, target)
+                notes.append(f"libvirt's metadata of snapshot {target} was removed too")
+        if any(isinstance(step, StartDomain) for step in plan.steps):
+            failure = self._start_failures.pop(domain, None)
+            if failure is not None or not port_running(port, domain):
+                raise LibvirtFailure(
+                    f"the {plan.kind} is done and recorded, but domain {domain} did not start: "
+                    f"{failure or 'it is not running'}"
+                )
+            notes.append(f"domain {domain} is running")
+        return notes
+
+    @staticmethod
+    def metadata_names(port: LibvirtPort, domain: str) -> set[str]:
+        try:
+            return {parse_snapshot(x).name for x in port.snapshot_xmls(domain)}
+        except NoSuchDomain:
+            return set()
+
+    def swap(self, vm: VirtualMachine, disk: str, path: str) -> str | None:
+        """swap-disk on a libvirt VM: libvirt already uses `path` (changed with virsh), or the
+        shut-off domain is redefined with it. A running domain's disk can't be swapped here.
+        Returns the persistent definition it replaced (None if it defined nothing)."""
+        port, domain = self.port(vm)
+        running = port.is_running(domain)
+        xml = port.xml(domain, inactive=not running)
+        if disk_sources(xml).get(disk) == path:
+            if running and port.is_persistent(domain):
+                inactive = port.xml(domain, inactive=True)
+                if disk_sources(inactive).get(disk) != path:
+                    port.define(with_sources(inactive, {disk: path}))
+                    return inactive
+            return None
+        if running:
+            raise BadInput(
+                f"domain {domain!r} is running on {disk_sources(xml).get(disk)}: swap its disk with "
+                f"virsh (blockcopy --pivot) or shut it down first, then record it with swap-disk"
+            )
+        inactive = port.xml(domain, inactive=True)
+        port.define(with_sources(inactive, {disk: path}))
+        return inactive
+
+    def restore_definition(self, vm: VirtualMachine, xml: str) -> None:
+        """Put back a persistent definition `swap` replaced (its change was not recorded)."""
+        port, _ = self.port(vm)
+        port.define(xml)
+
+    # ---- running chains --------------------------------------------------------------
+
+    def live_disks(self, vm: VirtualMachine) -> list[LiveDisk]:
+        """The chain of every file-backed disk of every running domain on the VM's connection."""
+        port, _ = self.port(vm)
+        out = []
+        for domain in port.running_domains():
+            try:
+                xml = port.xml(domain)
+            except NoSuchDomain:
+                continue  # stopped meanwhile
+            for disk in domain_disks(xml):
+                if disk.kind == "file" and disk.source:
+                    out.append(LiveDisk(domain, disk.target, [disk.source, *disk.chain]))
+        return out
+
+
+__all__ = [
+    "DEFAULT_URI",
+    "TEST_JOB_BANDWIDTH_ENV",
+    "TEST_PAUSE_AFTER_PIVOT_ENV",
+    "AdoptReport",
+    "DomainStopped",
+    "ForeignBlockJob",
+    "LibvirtHypervisor",
+    "LibvirtStorage",
+    "LiveStepImpossible",
+    "WrongImage",
+    "adopt_libvirt",
+    "job_bandwidth_from_env",
+    "pause_after_pivot_from_env",
+]
