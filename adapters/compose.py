@@ -9,7 +9,7 @@ import socket
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
-from snapledger.adapters import extras
+from snapledger.adapters.checkpoint.persisted import PersistedProjection
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.eventstore.probe import ABSENT, LEDGER, check_directory, probe_sqlite
 from snapledger.adapters.eventstore.store_url import (
@@ -18,9 +18,25 @@ from snapledger.adapters.eventstore.store_url import (
     chosen_store_url,
     parse_store_url,
 )
+from snapledger.adapters.host import extras
+from snapledger.adapters.host.clock import utc_now
+from snapledger.adapters.host.processes import LocalProcesses
+from snapledger.adapters.libvirt.hypervisor import (
+    LibvirtHypervisor,
+    job_bandwidth_from_env,
+    pause_after_pivot_from_env,
+)
 from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.service.ports import (
+    Clock,
+    Hypervisor,
+    Runners,
+    StoragePort,
+    ViewProjection,
+)
 from snapledger.adapters.storage.qemu_img import QemuImgStorage
 from snapledger.domain.ledger_hash import RecordedBy
+from snapledger.projections.cost import CostModel
 
 
 def tool_version() -> str:
@@ -68,20 +84,38 @@ def open_store(
     return app
 
 
+def ledger_service(
+    app: LedgerApplication,
+    storage: StoragePort,
+    *,
+    clock: Clock = utc_now,
+    cost: CostModel | None = None,
+    projection: ViewProjection | None = None,
+    hypervisor: Hypervisor | None = None,
+    runners: Runners | None = None,
+) -> Snapledger:
+    """The service over `app` and `storage`: the persisted projection of `app` unless another
+    is given, this host's processes as runners, the UTC clock."""
+    return Snapledger(
+        app,
+        storage,
+        clock=clock,
+        cost=cost,
+        projection=projection if projection is not None else PersistedProjection(app),
+        hypervisor=hypervisor,
+        runners=runners if runners is not None else LocalProcesses(),
+    )
+
+
 def open_ledger(
     app: LedgerApplication, progress: Callable[[float], None] | None = None
 ) -> Snapledger:
-    """The service over `app`: real disks through qemu-img, libvirt when a VM is bound to it."""
-    from snapledger.adapters.libvirt.hypervisor import (  # libvirt on use
-        LibvirtHypervisor,
-        job_bandwidth_from_env,
-        pause_after_pivot_from_env,
-    )
-
+    """The service over `app`: real disks through qemu-img, libvirt when a VM is bound to it
+    (libvirt-python itself is imported only when such a VM is acted on)."""
     storage = QemuImgStorage()
     storage.progress = progress
     hypervisor = LibvirtHypervisor(
         job_bandwidth=job_bandwidth_from_env(os.environ),
         pause_after_pivot=pause_after_pivot_from_env(os.environ),
     )
-    return Snapledger(app, storage, hypervisor=hypervisor)
+    return ledger_service(app, storage, hypervisor=hypervisor)

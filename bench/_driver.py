@@ -2,7 +2,8 @@
 
 It plays the same command sequence as `snapledger.adapters.service.commands.Snapledger` (prepare ->
 plan -> record intent and reservations -> carry out each step on SimulatedStorage -> closing
-event -> release), with the project's own planners, aggregates and storage simulation, but keeps
+event -> release), with the project's own planners, aggregates, operation lifecycle
+(`adapters/service/operation.py`, the very code the service runs) and storage simulation, but keeps
 every aggregate in memory instead of reloading it from the store for each command, and leaves
 saving to the caller, who saves many aggregates at once (`app.save(*fleet.dirty())`).
 
@@ -17,22 +18,20 @@ import posixpath
 import random
 import uuid
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from snapledger.adapters.service.drift import recorded_format
-from snapledger.adapters.service.step_execution import carry_out
+from snapledger.adapters.service.operation import Operations
+from snapledger.adapters.service.registrations import claimed
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
 from snapledger.domain.errors import BranchPointRefused, StorageError, StrategyNotAllowed
-from snapledger.domain.image_registry import ImageRegistration, release_registrations
-from snapledger.domain.images import ImageFacts, Origin
+from snapledger.domain.image_registry import ImageRegistration
+from snapledger.domain.images import Origin
 from snapledger.domain.steps import (
-    CreateOverlay,
     Plan,
-    Step,
-    touched_paths,
 )
-from snapledger.domain.vm import OperationRecord, VirtualMachine
+from snapledger.domain.vm import VirtualMachine
 from snapledger.projections import planners
 from snapledger.projections.view import LedgerView
 
@@ -58,6 +57,7 @@ class Fleet:
         self.vms: dict[str, VirtualMachine] = {}
         self.registrations: dict[str, ImageRegistration] = {}
         self._touched: dict[Any, Any] = {}
+        self.operations = Operations(self, self.storage, self.clock, BenchRunners())
 
     # ---- bookkeeping -----------------------------------------------------------------
 
@@ -166,7 +166,7 @@ class Fleet:
         vm.record_drift([f"{path}: size 196608 -> 200704"], self.clock())
         self._touch(vm)
 
-    # ---- the operation lifecycle -------------------------------------------------------
+    # ---- the operation lifecycle: the service's own (adapters/service/operation.py) ---------
 
     def _run(
         self,
@@ -176,87 +176,49 @@ class Fleet:
         details: dict[str, Any],
         fail_at: int | None,
     ) -> Plan:
-        op_id = self._op_id()
-        details = {**details, "previous_active": dict(vm.disks)}
-        vm.start_operation(op_id, plan.kind, target, plan, [], details, self.clock())
-        self._touch(vm, *self._reserve(vm.name, op_id, plan.steps))
+        self.operations.start(vm, self._op_id(), plan, target, details)
         if fail_at is not None:
             self.storage.inject(fail_at=fail_at)
         try:
-            self._execute(vm)
+            self.operations.execute(vm)
         except StorageError:
             if vm.operation is not None:  # failed past a destructive step: `recover`
-                self._execute(vm)
+                self.operations.execute(vm)
         finally:
             self.storage.inject()
         return plan
 
-    def _execute(self, vm: VirtualMachine) -> None:
-        while True:
-            op = vm.operation
-            if op is None:
-                return
-            if op.done == len(op.steps):
-                self._finish(vm, op)
-                return
-            index = op.done
-            try:
-                observed = self._carry_out(vm, op.steps[index])
-            except StorageError as error:
-                self._on_failure(vm, op, index, error)
-                raise
-            vm.complete_step(op.op_id, index, observed)
+    # ---- Records: where the operation's events go (memory; saved by the caller) -----------
 
-    def _carry_out(self, vm: VirtualMachine, step: Step) -> list[ImageFacts]:
-        return carry_out(self.storage, step, lambda p: recorded_format(vm, p) or "qcow2")
+    def save(self, *aggregates: object, unrecorded: str = "nothing was done") -> None:
+        for aggregate in aggregates:
+            if isinstance(aggregate, ImageRegistration):
+                self.registrations.setdefault(aggregate.path, aggregate)
+        self._touch(*aggregates)
 
-    def _on_failure(self, vm: VirtualMachine, op: OperationRecord, index: int, error: StorageError) -> None:
-        step = op.steps[index]
-        if op.started_destruction or step.destructive:
-            vm.fail_operation(op.op_id, index, str(error))
-            return
-        created = [s.path for s in op.steps[:index] if isinstance(s, CreateOverlay)]
-        for path in reversed(created):
-            if self.storage.exists(path):
-                self.storage.delete(path)
-        vm.roll_back_operation(op.op_id, created, str(error))
-        self._touch(*self._release(vm.name, op, gone={p: True for p in created}))
-
-    def _finish(self, vm: VirtualMachine, op: OperationRecord) -> None:
-        gone = vm.paths_let_go(op.op_id)
-        vm.close_operation(op.op_id, self.clock())
-        self._touch(*self._release(vm.name, op, gone))
-
-    # ---- registrations ------------------------------------------------------------------
+    def registration(self, path: str) -> ImageRegistration | None:
+        return self.registrations.get(path)
 
     def _claimed(self, path: str, vm_name: str) -> ImageRegistration:
-        registration = self.registrations.get(path)
-        if registration is None:
-            registration = self.registrations[path] = ImageRegistration(path=path, vm=vm_name)
-        else:
-            registration.add_user(vm_name)
+        registration = claimed(self.registration, path, vm_name)
+        self.save(registration)
         return registration
 
-    def _reserve(self, vm_name: str, op_id: str, steps: tuple[Step, ...]) -> list[ImageRegistration]:
-        out: dict[str, ImageRegistration] = {}
-        for step in steps:
-            if isinstance(step, CreateOverlay):
-                assert step.path not in self.registrations
-                out[step.path] = self.registrations[step.path] = ImageRegistration(
-                    path=step.path, vm=vm_name
-                )
-            elif step.destructive:
-                for path in touched_paths(step):
-                    registration = out.get(path) or self.registrations.get(path)
-                    if registration is None:
-                        registration = self.registrations[path] = ImageRegistration(path=path, vm=vm_name)
-                    registration.reserve_change(vm_name, op_id)
-                    out[path] = registration
-        return list(out.values())
 
-    def _release(self, vm_name: str, op: OperationRecord, gone: Mapping[str, bool]) -> list[ImageRegistration]:
-        touched = {p for s in op.steps for p in touched_paths(s)}
-        return release_registrations(self.registrations.get, vm_name, op.op_id, touched, gone)
+class BenchRunners:
+    """The runner every benchmark operation records: one process that never dies."""
+
+    def this_process(self) -> dict[str, object]:
+        return {"host": "bench", "boot": "bench", "pid": 1, "started": 1}
+
+    def running(self, runner: dict[str, object] | None, op_id: str) -> bool | None:
+        return False
+
+    def carrying_out(self, op_id: str) -> AbstractContextManager[None]:
+        return nullcontext()
+
+    def files_open_here(self) -> set[tuple[int, int]]:
+        return set()
 
 
 def expected_view(fleets: list[Fleet], position: int) -> LedgerView:

@@ -3,7 +3,7 @@
     python bench/command_bench.py [--snapshots 2000] [--repeat 7]
 
 The VM is plan_bench.py's (built in memory over SimulatedStorage, reverts every few snapshots);
-then `Snapledger(app, storage)` takes a snapshot and deletes it again, --repeat times. Each
+then `ledger_service(app, storage)` takes a snapshot and deletes it again, --repeat times. Each
 command is timed whole, as the CLI would run it after its imports: load the VM, refresh the
 view, plan, record the intent, carry out and record every step, close, save the projection.
 What grows with the VM's history (its events) and what grows with its state (its snapshots and
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from plan_bench import build  # noqa: E402
 
-from snapledger.adapters.service.commands import Snapledger  # noqa: E402
+from snapledger.adapters.compose import ledger_service  # noqa: E402
 
 
 def main() -> int:
@@ -33,7 +33,7 @@ def main() -> int:
     args = parser.parse_args()
 
     app, fleet, name = build(args.snapshots, 1, args.seed)
-    ledger = Snapledger(app, fleet.storage)
+    ledger = ledger_service(app, fleet.storage)
     ledger.refresh()  # the first fold of the whole ledger is not what is measured
     timings: dict[str, list[tuple[float, float]]] = {"snapshot": [], "delete": []}
     steps = 0

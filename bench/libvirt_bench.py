@@ -150,15 +150,15 @@ def one_snapledger(root: Path, layout: Layout) -> tuple[float, int, str]:
 
 def one_service(root: Path, layout: Layout) -> tuple[float, int, str]:
     """The same delete as one in-process service call (no interpreter start, no imports)."""
+    from snapledger.adapters.compose import ledger_service
     from snapledger.adapters.eventstore.application import LedgerApplication
     from snapledger.adapters.libvirt.hypervisor import LibvirtHypervisor
-    from snapledger.adapters.service.commands import Snapledger
     from snapledger.adapters.storage.qemu_img import QemuImgStorage
 
     build = Build(root, layout)
     try:
         run([*CLI, "adopt", build.name, "--libvirt"], build.env)
-        ledger = Snapledger(LedgerApplication(build.env["SNAPLEDGER_STORE"]), QemuImgStorage(),
+        ledger = ledger_service(LedgerApplication(build.env["SNAPLEDGER_STORE"]), QemuImgStorage(),
                             hypervisor=LibvirtHypervisor())
         ledger.refresh()
         started = time.perf_counter()

@@ -4,7 +4,7 @@
 
 Every scenario is built fresh in a scratch directory: a 2 GiB qcow2 base B (4 MiB written,
 adopted as the VM's disk), then snapshots taken with the real service
-(`Snapledger(LedgerApplication(sqlite), QemuImgStorage())`), with the guest's writes made by
+(`ledger_service(LedgerApplication(sqlite), QemuImgStorage())`), with the guest's writes made by
 `qemu-io` into whichever image is active at the time. The frozen image F of snapshot s2 then
 has data F MiB and its child C has C MiB.
 
@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.qemu_img import QemuImgStorage
@@ -116,7 +117,7 @@ def fresh(directory: Path, storage: QemuImgStorage | None = None) -> Built:
     base = str(directory / "base.qcow2")
     run("qemu-img", "create", "-q", "-f", "qcow2", base, str(VSIZE))
     write(base, 0, 4, 0x11)
-    ledger = Snapledger(LedgerApplication(f"sqlite:///{directory / 'ledger.sqlite'}"), storage or TimedStorage())
+    ledger = ledger_service(LedgerApplication(f"sqlite:///{directory / 'ledger.sqlite'}"), storage or TimedStorage())
     ledger.adopt("vm", {"vda": base}, pools=[str(directory)])
     return Built(directory, ledger, {"B": base})
 

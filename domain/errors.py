@@ -48,10 +48,19 @@ class BadStoreUrl(BadInput):
     a device where the ledger file should be (exit 2)."""
 
 
+class DomainGone(BadInput):
+    """The hypervisor has no domain of that name (exit 2)."""
+
+
 class Refused(SnapledgerError):
     """Doing it would lose data, or the ledger disagrees with the disk (exit 3)."""
 
     exit_code = 3
+
+
+class LiveStepImpossible(Refused):
+    """A planned step can't be done while the domain runs (a pull into a backing file of a
+    running disk: libvirt pulls only into the active image)."""
 
 
 class BranchPointRefused(Refused):

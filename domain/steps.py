@@ -8,6 +8,7 @@ Every step is ordered so that, at each boundary, what the ledger says reads the 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from typing import Any, ClassVar
 
 
@@ -207,6 +208,34 @@ STEP_TYPES: dict[str, type[Step]] = {
     )
 }
 STORAGE_STEPS = (CreateOverlay, Commit, Pull, RebaseUnsafe, DeleteFile)
+LEDGER_STEPS = (SetActive, MoveFrozen, ReleaseImage, DetachImage)  # the ledger's alone: no disk
+
+
+class OperationKind(StrEnum):
+    """What a plan does (an operation's `kind`, recorded as its plain string)."""
+
+    SNAPSHOT = "snapshot"
+    REVERT = "revert"
+    DELETE = "delete"
+    GC = "gc"
+    SWAP = "swap"  # swap-disk's plan: checked, never run as an operation
+    STEP = "step"  # one step's own checks, right before it runs
+
+
+class Strategy(StrEnum):
+    """How `delete` merges a frozen image away: the cheaper of the two, or the one asked for."""
+
+    AUTO = "auto"
+    COMMIT = "commit"
+    PULL = "pull"
+
+
+class BranchOption(StrEnum):
+    """What `delete` does with a branch point (a frozen image more than one branch rests on)."""
+
+    FORBID = "forbid"
+    PULL = "pull"
+    KEEP = "keep"
 
 
 def step_to_dict(step: Step) -> dict[str, Any]:

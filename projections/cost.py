@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from snapledger.domain.steps import Pull, Step
+from snapledger.domain.steps import LEDGER_STEPS, Pull, Step
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -28,7 +28,7 @@ class CostModel:
     per_step_seconds: float = 0.005  # process start and metadata updates
 
     def seconds(self, step: Step) -> float:
-        if step.action in ("set-active", "move-frozen", "release-image", "detach-image"):
+        if isinstance(step, LEDGER_STEPS):
             return 0.0
         scan = 0.0
         if isinstance(step, Pull):

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from snapledger.domain.errors import SnapledgerError, UnknownImage, UnknownVm
+from snapledger.domain.errors import SnapledgerError, UnknownImage
 from snapledger.domain.images import Origin, OwnerClass
 from snapledger.domain.steps import Commit, DeleteFile, Plan, Pull
 from snapledger.domain.vm import VirtualMachine
@@ -186,10 +186,7 @@ def explain_image(
 
 
 def _held(view: LedgerView, vm_name: str, path: str) -> VirtualMachine:
-    try:
-        vm = view.vms[vm_name]
-    except KeyError:
-        raise UnknownVm(f"no VM named {vm_name!r} in the ledger") from None
+    vm = view.vm(vm_name)
     if path in vm.images:
         return vm
     holders = sorted(v.name for v in view.vms.values() if path in v.images)

@@ -12,7 +12,6 @@ import html
 import posixpath
 from dataclasses import dataclass
 
-from snapledger.domain.errors import UnknownVm
 from snapledger.domain.images import OwnerClass
 
 from .dag import ImageDag, Need
@@ -60,8 +59,8 @@ class ImagePicture:
 
 def image_picture(view: LedgerView, vm: str | None = None) -> ImagePicture:
     """The image DAG of one VM (every image its ledger holds), or of the whole ledger."""
-    if vm is not None and vm not in view.vms:
-        raise UnknownVm(f"no VM named {vm!r} in the ledger")
+    if vm is not None:
+        view.vm(vm)  # an unknown name is refused
     names = (vm,) if vm is not None else tuple(sorted(view.vms))
     dag = ImageDag(view)
     paths = sorted({path for name in names for path in view.vms[name].images})

@@ -19,17 +19,20 @@ from snapledger.domain.errors import (
 from snapledger.domain.images import OwnerClass
 from snapledger.domain.names import revert_overlay_path, snapshot_overlay_path
 from snapledger.domain.steps import (
+    BranchOption,
     Commit,
     CreateOverlay,
     DeleteFile,
     DetachImage,
     MoveFrozen,
+    OperationKind,
     Plan,
     Pull,
     RebaseUnsafe,
     ReleaseImage,
     SetActive,
     Step,
+    Strategy,
 )
 from snapledger.domain.vm import VirtualMachine
 
@@ -40,17 +43,12 @@ from .view import LedgerView
 PathTaken = Callable[[str], bool]
 # image -> files the ledger does not know whose backing chain reaches it (a storage scan's answer)
 Dependants = Mapping[str, Sequence[str]]
-STRATEGIES = ("auto", "commit", "pull")
-BRANCH_OPTIONS = ("forbid", "pull", "keep")
+STRATEGIES = tuple(Strategy)
+BRANCH_OPTIONS = tuple(BranchOption)
 
 
 def _vm(view: LedgerView, name: str) -> VirtualMachine:
-    from snapledger.domain.errors import UnknownVm
-
-    try:
-        vm = view.vms[name]
-    except KeyError:
-        raise UnknownVm(f"no VM named {name!r} in the ledger") from None
+    vm = view.vm(name)
     vm.check_tracked()
     return vm
 
@@ -111,7 +109,7 @@ def plan_snapshot(
         new_paths.add(path)
         creates.append(CreateOverlay(path, active.path, active.format, active.virtual_size))
         activations.append(SetActive(disk, path))
-    return Plan("snapshot", tuple(creates + activations), "new overlay per captured disk")
+    return Plan(OperationKind.SNAPSHOT, tuple(creates + activations), "new overlay per captured disk")
 
 
 def plan_revert(
@@ -176,7 +174,7 @@ def plan_revert(
                 f"{disk}: abandoned present {abandoned.facts.path} is {abandoned.owner.value}: "
                 "kept as detached (gc --include-detached discards it)"
             )
-    return Plan("revert", tuple(creates + activations + deletions), f"revert to {name}", tuple(notes))
+    return Plan(OperationKind.REVERT, tuple(creates + activations + deletions), f"revert to {name}", tuple(notes))
 
 
 def check_new_disk_chain(
@@ -206,7 +204,7 @@ def plan_swap(view: LedgerView, vm_name: str, disk: str, chain: list[str]) -> Pl
     The VM's own rules (idle, known disk, not a frozen image) are the aggregate's to check."""
     vm = _vm(view, vm_name)
     check_new_disk_chain(view, vm_name, chain, replacing=vm.disks.get(disk))
-    return Plan("swap", (SetActive(disk, chain[0]),), "record the image the user put in place")
+    return Plan(OperationKind.SWAP, (SetActive(disk, chain[0]),), "record the image the user put in place")
 
 
 @dataclass(frozen=True)
@@ -219,8 +217,8 @@ def plan_delete(
     view: LedgerView,
     vm_name: str,
     name: str,
-    strategy: str = "auto",
-    branches: str = "forbid",
+    strategy: str = Strategy.AUTO,
+    branches: str = BranchOption.FORBID,
     cost: CostModel | None = None,
     dependants: Dependants | None = None,
 ) -> Plan:
@@ -231,6 +229,7 @@ def plan_delete(
         raise BadInput(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
     if branches not in BRANCH_OPTIONS:
         raise BadInput(f"unknown branches option {branches!r}: use one of {', '.join(BRANCH_OPTIONS)}")
+    strategy, branches = Strategy(strategy), BranchOption(branches)
     cost = cost or CostModel()
     vm = _vm(view, vm_name)
     vm.check_idle()
@@ -242,7 +241,7 @@ def plan_delete(
         merge = _plan_disk_delete(view, dag, vm, name, disk, strategy, branches, cost)
         steps.extend(merge.steps)
         ways.append(f"{disk}: {merge.strategy}")
-    return Plan("delete", tuple(steps), "; ".join(ways))
+    return Plan(OperationKind.DELETE, tuple(steps), "; ".join(ways))
 
 
 def _plan_disk_delete(
@@ -258,7 +257,7 @@ def _plan_disk_delete(
     frozen_path = vm.snapshots[snapshot].disks[disk]
     frozen = dag.nodes[frozen_path]
     kept = dag.needed_children(frozen_path)
-    forced = strategy != "auto"
+    forced = strategy is not Strategy.AUTO
     other_holds = [
         n for n in frozen.direct_needs if not (n.kind == "frozen" and n.vm == vm.name and n.detail == snapshot)
     ]
@@ -369,9 +368,9 @@ def _plan_branch_point(
     frozen = dag.nodes[frozen_path]
     if frozen.owner is not OwnerClass.MANAGED:
         return _DiskMerge((), f"metadata only: {frozen_path} is {frozen.owner.value} and stays as the shared base")
-    if branches == "keep":
+    if branches is BranchOption.KEEP:
         return _DiskMerge((), f"metadata only (--branches keep): {frozen_path} stays as the shared base")
-    if branches == "forbid":
+    if branches is BranchOption.FORBID:
         described = ", ".join(_describe_branch(dag, c) for c in kept)
         raise BranchPointRefused(
             f"{frozen_path} ({disk}) is the base of {len(kept)} branches ({described}); "
@@ -435,4 +434,4 @@ def plan_gc(
     notes = tuple(
         f"{p} is the user's file and rests on managed images: kept with its chain" for p in kept_user_files
     )
-    return Plan("gc", tuple(steps), f"{len(steps)} images nothing needs", notes)
+    return Plan(OperationKind.GC, tuple(steps), f"{len(steps)} images nothing needs", notes)

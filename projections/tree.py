@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from snapledger.domain.errors import UnknownVm
 from snapledger.domain.images import OwnerClass
 
 from .dag import ImageDag
@@ -43,10 +42,7 @@ class SnapshotTree:
 
 
 def snapshot_tree(view: LedgerView, vm_name: str) -> SnapshotTree:
-    try:
-        vm = view.vms[vm_name]
-    except KeyError:
-        raise UnknownVm(f"no VM named {vm_name!r} in the ledger") from None
+    vm = view.vm(vm_name)
     children: dict[str | None, list[str]] = {}
     for snap in vm.snapshots.values():
         children.setdefault(snap.parent, []).append(snap.name)

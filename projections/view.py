@@ -14,7 +14,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, DomainEventProtocol
 
-from snapledger.domain.errors import LedgerDamaged
+from snapledger.domain.errors import LedgerDamaged, UnknownVm
 from snapledger.domain.image_registry import ImageRegistration
 from snapledger.domain.vm import VirtualMachine
 
@@ -74,6 +74,13 @@ class LedgerView:
     def aggregates(self) -> dict[UUID, Aggregate]:
         """Every aggregate by id, in the order of their first events (read-only)."""
         return self._by_id
+
+    def vm(self, name: str) -> VirtualMachine:
+        """The VM of that name (the newest, after a retire): the one lookup of a VM by name."""
+        try:
+            return self.vms[name]
+        except KeyError:
+            raise UnknownVm(f"no VM named {name!r} in the ledger") from None
 
     def live_vms(self) -> dict[str, VirtualMachine]:
         """The VMs still tracked (not retired): the ones whose images are held."""

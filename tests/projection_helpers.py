@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from snapledger.adapters.checkpoint.persisted import PersistedProjection
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
@@ -73,7 +74,7 @@ EVERY = 3  # archive points close together, so time travel starts from several o
 def open_ledger(url: str, storage: SimulatedStorage, every: int = EVERY) -> Snapledger:
     """A new process on the ledger (and on the one simulated host)."""
     app = LedgerApplication(url)
-    return Snapledger(app, storage, projection=PersistedProjection(app, every=every))
+    return ledger_service(app, storage, projection=PersistedProjection(app, every=every))
 
 
 def with_history(url: str) -> tuple[Snapledger, SimulatedStorage]:

@@ -158,7 +158,8 @@ def adopt(
             raise BadInput("--connect and --keep-libvirt-metadata go with --libvirt")
         if disks or xml_path:
             raise BadInput("adopt --libvirt reads the disks and the definition from libvirt: no --disk or --xml")
-        from snapledger.adapters.libvirt.hypervisor import DEFAULT_URI, adopt_libvirt
+        from snapledger.adapters.libvirt.hypervisor import DEFAULT_URI
+        from snapledger.adapters.service.adopt_libvirt import adopt_libvirt
 
         ledger = c.ledger
         assert ledger.hypervisor is not None
@@ -559,12 +560,12 @@ def replay(c: Context, file: str, command: tuple[str, ...]) -> None:
     """Load an export into a throwaway store (its hash chain checked) and run a read-only
     command on it: show, tree, log, explain, diff, list, export, or delete/revert/gc --dry-run.
     `--until N` (before the command) replays only the events up to ledger position N."""
+    from snapledger.adapters.compose import ledger_service
     from snapledger.adapters.eventstore.export import (
         RecordedFactsStorage,
         read_export,
         replay_store,
     )
-    from snapledger.adapters.service.commands import Snapledger
 
     until, command = replay_command(command)
     try:
@@ -576,7 +577,7 @@ def replay(c: Context, file: str, command: tuple[str, ...]) -> None:
         raise BadInput(f"{file} is not a snapledger export (not UTF-8 text)") from None
     storage = RecordedFactsStorage()
     app = replay_store(history, until)
-    replayed = Context.given(app, Snapledger(app, storage), c.as_json)
+    replayed = Context.given(app, ledger_service(app, storage), c.as_json)
     storage.view = replayed.ledger.view
     cli.main(args=list(command), obj=replayed, prog_name="snapledger replay", standalone_mode=False)
 

@@ -1,19 +1,32 @@
-"""The event store: an eventsourcing Application whose persistence is chosen by a store URL."""
+"""The event store: an eventsourcing Application whose persistence is chosen by a store URL.
+
+It is the service's LedgerStore (adapters/service/ports.py): `load`, `record` and the rest
+speak the service's terms, so that eventsourcing's own exceptions stay in this room.
+"""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.application import Application
+from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import Notification
+from eventsourcing.persistence import Notification, PersistenceError, RecordConflictError
 from eventsourcing.sqlite import SQLiteDatastore
 
 from snapledger.adapters.eventstore.chain import UNKNOWN
+from snapledger.adapters.eventstore.failures import describe
 from snapledger.adapters.eventstore.store_url import MEMORY, SQLITE, parse_store_url
-from snapledger.domain.errors import BadInput, LedgerDamaged, StoreUnusable
+from snapledger.domain.errors import (
+    BadInput,
+    ConcurrentUpdate,
+    LedgerDamaged,
+    SnapledgerError,
+    StoreUnusable,
+)
 from snapledger.domain.ledger_hash import (
     ChainFinding,
     ChainRecord,
@@ -24,10 +37,13 @@ from snapledger.domain.ledger_hash import (
     stored_event_row,
 )
 from snapledger.domain.vm import vm_id
+from snapledger.projections.history import event_time
 
 NOTIFICATION_BATCH = 20_000  # big batches keep per-query cost out of a rebuild
 CHAINED = "snapledger.adapters.eventstore.chain"  # recorders that keep the hash chain
 QUICK_CHECK_LINES = 3  # what verify quotes of SQLite's findings on a damaged file
+# The store's own failures: sqlite3's, and eventsourcing's, into which it wraps psycopg's.
+STORE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, PersistenceError)
 
 
 def persistence_env(url: str) -> dict[str, str]:
@@ -85,6 +101,51 @@ class LedgerApplication(Application[UUID]):
             raise BadInput("this ledger is a replay and read-only: nothing can be recorded")
         kwargs.setdefault("recorded_by", self.recorded_by)
         return super().save(*objs, **kwargs)
+
+    # ---- the service's LedgerStore port -----------------------------------------------
+
+    errors = STORE_ERRORS
+
+    def load(self, aggregate_id: UUID) -> Any | None:
+        """The aggregate with every event applied, or None if nothing was recorded of it."""
+        try:
+            return self.repository.get(aggregate_id, projector_func=project_events)
+        except AggregateNotFoundError:
+            return None
+
+    def record(self, *aggregates: Any) -> None:
+        """`save`, with a writers' race said as ConcurrentUpdate (nothing is saved then)."""
+        try:
+            self.save(*aggregates)
+        except RecordConflictError:
+            raise ConcurrentUpdate("another process recorded on this part of the ledger first") from None
+
+    def describe(self, error: BaseException) -> str:
+        try:
+            label: str | None = parse_store_url(self.store_url).label
+        except SnapledgerError:
+            label = None
+        return describe(error, label)
+
+    def newest_first(self, aggregate_id: UUID) -> Iterator[Any]:
+        yield from self.repository.event_store.get(aggregate_id, desc=True)
+
+    def position_at(self, when: datetime) -> int:
+        """The position of the last event whose time is at or before `when` (0 if none): from
+        the SQLite ledger's trail index, else by walking the whole log (event times need not
+        grow with positions: hosts' clocks differ)."""
+        from snapledger.adapters.eventstore.trail_index import (
+            trail_index_for,  # it builds on this class
+        )
+
+        index = trail_index_for(self)
+        if index is not None:
+            return index.position_at(when)
+        found = 0
+        for event, position in self.events_after(0):
+            if event_time(event) <= when:
+                found = position
+        return found
 
     def events_after(
         self, position: int, stop: int | None = None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 Runner = dict[str, object]  # host, boot, pid, started: recorded with the operation
@@ -66,6 +66,12 @@ class LocalProcesses:
         if pid == os.getpid():
             return op_id in _carrying_out
         return True
+
+    def carrying_out(self, op_id: str) -> AbstractContextManager[None]:
+        return carrying_out(op_id)
+
+    def files_open_here(self) -> set[tuple[int, int]]:
+        return files_open_here()
 
 
 @contextmanager

@@ -47,9 +47,8 @@ from snapledger.adapters.libvirt.xml import (
     snapshot_request_xml,
     with_sources,
 )
-from snapledger.adapters.service.adopt_libvirt import DEFAULT_URI, AdoptReport, adopt_libvirt
-from snapledger.adapters.service.ports import StoragePort
-from snapledger.domain.errors import BadInput, Refused, StorageError
+from snapledger.adapters.service.ports import FoundDomain, StoragePort
+from snapledger.domain.errors import BadInput, LiveStepImpossible, StorageError
 from snapledger.domain.steps import (
     Commit,
     DefineDomain,
@@ -76,9 +75,7 @@ TEST_JOB_BANDWIDTH_ENV = "SNAPLEDGER_TEST_JOB_BANDWIDTH"
 TEST_PAUSE_AFTER_PIVOT_ENV = "SNAPLEDGER_TEST_PAUSE_AFTER_PIVOT"
 
 
-class LiveStepImpossible(Refused):
-    """A planned step can't be done while the domain runs (a pull into a backing file of a
-    running disk: libvirt pulls only into the active image)."""
+DEFAULT_URI = "qemu:///system"  # libvirt's system connection: where `adopt --libvirt` looks
 
 
 def job_bandwidth_from_env(environ: Mapping[str, str]) -> int:
@@ -100,7 +97,7 @@ def pause_after_pivot_from_env(environ: Mapping[str, str]) -> float:
 
 
 def real_connect(uri: str) -> LibvirtPort:
-    from snapledger.adapters import extras
+    from snapledger.adapters.host import extras
 
     extras.require(extras.LIBVIRT)  # without libvirt-python: one line naming the pip install
     from snapledger.adapters.libvirt.domains import (
@@ -468,19 +465,38 @@ class LibvirtHypervisor:
                     out.append(LiveDisk(domain, disk.target, [disk.source, *disk.chain]))
         return out
 
+    # ---- adopt --libvirt ------------------------------------------------------------------
+
+    def found_domain(self, uri: str, name: str) -> FoundDomain:
+        port = self.port_for(uri)
+        running = port.is_running(name)
+        live_xml = port.xml(name, inactive=not running)
+        definition = port.xml(name, inactive=True)
+        tracked: dict[str, str] = {}
+        left_alone: list[str] = []
+        for disk in domain_disks(live_xml):
+            reason = disk.left_alone_reason()
+            if reason is None:
+                assert disk.source is not None
+                tracked[disk.target] = disk.source
+            else:
+                left_alone.append(reason)
+        snapshots = [parse_snapshot(x) for x in port.snapshot_xmls(name)] if tracked else []
+        return FoundDomain(definition, tracked, left_alone, snapshots)
+
+    def forget_snapshot(self, uri: str, name: str, snapshot: str) -> None:
+        self.port_for(uri).delete_snapshot_metadata(name, snapshot)
+
 
 __all__ = [
     "DEFAULT_URI",
     "TEST_JOB_BANDWIDTH_ENV",
     "TEST_PAUSE_AFTER_PIVOT_ENV",
-    "AdoptReport",
     "DomainStopped",
     "ForeignBlockJob",
     "LibvirtHypervisor",
     "LibvirtStorage",
-    "LiveStepImpossible",
     "WrongImage",
-    "adopt_libvirt",
     "job_bandwidth_from_env",
     "pause_after_pivot_from_env",
 ]

@@ -10,14 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from snapledger.domain.errors import BadInput, StorageError
+from snapledger.domain.errors import DomainGone, StorageError
 
 
 class LibvirtFailure(StorageError):
     """libvirt refused or failed; the message is one line with libvirt's own words."""
 
 
-class NoSuchDomain(BadInput):
+class NoSuchDomain(DomainGone):
     """No domain of that name on the connection (exit 2)."""
 
 

@@ -8,11 +8,12 @@ any DOCTYPE refused), also what libvirt itself hands over.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from lxml import etree
 
 from snapledger.adapters.libvirt.xml_input import parse_secure
+from snapledger.adapters.service.ports import DomainSnapshot
 from snapledger.domain.errors import BadInput
 
 
@@ -45,19 +46,7 @@ class DomainDisk:
         return None
 
 
-@dataclass(frozen=True)
-class LibvirtSnapshot:
-    """One snapshot from libvirt's metadata."""
-
-    name: str
-    parent: str | None
-    description: str | None
-    created: int | None  # seconds since the epoch
-    state: str | None
-    memory: str | None  # <memory snapshot='...'>: 'no' for disk-only
-    disks: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # target -> (mode, overlay)
-    domain: str | None = None  # the <domain> it recorded, as text
-    domain_sources: dict[str, str] = field(default_factory=dict)  # target -> source in <domain>
+LibvirtSnapshot = DomainSnapshot  # one snapshot from libvirt's metadata (the service's type)
 
 
 def domain_root(text: str) -> etree._Element:

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from snapledger.adapters.libvirt.xml import LibvirtSnapshot, domain_disks, parse_snapshot
+from snapledger.adapters.service.ports import DomainSnapshot, Hypervisor
 from snapledger.domain.errors import BadInput, Refused
 from snapledger.domain.images import Origin
 from snapledger.domain.vm import VirtualMachine
 
 if TYPE_CHECKING:
-    from snapledger.adapters.libvirt.hypervisor import LibvirtHypervisor
     from snapledger.adapters.service.commands import Snapledger
-
-DEFAULT_URI = "qemu:///system"
 
 
 @dataclass
@@ -32,13 +30,13 @@ class AdoptReport:
     notes: list[str] = field(default_factory=list)
 
 
-def _ordered(snapshots: list[LibvirtSnapshot]) -> list[LibvirtSnapshot]:
+def _ordered(snapshots: list[DomainSnapshot]) -> list[DomainSnapshot]:
     """Parents before children (by creation time among siblings)."""
     by_name = {s.name: s for s in snapshots}
-    out: list[LibvirtSnapshot] = []
+    out: list[DomainSnapshot] = []
     placed: set[str] = set()
 
-    def place(snap: LibvirtSnapshot, path: tuple[str, ...] = ()) -> None:
+    def place(snap: DomainSnapshot, path: tuple[str, ...] = ()) -> None:
         if snap.name in placed:
             return
         if snap.name in path:
@@ -55,9 +53,9 @@ def _ordered(snapshots: list[LibvirtSnapshot]) -> list[LibvirtSnapshot]:
 
 def adopt_libvirt(
     ledger: Snapledger,
-    hypervisor: LibvirtHypervisor,
+    hypervisor: Hypervisor,
     name: str,
-    uri: str = DEFAULT_URI,
+    uri: str,
     pools: Iterable[str] = (),
     keep_metadata: bool = False,
 ) -> AdoptReport:
@@ -65,25 +63,14 @@ def adopt_libvirt(
     external snapshots from libvirt's metadata as history. libvirt's metadata of the imported
     snapshots is then removed, unless `keep_metadata`: libvirt 9.0 deletes (merges) external
     snapshots itself, and virsh must not act on a history snapledger manages (docs/libvirt.md)."""
-    port = hypervisor.port_for(uri)
-    running = port.is_running(name)
-    live_xml = port.xml(name, inactive=not running)
-    definition = port.xml(name, inactive=True)
-    tracked: dict[str, str] = {}
-    left_alone: list[str] = []
-    for disk in domain_disks(live_xml):
-        reason = disk.left_alone_reason()
-        if reason is None:
-            assert disk.source is not None
-            tracked[disk.target] = disk.source
-        else:
-            left_alone.append(reason)
+    found = hypervisor.found_domain(uri, name)
+    definition, tracked, left_alone = found.definition, found.tracked, found.left_alone
     if not tracked:
         raise BadInput(
             f"domain {name!r} has no file-backed qcow2 disk to track"
             + (f" ({'; '.join(left_alone)})" if left_alone else "")
         )
-    snapshots = _ordered([parse_snapshot(x) for x in port.snapshot_xmls(name)])
+    snapshots = _ordered(found.snapshots)
     notes: list[str] = []
     records: list[dict[str, Any]] = []
     origins: dict[str, Origin] = {}
@@ -143,7 +130,7 @@ def adopt_libvirt(
     ledger.adopt(name, tracked, pools, definition, origins=origins, extend=extend)
     if records and not keep_metadata:
         for record in records:
-            port.delete_snapshot_metadata(name, record["name"])
+            hypervisor.forget_snapshot(uri, name, record["name"])
         notes.append(
             "libvirt's metadata of the imported snapshots was removed: snapledger keeps their "
             "history now (--keep-libvirt-metadata keeps it)"
@@ -152,8 +139,6 @@ def adopt_libvirt(
 
 
 def _created(seconds: int | None) -> str:
-    from datetime import UTC, datetime
-
     if seconds is None:
         return "unknown"
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds")
@@ -167,4 +152,4 @@ def _current(records: list[dict[str, Any]]) -> str | None:
     return str(records[-1]["name"])
 
 
-__all__ = ["DEFAULT_URI", "AdoptReport", "adopt_libvirt"]
+__all__ = ["AdoptReport", "adopt_libvirt"]

@@ -1,12 +1,28 @@
-"""The storage port: what every storage adapter (simulated, qemu-img) implements."""
+"""The service layer's ports: what it needs of the world, as Protocols.
+
+The service (commands.py, operation.py) is written against these alone; the rooms beside it
+implement them (storage/: qemu-img and the simulation; libvirt/: the hypervisor; eventstore/ and
+checkpoint/: the ledger and its projection; host/: the runners) and compose.py plugs them in.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
-from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+from uuid import UUID
 
 from snapledger.domain.images import ImageFacts
+
+if TYPE_CHECKING:
+    from snapledger.domain.steps import Plan, Step
+    from snapledger.domain.vm import OperationRecord, VirtualMachine
+    from snapledger.projections.view import LedgerView
+
+Clock = Callable[[], str]  # the time an event records, ISO 8601
+Runner = dict[str, object]  # host, boot id, pid, start time: recorded with an operation
 
 
 @dataclass(frozen=True)
@@ -93,3 +109,143 @@ class StoragePort(Protocol):
         """Every image file in `directories` (recursively, symlinked directories followed) with
         the backing file its header names, read in-process: a way to find the files the ledger
         does not know that rest on its images."""
+
+
+# ---- the ledger ------------------------------------------------------------------------------
+
+
+class LedgerStore(Protocol):
+    """The event store, as the service uses it. Its own failures (a damaged, locked, full or
+    gone store) are the exceptions in `errors`: the tool's own trouble, never drift."""
+
+    errors: tuple[type[BaseException], ...]
+
+    def load(self, aggregate_id: UUID) -> Any | None:
+        """The aggregate with every event applied, or None if nothing was ever recorded of it."""
+
+    def record(self, *aggregates: Any) -> None:
+        """Save the aggregates' new events in one transaction; ConcurrentUpdate if another
+        writer recorded on one of them first (nothing is saved then)."""
+
+    def describe(self, error: BaseException) -> str:
+        """One line saying what a store failure (one of `errors`) means for this ledger."""
+
+    def last_position(self) -> int: ...
+
+    def events_after(self, position: int, stop: int | None = None) -> Iterator[tuple[Any, int]]:
+        """Every event after `position` (up to `stop`), in ledger order, with its position."""
+
+    def position_at(self, when: datetime) -> int:
+        """The position of the last event whose time is at or before `when` (0 if none)."""
+
+    def newest_first(self, aggregate_id: UUID) -> Iterator[Any]:
+        """One aggregate's events, newest first."""
+
+
+class ViewProjection(Protocol):
+    """The LedgerView kept up to date, with checkpoints (checkpoint/persisted.py)."""
+
+    def present(self) -> LedgerView: ...
+
+    def catch_up(self, view: LedgerView) -> LedgerView: ...
+
+    def save(self, view: LedgerView) -> str: ...
+
+    def view_at(self, position: int) -> LedgerView: ...
+
+
+# ---- who runs an operation -----------------------------------------------------------------
+
+
+class Runners(Protocol):
+    """Which process carries out an operation, and whether it still runs (host/processes.py)."""
+
+    def this_process(self) -> Runner: ...
+
+    def running(self, runner: Runner | None, op_id: str) -> bool | None:
+        """True: it still runs; False: it is gone; None: it ran on another host (can't tell)."""
+
+    def carrying_out(self, op_id: str) -> AbstractContextManager[None]:
+        """While inside, this process is the one carrying out `op_id`."""
+
+    def files_open_here(self) -> set[tuple[int, int]]:
+        """(device, inode) of every file this process has open (the ledger's own files)."""
+
+
+# ---- the hypervisor ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DomainSnapshot:
+    """One snapshot from the hypervisor's own metadata (libvirt's), as `adopt --libvirt` finds it."""
+
+    name: str
+    parent: str | None
+    description: str | None
+    created: int | None  # seconds since the epoch
+    state: str | None
+    memory: str | None  # <memory snapshot='...'>: 'no' for disk-only
+    disks: dict[str, tuple[str, str | None]] = field(default_factory=dict)  # target -> (mode, overlay)
+    domain: str | None = None  # the <domain> it recorded, as text
+    domain_sources: dict[str, str] = field(default_factory=dict)  # target -> source in <domain>
+
+
+@dataclass(frozen=True)
+class FoundDomain:
+    """A domain as the hypervisor defines it, before it is adopted."""
+
+    definition: str  # its persistent definition
+    tracked: dict[str, str]  # target -> path: its file-backed qcow2 disks
+    left_alone: list[str]  # why each other disk is not tracked
+    snapshots: list[DomainSnapshot]
+
+
+class LiveStorage(StoragePort, Protocol):
+    """Storage of a VM whose domain may run: images it has open are changed by block jobs."""
+
+    def await_job(self, step: Step) -> None:
+        """Before a step is carried out again: wait for the block job a crash left running."""
+
+
+class Hypervisor(Protocol):
+    """What the service asks of the hypervisor for a VM adopted from it (libvirt/hypervisor.py).
+    A domain that went away raises DomainGone; a step a running domain can't do raises
+    LiveStepImpossible."""
+
+    on_pivot: Callable[[str, str], None] | None  # called (disk, base) right before a pivot
+
+    def domain_xml(self, vm: VirtualMachine) -> str: ...
+
+    def current_definition(self, vm: VirtualMachine) -> str: ...
+
+    def runtime(self, vm: VirtualMachine) -> dict[str, object]: ...
+
+    def findings(self, vm: VirtualMachine, ignore: str | None = None) -> list[str]: ...
+
+    def stale_definition(self, vm: VirtualMachine) -> tuple[str, list[str]] | None: ...
+
+    def redefine(self, vm: VirtualMachine, xml: str) -> None: ...
+
+    def check_live(self, vm: VirtualMachine, plan: Plan) -> None: ...
+
+    def shape(self, vm: VirtualMachine, plan: Plan, target: str | None, start: bool = False) -> Plan: ...
+
+    def check_resumable(self, vm: VirtualMachine, op: OperationRecord) -> None: ...
+
+    def after(self, vm: VirtualMachine, plan: Plan, target: str | None) -> list[str]: ...
+
+    def after_recover(self, vm: VirtualMachine, op: OperationRecord) -> list[str]: ...
+
+    def storage(self, vm: VirtualMachine, inner: StoragePort) -> LiveStorage: ...
+
+    def carry_out(self, vm: VirtualMachine, step: Step) -> None: ...
+
+    def swap(self, vm: VirtualMachine, disk: str, path: str) -> str | None: ...
+
+    def restore_definition(self, vm: VirtualMachine, xml: str) -> None: ...
+
+    def found_domain(self, uri: str, name: str) -> FoundDomain:
+        """Domain `name` on connection `uri`, for `adopt --libvirt`; DomainGone if there is none."""
+
+    def forget_snapshot(self, uri: str, name: str, snapshot: str) -> None:
+        """Remove the hypervisor's own metadata of one snapshot (its disks are left alone)."""

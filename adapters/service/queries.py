@@ -1,4 +1,4 @@
-"""Time travel for the command line: `show --at-event N | --at TIME` and `diff VM N M`.
+"""Reading the ledger: time travel (`show --at-event N | --at TIME`, `diff VM N M`) and `verify`.
 
 Positions are the ledger positions `log --json` shows. Every past state comes from
 `Snapledger.view_at`; what changed between two comes from `projections.history.diff`.
@@ -6,13 +6,14 @@ Positions are the ledger positions `log --json` shows. Every past state comes fr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from snapledger.adapters.eventstore.trail_index import trail_index_for
-from snapledger.adapters.service.commands import Snapledger
 from snapledger.domain.errors import BadInput, UnknownVm
 from snapledger.projections import history
 from snapledger.projections.view import LedgerView
+
+if TYPE_CHECKING:
+    from snapledger.adapters.service.commands import Snapledger
 
 
 def position_for(ledger: Snapledger, at_event: int | None, at_time: str | None) -> tuple[int, str]:
@@ -30,17 +31,15 @@ def position_for(ledger: Snapledger, at_event: int | None, at_time: str | None) 
     if at_time is None:
         raise BadInput("give --at-event N or --at TIME")
     when = history.parse_time(at_time)
-    index = trail_index_for(ledger.app)  # SQLite: the trail index knows every event's time
-    return (index.position_at(when) if index is not None else ledger.position_at(when)), at_time
+    return ledger.position_at(when), at_time
 
 
 def view_of(ledger: Snapledger, vm: str, position: int, moment: str) -> LedgerView:
     """The ledger's state right after `position`, which must hold `vm`."""
     view = ledger.view_at(position)
     if vm not in view.vms:
-        if vm in ledger.refresh().vms:
-            raise UnknownVm(f"VM {vm!r} did not exist yet at {moment}")
-        raise UnknownVm(f"no VM named {vm!r} in the ledger")
+        ledger.refresh().vm(vm)  # an unknown name is refused as such
+        raise UnknownVm(f"VM {vm!r} did not exist yet at {moment}")
     return view
 
 
@@ -66,3 +65,23 @@ def diff(ledger: Snapledger, vm: str, start: int, end: int) -> dict[str, Any]:
 
 
 __all__ = ["diff", "past_view", "position_for", "view_of"]
+
+
+def verify(ledger: Snapledger, vm_name: str | None = None) -> list[str]:
+    """Compare every image the ledger knows with the disk, and a libvirt VM's definitions with
+    the ledger; read-only. Findings, or []."""
+    ledger.refresh()
+    names = [vm_name] if vm_name is not None else sorted(ledger.view.live_vms())
+    findings: list[str] = []
+    for name in names:
+        vm = ledger.vm(name)
+        if vm.retired is not None:
+            continue  # no longer tracked: its disks are nobody's business here
+        if vm.operation is not None:
+            findings.append(f"{name}: unfinished {vm.operation.kind} {vm.operation.op_id}")
+        checks = ledger.checks(vm)
+        drift = checks.drift(vm, checks.look(vm, sorted(vm.images)))
+        if (hypervisor := ledger.operations.hypervisor_of(vm)) is not None:
+            drift += hypervisor.findings(vm)
+        findings += [f"{name}: {finding}" for finding in drift]
+    return findings

@@ -8,12 +8,16 @@ records the result (`Reconciled`) unless it is a dry run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from snapledger.adapters.service.drift import DiskChecks, frozen_rules, outside_finding
-from snapledger.domain.errors import OutsideAllowedDirs, StorageError
+from snapledger.adapters.service.registrations import claimed
+from snapledger.domain.errors import DriftFound, OutsideAllowedDirs, StorageError
 from snapledger.domain.images import ImageFacts, Origin
 from snapledger.domain.vm import VirtualMachine
+
+if TYPE_CHECKING:
+    from snapledger.adapters.service.commands import Snapledger
 
 
 @dataclass
@@ -94,3 +98,51 @@ def _find_below(
             return
         out.found.append(below)
         out.changes.append(f"{below.path}: now below {facts.path}; recorded as read-only")
+
+
+def reconcile(ledger: Snapledger, vm_name: str, dry_run: bool = False) -> Reconciliation:
+    """Record the disks' reality where it differs from the ledger (new identities and
+    backings, files found below, files gone), writing and deleting no image. Differences it
+    can't record (a file outside the VM's directories, a file that is not the image it was)
+    are refused (exit 3) with nothing recorded. A libvirt domain's persistent definition on
+    other images or chains than the ledger's is redefined on the ledger's."""
+    ledger.refresh()
+    vm = ledger.idle(vm_name)
+    found = reconciliation(vm, ledger.checks(vm))
+    if found.unresolvable:
+        raise DriftFound(
+            f"reconcile can't record this: {'; '.join(found.unresolvable)}; put the files "
+            "right (or swap-disk the disk), then run it again. Nothing was recorded"
+        )
+    hypervisor = ledger.operations.hypervisor_of(vm)
+    stale = hypervisor.stale_definition(vm) if hypervisor is not None else None
+    if stale is not None:
+        # an image the stale definition names that changed on disk may be where the domain
+        # ran and wrote: moving the definition off it could hide those writes
+        checks = ledger.checks(vm)
+        changed = [p for p in stale[1] if p in vm.images and checks.drift(vm, checks.look(vm, [p]))]
+        if changed:
+            raise DriftFound(
+                f"reconcile can't redefine the domain: its persistent definition names "
+                f"{', '.join(changed)}, which changed on disk since the ledger recorded it "
+                "(the domain may have run on it); put the definition right by hand, or "
+                "retire the VM and adopt it again. Nothing was recorded"
+            )
+    if not dry_run and (found.changes or found.observed):
+        vm.reconcile(found.observed, found.found, found.gone, found.disowned, ledger.clock())
+        ledger.save(vm, *(claimed(ledger.registration, f.path, vm_name) for f in found.found))
+        if hypervisor is not None:  # the chains just recorded may make it stale (or not)
+            stale = hypervisor.stale_definition(vm)
+    if stale is not None:
+        found.changes.append(_redefined(ledger, vm, stale[0], dry_run))
+    return found
+
+
+def _redefined(ledger: Snapledger, vm: VirtualMachine, xml: str, dry_run: bool) -> str:
+    hypervisor = ledger.operations.required_hypervisor(vm)
+    where = ", ".join(f"{d}={p}" for d, p in sorted(vm.disks.items()))
+    if not dry_run:
+        hypervisor.redefine(vm, xml)
+        vm.record_definition(hypervisor.current_definition(vm), ledger.clock(), redefined=True)
+        ledger.save(vm)
+    return f"libvirt's persistent definition {'would be' if dry_run else 'was'} redefined on {where}"

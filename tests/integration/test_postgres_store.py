@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
@@ -26,7 +27,7 @@ def url(postgres: str) -> Iterator[str]:
 
 def host(url: str, name: str, storage: SimulatedStorage) -> Snapledger:
     app = LedgerApplication(url, recorded_by=RecordedBy("ops", name, "test"))
-    return Snapledger(app, storage)
+    return ledger_service(app, storage)
 
 
 def test_two_hosts_write_one_chain(url: str) -> None:
@@ -60,7 +61,7 @@ def test_the_loser_of_a_race_changes_nothing(url: str) -> None:
     before = first.app.chain()
     stale.record_drift(["seen by a racing process"], at="2026-11-25T00:00:00+00:00")
     with pytest.raises(ConcurrentUpdate):
-        second._save(stale)
+        second.save(stale)
     assert first.app.chain() == before and first.app.check_chain() == []
 
 
@@ -87,13 +88,13 @@ def test_editing_an_event_in_postgres_is_found(url: str) -> None:
 HOST_STARTING = """
 import sys
 from snapledger.adapters.eventstore.application import LedgerApplication
-from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
 
 url, name = sys.argv[1:]
 storage = SimulatedStorage()
 storage.make_image(f"/images/{name}.qcow2", 16 * CLUSTER, {0: 1})
-ledger = Snapledger(LedgerApplication(url), storage)
+ledger = ledger_service(LedgerApplication(url), storage)
 ledger.adopt(name, {"vda": f"/images/{name}.qcow2"})
 ledger.snapshot(name, "s1")
 """

@@ -48,8 +48,8 @@ from snapledger.adapters.checkpoint.stores import (
     row_checksum,
     stored_show_text,
 )
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
-from snapledger.adapters.service.commands import Snapledger
 from snapledger.domain.errors import Refused
 from snapledger.projections.documents import json_text, vm_document
 
@@ -214,7 +214,7 @@ def test_a_new_process_starts_from_the_checkpoint_and_gets_what_a_replay_builds(
     last = app.last_position()
     assert stored_position(backend, url) == last
     starts = spy_reads(app, monkeypatch)
-    view = Snapledger(app, storage).view
+    view = ledger_service(app, storage).view
     assert starts and min(starts) == last  # only what follows the checkpoint was read
     assert view_state(view) == view_state(rebuilt(app))
 
@@ -278,7 +278,7 @@ CHILD = textwrap.dedent(
     import os, sys
     from snapledger.adapters.eventstore.application import LedgerApplication
     from snapledger.adapters.checkpoint.persisted import PersistedProjection
-    from snapledger.adapters.service.commands import Snapledger
+    from snapledger.adapters.compose import ledger_service
     from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
 
     url, name, count, crash = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "crash"
@@ -286,11 +286,11 @@ CHILD = textwrap.dedent(
     disk = f"/images/{name}.qcow2"
     storage.make_image(disk, 16 * CLUSTER, {0: 1})
     app = LedgerApplication(url)
-    ledger = Snapledger(app, storage, projection=PersistedProjection(app, every=7))
+    ledger = ledger_service(app, storage, projection=PersistedProjection(app, every=7))
     ledger.adopt(name, {"vda": disk})
     for n in range(count):
         ledger.snapshot(name, f"s{n}")
-        ledger = Snapledger(app, storage, projection=PersistedProjection(app, every=7))
+        ledger = ledger_service(app, storage, projection=PersistedProjection(app, every=7))
         ledger.view  # a new process: loads the projection, catches up, saves
     if crash:
         save = ledger.projection.save
@@ -408,7 +408,7 @@ def test_a_row_whose_state_was_edited_is_found_and_the_view_folded_from_the_even
     assert backend.sql(url, edit_the_state(backend)) == 1  # VM a's row only
     app = LedgerApplication(url)
     starts = spy_reads(app, monkeypatch)
-    view = Snapledger(app, storage).view
+    view = ledger_service(app, storage).view
     assert starts[0] == 0  # the checkpoint was not trusted
     assert view.vms["a"].current == "s2" and view_state(view) == view_state(rebuilt(app))
     assert_projection_is_the_ledger(backend, url)  # and it was written anew

@@ -26,6 +26,7 @@ from hypothesis import event, given, note, settings
 from hypothesis import strategies as st
 from qemu_helpers import CLUSTER, make_image, mismatched_clusters, qemu_io, write_clusters
 
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.qemu_img import QemuImgStorage
@@ -89,7 +90,7 @@ class SideBySide:
         for side, storage in (("sim", self.sim), ("real", self.real)):
             ticks = itertools.count()
             clock: Callable[[], str] = lambda ticks=ticks: f"2026-01-01T00:00:00.{next(ticks):06d}+00:00"  # noqa: E731
-            self.ledgers[side] = Snapledger(LedgerApplication("memory:"), storage, clock=clock)
+            self.ledgers[side] = ledger_service(LedgerApplication("memory:"), storage, clock=clock)
         self.both(lambda ledger: ledger.adopt(VM, {"vda": vda, "vdb": vdb}))
 
     def pattern(self) -> int:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from ledger_fakes import OtherProcessActsAfterLoad
 
+from snapledger.adapters.checkpoint.persisted import PersistedProjection
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedCrash, SimulatedStorage
 from snapledger.domain.errors import ConcurrentUpdate, OperationInProgress, SnapledgerError
-from snapledger.domain.vm import VirtualMachine
 from snapledger.projections.view import LedgerView
 
 VM = "vm"
@@ -34,7 +37,14 @@ def storage() -> SimulatedStorage:
 
 def open_ledger(url: str, storage: SimulatedStorage) -> Snapledger:
     """What a new process does: its own application object on the same file."""
-    return Snapledger(LedgerApplication(url), storage)
+    return ledger_service(LedgerApplication(url), storage)
+
+
+def racing_ledger(url: str, storage: SimulatedStorage, winner_acts: Callable[[], object]) -> Snapledger:
+    """A process whose first load of the VM is followed at once by another process's command."""
+    app = LedgerApplication(url)
+    store = OtherProcessActsAfterLoad(app, VM, winner_acts)
+    return ledger_service(store, storage, projection=PersistedProjection(app))  # type: ignore[arg-type]
 
 
 def with_snapshots(url: str, storage: SimulatedStorage) -> Snapledger:
@@ -75,15 +85,8 @@ def test_two_processes_racing_on_one_delete_conflict_and_act_once(
     url: str, storage: SimulatedStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     winner = with_snapshots(url, storage)
-    loser = open_ledger(url, storage)
-    loaded = loser._prepare
-
-    def load_then_lose_the_race(name: str, dry_run: bool = False) -> tuple[VirtualMachine, LedgerView]:
-        prepared = loaded(name, dry_run)  # the loser has loaded and will plan on this version ...
-        winner.delete(VM, "s2", strategy="commit")  # ... when the winner saves first
-        return prepared
-
-    monkeypatch.setattr(loser, "_prepare", load_then_lose_the_race)
+    # the loser has loaded the VM and will plan on this version when the winner saves first
+    loser = racing_ledger(url, storage, lambda: winner.delete(VM, "s2", strategy="commit"))
     written = storage.bytes_written
     with pytest.raises(ConcurrentUpdate) as caught:
         loser.delete(VM, "s2", strategy="commit")
@@ -102,15 +105,7 @@ def test_a_delete_planned_before_another_process_snapshot_conflicts(
 ) -> None:
     """The stale plan would commit base.s3 into base.s2 and delete it: base.s3 now holds s4."""
     winner = with_snapshots(url, storage)
-    loser = open_ledger(url, storage)
-    loaded = loser._prepare
-
-    def load_then_lose_the_race(name: str, dry_run: bool = False) -> tuple[VirtualMachine, LedgerView]:
-        prepared = loaded(name, dry_run)
-        winner.snapshot(VM, "s4")
-        return prepared
-
-    monkeypatch.setattr(loser, "_prepare", load_then_lose_the_race)
+    loser = racing_ledger(url, storage, lambda: winner.snapshot(VM, "s4"))
     files = copy.deepcopy(storage.files)
     before = events(winner)
     with pytest.raises(ConcurrentUpdate) as caught:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.eventstore.trail_index import TrailIndex, trail_index_for
 from snapledger.adapters.service.commands import Snapledger
@@ -16,7 +17,7 @@ from snapledger.projections.trail import trail
 def history(tmp_path: Path) -> Snapledger:
     storage = SimulatedStorage()
     storage.make_image("/images/base.qcow2", 16 * CLUSTER, {0: 1})
-    ledger = Snapledger(LedgerApplication(f"sqlite:///{tmp_path}/l.sqlite"), storage)
+    ledger = ledger_service(LedgerApplication(f"sqlite:///{tmp_path}/l.sqlite"), storage)
     ledger.adopt("vm", {"vda": "/images/base.qcow2"})
     for name in ("s1", "s2", "s3"):
         ledger.snapshot("vm", name)

@@ -218,6 +218,7 @@ def test_a_backing_rewritten_to_point_outside_is_found_and_never_followed(
 
 DIES_AT_THE_MERGE = """
 import os, sys
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.storage.qemu_img import QemuImgStorage
 from snapledger.adapters.service.commands import Snapledger
@@ -226,7 +227,7 @@ class DiesAtTheMerge(QemuImgStorage):
     def commit(self, top, base, *, fmt):
         os._exit(9)  # killed before the commit: nothing after this point runs
 
-Snapledger(LedgerApplication(sys.argv[1]), DiesAtTheMerge()).delete("vm", "s2", strategy="commit")
+ledger_service(LedgerApplication(sys.argv[1]), DiesAtTheMerge()).delete("vm", "s2", strategy="commit")
 """
 
 

@@ -22,8 +22,8 @@ import pytest
 from postgres_server import postgres_server
 from qemu_helpers import make_image
 
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
-from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
 
 CLI = [sys.executable, "-m", "snapledger.adapters.cli"]
@@ -75,7 +75,7 @@ def simulated_ledger(path: Path) -> str:
     url = f"sqlite:///{path}"
     storage = SimulatedStorage()
     storage.make_image(DISK, 16 * CLUSTER, {0: 0x01})
-    ledger = Snapledger(LedgerApplication(url), storage)
+    ledger = ledger_service(LedgerApplication(url), storage)
     ledger.adopt("vm", {"vda": DISK})
     ledger.snapshot("vm", "s1")
     ledger.app.close()
@@ -404,7 +404,8 @@ def libvirt_ledger(path: Path) -> str:
     """A ledger holding the libvirt domain `web` (adopted through the in-memory libvirt)."""
     from libvirt_fake import FakeLibvirt
 
-    from snapledger.adapters.libvirt.hypervisor import LibvirtHypervisor, adopt_libvirt
+    from snapledger.adapters.libvirt.hypervisor import LibvirtHypervisor
+    from snapledger.adapters.service.adopt_libvirt import adopt_libvirt
 
     storage = SimulatedStorage()
     storage.make_image(DISK, 16 * CLUSTER, {0: 0x01})
@@ -412,7 +413,7 @@ def libvirt_ledger(path: Path) -> str:
     fake.add("web", {"vda": DISK})
     hypervisor = LibvirtHypervisor(lambda _uri: fake, sleep=lambda _s: None)
     url = f"sqlite:///{path}"
-    ledger = Snapledger(LedgerApplication(url), storage, hypervisor=hypervisor)
+    ledger = ledger_service(LedgerApplication(url), storage, hypervisor=hypervisor)
     adopt_libvirt(ledger, hypervisor, "web", fake.uri)
     ledger.app.close()
     return url

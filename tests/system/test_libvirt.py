@@ -149,7 +149,7 @@ from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.libvirt.domains import LibvirtDomains
 from snapledger.adapters.libvirt.hypervisor import LibvirtHypervisor
 from snapledger.adapters.storage.qemu_img import QemuImgStorage
-from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.compose import ledger_service
 
 class DiesAfterTheRedefinition(LibvirtDomains):
     def define(self, xml):
@@ -157,7 +157,7 @@ class DiesAfterTheRedefinition(LibvirtDomains):
         os._exit(9)  # killed right after libvirt redefined the domain
 
 store, name = sys.argv[1:]
-Snapledger(LedgerApplication(store), QemuImgStorage(),
+ledger_service(LedgerApplication(store), QemuImgStorage(),
            hypervisor=LibvirtHypervisor(DiesAfterTheRedefinition)).revert(name, "s1", running=True)
 """
 

@@ -26,6 +26,7 @@ import pytest
 from cli_helpers import CLI, Cli
 from qemu_helpers import CLUSTER, assert_reads, make_image, qemu_io, write_clusters
 
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.service.ports import Dependants, Sharing
@@ -394,7 +395,7 @@ class CrashingStorage:
 
 def open_service(directory: Path, storage: Any = None) -> Snapledger:
     app = LedgerApplication(f"sqlite:///{directory}/l.sqlite")
-    return Snapledger(app, storage or QemuImgStorage())
+    return ledger_service(app, storage or QemuImgStorage())
 
 
 class ServiceHistory:
@@ -661,7 +662,7 @@ DIES_WITH_THE_HEADER_WRITTEN = """
 import os, subprocess, sys
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.storage.qemu_img import QemuImgStorage
-from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.compose import ledger_service
 
 class HeaderFirst(QemuImgStorage):
     # what a qemu-img killed late in a safe rebase can leave (QEMU 7.2, seen): the header names
@@ -671,7 +672,7 @@ class HeaderFirst(QemuImgStorage):
                         "-b", new_backing, image], check=True)
         os._exit(9)
 
-Snapledger(LedgerApplication(sys.argv[1]), HeaderFirst()).delete("vm", "s1", strategy="pull")
+ledger_service(LedgerApplication(sys.argv[1]), HeaderFirst()).delete("vm", "s1", strategy="pull")
 """
 
 
@@ -679,7 +680,7 @@ DIES_IN_THE_CREATE = """
 import os, sys
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.storage.qemu_img import QemuImgStorage
-from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.compose import ledger_service
 
 class DiesInTheCreate(QemuImgStorage):
     # killed right after the overlay's file was made (O_EXCL), before qemu-img wrote to it
@@ -687,7 +688,7 @@ class DiesInTheCreate(QemuImgStorage):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
         os._exit(9)
 
-Snapledger(LedgerApplication(sys.argv[1]), DiesInTheCreate()).snapshot("vm", sys.argv[2])
+ledger_service(LedgerApplication(sys.argv[1]), DiesInTheCreate()).snapshot("vm", sys.argv[2])
 """
 
 

@@ -201,11 +201,11 @@ def test_retire_is_refused_while_an_operation_is_open(h: History) -> None:
         "import os, sys\n"
         "from snapledger.adapters.eventstore.application import LedgerApplication\n"
         "from snapledger.adapters.storage.qemu_img import QemuImgStorage\n"
-        "from snapledger.adapters.service.commands import Snapledger\n"
+        "from snapledger.adapters.compose import ledger_service\n"
         "class Dies(QemuImgStorage):\n"
         "    def commit(self, top, base, *, fmt):\n"
         "        os._exit(9)\n"
-        "Snapledger(LedgerApplication(sys.argv[1]), Dies()).delete('vm', 's2', strategy='commit')\n"
+        "ledger_service(LedgerApplication(sys.argv[1]), Dies()).delete('vm', 's2', strategy='commit')\n"
     )
     died = subprocess.run([sys.executable, "-c", script, h.cli.env["SNAPLEDGER_STORE"]],
                           capture_output=True, timeout=120)

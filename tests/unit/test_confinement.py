@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedCrash, SimulatedStorage
@@ -23,7 +24,7 @@ def world() -> tuple[SimulatedStorage, Snapledger]:
     storage.make_image(TEMPLATE, SIZE, {0: 0x70})
     storage.make_image(STRAY, SIZE, {0: 0xEE})
     storage.make_image(DISK, SIZE, {1: 0x11}, backing=TEMPLATE)
-    return storage, Snapledger(LedgerApplication("memory:"), storage)
+    return storage, ledger_service(LedgerApplication("memory:"), storage)
 
 
 def positions(ledger: Snapledger) -> int:
@@ -94,7 +95,7 @@ def test_recover_never_follows_a_backing_rewritten_while_the_operation_was_open(
         ledger.delete("a", "s2", strategy="commit")
     storage.inject()
     storage.files[TEMPLATE].backing, storage.files[TEMPLATE].backing_format = STRAY, "qcow2"
-    recovering = Snapledger(ledger.app, storage)
+    recovering = ledger_service(ledger.app, storage)
     with pytest.raises(StorageError) as refused:
         recovering.recover("a")
     assert refused.value.exit_code == 3 and STRAY in str(refused.value)
@@ -112,7 +113,7 @@ def a_delete_cut_short() -> tuple[SimulatedStorage, Snapledger]:
     storage.inject(crash_at=1)
     with pytest.raises(SimulatedCrash):
         ledger.delete("a", "s2", strategy="commit")
-    return storage, Snapledger(ledger.app, storage)
+    return storage, ledger_service(ledger.app, storage)
 
 
 def test_recover_meeting_a_held_image_is_a_conflict_that_records_nothing() -> None:

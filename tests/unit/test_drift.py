@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedCrash, SimulatedStorage
@@ -17,7 +18,7 @@ def make(storage: SimulatedStorage | None = None) -> tuple[SimulatedStorage, Sna
     s3 base.s2; each overlay holds one cluster the guest wrote."""
     storage = storage or SimulatedStorage()
     storage.make_image(BASE, 16 * CLUSTER, {0: 1})
-    ledger = Snapledger(LedgerApplication("memory:"), storage)
+    ledger = ledger_service(LedgerApplication("memory:"), storage)
     ledger.adopt("vm", {"vda": BASE})
     for name, cluster in (("s1", 1), ("s2", 2), ("s3", 3)):
         ledger.snapshot("vm", name)
@@ -50,7 +51,7 @@ def test_a_file_replaced_while_an_operation_is_open_is_not_deleted() -> None:
         ledger.delete("vm", "s2", strategy="commit")
     storage.inject()
     replace_file(storage, "/images/base.s2")  # someone swaps the file before recovery
-    recovering = Snapledger(ledger.app, storage)
+    recovering = ledger_service(ledger.app, storage)
     with pytest.raises(StorageError) as refused:
         recovering.recover("vm")
     assert refused.value.exit_code == 3 and "replaced" in str(refused.value)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedCrash, SimulatedStorage
@@ -64,7 +65,7 @@ class Rig:
 def adopted() -> Rig:
     storage = SimulatedStorage()
     storage.make_image(BASE, VSIZE, {c: 0x10 for c in range(4)})
-    ledger = Snapledger(LedgerApplication("memory:"), storage)
+    ledger = ledger_service(LedgerApplication("memory:"), storage)
     ledger.adopt(VM, {"vda": BASE})
     return Rig(storage, ledger)
 
@@ -177,7 +178,7 @@ def test_read_only_templates_shared_by_two_vms_are_never_freed() -> None:
     storage.make_image(template, VSIZE, {0: 0x10})
     for name in ("a", "b"):
         storage.make_image(img(f"{name}.qcow2"), VSIZE, backing=template)
-    ledger = Snapledger(LedgerApplication("memory:"), storage)
+    ledger = ledger_service(LedgerApplication("memory:"), storage)
     ledger.adopt("a", {"vda": img("a.qcow2")})
     ledger.adopt("b", {"vda": img("b.qcow2")})
     rig = Rig(storage, ledger)

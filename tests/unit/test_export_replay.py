@@ -7,6 +7,7 @@ import io
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.eventstore.export import (
     RecordedFactsStorage,
@@ -28,7 +29,7 @@ def history(ops: list[tuple[str, int]]) -> Snapledger:
     storage = SimulatedStorage()
     storage.make_image("/images/base.qcow2", 16 * CLUSTER, {0: 1})
     storage.make_image("/images/other.qcow2", 16 * CLUSTER, {1: 2})
-    ledger = Snapledger(LedgerApplication("memory:"), storage)
+    ledger = ledger_service(LedgerApplication("memory:"), storage)
     ledger.adopt("vm", {"vda": "/images/base.qcow2"})
     ledger.adopt("other", {"vda": "/images/other.qcow2"})
     taken = 0
@@ -54,7 +55,7 @@ def replayed(ledger: Snapledger, vm: str | None = None, until: int | None = None
     export_jsonl(ledger.app, vm, out)
     app = replay_store(read_export(out.getvalue().splitlines(), "export"), until)
     storage = RecordedFactsStorage()
-    copy = Snapledger(app, storage)
+    copy = ledger_service(app, storage)
     storage.view = copy.view
     return copy
 

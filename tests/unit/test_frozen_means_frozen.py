@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 from test_drift import BASE, make
 
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.service.drift import DiskChecks
@@ -149,7 +150,7 @@ class GuestWritesDuringTheOperation(SimulatedStorage):
 def test_the_times_are_recorded_when_the_image_is_frozen_after_its_last_write() -> None:
     storage = GuestWritesDuringTheOperation()
     storage.make_image(BASE, 16 * CLUSTER, {0: 1})
-    ledger = Snapledger(LedgerApplication("memory:"), storage)
+    ledger = ledger_service(LedgerApplication("memory:"), storage)
     ledger.adopt("vm", {"vda": BASE})
     for name in ("s1", "s2", "s3"):
         storage.guest_on = ledger.vm("vm").disks["vda"]
@@ -194,7 +195,7 @@ def test_old_facts_without_times_still_load_and_are_never_compared() -> None:
         name="vm", disks={"vda": "/images/top.qcow2"}, images=images, pools=[],
         domain_xml=None, at="2025-01-01T00:00:00+00:00",
     ))
-    ledger = Snapledger(app, storage)
+    ledger = ledger_service(app, storage)
     assert ledger.vm("vm").images[BASE].facts.mtime_ns == 0
     storage.write(BASE, 0, 0x44)  # unknowable: nothing was recorded to compare with
     assert ledger.verify("vm") == []
@@ -222,7 +223,7 @@ def test_snapledgers_own_writes_never_look_like_drift() -> None:
     with pytest.raises(SimulatedCrash):
         ledger.delete("vm", "s4", strategy="commit")
     storage.inject()
-    recovering = Snapledger(ledger.app, storage)
+    recovering = ledger_service(ledger.app, storage)
     assert recovering.recover("vm")
     assert recovering.verify("vm") == []
     recovering.gc("vm", include_detached=True)

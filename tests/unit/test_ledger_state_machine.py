@@ -29,6 +29,7 @@ from projection_helpers import rebuilt, view_state
 
 from snapledger.adapters.checkpoint.persisted import PersistedProjection
 from snapledger.adapters.checkpoint.stores import MemoryProjectionStore
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.service.drift import DiskChecks
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedCrash, SimulatedStorage
@@ -74,7 +75,7 @@ class LedgerMachine(WorldActors, RuleBasedStateMachine):
         self.app = FillableLedger("memory:")
         ticks = itertools.count()
         self.clock = lambda: f"2026-01-01T00:00:00.{next(ticks):06d}+00:00"
-        self.ledger = Snapledger(self.app, self.storage, clock=self.clock, projection=self.projection())
+        self.ledger = ledger_service(self.app, self.storage, clock=self.clock, projection=self.projection())
         self.names = itertools.count(1)
         # The byte model.
         self.present: dict[tuple[str, str], Content] = {}
@@ -102,7 +103,7 @@ class LedgerMachine(WorldActors, RuleBasedStateMachine):
 
     def fresh(self) -> Snapledger:
         """A new process on the same store: a fresh view rebuilt from the events."""
-        self.ledger = Snapledger(self.app, self.storage, clock=self.clock, projection=self.projection())
+        self.ledger = ledger_service(self.app, self.storage, clock=self.clock, projection=self.projection())
         return self.ledger
 
     def world(self) -> tuple[int, dict[str, tuple[object, ...]]]:

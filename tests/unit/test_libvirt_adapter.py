@@ -5,16 +5,18 @@ adopting virsh-made history. The real thing is in tests/system/test_libvirt.py."
 from __future__ import annotations
 
 import pytest
+from ledger_fakes import LosesEveryRace
 from libvirt_fake import FakeLibvirt, JobLockedStorage, virsh_snapshot_xml
 
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.libvirt.hypervisor import (
     TEST_JOB_BANDWIDTH_ENV,
     LibvirtHypervisor,
-    adopt_libvirt,
     job_bandwidth_from_env,
 )
 from snapledger.adapters.libvirt.xml import snapshot_request_xml, with_sources
+from snapledger.adapters.service.adopt_libvirt import adopt_libvirt
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedCrash, SimulatedStorage
 from snapledger.domain.errors import (
@@ -39,7 +41,7 @@ def make(*, running: bool = True, persistent: bool = True, storage: SimulatedSto
     fake = FakeLibvirt(storage)
     fake.add(DOM, {"vda": BASE}, running=running, persistent=persistent)
     hypervisor = LibvirtHypervisor(lambda uri: fake, sleep=lambda _s: None, job_bandwidth=job_bandwidth)
-    ledger = Snapledger(LedgerApplication("memory:"), storage, hypervisor=hypervisor)
+    ledger = ledger_service(LedgerApplication("memory:"), storage, hypervisor=hypervisor)
     adopt_libvirt(ledger, hypervisor, DOM, fake.uri)
     return storage, fake, ledger
 
@@ -72,7 +74,7 @@ def test_adopt_leaves_other_disks_alone_and_refuses_a_domain_without_qcow2() -> 
     fake.add(DOM, {"vda": BASE}, extra_disks=extra)
     fake.add("nothing", {}, extra_disks=extra)
     hypervisor = LibvirtHypervisor(lambda uri: fake, sleep=lambda _s: None)
-    ledger = Snapledger(LedgerApplication("memory:"), storage, hypervisor=hypervisor)
+    ledger = ledger_service(LedgerApplication("memory:"), storage, hypervisor=hypervisor)
     report = adopt_libvirt(ledger, hypervisor, DOM, fake.uri)
     assert report.disks == {"vda": BASE}
     assert [r.split(" ")[0] for r in report.left_alone] == ["vdb", "vdc"]
@@ -452,11 +454,10 @@ def test_a_refused_swap_leaves_libvirts_definition_alone() -> None:
     assert fake.domains[DOM].sources == before
     storage.make_image("/images/mine.qcow2", VSIZE)
 
-    class LosesTheRace(Snapledger):
-        def _save(self, *aggregates: object) -> None:
-            raise ConcurrentUpdate("another process changed this part of the ledger first")
-
-    racing = LosesTheRace(ledger.app, storage, hypervisor=ledger.hypervisor)
+    racing = ledger_service(
+        LosesEveryRace(ledger.app), storage, hypervisor=ledger.hypervisor,  # type: ignore[arg-type]
+        projection=ledger.projection,
+    )
     with pytest.raises(ConcurrentUpdate):  # the save fails after libvirt was redefined...
         racing.swap_disk(DOM, "vda", "/images/mine.qcow2")
     assert fake.domains[DOM].sources == before  # ...so the definition is put back
@@ -471,7 +472,7 @@ def _virsh_world() -> tuple[SimulatedStorage, FakeLibvirt, LibvirtHypervisor, Sn
     fake.add(DOM, {"vda": BASE})
     _virsh_history(storage, fake)
     hypervisor = LibvirtHypervisor(lambda uri: fake, sleep=lambda _s: None)
-    return storage, fake, hypervisor, Snapledger(LedgerApplication("memory:"), storage, hypervisor=hypervisor)
+    return storage, fake, hypervisor, ledger_service(LedgerApplication("memory:"), storage, hypervisor=hypervisor)
 
 
 def _virsh_history(storage: SimulatedStorage, fake: FakeLibvirt) -> None:
@@ -522,7 +523,7 @@ def test_internal_snapshots_are_refused_at_adopt() -> None:
         "<disks><disk name='vda' snapshot='internal'/></disks></domainsnapshot>"
     ]
     hypervisor = LibvirtHypervisor(lambda uri: fake, sleep=lambda _s: None)
-    ledger = Snapledger(LedgerApplication("memory:"), storage, hypervisor=hypervisor)
+    ledger = ledger_service(LedgerApplication("memory:"), storage, hypervisor=hypervisor)
     with pytest.raises(Refused, match="internal"):
         adopt_libvirt(ledger, hypervisor, DOM, fake.uri)
     assert DOM not in ledger.refresh().vms
@@ -561,13 +562,13 @@ def test_a_ledger_without_the_libvirt_adapter_plans_but_never_acts() -> None:
     export_jsonl(ledger.app, DOM, out)
     history = read_export(out.getvalue().splitlines(), "export")
     facts = RecordedFactsStorage()
-    replayed = Snapledger(replay_store(history), facts)
+    replayed = ledger_service(replay_store(history), facts)
     facts.view = replayed.view
     vm = replayed.vm(DOM)
     assert vm.libvirt == {"uri": fake.uri, "domain": DOM} and "s1" in vm.snapshots
     plan = replayed.delete(DOM, "s1", dry_run=True)
     assert actions(plan)[0] == "commit"
-    offline = Snapledger(ledger.app, storage)  # the same store, no libvirt adapter
+    offline = ledger_service(ledger.app, storage)  # the same store, no libvirt adapter
     with pytest.raises(BadInput, match="libvirt"):
         offline.delete(DOM, "s1")
     assert ledger.vm(DOM).operation is None

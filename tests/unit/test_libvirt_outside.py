@@ -11,6 +11,7 @@ import pytest
 from libvirt_fake import FakeJob, FakeLibvirt
 from test_libvirt_adapter import BASE, DOM, actions, guest_write, make
 
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.host.processes import LocalProcesses
 from snapledger.adapters.libvirt.hypervisor import DomainStopped, ForeignBlockJob, WrongImage
 from snapledger.adapters.libvirt.xml import disk_sources, domain_disks
@@ -189,8 +190,8 @@ def test_a_delete_finished_by_a_racing_recover_reports_done_not_nothing_was_done
     storage, fake, ledger = make()
     ledger.snapshot(DOM, "s1")
     guest_write(storage, fake, 2, 0x22)
-    other = Snapledger(ledger.app, storage, hypervisor=ledger.hypervisor,
-                       processes=RunnersLookDead())
+    other = ledger_service(ledger.app, storage, hypervisor=ledger.hypervisor,
+                       runners=RunnersLookDead())
     finished: list[str] = []
     fake.on_job_poll = lambda: finished.extend(other.recover(DOM))
     plan = ledger.delete(DOM, "s1")  # no ConcurrentUpdate: the delete is done

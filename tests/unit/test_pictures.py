@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
@@ -43,7 +44,7 @@ def parse_dot(text: str) -> dict[str, Any]:
 def diagram2() -> Snapledger:
     storage = SimulatedStorage()
     storage.make_image(BASE, 16 * CLUSTER, {0: 1})
-    ledger = Snapledger(LedgerApplication("memory:"), storage)
+    ledger = ledger_service(LedgerApplication("memory:"), storage)
     ledger.adopt(VM, {"vda": BASE})
     for name in ("snap1", "snap2", "snap3"):
         ledger.snapshot(VM, name)
@@ -117,7 +118,7 @@ def test_whole_ledger_dot_names_each_vm_and_greys_shared_templates() -> None:
     storage.make_image(template, 16 * CLUSTER, {0: 1})
     for name in ("a", "b"):
         storage.make_image(img(f"{name}.qcow2"), 16 * CLUSTER, backing=template)
-    ledger = Snapledger(LedgerApplication("memory:"), storage)
+    ledger = ledger_service(LedgerApplication("memory:"), storage)
     ledger.adopt("a", {"vda": img("a.qcow2")})
     ledger.adopt("b", {"vda": img("b.qcow2")})
     ledger.snapshot("a", "s1")
@@ -136,7 +137,7 @@ def test_dot_quotes_any_path() -> None:
     storage = SimulatedStorage()
     odd = '/images/a "quoted" <&> name.qcow2'
     storage.make_image(odd, 16 * CLUSTER, {0: 1})
-    ledger = Snapledger(LedgerApplication("memory:"), storage)
+    ledger = ledger_service(LedgerApplication("memory:"), storage)
     ledger.adopt(VM, {"vda": odd})
     ledger.snapshot(VM, "s1")
     dot = parse_dot(image_dag_dot(ledger.refresh(), VM))

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedCrash, SimulatedStorage
@@ -37,7 +38,7 @@ def make(*, snapshots: int = 2) -> tuple[SimulatedStorage, Snapledger]:
     """VM `vm` on /images/base.qcow2 with snapshots s1..sN, each layer written with its own byte."""
     storage = SimulatedStorage()
     storage.make_image(BASE, VSIZE, {0: 0x10, 1: 0x10})
-    ledger = Snapledger(LedgerApplication("memory:"), storage)
+    ledger = ledger_service(LedgerApplication("memory:"), storage)
     ledger.adopt(VM, {"vda": BASE})
     for n in range(1, snapshots + 1):
         ledger.snapshot(VM, f"s{n}")
@@ -100,7 +101,7 @@ def test_overlay_names_follow_libvirt() -> None:
 def test_user_overlays_may_go_to_the_disks_directory_or_a_pool() -> None:
     storage = SimulatedStorage()
     storage.make_image(BASE, VSIZE)
-    ledger = Snapledger(LedgerApplication("memory:"), storage)
+    ledger = ledger_service(LedgerApplication("memory:"), storage)
     ledger.adopt(VM, {"vda": BASE}, pools=["/pool"])
     ledger.snapshot(VM, "s1", overlays={"vda": "/pool/mine.s1"})
     ledger.snapshot(VM, "s2", overlays={"vda": "/images/mine.s2"})
@@ -250,7 +251,7 @@ def test_shared_template_is_never_written_or_deleted() -> None:
     storage.make_image(TEMPLATE, VSIZE, {c: 0x70 for c in range(4)})
     for vm in ("a", "b"):
         storage.make_image(f"/images/{vm}.qcow2", VSIZE, {4: 0x40}, backing=TEMPLATE)
-    ledger = Snapledger(LedgerApplication("memory:"), storage)
+    ledger = ledger_service(LedgerApplication("memory:"), storage)
     plans: list[Plan] = []
     for vm in ("a", "b"):
         ledger.adopt(vm, {"vda": f"/images/{vm}.qcow2"})
@@ -271,7 +272,7 @@ def test_shared_template_is_never_written_or_deleted() -> None:
 def test_deletions_that_would_write_a_shared_image_are_metadata_only() -> None:
     storage = SimulatedStorage()
     storage.make_image(TEMPLATE, VSIZE, {0: 0x70})
-    ledger = Snapledger(LedgerApplication("memory:"), storage)
+    ledger = ledger_service(LedgerApplication("memory:"), storage)
     ledger.adopt("a", {"vda": TEMPLATE})  # a's own disk, frozen by s1
     ledger.snapshot("a", "s1")
     write(storage, ledger, 1, 0x11, "a")
@@ -360,7 +361,7 @@ def test_failure_at_the_second_disk_removes_the_first_overlay() -> None:
     storage = SimulatedStorage()
     for disk in ("vda", "vdb"):
         storage.make_image(f"/images/{disk}.qcow2", VSIZE, {0: 0x10})
-    ledger = Snapledger(LedgerApplication("memory:"), storage)
+    ledger = ledger_service(LedgerApplication("memory:"), storage)
     ledger.adopt(VM, {"vda": "/images/vda.qcow2", "vdb": "/images/vdb.qcow2"})
     storage.inject(fail_at=2)
     with pytest.raises(StorageError, match="injected failure"):
@@ -386,7 +387,7 @@ def test_crash_during_a_commit_is_recovered_with_every_snapshot_intact(crash_at:
     storage.inject(crash_at=crash_at)
     with pytest.raises(SimulatedCrash):
         ledger.delete(VM, "s2", strategy="commit")
-    fresh = Snapledger(ledger.app, storage)
+    fresh = ledger_service(ledger.app, storage)
     assert fresh.recover() != []
     del before["s2"]
     assert contents(storage, fresh) == before
@@ -405,7 +406,7 @@ def test_a_disk_another_vm_let_go_of_still_keeps_the_image_it_rests_on() -> None
     state-machine profile found gc deleting it)."""
     storage = SimulatedStorage()
     storage.make_image("/vms/vm1/vda.qcow2", 16 * CLUSTER, {0: 0x11})
-    ledger = Snapledger(LedgerApplication(), storage)
+    ledger = ledger_service(LedgerApplication(), storage)
     ledger.adopt("vm1", {"vda": "/vms/vm1/vda.qcow2"})
     ledger.snapshot("vm1", "s1")
     storage.write(ledger.view.vms["vm1"].disks["vda"], 1, 0x22)

@@ -27,6 +27,7 @@ from snapledger.adapters.checkpoint.stores import (
     Update,
     decide,
 )
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore import application as event_store
 from snapledger.adapters.eventstore import store_url
 from snapledger.adapters.eventstore.application import LedgerApplication
@@ -53,7 +54,7 @@ class World:
 
     def process(self) -> Snapledger:
         projection = PersistedProjection(self.app, every=EVERY)
-        return Snapledger(self.app, self.storage, clock=self.clock, projection=projection)
+        return ledger_service(self.app, self.storage, clock=self.clock, projection=projection)
 
     @property
     def store(self) -> MemoryProjectionStore:
@@ -169,7 +170,7 @@ def test_time_travel_starts_from_the_nearest_checkpoint(
 def test_a_crash_between_a_save_and_the_projection_update_is_caught_up(world: World) -> None:
     history(world).recover("a")
     before = world.store.tracking
-    ledger = Snapledger(world.app, world.storage, clock=world.clock)  # no archive point on the way
+    ledger = ledger_service(world.app, world.storage, clock=world.clock)  # no archive point on the way
     ledger.view  # noqa: B018 (loads)
 
     def die(*_: object, **__: object) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
@@ -18,7 +19,7 @@ BASE = "/images/base.qcow2"
 def ledger() -> Snapledger:
     storage = SimulatedStorage()
     storage.make_image(BASE, 16 * CLUSTER, {0: 1})
-    ledger = Snapledger(LedgerApplication("memory:"), storage)
+    ledger = ledger_service(LedgerApplication("memory:"), storage)
     ledger.adopt("vm", {"vda": BASE})
     for name in ("snap1", "snap2", "snap3"):
         ledger.snapshot("vm", name)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
-from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedCrash, SimulatedStorage
 
 DISK = "/vms/a/vda.qcow2"
@@ -17,7 +17,7 @@ def test_a_pull_killed_after_its_header_was_written_is_done_again() -> None:
     recover puts it back over the old backing (still there) and pulls again."""
     storage = SimulatedStorage()
     storage.make_image(DISK, SIZE, {0: 0x10})
-    ledger = Snapledger(LedgerApplication("memory:"), storage)
+    ledger = ledger_service(LedgerApplication("memory:"), storage)
     ledger.adopt("a", {"vda": DISK})
     ledger.snapshot("a", "s1")
     for cluster in range(1, 7):
@@ -29,7 +29,7 @@ def test_a_pull_killed_after_its_header_was_written_is_done_again() -> None:
         ledger.delete("a", "s2", strategy="pull")  # pull vda.s1 into vda.s2, delete vda.s1
     assert storage.files["/vms/a/vda.s2"].backing == DISK  # the header was written...
     assert storage.read_all("/vms/a/vda.s2") != reads  # ...before all the data
-    recovering = Snapledger(ledger.app, storage)
+    recovering = ledger_service(ledger.app, storage)
     recovering.recover("a")
     assert storage.read_all("/vms/a/vda.s2") == reads
     assert "/vms/a/vda.s1" not in storage.files

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
@@ -52,7 +53,7 @@ class Rig:
         storage = SimulatedStorage()
         content = {c: 0x10 for c in range(8)}
         storage.make_image(BASE, VSIZE, content)
-        ledger = Snapledger(LedgerApplication("memory:"), storage)
+        ledger = ledger_service(LedgerApplication("memory:"), storage)
         ledger.adopt(VM, {"vda": BASE})
         return cls(storage, ledger, dict(content))
 

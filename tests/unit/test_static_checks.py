@@ -31,3 +31,33 @@ def test_ruff_finds_nothing() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _lint_imports(config: Path) -> subprocess.CompletedProcess[str]:
+    lint = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
+    return subprocess.run(
+        [lint, "--config", str(config), "--no-cache"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+
+
+def test_the_import_contracts_hold() -> None:
+    """pyproject.toml's [tool.importlinter] contracts: the dependency rule of docs/architecture.md."""
+    done = _lint_imports(ROOT / "pyproject.toml")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 broken" in done.stdout
+
+
+def test_a_contract_the_code_breaks_is_reported_broken(tmp_path: Path) -> None:
+    """The linter really reads our imports: a contract the code is known to break (projections
+    do import the domain) fails, so a kept contract above means something."""
+    config = (ROOT / "pyproject.toml").read_text()
+    header = config[config.index("[tool.importlinter]"):config.index("[[tool.importlinter.contracts]]")]
+    (tmp_path / "broken.toml").write_text(
+        header
+        + '[[tool.importlinter.contracts]]\nname = "projections without the domain"\n'
+        + 'type = "forbidden"\nsource_modules = ["snapledger.projections"]\n'
+        + 'forbidden_modules = ["snapledger.domain"]\n'
+    )
+    done = _lint_imports(tmp_path / "broken.toml")
+    assert done.returncode != 0 and "BROKEN" in done.stdout, done.stdout + done.stderr

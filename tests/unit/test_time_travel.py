@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from snapledger.adapters.cli.output import vm_json
+from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
@@ -45,7 +46,7 @@ class TimeTravelMachine(RuleBasedStateMachine):
         self.app = LedgerApplication("memory:")
         ticks = itertools.count()
         self.clock = lambda: f"2026-01-01T00:00:00.{next(ticks):06d}+00:00"
-        self.ledger = Snapledger(self.app, self.storage, clock=self.clock)
+        self.ledger = ledger_service(self.app, self.storage, clock=self.clock)
         self.names = itertools.count(1)
         self.recorded: list[Recorded] = []
 
@@ -311,7 +312,7 @@ TestTimeTravel.settings = settings(
 def ledger() -> Snapledger:
     storage = SimulatedStorage()
     storage.make_image("/images/base.qcow2", SIZE, {0: 1})
-    ledger = Snapledger(LedgerApplication("memory:"), storage)
+    ledger = ledger_service(LedgerApplication("memory:"), storage)
     ledger.adopt("vm", {"vda": "/images/base.qcow2"})
     ledger.snapshot("vm", "s1")
     ledger.snapshot("vm", "s2")

@@ -1,0 +1,124 @@
+"""What must hold before anything is recorded or written: the files a user names, the chains
+under them, the files the ledger does not know that rest on its images, and drift.
+
+Functions of the storage port and the ledger's view; the service (commands.py) records what they
+find (DriftDetected) and refuses.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Callable, Iterable, Mapping
+
+from snapledger.adapters.service.drift import DiskChecks, changed_paths, written_paths
+from snapledger.adapters.service.ports import StoragePort
+from snapledger.domain.errors import BadInput, BadPath, OutsideAllowedDirs, StorageError
+from snapledger.domain.images import ImageFacts
+from snapledger.domain.names import check_user_path
+from snapledger.domain.steps import CreateOverlay, Plan, Step, touched_paths
+from snapledger.domain.vm import VirtualMachine
+from snapledger.projections.view import LedgerView
+
+
+def user_chain(
+    storage: StoragePort,
+    path: str,
+    allowed: Iterable[str],
+    known_format: str | None,
+    whose: str,
+    fix: str,
+) -> list[ImageFacts]:
+    """The chain of a file the user names: a file that is missing or not an image we can use
+    is bad input, not a storage failure. Every file of the chain must resolve inside the
+    VM's `allowed` directories; one outside is refused before it is opened, and `fix`
+    (with `{dir}`, that file's resolved directory) tells the user what to do. A file the
+    ledger holds already keeps its recorded format (`known_format`): only a new one is probed."""
+    allowed = sorted(allowed)
+    try:
+        return storage.inspect_chain(path, allowed, known_format)
+    except OutsideAllowedDirs as outside:
+        advice = fix.format(dir=posixpath.dirname(outside.resolved))
+        raise BadPath(f"{outside} of {whose} ({', '.join(allowed)}): {advice}") from None
+    except StorageError as error:
+        raise BadInput(f"{path} can't be used: {error}") from None
+
+
+def user_overlays(
+    storage: StoragePort, vm: VirtualMachine, overlays: Mapping[str, str] | None
+) -> dict[str, str]:
+    """The overlay paths a user chose per disk: new files, in the VM's directories, reached
+    through no symlink."""
+    allowed = vm.allowed_dirs()
+    checked = {}
+    for disk, path in (overlays or {}).items():
+        vm.check_disk(disk)
+        checked[disk] = check_user_path(path, allowed)
+        parent = posixpath.dirname(checked[disk])
+        if storage.resolve(parent) != parent:
+            raise BadPath(f"{path} goes through a symlink ({parent} resolves to {storage.resolve(parent)})")
+        if storage.exists(checked[disk]):
+            raise BadPath(f"{path} exists")
+    return checked
+
+
+def unknown_dependants(
+    storage: StoragePort, vm: VirtualMachine, view: LedgerView, latest: Callable[[], LedgerView]
+) -> dict[str, list[str]]:
+    """For each of `vm`'s images, the files in its directories that the ledger does not
+    know and whose backing chain reaches it (a user's own overlays): they make it stay.
+    The directories of every VM tracked are looked in, not only `vm`'s: a user's disk that
+    another VM adopted over one of `vm`'s images and then swapped away rests on it still,
+    and the ledger has stopped holding it (found by the deep state-machine profile).
+    `latest` gives the ledger as of after the scan."""
+    directories = set(vm.allowed_dirs())
+    for other in view.live_vms().values():
+        directories |= other.allowed_dirs()
+    scan = storage.scan(sorted(directories))
+    # Known after the scan: an overlay another process's operation made meanwhile was
+    # registered before it was created, so it is never taken for a user's file.
+    now = latest()
+    known = {path for other in now.live_vms().values() for path in other.images}
+    known |= {path for path, reg in now.registrations.items() if reg.users}
+    known |= set(view.vms[vm.name].images) if vm.name in view.vms else set()
+    found = {path: scan.dependants(path, known) for path in sorted(vm.images)}
+    return {path: files for path, files in found.items() if files}
+
+
+def plan_findings(checks: DiskChecks, vm: VirtualMachine, plan: Plan) -> tuple[list[str], list[str]]:
+    """What a plan's drift check looks at: the images its destructive steps touch (and what
+    a new overlay is made over: a revert's frozen images), and findings about them found
+    otherwise (a chain below a merge that is not whole or leaves the VM's directories, a
+    written file with another name)."""
+    destructive = [s for s in plan.steps if s.destructive]
+    builds_on = {s.backing for s in plan.steps if isinstance(s, CreateOverlay)}
+    involved = sorted(
+        ({p for s in destructive for p in touched_paths(s)} | builds_on) & set(vm.images)
+        - set(vm.disks.values())
+    )
+    extra = [f for s in destructive for f in checks.chain_findings(vm, s)]
+    extra += checks.hard_links(p for s in destructive for p in written_paths(s))
+    return involved, extra
+
+
+def step_findings(
+    checks: DiskChecks, vm: VirtualMachine, step: Step, dependants: Mapping[str, list[str]]
+) -> list[str]:
+    """Right before a destructive step: each file is still the one the ledger knows and has no
+    other name, every file it opens lies in the VM's directories, and no file the ledger does
+    not know has come to rest on what it changes."""
+    findings = checks.same_files(vm, step)
+    findings += [
+        f"{path}: {', '.join(dependants[path])} rests on it (a file the ledger does not know "
+        "appeared after this operation was planned); it is not changed while they do"
+        for path in changed_paths(step)
+        if path in dependants
+    ]
+    return findings
+
+
+def drift_refusal(vm_name: str, findings: Iterable[str]) -> str:
+    return (
+        f"the disk disagrees with the ledger: {'; '.join(findings)} (where the disks are "
+        f"right, record them with 'snapledger reconcile {vm_name}'; --dry-run shows what "
+        "it would record)"
+    )
