@@ -1,7 +1,7 @@
 """Pictures of the image DAG: the read model behind `tree --images` and `export --format dot`.
 
 Nodes are images, edges point from an image to its backing file, as in the RFC's diagrams
-(../shared/reference/libvirt-rfc-revert-external-snapshots.txt). Everything an image is marked
+(summarised in docs/semantics.md, "Where it comes from: the libvirt RFC"). Everything an image is marked
 with (owner class, needed or not, why) comes from the ImageDag; this module only arranges it.
 Pure: a function of a LedgerView.
 """

@@ -1,4 +1,4 @@
-"""The `snapledger` command: a thin click layer over the service (contract: shared/design/cli.md).
+"""The `snapledger` command: a thin click layer over the service (reference: docs/cli.md).
 
 Each command parses its arguments, calls one service method, and hands the result to `output`.
 Errors print one line `snapledger: error: ...` on stderr and exit with the code of semantics.md:

@@ -3,8 +3,8 @@
     python3 docs/pictures/render.py [SCRATCH_DIR]
 
 Needs qemu-img, qemu-io and Graphviz's dot (`bash .ci/setup` installs them) and snapledger
-installed. Each scenario of the RFC (../../../shared/reference/libvirt-rfc-revert-external-
-snapshots.txt) is played on small real qcow2 images with the `snapledger` command itself, as in
+installed. Each scenario of the RFC (summarised in docs/semantics.md,
+"Where it comes from: the libvirt RFC") is played on small real qcow2 images with the `snapledger` command itself, as in
 tests/unit/test_rfc_diagrams.py; `snapledger export VM --format dot` gives the picture, and
 `dot -Tsvg` draws it. The page docs/pictures.md is written from the same runs, with the `tree`
 output shown as text, so it never disagrees with the pictures.
@@ -171,7 +171,7 @@ HEADER = """# Pictures of the RFC's two diagrams
 <!-- Written by docs/pictures/render.py from real runs; run it again rather than editing. -->
 
 These pictures come from real runs. `docs/pictures/render.py` plays each scenario of the RFC
-(`shared/reference/libvirt-rfc-revert-external-snapshots.txt`) on small qcow2 images with the
+(summarised in [semantics.md](semantics.md#where-it-comes-from-the-libvirt-rfc)) on small qcow2 images with the
 `snapledger` command. It then draws the image DAG with `snapledger export vm --format dot | dot -Tsvg`.
 The `.dot` files sit beside the SVGs.
 

@@ -1,5 +1,5 @@
 """The RFC's two diagrams, step by step
-(../shared/reference/libvirt-rfc-revert-external-snapshots.txt).
+(docs/semantics.md, "Where it comes from: the libvirt RFC").
 
 Every test checks the plan (actions and paths) and the bytes: each snapshot read through its frozen
 image, the present through the active image, against a model kept here independently of the ledger.
