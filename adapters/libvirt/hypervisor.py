@@ -14,8 +14,8 @@
 - `after_recover` starts a persistent domain again that ran when the operation `recover`
   finished began (its definition names the images the ledger says).
 
-The storage side is adapters/libvirt/storage.py, `adopt --libvirt` adapters/service/adopt_libvirt.py
-(both re-exported here).
+The storage side is adapters/libvirt/storage.py (its block jobs: adapters/libvirt/block_jobs.py),
+`adopt --libvirt` adapters/service/adopt_libvirt.py (re-exported here).
 
 This module imports no libvirt: `connect` (adapters/libvirt/domains.py in the command line, a fake
 in the unit tests) does, and only when a VM bound to libvirt is acted on.
@@ -28,17 +28,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from snapledger.adapters.libvirt import definitions
-from snapledger.adapters.libvirt.port import LibvirtFailure, LibvirtPort, NoSuchDomain
-from snapledger.adapters.libvirt.storage import (
+from snapledger.adapters.libvirt.block_jobs import COMMIT_KINDS, refuse_foreign_jobs
+from snapledger.adapters.libvirt.errors import (
     DomainStopped,
     ForeignBlockJob,
-    LibvirtStorage,
-    LiveDisk,
+    LiveStepImpossible,
     WrongImage,
-    find_live,
-    port_running,
-    refuse_foreign_jobs,
 )
+from snapledger.adapters.libvirt.port import LibvirtFailure, LibvirtPort, NoSuchDomain
+from snapledger.adapters.libvirt.running import LiveDisk, find_live, live_disks, port_running
+from snapledger.adapters.libvirt.storage import LibvirtStorage
 from snapledger.adapters.libvirt.xml import (
     disk_sources,
     domain_disks,
@@ -49,7 +48,7 @@ from snapledger.adapters.libvirt.xml import (
 )
 from snapledger.adapters.service.adopt_libvirt import DEFAULT_URI, AdoptReport, adopt_libvirt
 from snapledger.adapters.service.ports import StoragePort
-from snapledger.domain.errors import BadInput, Refused, StorageError
+from snapledger.domain.errors import BadInput, StorageError
 from snapledger.domain.steps import (
     Commit,
     DefineDomain,
@@ -74,11 +73,6 @@ TEST_JOB_BANDWIDTH_ENV = "SNAPLEDGER_TEST_JOB_BANDWIDTH"
 # A test knob too: seconds to wait right after a pivot of ours, before the step is recorded done,
 # so that a test can kill snapledger exactly there. Unset, empty or 0: no wait.
 TEST_PAUSE_AFTER_PIVOT_ENV = "SNAPLEDGER_TEST_PAUSE_AFTER_PIVOT"
-
-
-class LiveStepImpossible(Refused):
-    """A planned step can't be done while the domain runs (a pull into a backing file of a
-    running disk: libvirt pulls only into the active image)."""
 
 
 def job_bandwidth_from_env(environ: Mapping[str, str]) -> int:
@@ -266,7 +260,7 @@ class LibvirtHypervisor:
         except NoSuchDomain:
             return
         step = op.steps[op.done] if op.done < len(op.steps) else None
-        ours = frozenset({"commit", "active-commit"} if isinstance(step, Commit) else (
+        ours = frozenset(COMMIT_KINDS if isinstance(step, Commit) else (
             {"pull"} if isinstance(step, Pull) else set()))
         refuse_foreign_jobs(  # a job that could not be the open step's own
             port, domain, vm.disks, ours,
@@ -457,16 +451,7 @@ class LibvirtHypervisor:
     def live_disks(self, vm: VirtualMachine) -> list[LiveDisk]:
         """The chain of every file-backed disk of every running domain on the VM's connection."""
         port, _ = self.port(vm)
-        out = []
-        for domain in port.running_domains():
-            try:
-                xml = port.xml(domain)
-            except NoSuchDomain:
-                continue  # stopped meanwhile
-            for disk in domain_disks(xml):
-                if disk.kind == "file" and disk.source:
-                    out.append(LiveDisk(domain, disk.target, [disk.source, *disk.chain]))
-        return out
+        return live_disks(port)
 
 
 __all__ = [
