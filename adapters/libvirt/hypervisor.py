@@ -1,11 +1,7 @@
 """Snapledger's VMs that are libvirt domains: what the service asks of libvirt, through LibvirtPort.
 
-- `shape` adds the hypervisor's steps to a plan before it is recorded: a live snapshot switches
-  the running domain onto the new overlays in one atomic step (`SwitchDisks`); a revert stops a
-  running domain first (`StopDomain`); whenever the disks change while the domain is shut off,
-  and at every revert, the domain is redefined with the ledger's active images as its sources
-  (`DefineDomain`, placed before any file is deleted); `revert --running` ends with
-  `StartDomain`, so that a revert finished by `recover` starts the domain too.
+- `shape` adds the hypervisor's steps to a plan before it is recorded (adapters/libvirt/shaping.py,
+  pure), once a running domain is checked for block jobs not ours.
 - `storage(vm, inner)` routes each storage step: an image in the backing chain of a running
   domain's disk is merged by a libvirt block job (active commit with pivot, non-active commit,
   pull into the active image); every other image goes to `inner` (qemu-img) as before.
@@ -25,7 +21,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 
 from snapledger.adapters.libvirt import definitions
 from snapledger.adapters.libvirt.block_jobs import COMMIT_KINDS, refuse_foreign_jobs
@@ -36,7 +31,8 @@ from snapledger.adapters.libvirt.errors import (
     WrongImage,
 )
 from snapledger.adapters.libvirt.port import LibvirtFailure, LibvirtPort, NoSuchDomain
-from snapledger.adapters.libvirt.running import LiveDisk, find_live, live_disks, port_running
+from snapledger.adapters.libvirt.running import LiveDisk, live_disks, port_running
+from snapledger.adapters.libvirt.shaping import check_live_pulls, shape_plan
 from snapledger.adapters.libvirt.storage import LibvirtStorage
 from snapledger.adapters.libvirt.xml import (
     disk_sources,
@@ -52,10 +48,8 @@ from snapledger.domain.errors import BadInput, StorageError
 from snapledger.domain.steps import (
     Commit,
     DefineDomain,
-    DeleteFile,
     Plan,
     Pull,
-    RebaseUnsafe,
     SetActive,
     StartDomain,
     Step,
@@ -63,8 +57,6 @@ from snapledger.domain.steps import (
     SwitchDisks,
 )
 from snapledger.domain.vm import OperationRecord, VirtualMachine
-
-CHAIN_STEPS = (Commit, Pull, RebaseUnsafe, DeleteFile)  # steps that change what a chain holds
 
 # A test knob, never set in normal use: a bandwidth limit (bytes per second) for every block job
 # snapledger starts, so that the system tests can interrupt a live merge reliably
@@ -198,54 +190,19 @@ class LibvirtHypervisor:
     def shape(
         self, vm: VirtualMachine, plan: Plan, target: str | None = None, start: bool = False
     ) -> Plan:
-        """`plan` with the hypervisor's steps added (see the module's docstring)."""
+        """`plan` with the hypervisor's steps added (adapters/libvirt/shaping.py), after a
+        running domain is checked for block jobs not ours and pulls libvirt can't do live."""
         port, domain = self.port(vm)
         running = port.is_running(domain)
         persistent = port.is_persistent(domain)
-        steps: list[Step] = list(plan.steps)
-        final = dict(vm.disks)
-        for step in steps:
-            if isinstance(step, SetActive):
-                final[step.disk] = step.path
-        changed = {d: p for d, p in final.items() if vm.disks[d] != p}
-        sets = [i for i, s in enumerate(steps) if isinstance(s, SetActive)]
         if running:
             # nothing is recorded yet, so any job on a tracked disk is someone else's
             refuse_foreign_jobs(port, domain, vm.disks, frozenset(), "nothing was done; try again")
-            self._check_live(vm, steps)
-        # A persistent definition may hold explicit <backingStore> chains (libvirt writes them
-        # at live snapshots): any change of a chain under a disk redefines it, or `virsh start`
-        # finds a deleted image there.
-        chains_change = any(isinstance(s, CHAIN_STEPS) for s in steps)
-        if plan.kind == "revert":
-            if not persistent and not start:
-                raise BadInput(
-                    f"domain {domain!r} is transient: it exists only while it runs, so a revert "
-                    "must start it again (--running)"
-                )
-            snap_xml = vm.snapshot(target).domain_xml if target is not None else None
-            base_xml = snap_xml or port.xml(domain, inactive=True)
-            define = DefineDomain(domain, with_sources(base_xml, final), persistent)
-            steps.insert(sets[-1] + 1 if sets else len(steps), define)
-            if running:
-                steps.insert(0, StopDomain(domain))
-            if start:
-                steps.append(StartDomain(domain, "" if persistent else define.xml))
-        elif running and plan.kind == "snapshot" and changed:
-            switch = SwitchDisks(domain, tuple(sorted(changed.items())))
-            steps.insert(sets[0], switch)
-        elif running and persistent and (changed or chains_change):
-            # an active commit: libvirt rewrites the persistent definition at the pivot, but if the
-            # domain is shut off before it (the job is cancelled), recover commits with qemu-img
-            # and the definition must not be left on the deleted top
-            define = DefineDomain(domain, with_sources(port.xml(domain, inactive=True), final))
-            steps.insert(sets[-1] + 1 if sets else len(steps), define)
-        elif not running and (changed or chains_change):
-            if not persistent:
-                raise BadInput(f"domain {domain!r} is neither running nor defined")
-            define = DefineDomain(domain, with_sources(port.xml(domain, inactive=True), final))
-            steps.insert(sets[-1] + 1 if sets else len(steps), define)
-        return replace(plan, steps=tuple(steps))
+            self._check_live(vm, list(plan.steps))
+        return shape_plan(
+            vm, plan, domain, running=running, persistent=persistent,
+            definition=lambda: port.xml(domain, inactive=True), target=target, start=start,
+        )
 
     def check_resumable(self, vm: VirtualMachine, op: OperationRecord) -> None:
         """Before `recover` takes `op` over: a running domain's disks are on images the
@@ -310,16 +267,7 @@ class LibvirtHypervisor:
         return [f"domain {domain} ran when the {op.kind} began: started again on {where}"]
 
     def _check_live(self, vm: VirtualMachine, steps: list[Step]) -> None:
-        live = self.live_disks(vm)
-        for step in steps:
-            if isinstance(step, Pull):
-                where = find_live(live, step.image)
-                if where is not None and where.chain[0] != step.image:
-                    raise LiveStepImpossible(
-                        f"can't pull into {step.image} while domain {where.domain!r} runs: it is "
-                        f"a backing file of {where.disk}, and libvirt pulls only into the active "
-                        "image; use --strategy commit, or shut the domain down"
-                    )
+        check_live_pulls(self.live_disks(vm), steps)
 
     def storage(self, vm: VirtualMachine, inner: StoragePort) -> LibvirtStorage:
         return LibvirtStorage(inner, self, vm)
