@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 
 from snapledger.adapters.libvirt import definitions
 from snapledger.adapters.libvirt.block_jobs import COMMIT_KINDS, refuse_foreign_jobs
+from snapledger.adapters.libvirt.domain_steps import carry_out
 from snapledger.adapters.libvirt.errors import (
     DomainStopped,
     ForeignBlockJob,
@@ -36,24 +37,20 @@ from snapledger.adapters.libvirt.shaping import check_live_pulls, shape_plan
 from snapledger.adapters.libvirt.storage import LibvirtStorage
 from snapledger.adapters.libvirt.xml import (
     disk_sources,
-    domain_disks,
     domain_root,
     parse_snapshot,
-    snapshot_request_xml,
     with_sources,
 )
 from snapledger.adapters.service.adopt_libvirt import DEFAULT_URI, AdoptReport, adopt_libvirt
 from snapledger.adapters.service.ports import StoragePort
-from snapledger.domain.errors import BadInput, StorageError
+from snapledger.domain.errors import BadInput
 from snapledger.domain.steps import (
     Commit,
-    DefineDomain,
     Plan,
     Pull,
     SetActive,
     StartDomain,
     Step,
-    StopDomain,
     SwitchDisks,
 )
 from snapledger.domain.vm import OperationRecord, VirtualMachine
@@ -273,71 +270,15 @@ class LibvirtHypervisor:
         return LibvirtStorage(inner, self, vm)
 
     def carry_out(self, vm: VirtualMachine, step: Step) -> None:
-        """A hypervisor step, or see from libvirt that it was done before a crash."""
+        """A hypervisor step, or see from libvirt that it was done before a crash
+        (adapters/libvirt/domain_steps.py). Why a StartDomain's domain did not start is kept
+        for `after`: it does not fail the operation."""
         port, _ = self.port(vm)
-        if isinstance(step, SwitchDisks):
-            self._switch(port, step)
-        elif isinstance(step, StopDomain):
-            try:
-                if port.is_running(step.domain):
-                    port.destroy(step.domain)
-            except NoSuchDomain:
-                pass  # a transient domain is gone once stopped
-        elif isinstance(step, DefineDomain):
-            if not step.persistent:
-                return  # a transient domain is started from the XML (after the operation)
-            try:
-                if not port.is_persistent(step.domain):
-                    return  # undefined since the plan was made: not made persistent again
-            except NoSuchDomain:
-                return  # undefined and stopped: nothing to define (the ledger keeps its XML)
-            wanted = disk_sources(step.xml)
-            if port.is_running(step.domain):
-                live = disk_sources(port.xml(step.domain))
-                moved = {d: p for d, p in wanted.items() if live.get(d) != p and d in vm.disks}
-                if moved:
-                    raise LibvirtFailure(
-                        f"domain {step.domain!r} was started during the operation and runs on "
-                        f"other images ({', '.join(sorted(moved))}); shut it down and run "
-                        "'snapledger recover'"
-                    )
-            port.define(step.xml)
-        elif isinstance(step, StartDomain):
-            self._start(port, step)
-        else:
-            raise StorageError(f"{step.action} is not a hypervisor step")
-
-    def _start(self, port: LibvirtPort, step: StartDomain) -> None:
-        """Start the domain unless it runs. A domain that won't start (too little memory, say)
-        does not fail the operation: its disks are final and recorded; `after` reports why."""
-        self._start_failures.pop(step.domain, None)
-        if port_running(port, step.domain):
-            return
-        try:
-            if step.xml:
-                port.create(step.xml)
-            else:
-                port.start(step.domain)
-        except LibvirtFailure as error:
-            self._start_failures[step.domain] = str(error)
-
-    def _switch(self, port: LibvirtPort, step: SwitchDisks) -> None:
-        overlays = dict(step.disks)
-        running = port.is_running(step.domain)
-        xml = port.xml(step.domain, inactive=not running)
-        sources = disk_sources(xml)
-        done = [d for d, p in overlays.items() if sources.get(d) == p]
-        if len(done) == len(overlays):
-            return
-        if done:
-            raise LibvirtFailure(
-                f"domain {step.domain!r} is on the new overlays for {', '.join(done)} only"
-            )
-        if running:
-            targets = [d.target for d in domain_disks(xml)]
-            port.create_disk_snapshot(step.domain, snapshot_request_xml(targets, overlays))
-        else:  # stopped since the plan was made: the same switch, by a new definition
-            port.define(with_sources(port.xml(step.domain, inactive=True), overlays))
+        if isinstance(step, StartDomain):
+            self._start_failures.pop(step.domain, None)
+        failure = carry_out(port, vm, step)
+        if isinstance(step, StartDomain) and failure is not None:
+            self._start_failures[step.domain] = failure
 
     def after(self, vm: VirtualMachine, plan: Plan, target: str | None) -> list[str]:
         """What follows a finished operation (also one finished by `recover`): forget libvirt's
