@@ -1,20 +1,22 @@
-"""Snapledger's VMs that are libvirt domains: what the service asks of libvirt, through LibvirtPort.
+"""LibvirtHypervisor: what the service asks of libvirt for its VMs that are libvirt domains.
 
-- `shape` adds the hypervisor's steps to a plan before it is recorded (adapters/libvirt/shaping.py,
-  pure), once a running domain is checked for block jobs not ours.
-- `storage(vm, inner)` routes each storage step: an image in the backing chain of a running
-  domain's disk is merged by a libvirt block job (active commit with pivot, non-active commit,
-  pull into the active image); every other image goes to `inner` (qemu-img) as before.
-- `findings` compares libvirt's definitions with the ledger (drift; adapters/libvirt/definitions.py),
-  and every operation records the definition the domain starts from (`current_definition`).
-- `after_recover` starts a persistent domain again that ran when the operation `recover`
-  finished began (its definition names the images the ledger says).
+The facade over the libvirt room, one connection (LibvirtPort) per URI; each concern is its own
+module:
 
-The storage side is adapters/libvirt/storage.py (its block jobs: adapters/libvirt/block_jobs.py),
-`adopt --libvirt` adapters/service/adopt_libvirt.py (re-exported here).
+- shaping.py: the hypervisor's steps added to a plan before it is recorded (pure).
+- domain_steps.py: carrying those steps out (SwitchDisks, StopDomain, DefineDomain, StartDomain).
+- storage.py: `storage(vm, inner)`, the storage port for one operation: an image in the backing
+  chain of a running domain's disk is merged by a libvirt block job (block_jobs.py), every other
+  image by `inner` (qemu-img); running.py says which images running QEMUs have open.
+- definitions.py: `findings` (libvirt's definitions against the ledger: drift), the definition
+  every operation records (`current_definition`), `reconcile`'s stale definitions.
+- here: `check_resumable` and `after_recover` around `recover`, `after` a finished operation,
+  `swap` for swap-disk, and the test knobs read from the environment.
 
-This module imports no libvirt: `connect` (adapters/libvirt/domains.py in the command line, a fake
-in the unit tests) does, and only when a VM bound to libvirt is acted on.
+`adopt --libvirt` is adapters/service/adopt_libvirt.py (re-exported here, with DEFAULT_URI).
+
+This module imports no libvirt: `connect` (adapters/libvirt/domains.py, by default; a fake in the
+unit tests) does, and only when a VM bound to libvirt is acted on.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 
+from snapledger.adapters import extras
 from snapledger.adapters.libvirt import definitions
 from snapledger.adapters.libvirt.block_jobs import COMMIT_KINDS, refuse_foreign_jobs
 from snapledger.adapters.libvirt.domain_steps import carry_out
@@ -35,24 +38,11 @@ from snapledger.adapters.libvirt.port import LibvirtFailure, LibvirtPort, NoSuch
 from snapledger.adapters.libvirt.running import LiveDisk, live_disks, port_running
 from snapledger.adapters.libvirt.shaping import check_live_pulls, shape_plan
 from snapledger.adapters.libvirt.storage import LibvirtStorage
-from snapledger.adapters.libvirt.xml import (
-    disk_sources,
-    domain_root,
-    parse_snapshot,
-    with_sources,
-)
+from snapledger.adapters.libvirt.xml import disk_sources, domain_root, parse_snapshot, with_sources
 from snapledger.adapters.service.adopt_libvirt import DEFAULT_URI, AdoptReport, adopt_libvirt
 from snapledger.adapters.service.ports import StoragePort
 from snapledger.domain.errors import BadInput
-from snapledger.domain.steps import (
-    Commit,
-    Plan,
-    Pull,
-    SetActive,
-    StartDomain,
-    Step,
-    SwitchDisks,
-)
+from snapledger.domain.steps import Commit, Plan, Pull, SetActive, StartDomain, Step, SwitchDisks
 from snapledger.domain.vm import OperationRecord, VirtualMachine
 
 # A test knob, never set in normal use: a bandwidth limit (bytes per second) for every block job
@@ -83,17 +73,17 @@ def pause_after_pivot_from_env(environ: Mapping[str, str]) -> float:
 
 
 def real_connect(uri: str) -> LibvirtPort:
-    from snapledger.adapters import extras
-
+    """A connection through libvirt-python, imported here, on first use (the one import of this
+    room not at the top: libvirt-python is optional)."""
     extras.require(extras.LIBVIRT)  # without libvirt-python: one line naming the pip install
-    from snapledger.adapters.libvirt.domains import (
-        LibvirtDomains,  # libvirt is imported here, on first use
-    )
+    from snapledger.adapters.libvirt.domains import LibvirtDomains
 
     return LibvirtDomains(uri)
 
 
 class LibvirtHypervisor:
+    """The service's hypervisor for VMs bound to libvirt (see the module's docstring)."""
+
     def __init__(
         self,
         connect: Callable[[str], LibvirtPort] = real_connect,
@@ -155,13 +145,13 @@ class LibvirtHypervisor:
         return {"domain_running": found is not None, "domain_id": found}
 
     def current_definition(self, vm: VirtualMachine) -> str:
-        """The definition to record around an operation (see libvirt_definitions)."""
+        """The definition to record around an operation (adapters/libvirt/definitions.py)."""
         return definitions.current_definition(*self.port(vm), vm)
 
     # ---- the service's questions -----------------------------------------------------
 
     def findings(self, vm: VirtualMachine, ignore: str | None = None) -> list[str]:
-        """Where libvirt's definitions differ from the ledger: drift (see libvirt_definitions)."""
+        """Where libvirt's definitions differ from the ledger: drift (adapters/libvirt/definitions.py)."""
         return definitions.findings(*self.port(vm), vm, ignore)
 
     def stale_definition(self, vm: VirtualMachine) -> tuple[str, list[str]] | None:
