@@ -1,70 +1,53 @@
-"""Snapledger's VMs that are libvirt domains: what the service asks of libvirt, through LibvirtPort.
+"""LibvirtHypervisor: what the service asks of libvirt for its VMs that are libvirt domains.
 
-- `shape` adds the hypervisor's steps to a plan before it is recorded: a live snapshot switches
-  the running domain onto the new overlays in one atomic step (`SwitchDisks`); a revert stops a
-  running domain first (`StopDomain`); whenever the disks change while the domain is shut off,
-  and at every revert, the domain is redefined with the ledger's active images as its sources
-  (`DefineDomain`, placed before any file is deleted); `revert --running` ends with
-  `StartDomain`, so that a revert finished by `recover` starts the domain too.
-- `storage(vm, inner)` routes each storage step: an image in the backing chain of a running
-  domain's disk is merged by a libvirt block job (active commit with pivot, non-active commit,
-  pull into the active image); every other image goes to `inner` (qemu-img) as before.
-- `findings` compares libvirt's definitions with the ledger (drift; adapters/libvirt/definitions.py),
-  and every operation records the definition the domain starts from (`current_definition`).
-- `after_recover` starts a persistent domain again that ran when the operation `recover`
-  finished began (its definition names the images the ledger says).
+The facade over the libvirt room, one connection (LibvirtPort) per URI; each concern is its own
+module:
 
-The storage side is adapters/libvirt/storage.py, `adopt --libvirt` adapters/service/adopt_libvirt.py
-(both re-exported here).
+- shaping.py: the hypervisor's steps added to a plan before it is recorded (pure).
+- domain_steps.py: carrying those steps out (SwitchDisks, StopDomain, DefineDomain, StartDomain).
+- storage.py: `storage(vm, inner)`, the storage port for one operation: an image in the backing
+  chain of a running domain's disk is merged by a libvirt block job (block_jobs.py), every other
+  image by `inner` (qemu-img); running.py says which images running QEMUs have open.
+- definitions.py: `findings` (libvirt's definitions against the ledger: drift), the definition
+  every operation records (`current_definition`), `reconcile`'s stale definitions.
+- here: `check_resumable` and `after_recover` around `recover`, `after` a finished operation,
+  `swap` for swap-disk, and the test knobs read from the environment.
 
-This module imports no libvirt: `connect` (adapters/libvirt/domains.py in the command line, a fake
-in the unit tests) does, and only when a VM bound to libvirt is acted on.
+`adopt --libvirt` is adapters/service/adopt_libvirt.py (re-exported here, with DEFAULT_URI).
+
+This module imports no libvirt: `connect` (adapters/libvirt/domains.py, by default; a fake in the
+unit tests) does, and only when a VM bound to libvirt is acted on.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 
+from snapledger.adapters.host import extras
 from snapledger.adapters.libvirt import definitions
-from snapledger.adapters.libvirt.port import LibvirtFailure, LibvirtPort, NoSuchDomain
-from snapledger.adapters.libvirt.storage import (
+from snapledger.adapters.libvirt.block_jobs import COMMIT_KINDS, refuse_foreign_jobs
+from snapledger.adapters.libvirt.domain_steps import carry_out
+from snapledger.adapters.libvirt.errors import (
     DomainStopped,
     ForeignBlockJob,
-    LibvirtStorage,
-    LiveDisk,
     WrongImage,
-    find_live,
-    port_running,
-    refuse_foreign_jobs,
 )
+from snapledger.adapters.libvirt.port import LibvirtFailure, LibvirtPort, NoSuchDomain
+from snapledger.adapters.libvirt.running import LiveDisk, live_disks, port_running
+from snapledger.adapters.libvirt.shaping import check_live_pulls, shape_plan
+from snapledger.adapters.libvirt.storage import LibvirtStorage
 from snapledger.adapters.libvirt.xml import (
     disk_sources,
     domain_disks,
     domain_root,
     parse_snapshot,
-    snapshot_request_xml,
     with_sources,
 )
 from snapledger.adapters.service.ports import FoundDomain, StoragePort
-from snapledger.domain.errors import BadInput, LiveStepImpossible, StorageError
-from snapledger.domain.steps import (
-    Commit,
-    DefineDomain,
-    DeleteFile,
-    Plan,
-    Pull,
-    RebaseUnsafe,
-    SetActive,
-    StartDomain,
-    Step,
-    StopDomain,
-    SwitchDisks,
-)
+from snapledger.domain.errors import BadInput
+from snapledger.domain.steps import Commit, Plan, Pull, SetActive, StartDomain, Step, SwitchDisks
 from snapledger.domain.vm import OperationRecord, VirtualMachine
-
-CHAIN_STEPS = (Commit, Pull, RebaseUnsafe, DeleteFile)  # steps that change what a chain holds
 
 # A test knob, never set in normal use: a bandwidth limit (bytes per second) for every block job
 # snapledger starts, so that the system tests can interrupt a live merge reliably
@@ -97,17 +80,17 @@ def pause_after_pivot_from_env(environ: Mapping[str, str]) -> float:
 
 
 def real_connect(uri: str) -> LibvirtPort:
-    from snapledger.adapters.host import extras
-
+    """A connection through libvirt-python, imported here, on first use (the one import of this
+    room not at the top: libvirt-python is optional)."""
     extras.require(extras.LIBVIRT)  # without libvirt-python: one line naming the pip install
-    from snapledger.adapters.libvirt.domains import (
-        LibvirtDomains,  # libvirt is imported here, on first use
-    )
+    from snapledger.adapters.libvirt.domains import LibvirtDomains
 
     return LibvirtDomains(uri)
 
 
 class LibvirtHypervisor:
+    """The service's hypervisor for VMs bound to libvirt (see the module's docstring)."""
+
     def __init__(
         self,
         connect: Callable[[str], LibvirtPort] = real_connect,
@@ -169,13 +152,13 @@ class LibvirtHypervisor:
         return {"domain_running": found is not None, "domain_id": found}
 
     def current_definition(self, vm: VirtualMachine) -> str:
-        """The definition to record around an operation (see libvirt_definitions)."""
+        """The definition to record around an operation (adapters/libvirt/definitions.py)."""
         return definitions.current_definition(*self.port(vm), vm)
 
     # ---- the service's questions -----------------------------------------------------
 
     def findings(self, vm: VirtualMachine, ignore: str | None = None) -> list[str]:
-        """Where libvirt's definitions differ from the ledger: drift (see libvirt_definitions)."""
+        """Where libvirt's definitions differ from the ledger: drift (adapters/libvirt/definitions.py)."""
         return definitions.findings(*self.port(vm), vm, ignore)
 
     def stale_definition(self, vm: VirtualMachine) -> tuple[str, list[str]] | None:
@@ -201,54 +184,19 @@ class LibvirtHypervisor:
     def shape(
         self, vm: VirtualMachine, plan: Plan, target: str | None = None, start: bool = False
     ) -> Plan:
-        """`plan` with the hypervisor's steps added (see the module's docstring)."""
+        """`plan` with the hypervisor's steps added (adapters/libvirt/shaping.py), after a
+        running domain is checked for block jobs not ours and pulls libvirt can't do live."""
         port, domain = self.port(vm)
         running = port.is_running(domain)
         persistent = port.is_persistent(domain)
-        steps: list[Step] = list(plan.steps)
-        final = dict(vm.disks)
-        for step in steps:
-            if isinstance(step, SetActive):
-                final[step.disk] = step.path
-        changed = {d: p for d, p in final.items() if vm.disks[d] != p}
-        sets = [i for i, s in enumerate(steps) if isinstance(s, SetActive)]
         if running:
             # nothing is recorded yet, so any job on a tracked disk is someone else's
             refuse_foreign_jobs(port, domain, vm.disks, frozenset(), "nothing was done; try again")
-            self._check_live(vm, steps)
-        # A persistent definition may hold explicit <backingStore> chains (libvirt writes them
-        # at live snapshots): any change of a chain under a disk redefines it, or `virsh start`
-        # finds a deleted image there.
-        chains_change = any(isinstance(s, CHAIN_STEPS) for s in steps)
-        if plan.kind == "revert":
-            if not persistent and not start:
-                raise BadInput(
-                    f"domain {domain!r} is transient: it exists only while it runs, so a revert "
-                    "must start it again (--running)"
-                )
-            snap_xml = vm.snapshot(target).domain_xml if target is not None else None
-            base_xml = snap_xml or port.xml(domain, inactive=True)
-            define = DefineDomain(domain, with_sources(base_xml, final), persistent)
-            steps.insert(sets[-1] + 1 if sets else len(steps), define)
-            if running:
-                steps.insert(0, StopDomain(domain))
-            if start:
-                steps.append(StartDomain(domain, "" if persistent else define.xml))
-        elif running and plan.kind == "snapshot" and changed:
-            switch = SwitchDisks(domain, tuple(sorted(changed.items())))
-            steps.insert(sets[0], switch)
-        elif running and persistent and (changed or chains_change):
-            # an active commit: libvirt rewrites the persistent definition at the pivot, but if the
-            # domain is shut off before it (the job is cancelled), recover commits with qemu-img
-            # and the definition must not be left on the deleted top
-            define = DefineDomain(domain, with_sources(port.xml(domain, inactive=True), final))
-            steps.insert(sets[-1] + 1 if sets else len(steps), define)
-        elif not running and (changed or chains_change):
-            if not persistent:
-                raise BadInput(f"domain {domain!r} is neither running nor defined")
-            define = DefineDomain(domain, with_sources(port.xml(domain, inactive=True), final))
-            steps.insert(sets[-1] + 1 if sets else len(steps), define)
-        return replace(plan, steps=tuple(steps))
+            self._check_live(vm, list(plan.steps))
+        return shape_plan(
+            vm, plan, domain, running=running, persistent=persistent,
+            definition=lambda: port.xml(domain, inactive=True), target=target, start=start,
+        )
 
     def check_resumable(self, vm: VirtualMachine, op: OperationRecord) -> None:
         """Before `recover` takes `op` over: a running domain's disks are on images the
@@ -263,7 +211,7 @@ class LibvirtHypervisor:
         except NoSuchDomain:
             return
         step = op.steps[op.done] if op.done < len(op.steps) else None
-        ours = frozenset({"commit", "active-commit"} if isinstance(step, Commit) else (
+        ours = frozenset(COMMIT_KINDS if isinstance(step, Commit) else (
             {"pull"} if isinstance(step, Pull) else set()))
         refuse_foreign_jobs(  # a job that could not be the open step's own
             port, domain, vm.disks, ours,
@@ -313,86 +261,21 @@ class LibvirtHypervisor:
         return [f"domain {domain} ran when the {op.kind} began: started again on {where}"]
 
     def _check_live(self, vm: VirtualMachine, steps: list[Step]) -> None:
-        live = self.live_disks(vm)
-        for step in steps:
-            if isinstance(step, Pull):
-                where = find_live(live, step.image)
-                if where is not None and where.chain[0] != step.image:
-                    raise LiveStepImpossible(
-                        f"can't pull into {step.image} while domain {where.domain!r} runs: it is "
-                        f"a backing file of {where.disk}, and libvirt pulls only into the active "
-                        "image; use --strategy commit, or shut the domain down"
-                    )
+        check_live_pulls(self.live_disks(vm), steps)
 
     def storage(self, vm: VirtualMachine, inner: StoragePort) -> LibvirtStorage:
         return LibvirtStorage(inner, self, vm)
 
     def carry_out(self, vm: VirtualMachine, step: Step) -> None:
-        """A hypervisor step, or see from libvirt that it was done before a crash."""
+        """A hypervisor step, or see from libvirt that it was done before a crash
+        (adapters/libvirt/domain_steps.py). Why a StartDomain's domain did not start is kept
+        for `after`: it does not fail the operation."""
         port, _ = self.port(vm)
-        if isinstance(step, SwitchDisks):
-            self._switch(port, step)
-        elif isinstance(step, StopDomain):
-            try:
-                if port.is_running(step.domain):
-                    port.destroy(step.domain)
-            except NoSuchDomain:
-                pass  # a transient domain is gone once stopped
-        elif isinstance(step, DefineDomain):
-            if not step.persistent:
-                return  # a transient domain is started from the XML (after the operation)
-            try:
-                if not port.is_persistent(step.domain):
-                    return  # undefined since the plan was made: not made persistent again
-            except NoSuchDomain:
-                return  # undefined and stopped: nothing to define (the ledger keeps its XML)
-            wanted = disk_sources(step.xml)
-            if port.is_running(step.domain):
-                live = disk_sources(port.xml(step.domain))
-                moved = {d: p for d, p in wanted.items() if live.get(d) != p and d in vm.disks}
-                if moved:
-                    raise LibvirtFailure(
-                        f"domain {step.domain!r} was started during the operation and runs on "
-                        f"other images ({', '.join(sorted(moved))}); shut it down and run "
-                        "'snapledger recover'"
-                    )
-            port.define(step.xml)
-        elif isinstance(step, StartDomain):
-            self._start(port, step)
-        else:
-            raise StorageError(f"{step.action} is not a hypervisor step")
-
-    def _start(self, port: LibvirtPort, step: StartDomain) -> None:
-        """Start the domain unless it runs. A domain that won't start (too little memory, say)
-        does not fail the operation: its disks are final and recorded; `after` reports why."""
-        self._start_failures.pop(step.domain, None)
-        if port_running(port, step.domain):
-            return
-        try:
-            if step.xml:
-                port.create(step.xml)
-            else:
-                port.start(step.domain)
-        except LibvirtFailure as error:
-            self._start_failures[step.domain] = str(error)
-
-    def _switch(self, port: LibvirtPort, step: SwitchDisks) -> None:
-        overlays = dict(step.disks)
-        running = port.is_running(step.domain)
-        xml = port.xml(step.domain, inactive=not running)
-        sources = disk_sources(xml)
-        done = [d for d, p in overlays.items() if sources.get(d) == p]
-        if len(done) == len(overlays):
-            return
-        if done:
-            raise LibvirtFailure(
-                f"domain {step.domain!r} is on the new overlays for {', '.join(done)} only"
-            )
-        if running:
-            targets = [d.target for d in domain_disks(xml)]
-            port.create_disk_snapshot(step.domain, snapshot_request_xml(targets, overlays))
-        else:  # stopped since the plan was made: the same switch, by a new definition
-            port.define(with_sources(port.xml(step.domain, inactive=True), overlays))
+        if isinstance(step, StartDomain):
+            self._start_failures.pop(step.domain, None)
+        failure = carry_out(port, vm, step)
+        if isinstance(step, StartDomain) and failure is not None:
+            self._start_failures[step.domain] = failure
 
     def after(self, vm: VirtualMachine, plan: Plan, target: str | None) -> list[str]:
         """What follows a finished operation (also one finished by `recover`): forget libvirt's
@@ -454,16 +337,7 @@ class LibvirtHypervisor:
     def live_disks(self, vm: VirtualMachine) -> list[LiveDisk]:
         """The chain of every file-backed disk of every running domain on the VM's connection."""
         port, _ = self.port(vm)
-        out = []
-        for domain in port.running_domains():
-            try:
-                xml = port.xml(domain)
-            except NoSuchDomain:
-                continue  # stopped meanwhile
-            for disk in domain_disks(xml):
-                if disk.kind == "file" and disk.source:
-                    out.append(LiveDisk(domain, disk.target, [disk.source, *disk.chain]))
-        return out
+        return live_disks(port)
 
     # ---- adopt --libvirt ------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """LibvirtStorage: the storage port for one libvirt VM's operation. Merges of images a running
-QEMU has open go to libvirt block jobs (active commit with a pivot, non-active commit, pull into
-the active image); everything else goes to the inner storage (qemu-img).
+QEMU has open go to libvirt block jobs (adapters/libvirt/block_jobs.py: active commit with a
+pivot, non-active commit, pull into the active image); everything else goes to the inner storage
+(qemu-img).
 
 After a crash it tells from libvirt and the disks what a job did: a job still running is waited
 for (and pivoted), a commit whose top libvirt no longer reads is done, but only where the pivot
@@ -11,84 +12,22 @@ the guest's writes may be in the top only.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from snapledger.adapters.libvirt import definitions
-from snapledger.adapters.libvirt.port import BlockJob, LibvirtFailure, LibvirtPort, NoSuchDomain
-from snapledger.adapters.libvirt.xml import domain_disks
+from snapledger.adapters.libvirt.block_jobs import BlockJobs
+from snapledger.adapters.libvirt.errors import WrongImage
+from snapledger.adapters.libvirt.port import NoSuchDomain
+from snapledger.adapters.libvirt.running import LiveDisk, find_live, port_running
 from snapledger.adapters.service.ports import Dependants, Sharing, StoragePort
-from snapledger.domain.errors import ImageInUse, Refused, StorageError
+from snapledger.domain.errors import Refused, StorageError
 from snapledger.domain.images import ImageFacts
 from snapledger.domain.steps import Commit, Pull, Step
 from snapledger.domain.vm import OperationRecord, VirtualMachine
 
 if TYPE_CHECKING:
     from snapledger.adapters.libvirt.hypervisor import LibvirtHypervisor
-
-
-class WrongImage(Refused):
-    """The domain runs (or is defined) on another image than the ledger expects at this step of
-    an open operation (exit 3): finishing it there could lose the guest's writes."""
-
-
-class ForeignBlockJob(ImageInUse):
-    """A block job snapledger did not start runs on one of the domain's disks (exit 4): libvirt
-    runs one job per disk, and a hand-started copy or commit must end first."""
-
-
-class DomainStopped(StorageError):
-    """The domain stopped (destroyed, QEMU ended) while a block job of ours ran on it (exit 4):
-    the operation stays open for `recover`, which finishes it from what libvirt and the disks
-    say."""
-
-    exit_code = 4
-
-
-@dataclass
-class LiveDisk:
-    domain: str
-    disk: str
-    chain: list[str]  # active first
-
-
-def port_running(port: LibvirtPort, domain: str) -> bool:
-    try:
-        return port.is_running(domain)
-    except NoSuchDomain:
-        return False
-
-
-def foreign_job(domain: str, disk: str, job: BlockJob, then: str = "") -> ForeignBlockJob:
-    """A block job snapledger did not start, and what to do about it (`then`: what follows)."""
-    return ForeignBlockJob(
-        f"domain {domain!r} runs a block job on {disk} that snapledger did not start "
-        f"({job.kind}, {job.cur}/{job.end}): wait for it to end or cancel it ('virsh blockjob "
-        f"{domain} {disk} --abort')" + (f"; {then}" if then else "")
-    )
-
-
-def refuse_foreign_jobs(
-    port: LibvirtPort, domain: str, disks: Iterable[str], ours: frozenset[str], then: str
-) -> None:
-    """ForeignBlockJob if a job of a kind not in `ours` runs on one of `disks` of the running
-    `domain`."""
-    for disk in sorted(disks):
-        try:
-            job = port.block_job(domain, disk)
-        except LibvirtFailure:
-            continue  # a disk the running domain does not have: drift says so
-        if job is not None and job.kind not in ours:
-            raise foreign_job(domain, disk, job, then)
-
-
-def find_live(live: list[LiveDisk], path: str) -> LiveDisk | None:
-    for disk in live:
-        if path in disk.chain:
-            return disk
-    return None
 
 
 class LibvirtStorage:
@@ -152,6 +91,9 @@ class LibvirtStorage:
 
     # ---- routed ----------------------------------------------------------------------
 
+    def _jobs(self) -> BlockJobs:
+        return BlockJobs(self.port, self.hypervisor, self.progress)
+
     def _live(self, path: str) -> LiveDisk | None:
         return find_live(self.hypervisor.live_disks(self.vm), path)
 
@@ -162,28 +104,7 @@ class LibvirtStorage:
                 return  # a block job did it before a crash; qemu-img must not do it again
             self.inner.commit(top, base, fmt=fmt)
             return
-        at = live.chain.index(top)
-        if at + 1 >= len(live.chain) or live.chain[at + 1] != base:
-            raise StorageError(f"{base} is not the backing file of {top} in {live.domain}'s {live.disk}")
-        active = at == 0
-        try:
-            job = self.port.block_job(live.domain, live.disk)
-            if job is None:
-                self.port.block_commit(
-                    live.domain, live.disk, base, None if active else top,
-                    self.hypervisor.job_bandwidth,
-                )
-            elif job.kind not in ("commit", "active-commit"):
-                raise foreign_job(live.domain, live.disk, job)
-            self._wait(live, pivot=active, base=base)
-            after = self._live_chain(live)
-        except (LibvirtFailure, NoSuchDomain) as error:
-            raise self._stopped(live, error) from None
-        if top in after or base not in after:
-            raise StorageError(
-                f"block commit of {top} into {base} did not finish: {live.domain}'s {live.disk} "
-                f"still reads {' <- '.join(reversed(after))}"
-            )
+        self._jobs().commit(live, top, base)
 
     def await_job(self, step: Step) -> None:
         """Before `recover` checks and redoes a merge step: a block job still running on its disk
@@ -200,9 +121,7 @@ class LibvirtStorage:
         live = self._live(path)
         if live is None:
             return
-        job = self.port.block_job(live.domain, live.disk)
-        if job is not None and job.kind in ("commit", "pull"):
-            self._wait(live, pivot=False)
+        self._jobs().await_ending(live)
 
     def _committed_live_before(self, top: str, base: str) -> bool:
         """After a crash: libvirt no longer reads `top` through a disk whose ledger chain holds
@@ -283,30 +202,7 @@ class LibvirtStorage:
         if live is None:
             self.inner.pull(image, new_backing, new_backing_format, fmt=fmt)
             return
-        if live.chain[0] != image:
-            raise StorageError(
-                f"can't pull into {image}: it is a backing file of {live.domain}'s {live.disk}, "
-                "and libvirt pulls only into the active image"
-            )
-        if new_backing is not None and new_backing not in live.chain:
-            raise StorageError(f"{new_backing} is not below {image} in {live.domain}'s {live.disk}")
-        try:
-            job = self.port.block_job(live.domain, live.disk)
-            if job is None:
-                self.port.block_pull(
-                    live.domain, live.disk, new_backing, self.hypervisor.job_bandwidth
-                )
-            elif job.kind != "pull":
-                raise foreign_job(live.domain, live.disk, job)
-            self._wait(live, pivot=False)
-            after = self._live_chain(live)
-        except (LibvirtFailure, NoSuchDomain) as error:
-            raise self._stopped(live, error) from None
-        expected = after[1] if len(after) > 1 else None
-        if expected != new_backing:
-            raise StorageError(
-                f"block pull into {image} did not finish: it is backed by {expected or 'nothing'}"
-            )
+        self._jobs().pull(live, image, new_backing)
 
     def rebase_unsafe(
         self, image: str, new_backing: str | None, new_backing_format: str | None, *, fmt: str
@@ -322,80 +218,5 @@ class LibvirtStorage:
             raise StorageError(f"{path} is open by running domain {live.domain} ({live.disk}): not deleted")
         self.inner.delete(path)
 
-    # ---- block jobs ------------------------------------------------------------------
 
-    def _stopped(self, live: LiveDisk, error: StorageError | NoSuchDomain) -> StorageError:
-        """A libvirt failure during a job of ours: DomainStopped (exit 4) if the domain is no
-        longer running, else the failure as it is."""
-        # A domain being destroyed first breaks QEMU's monitor ("Unable to read from monitor")
-        # and is reported as stopped a moment later: look again for a few seconds.
-        dying = any(w in str(error) for w in ("monitor", "not running", "Connection reset"))
-        deadline = time.monotonic() + (5.0 if dying else 0.0)
-        while True:
-            try:
-                running = port_running(self.port, live.domain)
-            except LibvirtFailure:
-                running = True  # libvirt itself is away (restarting): the failure says so
-                break
-            if not running or time.monotonic() >= deadline:
-                break
-            self.hypervisor.sleep(0.1)
-        if running:
-            return error if isinstance(error, StorageError) else StorageError(str(error))
-        return DomainStopped(
-            f"domain {live.domain!r} stopped during the block job on {live.disk} (destroyed, or "
-            f"its QEMU ended): {error}; run 'snapledger recover', which finishes the operation "
-            "from what libvirt and the disks say"
-        )
-
-    def _live_chain(self, live: LiveDisk) -> list[str]:
-        for disk in domain_disks(self.port.xml(live.domain)):
-            if disk.target == live.disk and disk.source:
-                return [disk.source, *disk.chain]
-        return []
-
-    def _wait(self, live: LiveDisk, pivot: bool, base: str | None = None) -> None:
-        deadline = time.monotonic() + self.hypervisor.job_timeout
-        pause = 0.005  # short jobs end in milliseconds: look again soon, then less often
-        while True:
-            job: BlockJob | None = self.port.block_job(live.domain, live.disk)
-            if job is None:
-                if self.progress is not None:
-                    self.progress(1.0)
-                return  # finished; the caller reads the chain to see how
-            if job.end and self.progress is not None:
-                self.progress(min(job.cur / job.end, 1.0))
-            if pivot and job.ready:
-                if self.hypervisor.on_pivot is not None and base is not None:
-                    self.hypervisor.on_pivot(live.disk, base)  # recorded before it is asked
-                try:
-                    self.port.pivot(live.domain, live.disk)
-                    if self.progress is not None:
-                        self.progress(1.0)
-                    if self.hypervisor.pause_after_pivot:
-                        time.sleep(self.hypervisor.pause_after_pivot)
-                    return
-                except LibvirtFailure as error:
-                    if "not ready" not in str(error):
-                        raise
-            if time.monotonic() > deadline:
-                self.port.abort_job(live.domain, live.disk)
-                raise StorageError(
-                    f"block job on {live.domain}'s {live.disk} timed out after "
-                    f"{self.hypervisor.job_timeout:g} s and was cancelled"
-                )
-            self.hypervisor.sleep(pause)
-            pause = min(pause * 2, self.hypervisor.poll_seconds)
-
-
-__all__ = [
-    "DomainStopped",
-    "ForeignBlockJob",
-    "LibvirtStorage",
-    "LiveDisk",
-    "WrongImage",
-    "find_live",
-    "foreign_job",
-    "refuse_foreign_jobs",
-    "port_running",
-]
+__all__ = ["LibvirtStorage"]

@@ -15,6 +15,7 @@ from snapledger.adapters.libvirt.hypervisor import (
     LibvirtHypervisor,
     job_bandwidth_from_env,
 )
+from snapledger.adapters.libvirt.shaping import shape_plan
 from snapledger.adapters.libvirt.xml import snapshot_request_xml, with_sources
 from snapledger.adapters.service.adopt_libvirt import adopt_libvirt
 from snapledger.adapters.service.commands import Snapledger
@@ -28,6 +29,7 @@ from snapledger.domain.errors import (
     Refused,
     StorageError,
 )
+from snapledger.domain.steps import DeleteFile, Plan, SetActive, SwitchDisks
 
 DOM = "web"
 BASE = "/images/web.qcow2"
@@ -590,3 +592,31 @@ def test_a_vm_whose_domain_was_undefined_can_be_retired() -> None:
     adopt_libvirt(ledger, ledger.hypervisor, DOM, fake.uri)  # type: ignore[arg-type]
     assert ledger.vm(DOM).generation == 2 and ledger.vm(DOM).snapshots == {}
     assert ledger.verify(DOM) == []
+
+
+def test_shaping_is_pure_and_reads_the_definition_only_when_a_step_needs_it() -> None:
+    """adapters/libvirt/shaping.py is told the domain's state; no libvirt is asked."""
+    _, _, ledger = make()
+    vm = ledger.vm(DOM)
+    reads: list[str] = []
+
+    def definition() -> str:
+        reads.append("read")
+        return vm.domain_xml or ""
+
+    snapshot = Plan("snapshot", (SetActive("vda", "/images/web.s1"),))
+    live = shape_plan(vm, snapshot, DOM, running=True, persistent=True, definition=definition)
+    assert actions(live) == ["switch-disks", "set-active"]
+    assert live.steps[0] == SwitchDisks(DOM, (("vda", "/images/web.s1"),))
+    assert reads == []
+    off = shape_plan(vm, snapshot, DOM, running=False, persistent=True, definition=definition)
+    assert actions(off) == ["set-active", "define-domain"]
+    assert reads == ["read"]
+    delete = Plan("delete", (DeleteFile("/images/old"),))
+    assert actions(shape_plan(vm, delete, DOM, running=True, persistent=False,
+                              definition=definition)) == ["delete-file"]
+    with pytest.raises(BadInput, match="transient"):
+        shape_plan(vm, Plan("revert", ()), DOM, running=True, persistent=False, definition=definition)
+    revert = shape_plan(vm, Plan("revert", ()), DOM, running=True, persistent=False,
+                        definition=definition, start=True)
+    assert actions(revert) == ["stop-domain", "define-domain", "start-domain"]
