@@ -101,7 +101,7 @@ IN_PROCESS = r"""
 import json, sys, time
 def now(): return time.perf_counter(), time.process_time()
 t0 = now()
-from snapledger.adapters.checkpoint.stores import stored_show_text
+from snapledger.adapters.checkpoint.fast_show import stored_show_text
 t1 = now()
 text = stored_show_text(sys.argv[1], sys.argv[2])
 t2 = now()
@@ -131,8 +131,8 @@ print(json.dumps({k: [b[0] - a[0], b[1] - a[1]] for k, (a, b) in parts.items()} 
 # keeps nothing (what NullProjectionStore did), so every process folds the whole ledger.
 NO_FAST_PATH = r"""
 import sys
-import snapledger.adapters.checkpoint.stores as projection_store
-projection_store.stored_show_text = lambda url, vm: None  # cli.py imports it on use
+import snapledger.adapters.checkpoint.fast_show as fast_show
+fast_show.stored_show_text = lambda url, vm: None  # cli.py imports it on use
 from snapledger.adapters.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """

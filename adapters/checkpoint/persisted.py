@@ -298,6 +298,9 @@ class PersistedProjection:
         self.fingerprint = code_fingerprint()
         self.base = -1  # the stored position the view's dirty set counts from (-1: none)
 
+    def close(self) -> None:
+        self.store.close()
+
     # ---- the present ---------------------------------------------------------------------
 
     def load(self) -> LedgerView:

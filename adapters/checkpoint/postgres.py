@@ -113,6 +113,9 @@ class PostgresProjectionStore:
             raise TypeError(f"not a PostgreSQL recorder: {type(recorder).__name__}")
         return cls(recorder, owner=app)
 
+    def close(self) -> None:
+        """Nothing of its own to let go: the connections are the application's pool's."""
+
     def _table(self, name: str) -> Identifier:
         return Identifier(self.schema, name)
 

@@ -23,17 +23,12 @@ PostgreSQL: the same tables in the ledger's schema, beside eventsourcing's event
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple, Protocol
-from urllib.parse import quote
-
-from snapledger.adapters.eventstore.store_url import parse_store_url, sqlite_file
-from snapledger.domain.errors import BadStoreUrl
 
 TRACKING = "snapledger_projection"
 CHECKPOINT = "snapledger_checkpoint"
@@ -206,6 +201,11 @@ class ProjectionStore(Protocol):
         """Drop the whole projection, if its tracking row is still `seen` (found damaged)."""
         ...
 
+    def close(self) -> None:
+        """Let go of the store's own connection, if it has one (the ledger's file is then free
+        for others in this process)."""
+        ...
+
 
 class MemoryProjectionStore:
     """The same tables as dicts, for the `memory:` store (one per application object)."""
@@ -287,6 +287,9 @@ class MemoryProjectionStore:
                 self.tracking = None
                 self.rows, self.docs, self.history, self.archives = {}, {}, {}, {}
 
+    def close(self) -> None:
+        """Nothing to let go: the tables live as long as the application's recorder."""
+
     def doc_text(self, vm: str) -> str | None:
         """What `stored_show_text` answers for a SQLite file."""
         with self._lock:
@@ -337,7 +340,7 @@ class SQLiteProjectionStore:
             try:
                 top = con.execute(f"SELECT MAX(rowid) FROM {EVENTS}").fetchone()[0] or 0
                 try:
-                    tracking = _tracking(con)
+                    tracking = read_tracking(con)
                 except sqlite3.OperationalError:  # no tables yet (or dropped)
                     return top, None, []
                 try:
@@ -353,7 +356,7 @@ class SQLiteProjectionStore:
             con = self._connection()
             con.execute("BEGIN")
             try:
-                t = _tracking(con)
+                t = read_tracking(con)
                 top = con.execute(f"SELECT MAX(rowid) FROM {EVENTS}").fetchone()[0] or 0
                 if t is None or t.fingerprint != fingerprint or t.position > top:
                     return None
@@ -402,7 +405,7 @@ class SQLiteProjectionStore:
             con.execute("BEGIN IMMEDIATE")
             try:
                 _ensure_schema(con)
-                stored = _tracking(con)
+                stored = read_tracking(con)
                 outcome = decide(stored, update)
                 if outcome == SAME:
                     if update.docs:
@@ -418,7 +421,7 @@ class SQLiteProjectionStore:
     def _unchanged(self, con: sqlite3.Connection, update: Update) -> bool:
         con.execute("BEGIN")
         try:
-            stored = _tracking(con)
+            stored = read_tracking(con)
             if stored is None or decide(stored, update) != SAME:
                 return False
             return len(self._chains(con)) == update.vms
@@ -477,7 +480,7 @@ class SQLiteProjectionStore:
             con.execute("BEGIN IMMEDIATE")
             try:
                 try:
-                    if _tracking(con) != seen:
+                    if read_tracking(con) != seen:
                         return  # someone else rebuilt it meanwhile
                 except sqlite3.OperationalError:
                     pass
@@ -511,7 +514,7 @@ def _ensure_schema(con: sqlite3.Connection) -> None:
             con.execute(statement)
 
 
-def _tracking(con: sqlite3.Connection) -> Tracking | None:
+def read_tracking(con: sqlite3.Connection) -> Tracking | None:
     """The tracking row; one edited by hand comes back with the fingerprint DAMAGED, which no
     code has: it is then neither trusted nor built on."""
     found = con.execute(
@@ -530,117 +533,3 @@ def tracking_from_row(found: tuple[int, str, int, int, int] | None) -> Tracking 
     if found[4] != tracking_checksum(tracking):
         return tracking._replace(fingerprint=DAMAGED)
     return tracking
-
-
-# ---- the fast path -------------------------------------------------------------------------
-
-
-def stored_show_text(url: str, vm: str) -> str | None:
-    """`show VM --json`'s text from the persisted projection, if it is there and current: its
-    position is the ledger's last, it was written by this code, and the row is intact. None in
-    every other case (the caller folds the ledger instead). Never creates, changes or locks
-    anything. SQLite with sqlite3 alone; PostgreSQL with one psycopg connection (no
-    eventsourcing, no connection pool, no CREATE TABLE)."""
-    if url.startswith(("postgresql://", "postgres://")):
-        return _stored_show_text_postgres(url, vm)
-    path = sqlite_file(url)
-    if path is None or not os.path.isfile(path):
-        return None
-    try:
-        con = sqlite3.connect(f"file:{quote(path)}?mode=rw", uri=True, isolation_level=None)
-    except sqlite3.Error:
-        return None
-    try:
-        con.execute("BEGIN")
-        tracking = _tracking(con)
-        top = con.execute(f"SELECT MAX(rowid) FROM {EVENTS}").fetchone()[0]
-        found = con.execute(
-            f"SELECT chains, doc, checksum FROM {DOCS} WHERE vm = ?", (vm,)
-        ).fetchone()
-        con.execute("COMMIT")
-    except sqlite3.Error:
-        return None
-    finally:
-        con.close()
-    return _current_text(vm, tracking, top, found)
-
-
-def _current_text(
-    vm: str, tracking: Tracking | None, top: int | None, found: tuple[str, str, int] | None
-) -> str | None:
-    """The stored document's text if the projection holding it is the ledger now."""
-    if tracking is None or found is None or top is None or tracking.position != top:
-        return None
-    chains, text, checksum = found
-    if tracking.fingerprint != code_fingerprint() or checksum != doc_checksum(vm, chains, text):
-        return None
-    return str(text)
-
-
-# eventsourcing's PostgreSQL application recorder keeps the events in "<application name>_events"
-# (LedgerApplication.name is "snapledger"), in the schema POSTGRES_SCHEMA names, else public.
-POSTGRES_EVENTS = "snapledger_events"
-
-
-def postgres_connection(url: str) -> dict[str, str] | None:
-    """libpq's settings for a `postgresql://` store URL: the ones event_store.persistence_env
-    gives eventsourcing (both read adapters/eventstore/store_url.py). None for any other URL."""
-    try:
-        store = parse_store_url(url)
-    except BadStoreUrl:
-        return None
-    pg = store.postgres
-    if pg is None:
-        return None
-    params = {"host": pg.host, "port": str(pg.port), "dbname": pg.dbname, "user": pg.user}
-    if pg.password:  # else libpq looks in ~/.pgpass, as it does for eventsourcing
-        params["password"] = pg.password
-    return params
-
-
-def _stored_show_text_postgres(url: str, vm: str) -> str | None:
-    params = postgres_connection(url)
-    if params is None:
-        return None
-    try:
-        import psycopg
-        from psycopg import sql
-        from psycopg.conninfo import make_conninfo
-    except ImportError:  # no postgres extra: the normal path says so
-        return None
-    schema = os.environ.get("POSTGRES_SCHEMA", "").strip() or "public"
-
-    def table(name: str) -> sql.Identifier:
-        return sql.Identifier(schema, name)
-
-    try:
-        conninfo = make_conninfo("", **params)
-        with psycopg.connect(conninfo, connect_timeout=10) as conn:
-            # one snapshot for all three reads; REPEATABLE READ only while reading
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            present = conn.execute(
-                "SELECT to_regclass(%s), to_regclass(%s), to_regclass(%s)",
-                [table(n).as_string(conn) for n in (TRACKING, DOCS, POSTGRES_EVENTS)],
-            ).fetchone()
-            if present is None or None in present:
-                return None
-            row = conn.execute(
-                sql.SQL(
-                    "SELECT position, fingerprint, aggregates, archived, checksum FROM {} "
-                    "WHERE name = %s"
-                ).format(table(TRACKING)),
-                (VIEW,),
-            ).fetchone()
-            top_row = conn.execute(
-                sql.SQL("SELECT MAX(notification_id) FROM {}").format(table(POSTGRES_EVENTS))
-            ).fetchone()
-            found = conn.execute(
-                sql.SQL("SELECT chains, doc, checksum FROM {} WHERE vm = %s").format(table(DOCS)),
-                (vm,),
-            ).fetchone()
-    except psycopg.Error:
-        return None
-    top = top_row[0] if top_row is not None else None
-    found_doc = None if found is None else (found[0], found[1], found[2])
-    # a row edited by hand reads as DAMAGED, which is no code's fingerprint: the normal path
-    return _current_text(vm, tracking_from_row(row), top, found_doc)

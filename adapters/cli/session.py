@@ -70,7 +70,7 @@ class Context:
         """`show VM --json`'s text from the persisted projection, if it is current; else None."""
         if self.fixed:  # a ledger given (replay)
             return None
-        from snapledger.adapters.checkpoint.stores import stored_show_text
+        from snapledger.adapters.checkpoint.fast_show import stored_show_text
         from snapledger.adapters.eventstore.store_url import chosen_store_url
 
         return stored_show_text(chosen_store_url(self.store), vm)

@@ -92,6 +92,19 @@ class Snapledger:
         self.operations = Operations(self, storage, clock, runners, hypervisor, self._check_same_files)
         self._view: LedgerView | None = None
 
+    def close(self) -> None:
+        """Let go of the ledger's connections: the projection's and the store's. A Snapledger
+        is not freed by reference counting alone (its Operations point back at it), so a
+        process that opens the same ledger again closes the first one first."""
+        self.projection.close()
+        self.app.close()
+
+    def __enter__(self) -> Snapledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # ---- reading ---------------------------------------------------------------------
 
     @property

@@ -141,6 +141,9 @@ class LedgerStore(Protocol):
     def newest_first(self, aggregate_id: UUID) -> Iterator[Any]:
         """One aggregate's events, newest first."""
 
+    def close(self) -> None:
+        """Let go of the store's connections."""
+
 
 class ViewProjection(Protocol):
     """The LedgerView kept up to date, with checkpoints (checkpoint/persisted.py)."""
@@ -152,6 +155,9 @@ class ViewProjection(Protocol):
     def save(self, view: LedgerView) -> str: ...
 
     def view_at(self, position: int) -> LedgerView: ...
+
+    def close(self) -> None:
+        """Let go of the connections it holds of its own."""
 
 
 # ---- who runs an operation -----------------------------------------------------------------

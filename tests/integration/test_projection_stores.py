@@ -31,6 +31,7 @@ from projection_helpers import (
 )
 from store_backends import Backend, PostgresBackend, SQLiteBackend
 
+from snapledger.adapters.checkpoint.fast_show import stored_show_text
 from snapledger.adapters.checkpoint.persisted import PersistedProjection, store_for
 from snapledger.adapters.checkpoint.stores import (
     BEHIND,
@@ -46,7 +47,6 @@ from snapledger.adapters.checkpoint.stores import (
     Tracking,
     Update,
     row_checksum,
-    stored_show_text,
 )
 from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication

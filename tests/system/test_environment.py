@@ -78,8 +78,7 @@ def simulated_ledger(path: Path) -> str:
     ledger = ledger_service(LedgerApplication(url), storage)
     ledger.adopt("vm", {"vda": DISK})
     ledger.snapshot("vm", "s1")
-    ledger.app.close()
-    del ledger
+    ledger.close()
     settle(path)
     return url
 
@@ -415,7 +414,7 @@ def libvirt_ledger(path: Path) -> str:
     url = f"sqlite:///{path}"
     ledger = ledger_service(LedgerApplication(url), storage, hypervisor=hypervisor)
     adopt_libvirt(ledger, hypervisor, "web", fake.uri)
-    ledger.app.close()
+    ledger.close()
     return url
 
 
@@ -447,7 +446,7 @@ def test_an_unforeseen_failure_is_one_line_and_a_traceback_only_when_asked(
     folder = tmp_path / "inject"
     folder.mkdir()
     (folder / "sitecustomize.py").write_text(
-        "from snapledger.adapters import session\n"
+        "from snapledger.adapters.cli import session\n"
         "def _boom(self):\n"
         "    raise LookupError('injected by the test')\n"
         "session.Context.ledger_app = property(_boom)\n"

@@ -420,7 +420,7 @@ class ServiceHistory:
         ledger.snapshot("vm", "s3")
         self.snapshots["s3"] = dict(self.present)
         self.write(ledger, {6: 0x32, 0: 0x32})
-        ledger.app.close()
+        ledger.close()
 
     def write(self, ledger: Snapledger, clusters: Mapping[int, int]) -> None:
         write_clusters(ledger.vm("vm").disks["vda"], clusters)
@@ -513,7 +513,7 @@ def test_a_crash_at_any_storage_call_is_recovered_without_losing_a_byte(
             fresh.recover()
             files = h.check(fresh)
             assert files == expected_files, (k, after, crashing.calls)
-            fresh.app.close()
+            fresh.close()
 
 
 # ---- 5. kill -9 during a real merge of a few hundred MiB ---------------------------------

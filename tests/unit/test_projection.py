@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from projection_helpers import rebuilt, spy_reads, view_state
 
+from snapledger.adapters.checkpoint import fast_show
 from snapledger.adapters.checkpoint import stores as projection_store
 from snapledger.adapters.checkpoint.persisted import CheckpointTranscoder, PersistedProjection
 from snapledger.adapters.checkpoint.stores import (
@@ -323,7 +324,7 @@ def test_the_fast_path_finds_the_file_the_store_uses(url: str, tmp_path: Path, m
                                  "sqlite:////", "sqlite:////tmp/a%00b", "postgresql://u@h:99999/db", ""])
 def test_the_fast_path_leaves_other_stores_alone(url: str) -> None:
     assert store_url.sqlite_file(url) is None
-    assert projection_store.stored_show_text(url, "vm") is None
+    assert fast_show.stored_show_text(url, "vm") is None
 
 
 @pytest.mark.parametrize(
@@ -331,7 +332,7 @@ def test_the_fast_path_leaves_other_stores_alone(url: str) -> None:
     ["postgresql://u@h/db", "postgres://u:p%40ss@h:5433/my%20db", "postgresql://h/db"],
 )
 def test_the_fast_path_connects_as_the_store_does(url: str) -> None:
-    params = projection_store.postgres_connection(url)
+    params = fast_show.postgres_connection(url)
     env = event_store.persistence_env(url)
     assert params is not None
     assert {k: params[k] for k in ("host", "port", "dbname", "user")} == {
