@@ -360,25 +360,26 @@ def test_create_overlay_refuses_a_symlink(
 
 @pytest.mark.parametrize("what", ["file", "symlink"])
 def test_create_overlay_is_exclusive_even_when_the_path_appears_after_the_check(
-    storage: QemuImgStorage, chain: tuple[str, str, str], tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch, what: str
+    chain: tuple[str, str, str], tmp_path: Path, what: str
 ) -> None:
-    """The lstat check can race; O_EXCL|O_NOFOLLOW on the create itself can't."""
+    """The lstat check can race; O_EXCL|O_NOFOLLOW on the create itself can't. The race is
+    staged through the adapter's own door, the qemu-img it runs: a wrapper that puts a file (or
+    a symlink to a victim) at the new path while the backing is inspected, after the check."""
     _, _, top = chain
     victim = tmp_path / "victim"
     victim.write_bytes(b"precious")
     path = tmp_path / "new.qcow2"
-
-    def appears(new: str) -> None:
-        storage._check_path(new)
-        if what == "file":
-            path.write_bytes(b"theirs")
-        else:
-            os.symlink(victim, path)
-
-    monkeypatch.setattr(storage, "_check_new_path", appears)
+    plant = f"printf theirs > {path}" if what == "file" else f"ln -s {victim} {path}"
+    wrapper = tmp_path / "qemu-img-racing"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = info ] && [ ! -e {path} ] && [ ! -L {path} ]; then {plant}; fi\n'
+        'exec qemu-img "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    racing = QemuImgStorage(qemu_img=str(wrapper))
     with pytest.raises(StorageError, match="exclusively"):
-        storage.create_overlay(str(path), top, "qcow2", VSIZE)
+        racing.create_overlay(str(path), top, "qcow2", VSIZE)
     assert victim.read_bytes() == b"precious"
     assert os.path.islink(path) if what == "symlink" else path.read_bytes() == b"theirs"
 
