@@ -365,14 +365,12 @@ def _effect(plan: Plan, path: str) -> str:
     return "deleted: nothing needs it any more"
 
 
-def _simulated(
-    view: LedgerView, vm_name: str, kind: str, target: str | None, plan: Plan
-) -> LedgerView:
+def _simulated(view: LedgerView, vm_name: str, target: str | None, plan: Plan) -> LedgerView:
     """The view as it would be once `plan` (a delete or a gc) ran: the VM aggregate's own
     methods applied to a copy, so no rule is re-derived here."""
     vm = copy.deepcopy(view.vms[vm_name])
     op = "explain-simulation"
-    vm.start_operation(op, kind, target, plan, [], {"previous_active": dict(vm.disks)}, at="")
+    vm.start_operation(op, plan.kind, target, plan, [], {"previous_active": dict(vm.disks)}, at="")
     for index in range(len(plan.steps)):
         vm.complete_step(op, index, [])
     vm.close_operation(op, "")
@@ -438,7 +436,7 @@ def _after_discarding_detached(
         return [Route((command,), "discarded with the detached images: nothing else needs it", gc.bytes_moved)]
     if have_routes:
         return []
-    after = _simulated(view, vm.name, "gc", None, gc)
+    after = _simulated(view, vm.name, None, gc)
     dag_after = ImageDag(after)
     routes = _single_deletes(after, dag_after, after.vms[vm.name], path, cost)
     every, _ = _every_hold_released(after, dag_after, after.vms[vm.name], path, cost)
@@ -513,7 +511,7 @@ def _every_hold_released(
         commands.append(_delete_command(vm.name, snapshot, "auto", "forbid"))
         moved += plan.bytes_moved
         freed = _deletes(plan, path)
-        current = _simulated(current, vm.name, "delete", snapshot, plan)
+        current = _simulated(current, vm.name, snapshot, plan)
         if freed:
             return Route(tuple(commands), "deleted by the last of these deletions", moved), ""
     after = ImageDag(current)

@@ -46,7 +46,16 @@ from snapledger.adapters.libvirt.xml import (
 )
 from snapledger.adapters.service.ports import FoundDomain, StoragePort
 from snapledger.domain.errors import BadInput
-from snapledger.domain.steps import Commit, Plan, Pull, SetActive, StartDomain, Step, SwitchDisks
+from snapledger.domain.steps import (
+    Commit,
+    OperationKind,
+    Plan,
+    Pull,
+    SetActive,
+    StartDomain,
+    Step,
+    SwitchDisks,
+)
 from snapledger.domain.vm import OperationRecord, VirtualMachine
 
 # A test knob, never set in normal use: a bandwidth limit (bytes per second) for every block job
@@ -238,7 +247,7 @@ class LibvirtHypervisor:
         """After `recover` finished `op`: a domain that ran when the operation began and has
         stopped since is started again on the images the ledger now says, when libvirt can
         (persistent); a transient one that is gone is named with where its definition is."""
-        if not op.details.get("domain_running") or op.kind == "revert":
+        if not op.details.get("domain_running") or op.kind == OperationKind.REVERT:
             return []  # a revert stops the domain itself, and starts it again if asked
         port, domain = self.port(vm)
         where = ", ".join(f"{d}={p}" for d, p in sorted(vm.disks.items()))
@@ -283,7 +292,7 @@ class LibvirtHypervisor:
         runs. Returns notes for the user."""
         port, domain = self.port(vm)
         notes = []
-        if plan.kind == "delete" and target is not None:
+        if plan.kind == OperationKind.DELETE and target is not None:
             if target in self.metadata_names(port, domain):
                 port.delete_snapshot_metadata(domain, target)
                 notes.append(f"libvirt's metadata of snapshot {target} was removed too")

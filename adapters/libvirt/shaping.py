@@ -29,6 +29,7 @@ from snapledger.domain.steps import (
     Commit,
     DefineDomain,
     DeleteFile,
+    OperationKind,
     Plan,
     Pull,
     RebaseUnsafe,
@@ -88,7 +89,7 @@ def shape_plan(
     # at live snapshots): any change of a chain under a disk redefines it, or `virsh start`
     # finds a deleted image there.
     chains_change = any(isinstance(s, CHAIN_STEPS) for s in steps)
-    if plan.kind == "revert":
+    if plan.kind == OperationKind.REVERT:
         if not persistent and not start:
             raise BadInput(
                 f"domain {domain!r} is transient: it exists only while it runs, so a revert "
@@ -102,7 +103,7 @@ def shape_plan(
             steps.insert(0, StopDomain(domain))
         if start:
             steps.append(StartDomain(domain, "" if persistent else define.xml))
-    elif running and plan.kind == "snapshot" and changed:
+    elif running and plan.kind == OperationKind.SNAPSHOT and changed:
         switch = SwitchDisks(domain, tuple(sorted(changed.items())))
         steps.insert(sets[0], switch)
     elif running and persistent and (changed or chains_change):
