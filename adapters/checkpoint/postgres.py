@@ -1,7 +1,7 @@
 """The persisted projection on PostgreSQL (the `postgres` extra): the same tables, rows and rules
-as SQLiteProjectionStore in adapters/checkpoint/stores.py, in the schema of the ledger's database.
+as SQLiteProjectionStore in adapters/checkpoint/sqlite.py, in the schema of the ledger's database.
 
-A module of its own so SQLite users never import psycopg (like ledger_chain_postgres.py). It
+A module of its own so SQLite users never import psycopg (like eventstore/chain_postgres.py). It
 goes through the application recorder's own datastore (eventsourcing's PostgresDatastore: its
 connection pool, in autocommit mode, and `transaction()` blocks), beside the events table whose
 `notification_id` is the ledger position.
@@ -31,7 +31,7 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 
-from snapledger.adapters.checkpoint.stores import (
+from snapledger.adapters.checkpoint.rules import (
     ARCHIVES,
     CHECKPOINT,
     DOCS,

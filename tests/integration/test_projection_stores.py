@@ -32,8 +32,9 @@ from projection_helpers import (
 from store_backends import Backend, PostgresBackend, SQLiteBackend
 
 from snapledger.adapters.checkpoint.fast_show import stored_show_text
+from snapledger.adapters.checkpoint.memory import MemoryProjectionStore
 from snapledger.adapters.checkpoint.persisted import PersistedProjection, store_for
-from snapledger.adapters.checkpoint.stores import (
+from snapledger.adapters.checkpoint.rules import (
     BEHIND,
     CHECKPOINT,
     DAMAGED,
@@ -41,7 +42,6 @@ from snapledger.adapters.checkpoint.stores import (
     SAME,
     TRACKING,
     WRITTEN,
-    MemoryProjectionStore,
     ProjectionStore,
     Row,
     Tracking,

@@ -15,18 +15,19 @@ import pytest
 from projection_helpers import rebuilt, spy_reads, view_state
 
 from snapledger.adapters.checkpoint import fast_show
-from snapledger.adapters.checkpoint import stores as projection_store
-from snapledger.adapters.checkpoint.persisted import CheckpointTranscoder, PersistedProjection
-from snapledger.adapters.checkpoint.stores import (
+from snapledger.adapters.checkpoint.codec import CheckpointTranscoder
+from snapledger.adapters.checkpoint.memory import MemoryProjectionStore
+from snapledger.adapters.checkpoint.persisted import PersistedProjection
+from snapledger.adapters.checkpoint.rules import (
     BEHIND,
     NEEDS_FULL,
     SAME,
     WRITTEN,
-    MemoryProjectionStore,
     Row,
     Tracking,
     Update,
     decide,
+    row_checksum,
 )
 from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore import application as event_store
@@ -285,7 +286,7 @@ def test_two_processes_racing_on_the_projection(world: World) -> None:
 
 def test_memory_store_rows_round_trip() -> None:
     store = MemoryProjectionStore(lambda: 3)
-    row = Row("00", 1, 1, "t", b"{}", projection_store.row_checksum("00", 1, 1, "t", b"{}"))
+    row = Row("00", 1, 1, "t", b"{}", row_checksum("00", 1, 1, "t", b"{}"))
     update = Update(3, "fp", -1, True, [row], 1, 0, True, 2)
     assert store.commit(update, lambda stored, only_missing: []) == WRITTEN
     assert store.read_current() == (3, Tracking(3, "fp", 1, 3), [row])
@@ -302,7 +303,7 @@ def test_importing_the_command_line_stays_light() -> None:
     heavy = ["eventsourcing", "rich", "lxml", "snapledger.domain.vm", "snapledger.adapters.cli.output",
              "snapledger.adapters.service.commands", "snapledger.projections.view"]
     code = (
-        "import sys, snapledger.adapters.cli.main, snapledger.adapters.checkpoint.stores;"
+        "import sys, snapledger.adapters.cli.main, snapledger.adapters.checkpoint.fast_show;"
         f"print([m for m in {heavy!r} if m in sys.modules])"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
