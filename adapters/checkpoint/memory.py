@@ -1,29 +1,32 @@
 """The projection store of the `memory:` ledger: the same tables as dicts, kept with the
-application's recorder (one per application object), behind one lock."""
+application's recorder (one per application object), behind one lock. It commits through the
+shared flow of commit.py, its dicts being its tables."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
+from snapledger.adapters.checkpoint.commit import commit_update
 from snapledger.adapters.checkpoint.rules import (
-    SAME,
-    WRITTEN,
     Doc,
     DocsFor,
     Row,
     Tracking,
     Update,
-    archive_due,
     code_fingerprint,
-    decide,
     doc_checksum,
     doc_intact,
 )
 
 
+def _born_order(rows: Iterable[Row]) -> list[Row]:
+    return sorted(rows, key=lambda r: (r.born, r.originator_id))
+
+
 class MemoryProjectionStore:
-    """The same tables as dicts, for the `memory:` store (one per application object)."""
+    """The projection's tables as dicts. Tests edit them to stage damage."""
 
     persistent = True
 
@@ -38,8 +41,7 @@ class MemoryProjectionStore:
 
     def read_current(self) -> tuple[int, Tracking | None, list[Row]]:
         with self._lock:
-            rows = sorted(self.rows.values(), key=lambda r: (r.born, r.originator_id))
-            return self.last_position(), self.tracking, rows
+            return self.last_position(), self.tracking, _born_order(self.rows.values())
 
     def read_at(self, position: int, fingerprint: str) -> tuple[int, int, list[Row]] | None:
         with self._lock:
@@ -47,8 +49,7 @@ class MemoryProjectionStore:
             if t is None or t.fingerprint != fingerprint or t.position > self.last_position():
                 return None
             if t.position <= position:
-                rows = sorted(self.rows.values(), key=lambda r: (r.born, r.originator_id))
-                return t.position, t.aggregates, rows
+                return t.position, t.aggregates, _born_order(self.rows.values())
             points = [p for p in self.archives if p <= position]
             if not points:
                 return None
@@ -57,50 +58,23 @@ class MemoryProjectionStore:
             for (oid, _), (at, row) in self.history.items():
                 if at <= point and (oid not in newest or newest[oid][0] < at):
                     newest[oid] = (at, row)
-            rows = sorted((r for _, r in newest.values()), key=lambda r: (r.born, r.originator_id))
-            return point, self.archives[point], rows
+            return point, self.archives[point], _born_order(r for _, r in newest.values())
 
     def commit(self, update: Update, docs_for: DocsFor) -> str:
-        with self._lock:
-            stored = self.tracking
-            outcome = decide(stored, update)
-            if outcome == SAME:
-                if update.docs:
-                    self._put_docs(docs_for(self._chains(), True))
-                return SAME
-            if outcome != WRITTEN:
-                return outcome
-            reset = update.full or stored is None or stored.fingerprint != update.fingerprint
-            archive = archive_due(stored, update, reset)
-            if reset:
-                self.rows, self.docs, self.history, self.archives = {}, {}, {}, {}
-            for row in update.rows:
-                self.rows[row.originator_id] = row
-            if update.docs:
-                self._put_docs(docs_for(self._chains(), False))
-            else:
-                self.docs = {}
-            archived = 0 if reset or stored is None else stored.archived
-            if archive:
-                for row in self.rows.values():
-                    self.history.setdefault((row.originator_id, row.version), (update.position, row))
-                self.archives[update.position] = len(self.rows)
-                archived = update.position
-            self.tracking = Tracking(update.position, update.fingerprint, len(self.rows), archived)
-            return WRITTEN
+        with self._lock:  # the whole flow, short cut included: the dicts need no other lock
+            return commit_update(update, docs_for, self._tables, self._tables)
 
-    def _chains(self) -> dict[str, str]:
-        return {doc.vm: doc.chains for doc in self.docs.values() if doc_intact(doc)}
-
-    def _put_docs(self, docs: Iterable[Doc]) -> None:
-        for doc in docs:
-            self.docs[doc.vm] = doc
+    @contextmanager
+    def _tables(self) -> Iterator[MemoryProjectionStore]:
+        """Read snapshot and write transaction alike: the store itself, under `commit`'s lock
+        (no rollback: a failure half-way is found by the next `load` and rebuilt)."""
+        yield self
 
     def wipe(self, seen: Tracking | None) -> None:
         with self._lock:
             if self.tracking == seen:
                 self.tracking = None
-                self.rows, self.docs, self.history, self.archives = {}, {}, {}, {}
+                self.clear()
 
     def close(self) -> None:
         """Nothing to let go: the tables live as long as the application's recorder."""
@@ -118,3 +92,38 @@ class MemoryProjectionStore:
             ):
                 return None
             return doc.text
+
+    # ---- the tables, for commit.commit_update (called under `commit`'s lock) ----------------
+
+    def stored_tracking(self) -> Tracking | None:
+        return self.tracking
+
+    def stored_chains(self) -> dict[str, str]:
+        return {doc.vm: doc.chains for doc in self.docs.values() if doc_intact(doc)}
+
+    def clear(self) -> None:
+        self.rows, self.docs, self.history, self.archives = {}, {}, {}, {}
+
+    def put_rows(self, rows: list[Row]) -> None:
+        for row in rows:
+            self.rows[row.originator_id] = row
+
+    def put_docs(self, docs: list[Doc]) -> None:
+        for doc in docs:
+            self.docs[doc.vm] = doc
+
+    def drop_docs(self) -> None:
+        self.docs = {}
+
+    def count_rows(self) -> int:
+        return len(self.rows)
+
+    def keep_archive_point(self, position: int, count: int) -> None:
+        # No "unarchived" mark here: every row is offered, and a version already kept stays,
+        # which keeps exactly the rows written since the last point (as the SQL stores do).
+        for row in self.rows.values():
+            self.history.setdefault((row.originator_id, row.version), (position, row))
+        self.archives[position] = count
+
+    def put_tracking(self, tracking: Tracking) -> None:
+        self.tracking = tracking

@@ -1,7 +1,7 @@
 """The persisted, tracked projection: the LedgerView at a recorded ledger position P, so that
 no command folds the whole ledger (docs/architecture.md, "Persisted projections").
 
-At P, in one transaction that never moves P back (the store's commit, by rules.decide):
+At P, in one transaction that never moves P back (the store's commit, commit.py's flow):
 
 1. a checkpoint: every aggregate of the view as an eventsourcing snapshot (codec.py); only the
    aggregates changed since the last checkpoint are rewritten (`LedgerView.dirty`);

@@ -4,8 +4,8 @@ fingerprint, and the tables' names and columns.
 
 Pure: no database connection is opened here, and nothing heavy is imported (`show`'s fast path,
 adapters/checkpoint/fast_show.py, reads these names before eventsourcing or the domain are
-loaded). The stores are memory.py, sqlite.py and postgres.py; what the rows mean, and when to
-write them, is persisted.py's business.
+loaded). The stores are memory.py, sqlite.py and postgres.py; the one commit flow they share is
+commit.py; what the rows mean, and when to write them, is persisted.py's business.
 
 The tables, prefixed `snapledger_`, live beside the ledger's events: in its SQLite file (beside
 eventsourcing's `stored_events`, whose rowid is the ledger position) or in its PostgreSQL schema
@@ -160,8 +160,8 @@ def doc_intact(doc: Doc) -> bool:
 
 
 def _sources() -> list[Path]:
-    """domain/, projections/ and this room's every file (the codec, the stores, the fast
-    path), whole folders: a module added to any of them is covered."""
+    """domain/, projections/ and this room's every file (the codec, the stores, the commit
+    flow, the fast path), whole folders: a module added to any of them is covered."""
     here = Path(__file__).resolve().parent
     root = here.parent.parent  # the folder holding domain/ projections/ adapters/
     return [path for folder in (root / "domain", root / "projections", here) for path in sorted(folder.glob("*.py"))]

@@ -1,13 +1,21 @@
 """The projection store in the ledger's SQLite file: the tables of rules.py beside
 eventsourcing's `stored_events`, through a connection of its own, with sqlite3 alone.
-`read_tracking` is also what `show`'s fast path reads (fast_show.py).
+
+Its own connection so that a write transaction can be `BEGIN IMMEDIATE`: it waits (up to the
+store's lock timeout) for SQLite's one write lock instead of failing when another process wrote
+since it began reading. That lock orders the commits of every process; a threading lock orders
+this process's threads on the one connection. Commits follow commit.py; this module supplies
+the SQL. `read_tracking` is also what `show`'s fast path reads (fast_show.py).
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from snapledger.adapters.checkpoint.commit import TablesUnreadable, commit_update
 from snapledger.adapters.checkpoint.rules import (
     ARCHIVES,
     CHECKPOINT,
@@ -17,17 +25,14 @@ from snapledger.adapters.checkpoint.rules import (
     HISTORY,
     PROJECTION_TABLES,
     RESET_TABLES,
-    SAME,
+    ROW_COLUMNS,
     TRACKING,
     VIEW,
-    WRITTEN,
     Doc,
     DocsFor,
     Row,
     Tracking,
     Update,
-    archive_due,
-    decide,
     doc_intact,
     tracking_checksum,
     tracking_from_row,
@@ -50,12 +55,92 @@ SCHEMA = (
     f"CREATE INDEX IF NOT EXISTS {HISTORY}_position ON {HISTORY} (position)",
     f"CREATE TABLE IF NOT EXISTS {ARCHIVES} (position INTEGER PRIMARY KEY, aggregates INTEGER NOT NULL)",
 )
+ROW_LIST = ", ".join(ROW_COLUMNS)
+
+
+def read_tracking(con: sqlite3.Connection) -> Tracking | None:
+    """The tracking row (rules.tracking_from_row: DAMAGED if edited by hand); raises
+    sqlite3.OperationalError if the table is not there."""
+    found = con.execute(
+        f"SELECT position, fingerprint, aggregates, archived, checksum FROM {TRACKING} "
+        "WHERE name = ?",
+        (VIEW,),
+    ).fetchone()
+    return tracking_from_row(found)
+
+
+def _ensure_schema(con: sqlite3.Connection) -> None:
+    """Inside a write transaction: the tables exist, with the columns this code uses."""
+    for statement in SCHEMA:
+        con.execute(statement)
+    try:
+        for table, columns in COLUMNS.items():
+            con.execute(f"SELECT {', '.join(columns)} FROM {table} LIMIT 0")
+    except sqlite3.OperationalError:
+        for table in PROJECTION_TABLES:
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+        for statement in SCHEMA:
+            con.execute(statement)
+
+
+def _top(con: sqlite3.Connection) -> int:
+    """The ledger's last position (0: no events)."""
+    return int(con.execute(f"SELECT MAX(rowid) FROM {EVENTS}").fetchone()[0] or 0)
+
+
+def _rows(con: sqlite3.Connection) -> list[Row]:
+    return [Row(*r) for r in con.execute(f"SELECT {ROW_LIST} FROM {CHECKPOINT} ORDER BY born, originator_id")]
+
+
+class SQLiteTables:
+    """The projection's tables inside one of the store's transactions (commit.py's primitives)."""
+
+    def __init__(self, con: sqlite3.Connection) -> None:
+        self.con = con
+
+    def stored_tracking(self) -> Tracking | None:
+        return read_tracking(self.con)
+
+    def stored_chains(self) -> dict[str, str]:
+        docs = (Doc(*row) for row in self.con.execute(f"SELECT vm, chains, doc, checksum FROM {DOCS}"))
+        return {doc.vm: doc.chains for doc in docs if doc_intact(doc)}
+
+    def clear(self) -> None:
+        for table in RESET_TABLES:
+            self.con.execute(f"DELETE FROM {table}")
+
+    def put_rows(self, rows: list[Row]) -> None:
+        # `unarchived` is left to its default, 1: a rewritten row is kept by the next archive point.
+        self.con.executemany(
+            f"INSERT OR REPLACE INTO {CHECKPOINT} ({ROW_LIST}) VALUES (?, ?, ?, ?, ?, ?)", rows
+        )
+
+    def put_docs(self, docs: list[Doc]) -> None:
+        self.con.executemany(f"INSERT OR REPLACE INTO {DOCS} VALUES (?, ?, ?, ?)", docs)
+
+    def drop_docs(self) -> None:
+        self.con.execute(f"DELETE FROM {DOCS}")
+
+    def count_rows(self) -> int:
+        return int(self.con.execute(f"SELECT COUNT(*) FROM {CHECKPOINT}").fetchone()[0])
+
+    def keep_archive_point(self, position: int, count: int) -> None:
+        self.con.execute(
+            f"INSERT OR IGNORE INTO {HISTORY} SELECT ?, {ROW_LIST} FROM {CHECKPOINT} WHERE unarchived = 1",
+            (position,),
+        )
+        self.con.execute(f"UPDATE {CHECKPOINT} SET unarchived = 0 WHERE unarchived = 1")
+        self.con.execute(f"INSERT OR REPLACE INTO {ARCHIVES} VALUES (?, ?)", (position, count))
+
+    def put_tracking(self, tracking: Tracking) -> None:
+        self.con.execute(
+            f"INSERT OR REPLACE INTO {TRACKING} VALUES (?, ?, ?, ?, ?, ?)",
+            (VIEW, *tracking, tracking_checksum(tracking)),
+        )
 
 
 class SQLiteProjectionStore:
-    """The tables in the ledger's SQLite file, through a connection of its own (so that a
-    write transaction can be `BEGIN IMMEDIATE`: it waits for the lock instead of failing when
-    another process wrote since it began reading)."""
+    """The tables in the ledger's SQLite file."""
 
     persistent = True
 
@@ -80,35 +165,37 @@ class SQLiteProjectionStore:
     def __del__(self) -> None:
         self.close()
 
+    @contextmanager
+    def _read_transaction(self) -> Iterator[sqlite3.Connection]:
+        """A deferred transaction: one consistent read, no write lock."""
+        con = self._connection()
+        con.execute("BEGIN")
+        try:
+            yield con
+        finally:
+            con.execute("COMMIT")
+
     def read_current(self) -> tuple[int, Tracking | None, list[Row]]:
-        with self._lock:
-            con = self._connection()
-            con.execute("BEGIN")
+        with self._lock, self._read_transaction() as con:
+            top = _top(con)
             try:
-                top = con.execute(f"SELECT MAX(rowid) FROM {EVENTS}").fetchone()[0] or 0
-                try:
-                    tracking = read_tracking(con)
-                except sqlite3.OperationalError:  # no tables yet (or dropped)
-                    return top, None, []
-                try:
-                    rows = self._rows(con, CHECKPOINT) if tracking is not None else []
-                except sqlite3.OperationalError:  # the rows are gone: not what the row says
-                    rows = []
-                return top, tracking, rows
-            finally:
-                con.execute("COMMIT")
+                tracking = read_tracking(con)
+            except sqlite3.OperationalError:  # no tables yet (or dropped)
+                return top, None, []
+            try:
+                rows = _rows(con) if tracking is not None else []
+            except sqlite3.OperationalError:  # the rows are gone: not what the row says
+                rows = []
+            return top, tracking, rows
 
     def read_at(self, position: int, fingerprint: str) -> tuple[int, int, list[Row]] | None:
-        with self._lock:
-            con = self._connection()
-            con.execute("BEGIN")
+        with self._lock, self._read_transaction() as con:
             try:
                 t = read_tracking(con)
-                top = con.execute(f"SELECT MAX(rowid) FROM {EVENTS}").fetchone()[0] or 0
-                if t is None or t.fingerprint != fingerprint or t.position > top:
+                if t is None or t.fingerprint != fingerprint or t.position > _top(con):
                     return None
                 if t.position <= position:
-                    return t.position, t.aggregates, self._rows(con, CHECKPOINT)
+                    return t.position, t.aggregates, _rows(con)
                 found = con.execute(
                     f"SELECT position, aggregates FROM {ARCHIVES} WHERE position <= ? "
                     "ORDER BY position DESC LIMIT 1",
@@ -122,8 +209,8 @@ class SQLiteProjectionStore:
                 rows = [
                     Row(*r[1:])
                     for r in con.execute(
-                        f"SELECT MAX(position), originator_id, originator_version, born, topic, "
-                        f"state, checksum FROM {HISTORY} WHERE position <= ? GROUP BY originator_id",
+                        f"SELECT MAX(position), {ROW_LIST} FROM {HISTORY} WHERE position <= ? "
+                        "GROUP BY originator_id",
                         (point,),
                     )
                 ]
@@ -131,95 +218,31 @@ class SQLiteProjectionStore:
                 return point, count, rows
             except sqlite3.OperationalError:  # no tables
                 return None
-            finally:
-                con.execute("COMMIT")
-
-    @staticmethod
-    def _rows(con: sqlite3.Connection, table: str) -> list[Row]:
-        return [
-            Row(*r)
-            for r in con.execute(
-                f"SELECT originator_id, originator_version, born, topic, state, checksum "
-                f"FROM {table} ORDER BY born, originator_id"
-            )
-        ]
 
     def commit(self, update: Update, docs_for: DocsFor) -> str:
         with self._lock:
-            con = self._connection()
-            if update.docs and self._unchanged(con, update):
-                return SAME  # the common case of a reader: no write lock taken
-            con.execute("BEGIN IMMEDIATE")
+            return commit_update(update, docs_for, self._read_snapshot, self._write_transaction)
+
+    @contextmanager
+    def _read_snapshot(self) -> Iterator[SQLiteTables]:
+        """For the short cut: a deferred transaction, no write lock."""
+        with self._read_transaction() as con:
             try:
-                _ensure_schema(con)
-                stored = read_tracking(con)
-                outcome = decide(stored, update)
-                if outcome == SAME:
-                    if update.docs:
-                        self._put_docs(con, docs_for(self._chains(con), True))
-                elif outcome == WRITTEN:
-                    self._write(con, stored, update, docs_for)
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
-            return outcome
+                yield SQLiteTables(con)
+            except sqlite3.OperationalError as error:  # no tables, another shape, or busy
+                raise TablesUnreadable(str(error)) from error
 
-    def _unchanged(self, con: sqlite3.Connection, update: Update) -> bool:
-        con.execute("BEGIN")
+    @contextmanager
+    def _write_transaction(self) -> Iterator[SQLiteTables]:
+        con = self._connection()
+        con.execute("BEGIN IMMEDIATE")
         try:
-            stored = read_tracking(con)
-            if stored is None or decide(stored, update) != SAME:
-                return False
-            return len(self._chains(con)) == update.vms
-        except sqlite3.OperationalError:
-            return False
-        finally:
-            con.execute("COMMIT")
-
-    def _write(
-        self, con: sqlite3.Connection, stored: Tracking | None, update: Update, docs_for: DocsFor
-    ) -> None:
-        reset = update.full or stored is None or stored.fingerprint != update.fingerprint
-        archive = archive_due(stored, update, reset)
-        if reset:
-            for table in RESET_TABLES:
-                con.execute(f"DELETE FROM {table}")
-        con.executemany(
-            f"INSERT OR REPLACE INTO {CHECKPOINT} (originator_id, originator_version, born, topic, "
-            "state, checksum) VALUES (?, ?, ?, ?, ?, ?)",
-            update.rows,
-        )
-        if update.docs:
-            self._put_docs(con, docs_for(self._chains(con), False))
-        else:
-            con.execute(f"DELETE FROM {DOCS}")
-        count = con.execute(f"SELECT COUNT(*) FROM {CHECKPOINT}").fetchone()[0]
-        archived = 0 if reset or stored is None else stored.archived
-        if archive:  # the rows written since the last archive point (a row is rewritten unarchived)
-            con.execute(
-                f"INSERT OR IGNORE INTO {HISTORY} SELECT ?, originator_id, originator_version, born, "
-                f"topic, state, checksum FROM {CHECKPOINT} WHERE unarchived = 1",
-                (update.position,),
-            )
-            con.execute(f"UPDATE {CHECKPOINT} SET unarchived = 0 WHERE unarchived = 1")
-            con.execute(f"INSERT OR REPLACE INTO {ARCHIVES} VALUES (?, ?)", (update.position, count))
-            archived = update.position
-        tracking = Tracking(update.position, update.fingerprint, count, archived)
-        con.execute(
-            f"INSERT OR REPLACE INTO {TRACKING} VALUES (?, ?, ?, ?, ?, ?)",
-            (VIEW, *tracking, tracking_checksum(tracking)),
-        )
-
-    @staticmethod
-    def _chains(con: sqlite3.Connection) -> dict[str, str]:
-        """The stored documents' chains by VM; a damaged document counts as missing."""
-        docs = (Doc(*row) for row in con.execute(f"SELECT vm, chains, doc, checksum FROM {DOCS}"))
-        return {doc.vm: doc.chains for doc in docs if doc_intact(doc)}
-
-    @staticmethod
-    def _put_docs(con: sqlite3.Connection, docs: list[Doc]) -> None:
-        con.executemany(f"INSERT OR REPLACE INTO {DOCS} VALUES (?, ?, ?, ?)", docs)
+            _ensure_schema(con)
+            yield SQLiteTables(con)
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
 
     def wipe(self, seen: Tracking | None) -> None:
         with self._lock:
@@ -235,29 +258,3 @@ class SQLiteProjectionStore:
                     con.execute(f"DROP TABLE IF EXISTS {table}")
             finally:
                 con.execute("COMMIT")
-
-
-def _ensure_schema(con: sqlite3.Connection) -> None:
-    """Inside a write transaction: the tables exist, with the columns this code uses."""
-    for statement in SCHEMA:
-        con.execute(statement)
-    try:
-        for table, columns in COLUMNS.items():
-            con.execute(f"SELECT {', '.join(columns)} FROM {table} LIMIT 0")
-    except sqlite3.OperationalError:
-        for table in PROJECTION_TABLES:
-            con.execute(f"DROP TABLE IF EXISTS {table}")
-        for statement in SCHEMA:
-            con.execute(statement)
-
-
-def read_tracking(con: sqlite3.Connection) -> Tracking | None:
-    """The tracking row; one edited by hand comes back with the fingerprint DAMAGED, which no
-    code has: it is then neither trusted nor built on."""
-    found = con.execute(
-        f"SELECT position, fingerprint, aggregates, archived, checksum FROM {TRACKING} "
-        "WHERE name = ?",
-        (VIEW,),
-    ).fetchone()
-    return tracking_from_row(found)
-

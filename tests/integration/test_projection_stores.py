@@ -150,12 +150,10 @@ def test_every_store_keeps_what_it_was_given(any_store: StoreCase) -> None:
 
 
 def test_at_the_stored_position_only_missing_documents_are_written(any_store: StoreCase) -> None:
-    """A commit at the position the store holds: with every VM's document intact it is SAME
-    without asking for any (no write lock taken); with one missing, the documents are asked for
-    again, only the missing ones, under the lock."""
+    """A commit at the position the store holds (commit.py's flow, the same for every store):
+    with every VM's document intact it is SAME without asking for any (no write lock taken);
+    with one missing, the documents are asked for again, only the missing ones, under the lock."""
     store, last, _ = any_store
-    if isinstance(store, MemoryProjectionStore):
-        pytest.skip("the memory store has no short cut: it always asks, under its lock")
     asked: list[tuple[list[str], bool]] = []
 
     def docs_for(stored: dict[str, str], only_missing: bool) -> list[Doc]:
