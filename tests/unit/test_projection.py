@@ -4,17 +4,21 @@ happened to the projection (a crash before its update, damage, another version's
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import pkgutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from projection_helpers import rebuilt, spy_reads, view_state
 
-from snapledger.adapters.checkpoint import fast_show
+import snapledger.adapters.checkpoint
+import snapledger.domain
+import snapledger.projections
+from snapledger.adapters.checkpoint import fast_show, rules
 from snapledger.adapters.checkpoint.codec import CheckpointTranscoder
 from snapledger.adapters.checkpoint.memory import MemoryProjectionStore
 from snapledger.adapters.checkpoint.persisted import PersistedProjection
@@ -23,6 +27,8 @@ from snapledger.adapters.checkpoint.rules import (
     NEEDS_FULL,
     SAME,
     WRITTEN,
+    DocsFor,
+    ProjectionStore,
     Row,
     Tracking,
     Update,
@@ -54,8 +60,8 @@ class World:
         ticks = itertools.count()
         self.clock = lambda: f"2026-01-01T00:00:00.{next(ticks):06d}+00:00"
 
-    def process(self) -> Snapledger:
-        projection = PersistedProjection(self.app, every=EVERY)
+    def process(self, store: ProjectionStore | None = None) -> Snapledger:
+        projection = PersistedProjection(self.app, store=store, every=EVERY)
         return ledger_service(self.app, self.storage, clock=self.clock, projection=projection)
 
     @property
@@ -132,26 +138,44 @@ def test_the_transcoder_refuses_classes_outside_the_domain() -> None:
     }
 
 
-def test_a_save_rewrites_only_the_aggregates_that_changed(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
+class CommitSpy:
+    """The store port around a real store: every call goes through, and each commit's rows are
+    noted (the aggregates it rewrites)."""
+
+    def __init__(self, real: ProjectionStore) -> None:
+        self.real = real
+        self.persistent = real.persistent
+        self.written: list[set[str]] = []
+
+    def read_current(self) -> tuple[int, Tracking | None, list[Row]]:
+        return self.real.read_current()
+
+    def read_at(self, position: int, fingerprint: str) -> tuple[int, int, list[Row]] | None:
+        return self.real.read_at(position, fingerprint)
+
+    def commit(self, update: Update, docs_for: DocsFor) -> str:
+        self.written.append({r.originator_id for r in update.rows})
+        return self.real.commit(update, docs_for)
+
+    def wipe(self, seen: Tracking | None) -> None:
+        self.real.wipe(seen)
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def test_a_save_rewrites_only_the_aggregates_that_changed(world: World) -> None:
     ledger = history(world)
     ledger.recover("a")
     before = {a.id: a.version for a in rebuilt(world.app).aggregates().values()}
-    ledger = world.process()
+    spy = CommitSpy(world.store)
+    ledger = world.process(store=spy)
     ledger.view  # noqa: B018 (loads)
-    written: list[set[str]] = []
-    real = world.store.commit
-
-    def commit(update: Update, docs_for: Callable[..., Any]) -> str:
-        written.append({r.originator_id for r in update.rows})
-        return real(update, docs_for)
-
-    monkeypatch.setattr(ledger.projection.store, "commit", commit)
+    spy.written.clear()  # only the snapshot's saves
     ledger.snapshot("b", "t2")
     after = rebuilt(world.app).aggregates()
     changed = {a.id.hex for a in after.values() if before.get(a.id) != a.version}
-    assert set().union(*written) == changed  # (an archive point on the way may split the writes)
+    assert set().union(*spy.written) == changed  # (an archive point on the way may split the writes)
     assert len(changed) < len(after) / 2
 
 
@@ -266,6 +290,27 @@ def test_the_position_never_moves_back() -> None:
     assert decide(Tracking(4, fp, 3, 0), update) == NEEDS_FULL  # reset below our base
     assert decide(Tracking(12, "1:other", 3, 0), update) == NEEDS_FULL
     assert decide(Tracking(12, "1:other", 3, 0), update._replace(full=True)) == WRITTEN
+
+
+def test_the_code_fingerprint_reads_every_module_a_checkpoint_depends_on() -> None:
+    """The domain's event bodies, the views and documents, and this room's codec, stores and
+    commit flow: a change to any of them rebuilds the projection rather than trusting it. A
+    module moved out of these packages, or into a subfolder the fingerprint does not read,
+    fails here."""
+    sources = set(rules._sources())
+    packages = (snapledger.domain, snapledger.projections, snapledger.adapters.checkpoint)
+    modules = [
+        found.name
+        for package in packages
+        for found in pkgutil.walk_packages(package.__path__, f"{package.__name__}.")
+    ]
+    room = "snapledger.adapters.checkpoint."
+    assert {f"{room}{name}" for name in ("rules", "commit", "codec", "persisted", "memory", "sqlite", "postgres")} <= set(modules)
+    assert {"snapledger.domain.vm", "snapledger.projections.view", "snapledger.projections.documents"} <= set(modules)
+    for name in modules:
+        spec = importlib.util.find_spec(name)  # found, not imported (postgres.py needs psycopg)
+        assert spec is not None and spec.origin is not None, name
+        assert Path(spec.origin).resolve() in sources, name
 
 
 def test_two_processes_racing_on_the_projection(world: World) -> None:
