@@ -147,6 +147,7 @@ class NothingKept:
     def read_at(self, position, fingerprint): return None
     def commit(self, update, docs_for): return BEHIND
     def wipe(self, seen): return None
+    def close(self): return None
 
 projection.store_for = lambda app: NothingKept()
 from snapledger.adapters.cli.main import main""",
