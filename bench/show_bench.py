@@ -20,7 +20,7 @@ First the persisted projection is brought up to date by one `show` (on a ledger 
 yet, or one written by other code, that run folds every event and writes the checkpoints and
 archive points: its time is reported). Then:
 
-- `show VM --json`: answered from the stored document (adapters/checkpoint/stores.py), before
+- `show VM --json`: answered from the stored document (adapters/checkpoint/fast_show.py), before
   eventsourcing is even imported. Target: <= 100 ms median.
 - `show VM --json --at-event N`, N in the middle and near the end, each the farthest from the
   archive point before it (so the most events to replay). Target: <= 1 s.
@@ -119,7 +119,7 @@ dag = ImageDag(view)
 doc = json_text(vm_document(view, sys.argv[2], dag))
 t6 = now()
 assert text in (None, doc), "the stored document is not the view's"  # None: not SQLite
-parts = {"import projection_store (fast path)": (t0, t1), "stored_show_text": (t1, t2),
+parts = {"import fast_show (fast path)": (t0, t1), "stored_show_text": (t1, t2),
          "import eventsourcing, domain, views": (t2, t3), "read the checkpoint's rows": (t3, t4),
          "decode them into a LedgerView": (t4, t5), "ImageDag + show document": (t5, t6)}
 print(json.dumps({k: [b[0] - a[0], b[1] - a[1]] for k, (a, b) in parts.items()} | {"rows": len(rows)}))
@@ -139,7 +139,7 @@ sys.exit(main(sys.argv[1:]))
 NO_PROJECTION = NO_FAST_PATH.replace(
     "from snapledger.adapters.cli.main import main",
     r"""import snapledger.adapters.checkpoint.persisted as projection
-from snapledger.adapters.checkpoint.stores import BEHIND
+from snapledger.adapters.checkpoint.rules import BEHIND
 
 class NothingKept:
     persistent = False
@@ -147,6 +147,7 @@ class NothingKept:
     def read_at(self, position, fingerprint): return None
     def commit(self, update, docs_for): return BEHIND
     def wipe(self, seen): return None
+    def close(self): return None
 
 projection.store_for = lambda app: NothingKept()
 from snapledger.adapters.cli.main import main""",

@@ -11,7 +11,7 @@ import os
 import sqlite3
 from urllib.parse import quote
 
-from snapledger.adapters.checkpoint.stores import (
+from snapledger.adapters.checkpoint.rules import (
     DOCS,
     EVENTS,
     TRACKING,
@@ -19,9 +19,9 @@ from snapledger.adapters.checkpoint.stores import (
     Tracking,
     code_fingerprint,
     doc_checksum,
-    read_tracking,
     tracking_from_row,
 )
+from snapledger.adapters.checkpoint.sqlite import read_tracking
 from snapledger.adapters.eventstore.store_url import parse_store_url, sqlite_file
 from snapledger.domain.errors import BadStoreUrl
 

@@ -1,7 +1,8 @@
-"""The persisted projection on PostgreSQL (the `postgres` extra): the same tables, rows and rules
-as SQLiteProjectionStore in adapters/checkpoint/stores.py, in the schema of the ledger's database.
+"""The projection store on PostgreSQL (the `postgres` extra): the tables of rules.py in the
+schema of the ledger's database. Commits follow commit.py; this module supplies the SQL and the
+locking.
 
-A module of its own so SQLite users never import psycopg (like ledger_chain_postgres.py). It
+A module of its own so SQLite users never import psycopg (like eventstore/chain_postgres.py). It
 goes through the application recorder's own datastore (eventsourcing's PostgresDatastore: its
 connection pool, in autocommit mode, and `transaction()` blocks), beside the events table whose
 `notification_id` is the ledger position.
@@ -23,6 +24,8 @@ Concurrency, which SQLite gets from its one write lock:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from eventsourcing.application import Application
@@ -31,42 +34,42 @@ from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composed, Identifier
 
-from snapledger.adapters.checkpoint.stores import (
+from snapledger.adapters.checkpoint.commit import TablesUnreadable, commit_update
+from snapledger.adapters.checkpoint.rules import (
     ARCHIVES,
     CHECKPOINT,
+    COLUMNS,
     DOCS,
     HISTORY,
-    SAME,
+    PROJECTION_TABLES,
+    RESET_TABLES,
+    ROW_COLUMNS,
     TRACKING,
     VIEW,
-    WRITTEN,
     Doc,
     DocsFor,
     Row,
     Tracking,
     Update,
-    archive_due,
-    decide,
     doc_intact,
     tracking_checksum,
     tracking_from_row,
 )
 from snapledger.adapters.eventstore.chain_postgres import schema_lock_key
 
-# Each table's columns and their types as the catalog names them (format_type); a table of any
-# other shape (older code, a hand edit) is dropped and made anew by the next commit.
-COLUMNS: dict[str, dict[str, str]] = {
-    TRACKING: {"name": "text", "position": "bigint", "fingerprint": "text",
-               "aggregates": "bigint", "archived": "bigint", "checksum": "bigint"},
-    CHECKPOINT: {"originator_id": "text", "originator_version": "bigint", "born": "bigint",
-                 "topic": "text", "state": "bytea", "checksum": "bigint", "unarchived": "boolean"},
-    DOCS: {"vm": "text", "chains": "text", "doc": "text", "checksum": "bigint"},
-    HISTORY: {"position": "bigint", "originator_id": "text", "originator_version": "bigint",
-              "born": "bigint", "topic": "text", "state": "bytea", "checksum": "bigint"},
-    ARCHIVES: {"position": "bigint", "aggregates": "bigint"},
+# Each column's type as the catalog names it (format_type); a column has one type in every table.
+COLUMN_TYPES = {
+    "name": "text", "position": "bigint", "fingerprint": "text", "aggregates": "bigint",
+    "archived": "bigint", "checksum": "bigint", "originator_id": "text",
+    "originator_version": "bigint", "born": "bigint", "topic": "text", "state": "bytea",
+    "unarchived": "boolean", "vm": "text", "chains": "text", "doc": "text",
 }
-PROJECTION_TABLES = tuple(COLUMNS)
-ROW_COLUMNS = "originator_id, originator_version, born, topic, state, checksum"
+# Each table's columns and their types; a table of any other shape (older code, a hand edit)
+# is dropped and made anew by the next commit.
+TYPED_COLUMNS: dict[str, dict[str, str]] = {
+    table: {column: COLUMN_TYPES[column] for column in columns} for table, columns in COLUMNS.items()
+}
+ROW_LIST = SQL(", ".join(ROW_COLUMNS))
 
 # The advisory lock's first key says whose lock it is (advisory locks are per database, shared
 # by every application in it); the second is the schema's, so ledgers in two schemas of one
@@ -83,6 +86,106 @@ def _row(found: DictRow) -> Row:
 
 def _doc(found: DictRow) -> Doc:
     return Doc(found["vm"], found["chains"], found["doc"], found["checksum"])
+
+
+class PostgresTables:
+    """The projection's tables in `schema`, inside one of the store's transactions (its reads,
+    and commit.py's primitives)."""
+
+    def __init__(self, curs: Cursor[DictRow], schema: str) -> None:
+        self.curs = curs
+        self.schema = schema
+
+    def table(self, name: str) -> Identifier:
+        return Identifier(self.schema, name)
+
+    def stored_tracking(self) -> Tracking | None:
+        self.curs.execute(
+            SQL("SELECT position, fingerprint, aggregates, archived, checksum FROM {} "
+                "WHERE name = %s").format(self.table(TRACKING)),
+            (VIEW,),
+        )
+        found = self.curs.fetchone()
+        if found is None:
+            return None
+        return tracking_from_row(
+            (found["position"], found["fingerprint"], found["aggregates"], found["archived"],
+             found["checksum"])
+        )
+
+    def rows(self) -> list[Row]:
+        self.curs.execute(
+            SQL("SELECT {} FROM {} ORDER BY born, originator_id").format(ROW_LIST, self.table(CHECKPOINT)),
+            binary=True,  # bytea as it is, not hex: a fifth less time (psycopg's Python build)
+        )
+        return [_row(r) for r in self.curs.fetchall()]
+
+    def stored_chains(self) -> dict[str, str]:
+        self.curs.execute(SQL("SELECT vm, chains, doc, checksum FROM {}").format(self.table(DOCS)))
+        docs = (_doc(r) for r in self.curs.fetchall())
+        return {doc.vm: doc.chains for doc in docs if doc_intact(doc)}
+
+    def clear(self) -> None:
+        for name in RESET_TABLES:
+            self.curs.execute(SQL("DELETE FROM {}").format(self.table(name)))
+
+    def put_rows(self, rows: list[Row]) -> None:
+        if not rows:
+            return
+        # A rewritten row is unarchived again: the next archive point keeps its new version.
+        self.curs.executemany(
+            SQL("INSERT INTO {} ({}, unarchived) VALUES (%s, %s, %s, %s, %s, %s, true) "
+                "ON CONFLICT (originator_id) DO UPDATE SET "
+                "originator_version = EXCLUDED.originator_version, born = EXCLUDED.born, "
+                "topic = EXCLUDED.topic, state = EXCLUDED.state, "
+                "checksum = EXCLUDED.checksum, unarchived = true").format(self.table(CHECKPOINT), ROW_LIST),
+            rows,
+        )
+
+    def put_docs(self, docs: list[Doc]) -> None:
+        if not docs:
+            return
+        self.curs.executemany(
+            SQL("INSERT INTO {} (vm, chains, doc, checksum) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (vm) DO UPDATE SET chains = EXCLUDED.chains, doc = EXCLUDED.doc, "
+                "checksum = EXCLUDED.checksum").format(self.table(DOCS)),
+            docs,
+        )
+
+    def drop_docs(self) -> None:
+        self.curs.execute(SQL("DELETE FROM {}").format(self.table(DOCS)))
+
+    def count_rows(self) -> int:
+        self.curs.execute(SQL("SELECT COUNT(*) AS count FROM {}").format(self.table(CHECKPOINT)))
+        counted = self.curs.fetchone()
+        return int(counted["count"]) if counted is not None else 0
+
+    def keep_archive_point(self, position: int, count: int) -> None:
+        self.curs.execute(
+            SQL("INSERT INTO {} (position, {}) SELECT %s, {} FROM {} WHERE unarchived "
+                "ON CONFLICT DO NOTHING").format(
+                self.table(HISTORY), ROW_LIST, ROW_LIST, self.table(CHECKPOINT)
+            ),
+            (position,),
+        )
+        self.curs.execute(
+            SQL("UPDATE {} SET unarchived = false WHERE unarchived").format(self.table(CHECKPOINT))
+        )
+        self.curs.execute(
+            SQL("INSERT INTO {} (position, aggregates) VALUES (%s, %s) ON CONFLICT (position) "
+                "DO UPDATE SET aggregates = EXCLUDED.aggregates").format(self.table(ARCHIVES)),
+            (position, count),
+        )
+
+    def put_tracking(self, tracking: Tracking) -> None:
+        self.curs.execute(
+            SQL("INSERT INTO {} (name, position, fingerprint, aggregates, archived, checksum) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
+                "position = EXCLUDED.position, fingerprint = EXCLUDED.fingerprint, "
+                "aggregates = EXCLUDED.aggregates, archived = EXCLUDED.archived, "
+                "checksum = EXCLUDED.checksum").format(self.table(TRACKING)),
+            (VIEW, *tracking, tracking_checksum(tracking)),
+        )
 
 
 class PostgresProjectionStore:
@@ -123,29 +226,31 @@ class PostgresProjectionStore:
 
     def read_current(self) -> tuple[int, Tracking | None, list[Row]]:
         with self.datastore.transaction(commit=False) as curs:
-            tables = self._snapshot(curs)
-            top = self._top(curs, tables)
-            tracking = self._tracking(curs) if TRACKING in tables else None
+            tables = PostgresTables(curs, self.schema)
+            usable = self._snapshot(curs)
+            top = self._top(curs, usable)
+            tracking = tables.stored_tracking() if TRACKING in usable else None
             if tracking is None:
                 return top, None, []
             # Rows gone while the tracking row stays are not what the row says: `load` sees
             # the count differ and drops the projection.
-            rows = self._rows(curs) if CHECKPOINT in tables else []
+            rows = tables.rows() if CHECKPOINT in usable else []
             return top, tracking, rows
 
     def read_at(self, position: int, fingerprint: str) -> tuple[int, int, list[Row]] | None:
         with self.datastore.transaction(commit=False) as curs:
-            tables = self._snapshot(curs)
-            if TRACKING not in tables:
+            tables = PostgresTables(curs, self.schema)
+            usable = self._snapshot(curs)
+            if TRACKING not in usable:
                 return None
-            t = self._tracking(curs)
-            if t is None or t.fingerprint != fingerprint or t.position > self._top(curs, tables):
+            t = tables.stored_tracking()
+            if t is None or t.fingerprint != fingerprint or t.position > self._top(curs, usable):
                 return None
             if t.position <= position:
-                if CHECKPOINT not in tables:
+                if CHECKPOINT not in usable:
                     return None
-                return t.position, t.aggregates, self._rows(curs)
-            if ARCHIVES not in tables or HISTORY not in tables:
+                return t.position, t.aggregates, tables.rows()
+            if ARCHIVES not in usable or HISTORY not in usable:
                 return None
             curs.execute(
                 SQL("SELECT position, aggregates FROM {} WHERE position <= %s "
@@ -159,9 +264,7 @@ class PostgresProjectionStore:
             # The newest row of each aggregate at or before the point.
             curs.execute(
                 SQL("SELECT DISTINCT ON (originator_id) {} FROM {} WHERE position <= %s "
-                    "ORDER BY originator_id, position DESC").format(
-                    SQL(ROW_COLUMNS), self._table(HISTORY)
-                ),
+                    "ORDER BY originator_id, position DESC").format(ROW_LIST, self._table(HISTORY)),
                 (point,),
                 binary=True,
             )
@@ -192,76 +295,40 @@ class PostgresProjectionStore:
         return found
 
     def _usable(self, found: dict[str, dict[str, str]]) -> set[str]:
-        usable = {name for name, columns in COLUMNS.items() if found.get(name) == columns}
+        usable = {name for name, columns in TYPED_COLUMNS.items() if found.get(name) == columns}
         if self.events_table_name in found:
             usable.add(self.events_table_name)
         return usable
 
-    def _top(self, curs: Cursor[DictRow], tables: set[str]) -> int:
+    def _top(self, curs: Cursor[DictRow], usable: set[str]) -> int:
         """The ledger's last position (0: no events, or no events table yet)."""
-        if self.events_table_name not in tables:
+        if self.events_table_name not in usable:
             return 0
         curs.execute(SQL("SELECT MAX(notification_id) AS top FROM {}").format(self.events_table))
         found = curs.fetchone()
         return int(found["top"] or 0) if found is not None else 0
 
-    def _tracking(self, curs: Cursor[DictRow]) -> Tracking | None:
-        """The tracking row; one edited by hand comes back with the fingerprint DAMAGED, which
-        no code has: it is then neither trusted nor built on."""
-        curs.execute(
-            SQL("SELECT position, fingerprint, aggregates, archived, checksum FROM {} "
-                "WHERE name = %s").format(self._table(TRACKING)),
-            (VIEW,),
-        )
-        found = curs.fetchone()
-        if found is None:
-            return None
-        return tracking_from_row(
-            (found["position"], found["fingerprint"], found["aggregates"], found["archived"],
-             found["checksum"])
-        )
-
-    def _rows(self, curs: Cursor[DictRow]) -> list[Row]:
-        curs.execute(
-            SQL("SELECT {} FROM {} ORDER BY born, originator_id").format(
-                SQL(ROW_COLUMNS), self._table(CHECKPOINT)
-            ),
-            binary=True,  # bytea as it is, not hex: a fifth less time (psycopg's Python build)
-        )
-        return [_row(r) for r in curs.fetchall()]
-
-    def _chains(self, curs: Cursor[DictRow]) -> dict[str, str]:
-        """The stored documents' chains by VM; a damaged document counts as missing."""
-        curs.execute(SQL("SELECT vm, chains, doc, checksum FROM {}").format(self._table(DOCS)))
-        docs = (_doc(r) for r in curs.fetchall())
-        return {doc.vm: doc.chains for doc in docs if doc_intact(doc)}
-
     # ---- writing -------------------------------------------------------------------------
 
     def commit(self, update: Update, docs_for: DocsFor) -> str:
-        if update.docs and self._unchanged(update):
-            return SAME  # the common case of a reader: no lock taken, nothing written
+        return commit_update(update, docs_for, self._read_snapshot, self._write_transaction)
+
+    @contextmanager
+    def _read_snapshot(self) -> Iterator[PostgresTables]:
+        """For the short cut: no lock, nothing written."""
+        with self.datastore.transaction(commit=False) as curs:
+            usable = self._snapshot(curs)
+            if TRACKING not in usable or DOCS not in usable:
+                raise TablesUnreadable("no usable tracking or documents table")
+            yield PostgresTables(curs, self.schema)
+
+    @contextmanager
+    def _write_transaction(self) -> Iterator[PostgresTables]:
+        """Committed when the block ends, rolled back if it raises (the datastore's transaction)."""
         with self.datastore.transaction(commit=True) as curs:
             self._lock_writers(curs)
             self._ensure_schema(curs)
-            stored = self._tracking(curs)
-            outcome = decide(stored, update)
-            if outcome == SAME:
-                if update.docs:
-                    self._put_docs(curs, docs_for(self._chains(curs), True))
-            elif outcome == WRITTEN:
-                self._write(curs, stored, update, docs_for)
-            return outcome
-
-    def _unchanged(self, update: Update) -> bool:
-        with self.datastore.transaction(commit=False) as curs:
-            tables = self._snapshot(curs)
-            if TRACKING not in tables or DOCS not in tables:
-                return False
-            stored = self._tracking(curs)
-            if stored is None or decide(stored, update) != SAME:
-                return False
-            return len(self._chains(curs)) == update.vms
+            yield PostgresTables(curs, self.schema)
 
     def _lock_writers(self, curs: Cursor[DictRow]) -> None:
         """Order this transaction after every other writer's (released at commit/rollback)."""
@@ -271,7 +338,7 @@ class PostgresProjectionStore:
     def _ensure_schema(self, curs: Cursor[DictRow]) -> None:
         """Under the writers' lock: the tables exist, with the columns this code uses."""
         found = self._tables(curs)
-        if any(name in found and found[name] != COLUMNS[name] for name in PROJECTION_TABLES):
+        if any(name in found and found[name] != TYPED_COLUMNS[name] for name in PROJECTION_TABLES):
             for name in PROJECTION_TABLES:
                 curs.execute(SQL("DROP TABLE IF EXISTS {}").format(self._table(name)))
         elif all(name in found for name in PROJECTION_TABLES):
@@ -281,10 +348,8 @@ class PostgresProjectionStore:
 
     def _schema(self) -> list[Composed]:
         def create(name: str, extra: str) -> Composed:
-            columns = ", ".join(f"{c} {t} NOT NULL" for c, t in COLUMNS[name].items())
-            return SQL("CREATE TABLE IF NOT EXISTS {} ({}{})").format(
-                self._table(name), SQL(columns), SQL(extra)
-            )
+            columns = ", ".join(f"{c} {t} NOT NULL" for c, t in TYPED_COLUMNS[name].items())
+            return SQL("CREATE TABLE IF NOT EXISTS {} ({}{})").format(self._table(name), SQL(columns), SQL(extra))
 
         return [
             create(TRACKING, ", PRIMARY KEY (name)"),
@@ -300,82 +365,16 @@ class PostgresProjectionStore:
             create(ARCHIVES, ", PRIMARY KEY (position)"),
         ]
 
-    def _write(
-        self, curs: Cursor[DictRow], stored: Tracking | None, update: Update, docs_for: DocsFor
-    ) -> None:
-        reset = update.full or stored is None or stored.fingerprint != update.fingerprint
-        archive = archive_due(stored, update, reset)
-        if reset:
-            for name in (CHECKPOINT, DOCS, HISTORY, ARCHIVES):
-                curs.execute(SQL("DELETE FROM {}").format(self._table(name)))
-        if update.rows:
-            # A rewritten row is unarchived again: the next archive point keeps its new version.
-            curs.executemany(
-                SQL("INSERT INTO {} ({}, unarchived) VALUES (%s, %s, %s, %s, %s, %s, true) "
-                    "ON CONFLICT (originator_id) DO UPDATE SET "
-                    "originator_version = EXCLUDED.originator_version, born = EXCLUDED.born, "
-                    "topic = EXCLUDED.topic, state = EXCLUDED.state, "
-                    "checksum = EXCLUDED.checksum, unarchived = true").format(
-                    self._table(CHECKPOINT), SQL(ROW_COLUMNS)
-                ),
-                update.rows,
-            )
-        if update.docs:
-            self._put_docs(curs, docs_for(self._chains(curs), False))
-        else:
-            curs.execute(SQL("DELETE FROM {}").format(self._table(DOCS)))
-        curs.execute(SQL("SELECT COUNT(*) AS count FROM {}").format(self._table(CHECKPOINT)))
-        counted = curs.fetchone()
-        count = int(counted["count"]) if counted is not None else 0
-        archived = 0 if reset or stored is None else stored.archived
-        if archive:  # the rows written since the last archive point
-            curs.execute(
-                SQL("INSERT INTO {} (position, {}) SELECT %s, {} FROM {} WHERE unarchived "
-                    "ON CONFLICT DO NOTHING").format(
-                    self._table(HISTORY), SQL(ROW_COLUMNS), SQL(ROW_COLUMNS), self._table(CHECKPOINT)
-                ),
-                (update.position,),
-            )
-            curs.execute(
-                SQL("UPDATE {} SET unarchived = false WHERE unarchived").format(self._table(CHECKPOINT))
-            )
-            curs.execute(
-                SQL("INSERT INTO {} (position, aggregates) VALUES (%s, %s) ON CONFLICT (position) "
-                    "DO UPDATE SET aggregates = EXCLUDED.aggregates").format(self._table(ARCHIVES)),
-                (update.position, count),
-            )
-            archived = update.position
-        tracking = Tracking(update.position, update.fingerprint, count, archived)
-        curs.execute(
-            SQL("INSERT INTO {} (name, position, fingerprint, aggregates, archived, checksum) "
-                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
-                "position = EXCLUDED.position, fingerprint = EXCLUDED.fingerprint, "
-                "aggregates = EXCLUDED.aggregates, archived = EXCLUDED.archived, "
-                "checksum = EXCLUDED.checksum").format(self._table(TRACKING)),
-            (VIEW, *tracking, tracking_checksum(tracking)),
-        )
-
-    def _put_docs(self, curs: Cursor[DictRow], docs: list[Doc]) -> None:
-        if not docs:
-            return
-        curs.executemany(
-            SQL("INSERT INTO {} (vm, chains, doc, checksum) VALUES (%s, %s, %s, %s) "
-                "ON CONFLICT (vm) DO UPDATE SET chains = EXCLUDED.chains, doc = EXCLUDED.doc, "
-                "checksum = EXCLUDED.checksum").format(self._table(DOCS)),
-            docs,
-        )
-
     def wipe(self, seen: Tracking | None) -> None:
         with self.datastore.transaction(commit=True) as curs:
             self._lock_writers(curs)
             found = self._tables(curs)
-            if TRACKING in self._usable(found) and self._tracking(curs) != seen:
+            if TRACKING in self._usable(found) and PostgresTables(curs, self.schema).stored_tracking() != seen:
                 return  # someone else rebuilt it meanwhile
             # Emptied rather than dropped where the shape is right: a reader's snapshot keeps
             # its rows, and no reader trips over a table that vanished between two statements.
             for name in PROJECTION_TABLES:
                 if name not in found:
                     continue
-                statement = "DELETE FROM {}" if found[name] == COLUMNS[name] else "DROP TABLE {}"
+                statement = "DELETE FROM {}" if found[name] == TYPED_COLUMNS[name] else "DROP TABLE {}"
                 curs.execute(SQL(statement).format(self._table(name)))
-

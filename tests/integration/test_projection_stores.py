@@ -32,8 +32,9 @@ from projection_helpers import (
 from store_backends import Backend, PostgresBackend, SQLiteBackend
 
 from snapledger.adapters.checkpoint.fast_show import stored_show_text
+from snapledger.adapters.checkpoint.memory import MemoryProjectionStore
 from snapledger.adapters.checkpoint.persisted import PersistedProjection, store_for
-from snapledger.adapters.checkpoint.stores import (
+from snapledger.adapters.checkpoint.rules import (
     BEHIND,
     CHECKPOINT,
     DAMAGED,
@@ -41,11 +42,12 @@ from snapledger.adapters.checkpoint.stores import (
     SAME,
     TRACKING,
     WRITTEN,
-    MemoryProjectionStore,
+    Doc,
     ProjectionStore,
     Row,
     Tracking,
     Update,
+    doc_checksum,
     row_checksum,
 )
 from snapledger.adapters.compose import ledger_service
@@ -145,6 +147,27 @@ def test_every_store_keeps_what_it_was_given(any_store: StoreCase) -> None:
     assert store.read_current()[1] is not None
     store.wipe(Tracking(last, "fp", 1, last))
     assert store.read_current() == (last, None, [])
+
+
+def test_at_the_stored_position_only_missing_documents_are_written(any_store: StoreCase) -> None:
+    """A commit at the position the store holds (commit.py's flow, the same for every store):
+    with every VM's document intact it is SAME without asking for any (no write lock taken);
+    with one missing, the documents are asked for again, only the missing ones, under the lock."""
+    store, last, _ = any_store
+    asked: list[tuple[list[str], bool]] = []
+
+    def docs_for(stored: dict[str, str], only_missing: bool) -> list[Doc]:
+        asked.append((sorted(stored), only_missing))
+        return [Doc(vm, "[]", "{}", doc_checksum(vm, "[]", "{}")) for vm in ("a", "b") if vm not in stored]
+
+    update = full_update(last, "fp", 0, a_row(1))._replace(vms=2)
+    assert store.commit(update, docs_for) == WRITTEN
+    assert asked == [([], False)]
+    asked.clear()
+    assert store.commit(update, docs_for) == SAME
+    assert asked == []
+    assert store.commit(update._replace(vms=3), docs_for) == SAME
+    assert asked == [(["a", "b"], True)]
 
 
 def test_time_travel_reads_the_newest_row_of_each_aggregate_at_the_archive_point(

@@ -13,7 +13,7 @@ from projection_helpers import CLI, rebuilt, show, with_history
 from store_backends import Backend
 
 from snapledger.adapters.checkpoint.fast_show import stored_show_text
-from snapledger.adapters.checkpoint.stores import DOCS, TRACKING
+from snapledger.adapters.checkpoint.rules import DOCS, TRACKING
 from snapledger.projections.documents import json_text, vm_document
 
 

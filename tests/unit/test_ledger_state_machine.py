@@ -27,8 +27,8 @@ from hypothesis.stateful import (
 from machine_world import FillableLedger, WorldActors
 from projection_helpers import rebuilt, view_state
 
+from snapledger.adapters.checkpoint.memory import MemoryProjectionStore
 from snapledger.adapters.checkpoint.persisted import PersistedProjection
-from snapledger.adapters.checkpoint.stores import MemoryProjectionStore
 from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.service.drift import DiskChecks

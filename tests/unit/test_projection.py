@@ -4,29 +4,36 @@ happened to the projection (a crash before its update, damage, another version's
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import pkgutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from projection_helpers import rebuilt, spy_reads, view_state
 
-from snapledger.adapters.checkpoint import fast_show
-from snapledger.adapters.checkpoint import stores as projection_store
-from snapledger.adapters.checkpoint.persisted import CheckpointTranscoder, PersistedProjection
-from snapledger.adapters.checkpoint.stores import (
+import snapledger.adapters.checkpoint
+import snapledger.domain
+import snapledger.projections
+from snapledger.adapters.checkpoint import fast_show, rules
+from snapledger.adapters.checkpoint.codec import CheckpointTranscoder
+from snapledger.adapters.checkpoint.memory import MemoryProjectionStore
+from snapledger.adapters.checkpoint.persisted import PersistedProjection
+from snapledger.adapters.checkpoint.rules import (
     BEHIND,
     NEEDS_FULL,
     SAME,
     WRITTEN,
-    MemoryProjectionStore,
+    DocsFor,
+    ProjectionStore,
     Row,
     Tracking,
     Update,
     decide,
+    row_checksum,
 )
 from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore import application as event_store
@@ -53,8 +60,8 @@ class World:
         ticks = itertools.count()
         self.clock = lambda: f"2026-01-01T00:00:00.{next(ticks):06d}+00:00"
 
-    def process(self) -> Snapledger:
-        projection = PersistedProjection(self.app, every=EVERY)
+    def process(self, store: ProjectionStore | None = None) -> Snapledger:
+        projection = PersistedProjection(self.app, store=store, every=EVERY)
         return ledger_service(self.app, self.storage, clock=self.clock, projection=projection)
 
     @property
@@ -131,26 +138,44 @@ def test_the_transcoder_refuses_classes_outside_the_domain() -> None:
     }
 
 
-def test_a_save_rewrites_only_the_aggregates_that_changed(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
+class CommitSpy:
+    """The store port around a real store: every call goes through, and each commit's rows are
+    noted (the aggregates it rewrites)."""
+
+    def __init__(self, real: ProjectionStore) -> None:
+        self.real = real
+        self.persistent = real.persistent
+        self.written: list[set[str]] = []
+
+    def read_current(self) -> tuple[int, Tracking | None, list[Row]]:
+        return self.real.read_current()
+
+    def read_at(self, position: int, fingerprint: str) -> tuple[int, int, list[Row]] | None:
+        return self.real.read_at(position, fingerprint)
+
+    def commit(self, update: Update, docs_for: DocsFor) -> str:
+        self.written.append({r.originator_id for r in update.rows})
+        return self.real.commit(update, docs_for)
+
+    def wipe(self, seen: Tracking | None) -> None:
+        self.real.wipe(seen)
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def test_a_save_rewrites_only_the_aggregates_that_changed(world: World) -> None:
     ledger = history(world)
     ledger.recover("a")
     before = {a.id: a.version for a in rebuilt(world.app).aggregates().values()}
-    ledger = world.process()
+    spy = CommitSpy(world.store)
+    ledger = world.process(store=spy)
     ledger.view  # noqa: B018 (loads)
-    written: list[set[str]] = []
-    real = world.store.commit
-
-    def commit(update: Update, docs_for: Callable[..., Any]) -> str:
-        written.append({r.originator_id for r in update.rows})
-        return real(update, docs_for)
-
-    monkeypatch.setattr(ledger.projection.store, "commit", commit)
+    spy.written.clear()  # only the snapshot's saves
     ledger.snapshot("b", "t2")
     after = rebuilt(world.app).aggregates()
     changed = {a.id.hex for a in after.values() if before.get(a.id) != a.version}
-    assert set().union(*written) == changed  # (an archive point on the way may split the writes)
+    assert set().union(*spy.written) == changed  # (an archive point on the way may split the writes)
     assert len(changed) < len(after) / 2
 
 
@@ -267,6 +292,27 @@ def test_the_position_never_moves_back() -> None:
     assert decide(Tracking(12, "1:other", 3, 0), update._replace(full=True)) == WRITTEN
 
 
+def test_the_code_fingerprint_reads_every_module_a_checkpoint_depends_on() -> None:
+    """The domain's event bodies, the views and documents, and this room's codec, stores and
+    commit flow: a change to any of them rebuilds the projection rather than trusting it. A
+    module moved out of these packages, or into a subfolder the fingerprint does not read,
+    fails here."""
+    sources = set(rules._sources())
+    packages = (snapledger.domain, snapledger.projections, snapledger.adapters.checkpoint)
+    modules = [
+        found.name
+        for package in packages
+        for found in pkgutil.walk_packages(package.__path__, f"{package.__name__}.")
+    ]
+    room = "snapledger.adapters.checkpoint."
+    assert {f"{room}{name}" for name in ("rules", "commit", "codec", "persisted", "memory", "sqlite", "postgres")} <= set(modules)
+    assert {"snapledger.domain.vm", "snapledger.projections.view", "snapledger.projections.documents"} <= set(modules)
+    for name in modules:
+        spec = importlib.util.find_spec(name)  # found, not imported (postgres.py needs psycopg)
+        assert spec is not None and spec.origin is not None, name
+        assert Path(spec.origin).resolve() in sources, name
+
+
 def test_two_processes_racing_on_the_projection(world: World) -> None:
     history(world)
     slow = world.process()
@@ -285,7 +331,7 @@ def test_two_processes_racing_on_the_projection(world: World) -> None:
 
 def test_memory_store_rows_round_trip() -> None:
     store = MemoryProjectionStore(lambda: 3)
-    row = Row("00", 1, 1, "t", b"{}", projection_store.row_checksum("00", 1, 1, "t", b"{}"))
+    row = Row("00", 1, 1, "t", b"{}", row_checksum("00", 1, 1, "t", b"{}"))
     update = Update(3, "fp", -1, True, [row], 1, 0, True, 2)
     assert store.commit(update, lambda stored, only_missing: []) == WRITTEN
     assert store.read_current() == (3, Tracking(3, "fp", 1, 3), [row])
@@ -302,7 +348,7 @@ def test_importing_the_command_line_stays_light() -> None:
     heavy = ["eventsourcing", "rich", "lxml", "snapledger.domain.vm", "snapledger.adapters.cli.output",
              "snapledger.adapters.service.commands", "snapledger.projections.view"]
     code = (
-        "import sys, snapledger.adapters.cli.main, snapledger.adapters.checkpoint.stores;"
+        "import sys, snapledger.adapters.cli.main, snapledger.adapters.checkpoint.fast_show;"
         f"print([m for m in {heavy!r} if m in sys.modules])"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,0 +1,129 @@
+"""The projection store of the `memory:` ledger: the same tables as dicts, kept with the
+application's recorder (one per application object), behind one lock. It commits through the
+shared flow of commit.py, its dicts being its tables."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+
+from snapledger.adapters.checkpoint.commit import commit_update
+from snapledger.adapters.checkpoint.rules import (
+    Doc,
+    DocsFor,
+    Row,
+    Tracking,
+    Update,
+    code_fingerprint,
+    doc_checksum,
+    doc_intact,
+)
+
+
+def _born_order(rows: Iterable[Row]) -> list[Row]:
+    return sorted(rows, key=lambda r: (r.born, r.originator_id))
+
+
+class MemoryProjectionStore:
+    """The projection's tables as dicts. Tests edit them to stage damage."""
+
+    persistent = True
+
+    def __init__(self, last_position: Callable[[], int]) -> None:
+        self.last_position = last_position
+        self.tracking: Tracking | None = None
+        self.rows: dict[str, Row] = {}
+        self.docs: dict[str, Doc] = {}
+        self.history: dict[tuple[str, int], tuple[int, Row]] = {}  # (id, version) -> (position, row)
+        self.archives: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def read_current(self) -> tuple[int, Tracking | None, list[Row]]:
+        with self._lock:
+            return self.last_position(), self.tracking, _born_order(self.rows.values())
+
+    def read_at(self, position: int, fingerprint: str) -> tuple[int, int, list[Row]] | None:
+        with self._lock:
+            t = self.tracking
+            if t is None or t.fingerprint != fingerprint or t.position > self.last_position():
+                return None
+            if t.position <= position:
+                return t.position, t.aggregates, _born_order(self.rows.values())
+            points = [p for p in self.archives if p <= position]
+            if not points:
+                return None
+            point = max(points)
+            newest: dict[str, tuple[int, Row]] = {}
+            for (oid, _), (at, row) in self.history.items():
+                if at <= point and (oid not in newest or newest[oid][0] < at):
+                    newest[oid] = (at, row)
+            return point, self.archives[point], _born_order(r for _, r in newest.values())
+
+    def commit(self, update: Update, docs_for: DocsFor) -> str:
+        with self._lock:  # the whole flow, short cut included: the dicts need no other lock
+            return commit_update(update, docs_for, self._tables, self._tables)
+
+    @contextmanager
+    def _tables(self) -> Iterator[MemoryProjectionStore]:
+        """Read snapshot and write transaction alike: the store itself, under `commit`'s lock
+        (no rollback: a failure half-way is found by the next `load` and rebuilt)."""
+        yield self
+
+    def wipe(self, seen: Tracking | None) -> None:
+        with self._lock:
+            if self.tracking == seen:
+                self.tracking = None
+                self.clear()
+
+    def close(self) -> None:
+        """Nothing to let go: the tables live as long as the application's recorder."""
+
+    def doc_text(self, vm: str) -> str | None:
+        """What `stored_show_text` answers for a SQLite file."""
+        with self._lock:
+            doc = self.docs.get(vm)
+            if (
+                self.tracking is None
+                or doc is None
+                or self.tracking.position != self.last_position()
+                or self.tracking.fingerprint != code_fingerprint()
+                or doc.checksum != doc_checksum(doc.vm, doc.chains, doc.text)
+            ):
+                return None
+            return doc.text
+
+    # ---- the tables, for commit.commit_update (called under `commit`'s lock) ----------------
+
+    def stored_tracking(self) -> Tracking | None:
+        return self.tracking
+
+    def stored_chains(self) -> dict[str, str]:
+        return {doc.vm: doc.chains for doc in self.docs.values() if doc_intact(doc)}
+
+    def clear(self) -> None:
+        self.rows, self.docs, self.history, self.archives = {}, {}, {}, {}
+
+    def put_rows(self, rows: list[Row]) -> None:
+        for row in rows:
+            self.rows[row.originator_id] = row
+
+    def put_docs(self, docs: list[Doc]) -> None:
+        for doc in docs:
+            self.docs[doc.vm] = doc
+
+    def drop_docs(self) -> None:
+        self.docs = {}
+
+    def count_rows(self) -> int:
+        return len(self.rows)
+
+    def keep_archive_point(self, position: int, count: int) -> None:
+        # No "unarchived" mark here: every row is offered, and a version already kept stays,
+        # which keeps exactly the rows written since the last point (as the SQL stores do).
+        for row in self.rows.values():
+            self.history.setdefault((row.originator_id, row.version), (position, row))
+        self.archives[position] = count
+
+    def put_tracking(self, tracking: Tracking) -> None:
+        self.tracking = tracking

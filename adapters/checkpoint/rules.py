@@ -1,0 +1,220 @@
+"""The checkpoint room's contract: the store port, what a store holds (rows, documents, the
+tracking row), the rule a commit follows (`decide`, `archive_due`), the checksums, the code
+fingerprint, and the tables' names and columns.
+
+Pure: no database connection is opened here, and nothing heavy is imported (`show`'s fast path,
+adapters/checkpoint/fast_show.py, reads these names before eventsourcing or the domain are
+loaded). The stores are memory.py, sqlite.py and postgres.py; the one commit flow they share is
+commit.py; what the rows mean, and when to write them, is persisted.py's business.
+
+The tables, prefixed `snapledger_`, live beside the ledger's events: in its SQLite file (beside
+eventsourcing's `stored_events`, whose rowid is the ledger position) or in its PostgreSQL schema
+(beside the events table, whose `notification_id` is the ledger position):
+
+- `snapledger_projection`: one row: the position P the projection has folded up to, the
+  fingerprint of the code that wrote it, how many aggregates the checkpoint holds, and the last
+  archive point.
+- `snapledger_checkpoint`: every aggregate at P, one eventsourcing snapshot each.
+- `snapledger_show_docs`: each VM's `show --json` text at P, and its disks' chains.
+- `snapledger_checkpoint_history` and `snapledger_archive_points`: older checkpoints, kept every
+  `every` positions for time travel; an aggregate's row is kept once per version.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple, Protocol
+
+TRACKING = "snapledger_projection"
+CHECKPOINT = "snapledger_checkpoint"
+DOCS = "snapledger_show_docs"
+HISTORY = "snapledger_checkpoint_history"
+ARCHIVES = "snapledger_archive_points"
+EVENTS = "stored_events"  # eventsourcing's SQLite application recorder; rowid = ledger position
+VIEW = "ledger_view"  # the one tracked projection's name
+
+# A checkpoint row's columns, in Row's order.
+ROW_COLUMNS = ("originator_id", "originator_version", "born", "topic", "state", "checksum")
+# Each table's columns, in the order the tables were created with (SQLite's history copy
+# relies on it). A table found with other columns was written by older code: it is dropped.
+COLUMNS: dict[str, tuple[str, ...]] = {
+    TRACKING: ("name", "position", "fingerprint", "aggregates", "archived", "checksum"),
+    CHECKPOINT: (*ROW_COLUMNS, "unarchived"),
+    DOCS: ("vm", "chains", "doc", "checksum"),
+    HISTORY: ("position", *ROW_COLUMNS),
+    ARCHIVES: ("position", "aggregates"),
+}
+PROJECTION_TABLES = tuple(COLUMNS)
+# What a reset empties: everything but the tracking row, which the same commit rewrites.
+RESET_TABLES = (CHECKPOINT, DOCS, HISTORY, ARCHIVES)
+
+
+class Row(NamedTuple):
+    """One aggregate in a checkpoint: an eventsourcing stored snapshot, and where it was born."""
+
+    originator_id: str  # hex
+    version: int
+    born: int  # the position of the aggregate's first event (restore order)
+    topic: str
+    state: bytes
+    checksum: int
+
+
+class Doc(NamedTuple):
+    vm: str
+    chains: str  # the disks' chains (compact JSON): the part that depends on other VMs
+    text: str  # exactly what `show VM --json` prints, without the final newline
+    checksum: int
+
+
+class Tracking(NamedTuple):
+    position: int
+    fingerprint: str
+    aggregates: int
+    archived: int  # the last archive point (0: none)
+
+
+class Update(NamedTuple):
+    """A checkpoint of the view at `position`, to write in one transaction."""
+
+    position: int
+    fingerprint: str
+    base: int  # the stored position the writer's dirty rows are relative to; -1: none
+    full: bool  # `rows` is every aggregate (else only those changed since `base`)
+    rows: list[Row]
+    aggregates: int  # how many aggregates the view holds
+    vms: int  # how many VMs (a document each)
+    docs: bool  # write documents (False: drop them; a catch-up step in the middle of the log)
+    every: int  # keep an archive point every `every` positions (0: never)
+
+
+# What a commit did.
+WRITTEN = "written"
+SAME = "same"  # the store already holds `position` (missing documents were filled in)
+BEHIND = "behind"  # the store holds a later position: nothing written
+NEEDS_FULL = "needs-full"  # the store holds nothing the dirty rows can be laid over
+
+# docs_for(stored chains by VM, only_missing) -> the documents to write.
+DocsFor = Callable[[dict[str, str], bool], list[Doc]]
+
+
+def decide(stored: Tracking | None, update: Update) -> str:
+    """The rule every store applies inside its write transaction. The position never moves
+    back (two processes may race), and dirty rows are laid only over the state they were
+    counted from or a later one."""
+    if stored is not None and stored.fingerprint == update.fingerprint:
+        if stored.position > update.position:
+            return BEHIND
+        if stored.position == update.position:
+            return SAME
+        if not update.full and stored.position < update.base:
+            return NEEDS_FULL  # reset behind our back: our dirty set does not cover the gap
+        return WRITTEN
+    return WRITTEN if update.full else NEEDS_FULL
+
+
+def archive_due(stored: Tracking | None, update: Update, outcome_full: bool) -> bool:
+    last = 0 if stored is None or outcome_full else stored.archived
+    return update.every > 0 and update.position // update.every > last // update.every
+
+
+# ---- checksums -----------------------------------------------------------------------------
+
+
+def row_checksum(originator_id: str, version: int, born: int, topic: str, state: bytes) -> int:
+    """Catches a damaged or hand-edited row. Not a security measure: the hash chain protects
+    the events, and the projection is only ever a cache of them."""
+    return zlib.crc32(state, zlib.crc32(f"{originator_id}|{version}|{born}|{topic}|".encode()))
+
+
+def tracking_checksum(t: Tracking) -> int:
+    return zlib.crc32(f"{t.position}|{t.fingerprint}|{t.aggregates}|{t.archived}".encode())
+
+
+DAMAGED = "damaged"  # the fingerprint of a tracking row whose checksum does not match
+
+
+def tracking_from_row(found: tuple[int, str, int, int, int] | None) -> Tracking | None:
+    """(position, fingerprint, aggregates, archived, checksum) read from any store. A row edited
+    by hand comes back with the fingerprint DAMAGED, which no code has: it is then neither
+    trusted nor built on."""
+    if found is None:
+        return None
+    tracking = Tracking(*found[:4])
+    if found[4] != tracking_checksum(tracking):
+        return tracking._replace(fingerprint=DAMAGED)
+    return tracking
+
+
+def doc_checksum(vm: str, chains: str, text: str) -> int:
+    return zlib.crc32(f"{vm}\0{chains}\0{text}".encode())
+
+
+def doc_intact(doc: Doc) -> bool:
+    return doc.checksum == doc_checksum(doc.vm, doc.chains, doc.text)
+
+
+# ---- the code fingerprint ------------------------------------------------------------------
+
+
+def _sources() -> list[Path]:
+    """domain/, projections/ and this room's every file (the codec, the stores, the commit
+    flow, the fast path), whole folders: a module added to any of them is covered."""
+    here = Path(__file__).resolve().parent
+    root = here.parent.parent  # the folder holding domain/ projections/ adapters/
+    return [path for folder in (root / "domain", root / "projections", here) for path in sorted(folder.glob("*.py"))]
+
+
+_fingerprint: str | None = None
+
+
+def code_fingerprint() -> str:
+    """Of the code that decides what a checkpoint and a document hold: domain/ (the
+    aggregates' event bodies), projections/ (the view, projections/documents.py's `show`
+    document) and this room (the encoding and the tables). A projection written by other code
+    is rebuilt rather than trusted; reading the files costs well under a millisecond."""
+    global _fingerprint
+    if _fingerprint is None:
+        crc = 0
+        for path in _sources():
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            crc = zlib.crc32(data, zlib.crc32(f"{path.name}:{len(data)}:".encode(), crc))
+        _fingerprint = f"1:{crc:08x}"
+    return _fingerprint
+
+
+# ---- the port ------------------------------------------------------------------------------
+
+
+class ProjectionStore(Protocol):
+    persistent: bool  # False: nothing is kept, do not bother encoding anything
+
+    def read_current(self) -> tuple[int, Tracking | None, list[Row]]:
+        """The ledger's last position, the tracking row, and the checkpoint's rows (born order),
+        as one consistent read."""
+        ...
+
+    def read_at(self, position: int, fingerprint: str) -> tuple[int, int, list[Row]] | None:
+        """The newest checkpoint at or before `position`, an archive point or the current one:
+        (its position, how many aggregates it holds, their rows in born order). None if there
+        is none, or the projection was written by other code (`fingerprint`) or is ahead of
+        the ledger."""
+        ...
+
+    def commit(self, update: Update, docs_for: DocsFor) -> str:
+        """Write `update` in one transaction, by `decide`; return what was done."""
+        ...
+
+    def wipe(self, seen: Tracking | None) -> None:
+        """Drop the whole projection, if its tracking row is still `seen` (found damaged)."""
+        ...
+
+    def close(self) -> None:
+        """Let go of the store's own connection, if it has one (the ledger's file is then free
+        for others in this process)."""
+        ...
