@@ -1,7 +1,7 @@
 """A storage adapter on real qcow2 files: the StoragePort carried out with qemu-img.
 
 Every qemu-img run gets an argument list (never a shell) and a timeout; any failure is raised as
-StorageError with one line that includes qemu-img's stderr.
+StorageError with one line that includes qemu-img's stderr (qemu_img_runner.py runs it).
 
 Safety rules, beyond what qemu-img checks itself:
 - Image and backing paths must be plain absolute local paths: no protocol or pseudo-protocol
@@ -35,19 +35,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import resource
-import select
-import signal
 import stat
-import subprocess
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from snapledger.adapters.service.ports import Sharing
 from snapledger.adapters.storage import qemu_locks
-from snapledger.domain.errors import ImageInUse, StorageError, ToolMissing
+from snapledger.adapters.storage.qemu_img_runner import Progress, QemuImgRunner
+from snapledger.domain.errors import StorageError
 from snapledger.domain.images import ImageFacts
 from snapledger.domain.names import confinement, is_within
 
@@ -57,29 +52,6 @@ FORMATS = frozenset({"qcow2", "raw"})
 # An empty overlay as qemu-img create makes it is 192 KiB; a create cut short leaves less.
 UNFINISHED_AT_MOST = 1 << 20
 GIB = 1 << 30
-
-
-def _one_line(text: str, limit: int = 400) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-_PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
-# qemu's image locking: 'Failed to get "write" lock' / 'Failed to get shared "write" lock',
-# followed by 'Is another process using the image [PATH]?'
-_LOCKED = re.compile(r'Failed to get (?:shared )?"[^"]*" lock|Is another process using the image')
-_LOCKED_IMAGE = re.compile(r"Is another process using the image \[(.*?)\]\?")
-
-
-def _failure(command: str, path: str, how: str, stderr: str) -> StorageError:
-    """The error for a failed qemu-img run: ImageInUse when another process holds a lock."""
-    detail = _one_line(stderr) or "no message"
-    locked = _LOCKED.search(stderr)
-    if locked:
-        held = _LOCKED_IMAGE.search(stderr)
-        image = held.group(1) if held else path
-        return ImageInUse(f"another process still holds {image} (qemu-img {command}: {locked.group(0)})")
-    return StorageError(f"qemu-img {command} {path} failed ({how}): {detail}")
 
 
 def _unrecorded_backing_format(image: str, backing: str, found: object) -> StorageError:
@@ -95,26 +67,6 @@ def _recorded_backing_format(overlay: ImageFacts) -> str:
     if fmt is None or fmt not in FORMATS:
         raise _unrecorded_backing_format(overlay.path, str(overlay.backing), fmt)
     return fmt
-
-
-def _how(returncode: int) -> str:
-    if returncode >= 0:
-        return f"exit {returncode}"
-    try:
-        return f"killed by {signal.Signals(-returncode).name}"
-    except ValueError:
-        return f"killed by signal {-returncode}"
-
-
-def _limits(cpu_seconds: int, address_space: int) -> Callable[[], None]:
-    """What runs in the child between fork and exec (like `prlimit --cpu --as --core`)."""
-
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
-        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-    return apply
 
 
 class QemuImgStorage:
@@ -140,16 +92,17 @@ class QemuImgStorage:
                     raise StorageError(f"allowed directory {directory!r} is not absolute")
                 dirs.append(os.path.realpath(directory))
             self.allowed_dirs = tuple(dirs)
-        self.qemu_img = qemu_img
-        self.timeout = timeout
-        self.merge_timeout = merge_timeout
-        self.probe_cpu_seconds = probe_cpu_seconds
-        self.probe_address_space = probe_address_space
+        self.qemu_img = QemuImgRunner(
+            qemu_img,
+            timeout=timeout,
+            merge_timeout=merge_timeout,
+            probe_cpu_seconds=probe_cpu_seconds,
+            probe_address_space=probe_address_space,
+        )
         self.max_chain = max_chain
         self.file_mode = file_mode
         # Told the fraction done of a running merge (the CLI draws a progress bar with it).
-        self.progress: Callable[[float], None] | None = None
-        self.last_code = 0  # the exit code of the last qemu-img run that succeeded
+        self.progress: Progress | None = None
 
     # ---- the storage port ------------------------------------------------------------
 
@@ -202,7 +155,7 @@ class QemuImgStorage:
             raise StorageError(f"can't create {path} exclusively: {error.strerror}") from None
         ours = os.fstat(fd)
         try:
-            self._run(
+            self.qemu_img.run(
                 "create",
                 path,
                 ["-q", "-u", "-f", "qcow2", "-F", backing_format, "-b", backing,
@@ -222,7 +175,7 @@ class QemuImgStorage:
         chain = self._info_chain(top, fmt)
         if len(chain) < 2 or chain[1][0] != base:
             raise StorageError(f"{base} is not the backing file of {top}")
-        self._run("commit", top, ["-d", "-f", fmt, "-b", base, top], merge=True)
+        self.qemu_img.merge("commit", top, ["-d", "-f", fmt, "-b", base, top], self.progress)
 
     def pull(
         self, image: str, new_backing: str | None, new_backing_format: str | None, *, fmt: str
@@ -238,7 +191,7 @@ class QemuImgStorage:
             if new_backing_format is None or new_backing_format != recorded:
                 raise StorageError(f"{new_backing} is {recorded}, not {new_backing_format}")
             args = ["-b", new_backing, "-F", new_backing_format]
-        self._run("rebase", image, ["-f", fmt, *args, image], merge=True)
+        self.qemu_img.merge("rebase", image, ["-f", fmt, *args, image], self.progress)
 
     def rebase_unsafe(
         self, image: str, new_backing: str | None, new_backing_format: str | None, *, fmt: str
@@ -251,7 +204,7 @@ class QemuImgStorage:
                 raise StorageError(f"backing format {new_backing_format!r} is not one of {sorted(FORMATS)}")
             self._info(new_backing, new_backing_format)  # it opens with the format it will have
             args = ["-b", new_backing, "-F", new_backing_format]
-        self._run("rebase", image, ["-q", "-u", "-f", fmt, *args, image])
+        self.qemu_img.run("rebase", image, ["-q", "-u", "-f", fmt, *args, image])
 
     def remove_unfinished(self, path: str) -> bool:
         self._check_path(path)
@@ -284,7 +237,7 @@ class QemuImgStorage:
             return  # no metadata of its own
         self._check_file(path)
         spec = {"driver": fmt, "file": {"driver": "file", "filename": path}, "backing": None}
-        self._run("check", path, ["-q", "-r", "all", "json:" + json.dumps(spec)], long=True)
+        self.qemu_img.run("check", path, ["-q", "-r", "all", "json:" + json.dumps(spec)], long=True)
 
     def reads_same_over(self, image: str, fmt: str, backing: str, backing_format: str) -> bool:
         # qemu-img compare of the image as its header says against the image over `backing`
@@ -295,9 +248,11 @@ class QemuImgStorage:
         now = {"driver": fmt, "file": {"driver": "file", "filename": image}}
         over = {**now, "backing": {"driver": backing_format,
                                    "file": {"driver": "file", "filename": backing}}}
-        self._run("compare", image, ["-U", "-q", "json:" + json.dumps(now), "json:" + json.dumps(over)],
-                  long=True, succeeds=(0, 1))
-        return self.last_code == 0
+        code, _ = self.qemu_img.run(
+            "compare", image, ["-U", "-q", "json:" + json.dumps(now), "json:" + json.dumps(over)],
+            long=True, succeeds=(0, 1),
+        )
+        return code == 0
 
     def sharing(self, path: str) -> Sharing:
         self._check_file(path)
@@ -371,90 +326,7 @@ class QemuImgStorage:
         except OSError:
             pass
 
-    # ---- qemu-img --------------------------------------------------------------------
-
-    def _run(
-        self,
-        command: str,
-        path: str,
-        args: Sequence[str],
-        *,
-        merge: bool = False,
-        limited: bool = False,
-        pass_fds: tuple[int, ...] = (),
-        long: bool = False,
-        succeeds: tuple[int, ...] = (0,),
-    ) -> str:
-        """qemu-img's output; StorageError unless it exits with one of `succeeds` (its exit
-        code is then `self.last_code`). `long`: the merge timeout, without progress."""
-        argv = [self.qemu_img, command, *args]
-        timeout = self.merge_timeout if merge or long else self.timeout
-        if merge:
-            return self._run_merge(command, path, argv, timeout)
-        preexec = _limits(self.probe_cpu_seconds, self.probe_address_space) if limited else None
-        try:
-            done = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                errors="replace",
-                timeout=timeout,
-                check=False,
-                preexec_fn=preexec,
-                pass_fds=pass_fds,
-            )
-        except subprocess.TimeoutExpired:
-            raise StorageError(f"qemu-img {command} {path}: timed out after {timeout:g} s") from None
-        except OSError as error:
-            raise self._missing(error) from None
-        if done.returncode not in succeeds:
-            raise _failure(command, path, _how(done.returncode), done.stderr)
-        self.last_code = done.returncode
-        return done.stdout
-
-    def _missing(self, error: OSError) -> ToolMissing:
-        return ToolMissing(
-            f"can't run {self.qemu_img}: {error.strerror}; snapledger needs qemu-img "
-            "(Debian: apt install qemu-utils). Nothing was done"
-        )
-
-    def _run_merge(self, command: str, path: str, argv: list[str], timeout: float) -> str:
-        """A long block operation: qemu-img's own progress (`-p`: "(12.50/100%)" lines ended by
-        a carriage return) is passed to `self.progress` as it comes."""
-        argv = [*argv[:2], "-p", *argv[2:]]
-        deadline = time.monotonic() + timeout
-        try:
-            child = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-            )
-        except OSError as error:
-            raise self._missing(error) from None
-        assert child.stdout is not None and child.stderr is not None
-        pending = b""
-        with child:
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    child.kill()
-                    raise StorageError(f"qemu-img {command} {path}: timed out after {timeout:g} s")
-                ready, _, _ = select.select([child.stdout], [], [], min(left, 1.0))
-                if not ready:
-                    continue
-                chunk = os.read(child.stdout.fileno(), 4096)
-                if not chunk:
-                    break
-                pending += chunk
-                *done_parts, pending = re.split(rb"[\r\n]", pending)
-                for part in done_parts:
-                    match = _PROGRESS.search(part)
-                    if match and self.progress is not None:
-                        self.progress(float(match.group(1)) / 100.0)
-            stderr = child.stderr.read().decode(errors="replace")
-            code = child.wait(max(deadline - time.monotonic(), 1.0))
-        if code != 0:
-            raise _failure(command, path, _how(code), stderr)
-        return ""
+    # ---- qemu-img's answers ------------------------------------------------------------
 
     def _info(self, path: str, fmt: str | None) -> dict[str, Any]:
         """`qemu-img info` of one file (never opens its backing), under resource limits, opened
@@ -463,7 +335,7 @@ class QemuImgStorage:
         if fmt is not None and fmt not in FORMATS:
             raise StorageError(f"{path}: format {fmt!r} is not one of {sorted(FORMATS)}")
         args = ["--output=json", "-U"] + (["-f", fmt] if fmt else []) + [path]
-        out = self._run("info", path, args, limited=True)
+        _, out = self.qemu_img.run("info", path, args, limited=True)
         try:
             info = json.loads(out)
         except ValueError:
@@ -520,7 +392,7 @@ class QemuImgStorage:
         spec: dict[str, Any] = {"driver": fmt, "file": {"driver": "file", "filename": path}}
         if fmt == "qcow2":
             spec["backing"] = None
-        out = self._run(
+        _, out = self.qemu_img.run(
             "map", path, ["--output=json", "-U", "json:" + json.dumps(spec)], limited=True
         )
         try:
