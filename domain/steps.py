@@ -168,7 +168,7 @@ class StartDomain:
     bytes: int = 0
     action: ClassVar[str] = "start-domain"
     # Not destructive: the disks are final before it. A domain that does not start leaves the
-    # operation finished and recorded, with the reason in the error (see libvirt_hypervisor).
+    # operation finished and recorded, with the reason in the error (adapters/libvirt/).
     destructive: ClassVar[bool] = False
 
 

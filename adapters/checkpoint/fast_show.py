@@ -74,7 +74,7 @@ POSTGRES_EVENTS = "snapledger_events"
 
 
 def postgres_connection(url: str) -> dict[str, str] | None:
-    """libpq's settings for a `postgresql://` store URL: the ones event_store.persistence_env
+    """libpq's settings for a `postgresql://` store URL: the ones application.persistence_env
     gives eventsourcing (both read adapters/eventstore/store_url.py). None for any other URL."""
     try:
         store = parse_store_url(url)

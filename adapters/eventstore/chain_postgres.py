@@ -1,4 +1,4 @@
-"""The hash chain on PostgreSQL (the `postgres` extra): same records as ledger_chain.py.
+"""The hash chain on PostgreSQL (the `postgres` extra): same records as chain.py.
 
 A module of its own so SQLite users never import psycopg.
 """

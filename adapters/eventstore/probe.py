@@ -29,7 +29,7 @@ ABSENT = "absent"
 BLANK = "blank"
 LEDGER = "ledger"
 
-# eventsourcing's SQLite application recorder's table and the hash chain's (ledger_chain.py)
+# eventsourcing's SQLite application recorder's table and the hash chain's (chain.py)
 LEDGER_TABLES = frozenset({"stored_events", "snapledger_chain"})
 SQLITE_HEADER = b"SQLite format 3\x00"
 MALFORMED_PATH = (errno.ENAMETOOLONG, errno.ELOOP)
