@@ -29,6 +29,18 @@ from snapledger.domain.errors import (
     TamperFound,
     UnknownVm,
 )
+from snapledger.projections.documents import (
+    adopted_domain_document,
+    image_dag_document,
+    plan_document,
+    reconcile_document,
+    recover_document,
+    retire_document,
+    tree_document,
+    verify_document,
+    vm_document,
+    vm_rows,
+)
 
 # Only click and the lines above are imported at start: `show VM --json` answers from the
 # persisted projection before eventsourcing, rich or the domain are imported (about 60 ms
@@ -166,9 +178,9 @@ def adopt(
         found = adopt_libvirt(
             ledger, ledger.hypervisor, vm, connect or DEFAULT_URI, pools, keep_metadata=keep_libvirt_metadata
         )
-        data = output.vm_json(ledger.view, vm)
+        data = vm_document(ledger.view, vm)
         if c.as_json:
-            output.emit_json({**data, "left_alone": found.left_alone, "imported": found.imported, "notes": found.notes})
+            output.emit_json(adopted_domain_document(data, found.left_alone, found.imported, found.notes))
             return
         output.show_vm(data)
         for line in [f"left alone: {r}" for r in found.left_alone] + [f"note: {n}" for n in found.notes]:
@@ -176,7 +188,7 @@ def adopt(
         return
     xml = domain_xml(read_file(xml_path, "domain XML")) if xml_path else None
     c.ledger.adopt(vm, pairs(disks, "--disk"), pools, xml)
-    data = output.vm_json(c.ledger.view, vm)
+    data = vm_document(c.ledger.view, vm)
     output.emit_json(data) if c.as_json else output.show_vm(data)
 
 
@@ -243,7 +255,7 @@ def revert(
 def swap_disk(c: Context, vm: str, disk: str, path: str) -> None:
     """Record that the user put another image in place."""
     c.ledger.swap_disk(vm, disk, path)
-    data = output.vm_json(c.ledger.view, vm)
+    data = vm_document(c.ledger.view, vm)
     output.emit_json(data) if c.as_json else output.show_vm(data)
 
 
@@ -269,14 +281,14 @@ def delete(c: Context, vm: str, name: str, strategy: str, branches: str, dry_run
 @pass_context
 def gc(c: Context, vm: str | None, include_detached: bool, dry_run: bool) -> None:
     """Delete managed images nothing needs."""
-    plans = c.ledger.gc(vm, include_detached, dry_run)
+    plans = [plan_document(plan, not dry_run) for plan in c.ledger.gc(vm, include_detached, dry_run)]
     if c.as_json:
-        output.emit_json([output.plan_json(p, not dry_run) for p in plans])
+        output.emit_json(plans)
         return
     if not plans:
         output.say("nothing to collect")
     for plan in plans:
-        output.show_plan(plan, not dry_run, "gc")
+        output.show_plan(plan, "gc")
 
 
 @cli.command()
@@ -292,7 +304,7 @@ def recover(c: Context, vm: str | None, pivoted: bool) -> None:
         raise BadInput("--pivoted vouches for one VM's operation: name the VM")
     finished = c.ledger.recover(vm, pivoted=pivoted)
     if c.as_json:
-        output.emit_json({"finished": finished})
+        output.emit_json(recover_document(finished))
     else:
         output.say("\n".join(finished) if finished else "nothing to recover")
 
@@ -329,17 +341,15 @@ def verify(c: Context, vm: str | None, show_head: bool, expect_head: str | None)
         disks = c.ledger.verify(vm)
     except LedgerDamaged as damaged:
         disks = [f"the disks were not checked: {damaged}"]
-    findings = chain + disks
+    data = verify_document(chain, disks, notes, position, head_hash)
     if c.as_json:
-        output.emit_json({
-            "ok": not findings, "findings": findings, "chain": chain, "disks": disks, "notes": notes,
-            "head": {"position": position, "hash": head_hash},
-        })
+        output.emit_json(data)
     else:
         if show_head:
             output.say(f"head {position} {head_hash}")
         for note in notes:
             output.say(f"note: {note}")
+        findings = data["findings"]
         output.say("\n".join(findings) if findings else "ok: the hash chain is intact and the disks agree with the ledger")
     if chain:
         raise TamperFound(f"verify: {len(chain)} hash chain finding(s); the ledger was changed outside snapledger")
@@ -356,16 +366,16 @@ def reconcile(c: Context, vm: str, dry_run: bool) -> None:
     """Record the disks' reality after drift (new identities, backings, files found or gone),
     writing and deleting no image."""
     found = c.ledger.reconcile(vm, dry_run=dry_run)
-    data = {"vm": vm, "dry_run": dry_run, **found.to_json(), "position": c.ledger.last_position()}
+    position = c.ledger.last_position()
     if c.as_json:
-        output.emit_json(data)
+        output.emit_json(reconcile_document(vm, dry_run, found, position))
         return
     if not found.changes:
         output.say(f"{vm}: the disks agree with the ledger; nothing to record")
         return
     for line in found.changes:
         output.say(line)
-    output.say("dry run, nothing recorded" if dry_run else f"recorded at position {data['position']}")
+    output.say("dry run, nothing recorded" if dry_run else f"recorded at position {position}")
 
 
 @cli.command()
@@ -375,9 +385,8 @@ def reconcile(c: Context, vm: str, dry_run: bool) -> None:
 def retire(c: Context, vm: str) -> None:
     """End tracking of a VM: its history stays, its images are let go, nothing is deleted."""
     left_behind = c.ledger.retire(vm)
-    data = {"vm": vm, "left_behind": left_behind, "position": c.ledger.last_position()}
     if c.as_json:
-        output.emit_json(data)
+        output.emit_json(retire_document(vm, left_behind, c.ledger.last_position()))
         return
     output.say(f"{vm} is retired: no longer tracked; its history stays (snapledger log {vm})")
     for path in left_behind:
@@ -389,17 +398,7 @@ def retire(c: Context, vm: str) -> None:
 @pass_context
 def list_vms(c: Context) -> None:
     """The VMs in the ledger."""
-    view = c.ledger.refresh()
-    rows = [
-        {
-            "vm": vm.name,
-            "current": vm.current,
-            "snapshots": len(vm.snapshots),
-            "disks": dict(vm.disks),
-            "operation": vm.operation.kind if vm.operation else None,
-        }
-        for vm in sorted(view.live_vms().values(), key=lambda v: v.name)
-    ]
+    rows = vm_rows(c.ledger.refresh())
     if c.as_json:
         output.emit_json(rows)
     else:
@@ -433,7 +432,7 @@ def show(c: Context, vm: str, at_event: int | None, at_time: str | None) -> None
         from snapledger.adapters.service.queries import past_view
 
         view = past_view(c.ledger, vm, at_event, at_time)
-    data = output.vm_json(view, vm)
+    data = vm_document(view, vm)
     output.emit_json(data) if c.as_json else output.show_vm(data)
 
 
@@ -458,15 +457,16 @@ def diff(c: Context, vm: str, start: int, end: int) -> None:
 @pass_context
 def tree(c: Context, vm: str, images: bool) -> None:
     """The snapshot tree (current marked); with --images the image DAG."""
+    from snapledger.projections.pictures import image_picture
     from snapledger.projections.tree import snapshot_tree
 
     view = c.ledger.refresh()
-    snapshots = snapshot_tree(view, vm)
     if images:
-        data = output.image_dag_json(view, vm)
+        data = image_dag_document(image_picture(view, vm), vm)
         output.emit_json(data) if c.as_json else output.show_image_dag(data)
     else:
-        output.emit_json(output.tree_json(snapshots)) if c.as_json else output.show_tree(snapshots)
+        data = tree_document(snapshot_tree(view, vm))
+        output.emit_json(data) if c.as_json else output.show_tree(data)
 
 
 @cli.command()
@@ -583,10 +583,8 @@ def replay(c: Context, file: str, command: tuple[str, ...]) -> None:
 
 
 def report(c: Context, plan: Any, dry_run: bool, title: str) -> None:
-    if c.as_json:
-        output.emit_json(output.plan_json(plan, not dry_run))
-    else:
-        output.show_plan(plan, not dry_run, title)
+    document = plan_document(plan, not dry_run)
+    output.emit_json(document) if c.as_json else output.show_plan(document, title)
 
 
 def main(argv: list[str] | None = None) -> int:
