@@ -1,19 +1,34 @@
-"""The `show` document of a VM: what `snapledger show VM --json` prints (contract: cli.md).
+"""The JSON documents of the command line (contract: docs/cli.md), as pure functions of views,
+plans and results: what `--json` prints, and what the human output is drawn from.
 
-Computed from a LedgerView. The persisted projection (adapters/checkpoint/persisted.py) stores it per VM,
-as the exact text `show --json` prints, so that `show` can answer without folding the ledger;
-the command line computes it the same way when it has to. One function, so both agree.
+The `show` document of a VM is computed from a LedgerView. The persisted projection
+(adapters/checkpoint/persisted.py) stores it per VM, as the exact text `show --json` prints, so
+that `show` can answer without folding the ledger; the command line computes it the same way when
+it has to. One function, so both agree.
+
+The other documents live beside their read models: `diff` (history.py), `explain` (explain.py)
+and `log`'s entries (trail.py).
+
+Light to import: `show VM` for people prints the stored document through adapters/cli/output.py,
+which imports this module, before eventsourcing is imported. What folds the ledger is imported
+only where a document is computed from a view.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
-if TYPE_CHECKING:  # json_text is used where eventsourcing is not imported (adapters/cli/output.py)
+from snapledger.domain.steps import Plan, step_to_dict
+
+if TYPE_CHECKING:
+    from snapledger.domain.images import ImageFacts
     from snapledger.domain.vm import SnapshotRecord, VirtualMachine
 
     from .dag import ImageDag
+    from .pictures import ImagePicture
+    from .tree import SnapshotTree
     from .view import LedgerView
 
 
@@ -76,6 +91,136 @@ def vm_document(view: LedgerView, name: str, dag: ImageDag | None = None) -> dic
     if missing:
         document["missing"] = missing
     return document
+
+
+def adopted_domain_document(
+    document: dict[str, Any], left_alone: Iterable[str], imported: Iterable[str], notes: Iterable[str]
+) -> dict[str, Any]:
+    """`adopt --libvirt`: the VM document, and what adopting the domain left alone, imported
+    and noted."""
+    return {**document, "left_alone": list(left_alone), "imported": list(imported), "notes": list(notes)}
+
+
+def plan_document(plan: Plan, done: bool) -> dict[str, Any]:
+    """snapshot, revert, delete, and each VM's plan of gc; `done` is false for a dry run."""
+    return {
+        "kind": plan.kind,
+        "strategy": plan.strategy,
+        "done": done,
+        "steps": [step_to_dict(step) for step in plan.steps],
+        "bytes_moved": plan.bytes_moved,
+        "notes": list(plan.notes),
+    }
+
+
+def recover_document(finished: Iterable[str]) -> dict[str, Any]:
+    return {"finished": list(finished)}
+
+
+class ReconcileFindings(Protocol):
+    """What `reconcile` found (the service's Reconciliation): the parts its document shows."""
+
+    @property
+    def changes(self) -> Sequence[str]: ...
+    @property
+    def observed(self) -> Sequence[ImageFacts]: ...
+    @property
+    def found(self) -> Sequence[ImageFacts]: ...
+    @property
+    def gone(self) -> Sequence[str]: ...
+    @property
+    def disowned(self) -> Sequence[str]: ...
+
+
+def reconcile_document(vm: str, dry_run: bool, found: ReconcileFindings, position: int) -> dict[str, Any]:
+    """`position`: the ledger's last position after the command."""
+    return {
+        "vm": vm,
+        "dry_run": dry_run,
+        "changes": list(found.changes),
+        "observed": [facts.path for facts in found.observed],
+        "found": [facts.path for facts in found.found],
+        "gone": list(found.gone),
+        "disowned": list(found.disowned),
+        "position": position,
+    }
+
+
+def retire_document(vm: str, left_behind: Iterable[str], position: int) -> dict[str, Any]:
+    return {"vm": vm, "left_behind": list(left_behind), "position": position}
+
+
+def verify_document(
+    chain: list[str], disks: list[str], notes: list[str], position: int, head_hash: str
+) -> dict[str, Any]:
+    """`chain`: the hash chain's findings, `disks`: drift, `notes`: remarks about events older
+    than the chain; the head is the chain's last position and hash."""
+    findings = chain + disks
+    return {
+        "ok": not findings, "findings": findings, "chain": chain, "disks": disks, "notes": notes,
+        "head": {"position": position, "hash": head_hash},
+    }
+
+
+def vm_rows(view: LedgerView) -> list[dict[str, Any]]:
+    """`list`: the VMs tracked (not retired), sorted by name."""
+    return [
+        {
+            "vm": vm.name,
+            "current": vm.current,
+            "snapshots": len(vm.snapshots),
+            "disks": dict(vm.disks),
+            "operation": vm.operation.kind if vm.operation else None,
+        }
+        for vm in sorted(view.live_vms().values(), key=lambda v: v.name)
+    ]
+
+
+def tree_document(tree: SnapshotTree) -> dict[str, Any]:
+    """`tree`: the snapshot tree, the present, and each line of history from a root to a leaf."""
+    return {
+        "vm": tree.vm,
+        "current": tree.current,
+        "present": tree.present,
+        "roots": list(tree.roots),
+        "snapshots": {
+            n.name: {
+                "parent": n.parent,
+                "children": list(n.children),
+                "disks": n.frozen,
+                "current": n.current,
+            }
+            for n in tree.nodes.values()
+        },
+        "branches": [list(b) for b in tree.branches()],
+    }
+
+
+def image_dag_document(picture: ImagePicture, vm: str) -> dict[str, Any]:
+    """`tree --images`: the image DAG of one VM, each image with what it is marked with."""
+    from .pictures import image_lines  # on use, as vm_document's ImageDag: it imports the view
+
+    return {
+        "vm": vm,
+        "roots": picture.roots(),
+        "images": {
+            path: {
+                "owner": image.owner.value,
+                "backing": image.backing,
+                "freezes": image.freezes[0][1] if image.freezes else None,
+                "snapshots": [snap for _, snap, _ in image.freezes],
+                "active_for": [disk for _, disk in image.active_for],
+                "detached": image.detached,
+                "needed": image.needed,
+                "needed_because": [n.describe() for n in image.needs],
+                "children": list(image.children),
+                "branch_point": image.branch_point,
+                "vms": list(image.vms),
+                "marks": image_lines(image, qualify=False),
+            }
+            for path, image in picture.images.items()
+        },
+    }
 
 
 def json_text(value: Any) -> str:

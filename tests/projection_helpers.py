@@ -97,12 +97,24 @@ def with_history(url: str) -> tuple[Snapledger, SimulatedStorage]:
 CLI = [sys.executable, "-m", "snapledger.adapters.cli"]
 
 
-def show(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """`snapledger show ...` in a process of its own, on the store at `url`."""
+def show(url: str, *args: str, report_imports: bool = False) -> subprocess.CompletedProcess[str]:
+    """`snapledger show ...` in a process of its own, on the store at `url`; `report_imports`:
+    its stderr lists what it imported (`imported_modules`)."""
     env = {**os.environ, "SNAPLEDGER_STORE": url, "COLUMNS": "120"}
+    if report_imports:
+        env["PYTHONPROFILEIMPORTTIME"] = "1"
     done = subprocess.run([*CLI, "show", *args], capture_output=True, text=True, env=env, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     return done
+
+
+def imported_modules(done: subprocess.CompletedProcess[str]) -> set[str]:
+    """The modules a process run with `report_imports` imported (Python's -X importtime lines)."""
+    return {
+        line.rpartition("|")[2].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:") and not line.endswith("| imported package")
+    }
 
 
 def spy_reads(app: LedgerApplication, monkeypatch: pytest.MonkeyPatch) -> list[int]:

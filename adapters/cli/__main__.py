@@ -2,6 +2,6 @@
 
 import sys
 
-from snapledger.adapters.cli.main import main
+from snapledger.adapters.cli.entry import main
 
 sys.exit(main())

@@ -1,4 +1,4 @@
-"""What the command line checks in its arguments before any command runs (click-free: cli.py
+"""What the command line checks in its arguments before any command runs (click-free: options.py
 hooks these into click)."""
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ def check_text(name: str, values: Iterable[object]) -> None:
     Latin-1, garbage pasted into --reason) as lone surrogates, which no ledger, JSON document
     or terminal can carry: refuse them (exit 2) before anything is recorded."""
     for value in values:
-        if isinstance(value, str) and not _encodable(value):
+        if isinstance(value, str) and not is_text(value):
             raise BadInput(f"{name} is not valid UTF-8 text ({_as_bytes(value)}); nothing was done")
 
 
-def _encodable(value: str) -> bool:
+def is_text(value: str) -> bool:
+    """Valid UTF-8 text (no lone surrogates)."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from snapledger.adapters.cli.main import main as snapledger
+from snapledger.adapters.cli.entry import main as snapledger
 
 MIB = 1 << 20
 

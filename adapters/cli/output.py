@@ -1,9 +1,11 @@
 """Everything the command line prints: JSON for scripts, rich tables and trees for people.
 
-The only module that imports rich. What users and other programs wrote (reasons, names, paths)
-reaches the terminal only through adapters/cli/visible.py, and always as rich `Text`: its control
-characters shown as escapes, and `[bold]`-style markup or `:emoji:` codes printed as they are.
-JSON output carries the exact strings.
+Printing only: the documents come from projections/documents.py (and the read models' own
+`to_json`), and what people see is drawn from the same documents. The only module that imports
+rich. What users and other programs wrote (reasons, names, paths) reaches the terminal only
+through adapters/cli/visible.py, and always as rich `Text`: its control characters shown as
+escapes, and `[bold]`-style markup or `:emoji:` codes printed as they are. JSON output carries
+the exact strings.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
@@ -21,12 +23,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from snapledger.adapters.cli.visible import visible, visible_data, visible_lines
-from snapledger.domain.steps import Plan, step_to_dict
-from snapledger.projections.documents import json_text, vm_document
-
-if TYPE_CHECKING:  # not imported at run time: `show VM` (from the stored document) needs neither
-    from snapledger.projections.tree import SnapshotTree
-    from snapledger.projections.view import LedgerView
+from snapledger.projections.documents import json_text
 
 console = Console()
 if not console.is_terminal:  # piped or logged: keep long paths on one line
@@ -48,49 +45,34 @@ def error(message: str) -> None:
     errors.print(Text(f"snapledger: error: {visible(' '.join(message.split()))}"))
 
 
-def plan_json(plan: Plan, done: bool) -> dict[str, Any]:
-    return {
-        "kind": plan.kind,
-        "strategy": plan.strategy,
-        "done": done,
-        "steps": [step_to_dict(step) for step in plan.steps],
-        "bytes_moved": plan.bytes_moved,
-        "notes": list(plan.notes),
-    }
-
-
 def _cells(*values: object) -> list[Text]:
     """Table cells: literal text (rich reads markup in a plain string), each value visible."""
     return [Text(visible("-" if v is None else str(v))) for v in values]
 
 
-def show_plan(plan: Plan, done: bool, title: str) -> None:
+def show_plan(plan: Mapping[str, Any], title: str) -> None:
+    """A plan document (documents.plan_document) as a table of its steps."""
+    done = plan["done"]
     title = visible(title)
-    if not plan.steps:
-        say(f"{title}: {visible(plan.strategy or 'nothing to do')}")
+    if not plan["steps"]:
+        say(f"{title}: {visible(plan['strategy'] or 'nothing to do')}")
         say("no storage steps; the ledger only" + (" recorded it" if done else " would record it"))
         return
-    table = Table(title=Text(f"{title}: {visible(plan.strategy)}" if plan.strategy else title))
+    table = Table(title=Text(f"{title}: {visible(plan['strategy'])}" if plan["strategy"] else title))
     table.add_column("#", justify="right")
     table.add_column("action")
     table.add_column("details")
     table.add_column("bytes", justify="right")
-    for i, step in enumerate(plan.steps, start=1):
-        details = {k: v for k, v in step_to_dict(step).items() if k not in ("action", "bytes")}
+    for i, step in enumerate(plan["steps"], start=1):
+        details = {k: v for k, v in step.items() if k not in ("action", "bytes")}
         if "xml" in details:  # a whole domain definition (define-domain): its size only
             details["xml"] = f"<{len(str(details['xml']))} characters>"
-        table.add_row(*_cells(i, step.action, " ".join(f"{k}={v}" for k, v in details.items()), f"{step.bytes:,}"))
+        table.add_row(*_cells(i, step["action"], " ".join(f"{k}={v}" for k, v in details.items()), f"{step['bytes']:,}"))
     console.print(table)
-    for note in plan.notes:
+    for note in plan["notes"]:
         say(f"note: {visible(note)}")
     verb = "moved" if done else "would move"
-    say(f"{'done' if done else 'dry run, nothing changed'}; {verb} {plan.bytes_moved:,} bytes")
-
-
-def vm_json(view: LedgerView, name: str) -> dict[str, Any]:
-    """The `show` document. Keep it vm_document itself: the persisted projection stores
-    vm_document's text, and `show` prints that text when it can (the two must not differ)."""
-    return vm_document(view, name)
+    say(f"{'done' if done else 'dry run, nothing changed'}; {verb} {plan['bytes_moved']:,} bytes")
 
 
 def show_vm(data: Mapping[str, Any]) -> None:
@@ -158,75 +140,31 @@ def show_diff(data: Mapping[str, Any]) -> None:
         say(line)
 
 
-def tree_json(tree: SnapshotTree) -> dict[str, Any]:
-    return {
-        "vm": tree.vm,
-        "current": tree.current,
-        "present": tree.present,
-        "roots": list(tree.roots),
-        "snapshots": {
-            n.name: {
-                "parent": n.parent,
-                "children": list(n.children),
-                "disks": n.frozen,
-                "current": n.current,
-            }
-            for n in tree.nodes.values()
-        },
-        "branches": [list(b) for b in tree.branches()],
-    }
-
-
-def show_tree(tree: SnapshotTree) -> None:
-    """Like `virsh snapshot-list --tree`, with the current snapshot marked and the present
-    hanging below it (at the top when there is no current snapshot)."""
-    root = Tree(Text(visible(tree.vm)), guide_style="dim")
-    shown = ", ".join(f"{d}={p}" for d, p in tree.present.items())
+def show_tree(tree: Mapping[str, Any]) -> None:
+    """The tree document (documents.tree_document) like `virsh snapshot-list --tree`, with the
+    current snapshot marked and the present hanging below it (at the top when there is no
+    current snapshot)."""
+    root = Tree(Text(visible(tree["vm"])), guide_style="dim")
+    shown = ", ".join(f"{d}={p}" for d, p in tree["present"].items())
     present = Text(visible(f"(present: {shown})"), style="dim")
+    snapshots = tree["snapshots"]
 
     def add(parent: Tree, name: str) -> None:
-        node = tree.nodes[name]
-        label = Text(visible(name), style="bold" if node.current else "")
-        if node.current:
+        node = snapshots[name]
+        label = Text(visible(name), style="bold" if node["current"] else "")
+        if node["current"]:
             label.append("  *current")
         branch = parent.add(label)
-        if node.current:
+        if node["current"]:
             branch.add(present)
-        for child in node.children:
+        for child in node["children"]:
             add(branch, child)
 
-    if tree.current is None:
+    if tree["current"] is None:
         root.add(present)
-    for name in tree.roots:
+    for name in tree["roots"]:
         add(root, name)
     console.print(root)
-
-
-def image_dag_json(view: LedgerView, name: str) -> dict[str, Any]:
-    from snapledger.projections.pictures import image_lines, image_picture
-
-    picture = image_picture(view, name)
-    return {
-        "vm": name,
-        "roots": picture.roots(),
-        "images": {
-            path: {
-                "owner": image.owner.value,
-                "backing": image.backing,
-                "freezes": image.freezes[0][1] if image.freezes else None,
-                "snapshots": [snap for _, snap, _ in image.freezes],
-                "active_for": [disk for _, disk in image.active_for],
-                "detached": image.detached,
-                "needed": image.needed,
-                "needed_because": [n.describe() for n in image.needs],
-                "children": list(image.children),
-                "branch_point": image.branch_point,
-                "vms": list(image.vms),
-                "marks": image_lines(image, qualify=False),
-            }
-            for path, image in picture.images.items()
-        },
-    }
 
 
 def show_image_dag(data: Mapping[str, Any]) -> None:

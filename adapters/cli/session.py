@@ -1,17 +1,14 @@
-"""One run of the command line: the global options, and the ledger opened on first use.
-
-Light on purpose, as cli.py is: nothing heavy is imported before a command needs it.
-"""
+"""One run of the command line: the global options, and the ledger opened on first use."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from snapledger.adapters.checkpoint.fast_show import stored_show_text
+from snapledger.adapters.cli.output import MergeProgress
+from snapledger.adapters.compose import open_ledger, open_store
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.eventstore.store_url import chosen_store_url, parse_store_url
+from snapledger.adapters.service.commands import Snapledger
 from snapledger.domain.errors import SnapledgerError
-
-if TYPE_CHECKING:
-    from snapledger.adapters.eventstore.application import LedgerApplication
-    from snapledger.adapters.service.commands import Snapledger
 
 # Commands that only read: on a store that isn't there they see an empty ledger, and they create
 # nothing (no directory, no file, no table). Any command given --dry-run reads only too.
@@ -41,36 +38,27 @@ class Context:
     def ledger_app(self) -> LedgerApplication:
         """The store alone, without folding the ledger (verify reads raw rows first)."""
         if self._app is None:
-            from snapledger.adapters.compose import open_store
-
             self._app = open_store(self.store, self.actor, self.reason, reading=self.reading)
         return self._app
 
     @property
     def ledger(self) -> Snapledger:
         if self._ledger is None:
-            from snapledger.adapters.cli import output
-            from snapledger.adapters.compose import open_ledger
-
-            self._ledger = open_ledger(self.ledger_app, output.MergeProgress())
+            self._ledger = open_ledger(self.ledger_app, MergeProgress())
         return self._ledger
 
     def store_label(self) -> str | None:
         """How an error message names the store (None: no store of its own, or a bad URL)."""
         if self.fixed:
             return None
-        from snapledger.adapters.eventstore.store_url import chosen_store_url, parse_store_url
-
         try:
             return parse_store_url(chosen_store_url(self.store)).label
         except SnapledgerError:
             return None
 
     def stored_show_text(self, vm: str) -> str | None:
-        """`show VM --json`'s text from the persisted projection, if it is current; else None."""
+        """`show VM --json`'s text from the persisted projection, if it is current; else None.
+        (The entry module asks first, for the usual arguments; this is for the others.)"""
         if self.fixed:  # a ledger given (replay)
             return None
-        from snapledger.adapters.checkpoint.fast_show import stored_show_text
-        from snapledger.adapters.eventstore.store_url import chosen_store_url
-
         return stored_show_text(chosen_store_url(self.store), vm)

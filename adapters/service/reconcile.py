@@ -8,7 +8,7 @@ records the result (`Reconciled`) unless it is a dry run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from snapledger.adapters.service.drift import DiskChecks, frozen_rules, outside_finding
 from snapledger.adapters.service.registrations import claimed
@@ -28,15 +28,6 @@ class Reconciliation:
     disowned: list[str] = field(default_factory=list)  # managed images replaced by another file
     changes: list[str] = field(default_factory=list)  # one line per difference, for people
     unresolvable: list[str] = field(default_factory=list)  # what reconcile can't record
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "changes": list(self.changes),
-            "observed": [f.path for f in self.observed],
-            "found": [f.path for f in self.found],
-            "gone": list(self.gone),
-            "disowned": list(self.disowned),
-        }
 
 
 def reconciliation(vm: VirtualMachine, checks: DiskChecks) -> Reconciliation:

@@ -9,27 +9,38 @@ import os
 import subprocess
 
 import pytest
-from projection_helpers import CLI, rebuilt, show, with_history
+from projection_helpers import CLI, imported_modules, rebuilt, show, with_history
 from store_backends import Backend
 
 from snapledger.adapters.checkpoint.fast_show import stored_show_text
 from snapledger.adapters.checkpoint.rules import DOCS, TRACKING
 from snapledger.projections.documents import json_text, vm_document
 
+# What only the full command line imports: none of it may be needed to answer from the document.
+FULL_COMMAND_LINE = {"click", "eventsourcing", "snapledger.adapters.cli.main", "snapledger.domain.vm"}
+
 
 @pytest.mark.parametrize("as_json", [True, False])
 def test_show_prints_the_same_from_the_projection_and_from_the_folded_ledger(
     backend: Backend, url: str, as_json: bool
 ) -> None:
+    """Three ways, the same bytes: the entry module prints the stored document (the full command
+    line not even imported), the full command line prints it (for arguments the entry module
+    leaves to it), and the full command line folds the ledger when there is none."""
     with_history(url)
     args = ("a", "--json") if as_json else ("a",)
     assert stored_show_text(url, "a") is not None
-    fast = show(url, *args).stdout
+    answered = show(url, *args, report_imports=True)
+    assert not imported_modules(answered) & FULL_COMMAND_LINE
+    fast = answered.stdout
+    full = show(url, *args, "--reason", "not the entry's shape", report_imports=True)
+    assert FULL_COMMAND_LINE <= imported_modules(full)
+    assert stored_show_text(url, "a") is not None
     backend.sql(url, f"DELETE FROM {DOCS} WHERE vm = 'a'")
     assert stored_show_text(url, "a") is None
     slow = show(url, *args).stdout  # folds (from the checkpoint) and stores the document again
     assert stored_show_text(url, "a") is not None
-    assert fast == slow == show(url, *args).stdout
+    assert fast == full.stdout == slow == show(url, *args).stdout
     if as_json:
         assert json.loads(fast)["current"] == "s2"
     else:

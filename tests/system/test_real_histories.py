@@ -791,7 +791,7 @@ def test_recover_leaves_an_operation_whose_process_still_runs_alone(tmp_path: Pa
 # Both racers import everything first, then start at the same instant.
 RACER = (
     "import sys, time\n"
-    "from snapledger.adapters.cli.main import main\n"
+    "from snapledger.adapters.cli.entry import main\n"
     "time.sleep(max(0.0, float(sys.argv[1]) - time.time()))\n"
     "sys.exit(main(sys.argv[2:]))\n"
 )

@@ -343,12 +343,14 @@ def test_memory_store_rows_round_trip() -> None:
 # ---- the command line's fast path ----------------------------------------------------------
 
 
-def test_importing_the_command_line_stays_light() -> None:
-    """`show VM --json` answers before eventsourcing, rich or the domain are imported."""
-    heavy = ["eventsourcing", "rich", "lxml", "snapledger.domain.vm", "snapledger.adapters.cli.output",
+def test_importing_the_entry_module_stays_light() -> None:
+    """`show VM --json` is answered by adapters/cli/entry.py (the console script) before click,
+    eventsourcing, rich, lxml or the domain's aggregates are imported."""
+    heavy = ["click", "eventsourcing", "rich", "lxml", "snapledger.domain.vm", "snapledger.domain.image_registry",
+             "snapledger.adapters.cli.main", "snapledger.adapters.cli.output",
              "snapledger.adapters.service.commands", "snapledger.projections.view"]
     code = (
-        "import sys, snapledger.adapters.cli.main, snapledger.adapters.checkpoint.fast_show;"
+        "import sys, snapledger.adapters.cli.entry;"
         f"print([m for m in {heavy!r} if m in sys.modules])"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

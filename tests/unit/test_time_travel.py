@@ -19,12 +19,12 @@ from hypothesis import Phase, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from snapledger.adapters.cli.output import vm_json
 from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
 from snapledger.domain.errors import BadInput, Refused, StorageError
+from snapledger.projections.documents import vm_document
 from snapledger.projections.history import diff, event_time, parse_time
 from snapledger.projections.view import LedgerView
 
@@ -165,7 +165,7 @@ class TimeTravelMachine(RuleBasedStateMachine):
         assert self.ledger.view.position == position
         if self.recorded and self.recorded[-1].position == position:
             return  # nothing was recorded since (a refused command)
-        shows = {name: vm_json(self.ledger.view, name) for name in self.vm_names()}
+        shows = {name: vm_document(self.ledger.view, name) for name in self.vm_names()}
         self.recorded.append(Recorded(position, shows, self.ledger.view.canonical()))
 
     def teardown(self) -> None:
@@ -181,7 +181,7 @@ def fresh_fold(app: LedgerApplication) -> dict[int, tuple[dict[str, Any], dict[s
     states = {0: (view.canonical(), {})}
     for event, position in app.events_after(0):
         view.apply(event, position)
-        states[position] = (view.canonical(), {n: vm_json(view, n) for n in sorted(view.vms)})
+        states[position] = (view.canonical(), {n: vm_document(view, n) for n in sorted(view.vms)})
     return states
 
 
@@ -202,11 +202,11 @@ def check_history(ledger: Snapledger, recorded: list[Recorded]) -> None:
     for position, (canonical, shows) in fresh.items():
         view = view_at(position)
         assert view.canonical() == canonical, position
-        assert {n: vm_json(view, n) for n in sorted(view.vms)} == shows, position
+        assert {n: vm_document(view, n) for n in sorted(view.vms)} == shows, position
     for entry in recorded:
         view = view_at(entry.position)
         assert view.canonical() == entry.canonical, entry.position
-        assert {n: vm_json(view, n) for n in sorted(view.vms)} == entry.shows, entry.position
+        assert {n: vm_document(view, n) for n in sorted(view.vms)} == entry.shows, entry.position
 
     # --at TIME: the last event at or before a time (the times of the recorded positions).
     times = {p: event_time(e) for e, p in ledger.app.events_after(0)}
@@ -235,8 +235,8 @@ def check_diff(ledger: Snapledger, before: LedgerView, after: LedgerView, name: 
     start, end = before.position, after.position
     events = list(ledger.app.events_after(start, stop=end))
     found = diff(before, after, name, events)
-    old = vm_json(before, name) if name in before.vms else None
-    new = vm_json(after, name)
+    old = vm_document(before, name) if name in before.vms else None
+    new = vm_document(after, name)
 
     # current
     old_current = old["current"] if old else None

@@ -1,0 +1,228 @@
+"""The commands that change the ledger: adopt, snapshot, revert, swap-disk, delete, gc, recover,
+reconcile and retire (with --dry-run, the plan only)."""
+
+from __future__ import annotations
+
+import click
+
+from snapledger.adapters.cli import output
+from snapledger.adapters.cli.arguments import pairs, read_file
+from snapledger.adapters.cli.options import (
+    after_command_options,
+    command,
+    dry_run_option,
+    pass_context,
+)
+from snapledger.adapters.cli.session import Context
+from snapledger.adapters.libvirt.hypervisor import DEFAULT_URI
+from snapledger.adapters.libvirt.xml_input import domain_xml, revert_overlays, snapshot_request
+from snapledger.adapters.service.adopt_libvirt import adopt_libvirt
+from snapledger.domain.errors import BadInput
+from snapledger.domain.steps import Plan
+from snapledger.projections.documents import (
+    adopted_domain_document,
+    plan_document,
+    reconcile_document,
+    recover_document,
+    retire_document,
+    vm_document,
+)
+
+
+@command()
+@click.argument("vm")
+@click.option("--disk", "disks", multiple=True, metavar="vda=PATH", help="A disk's active image.")
+@click.option("--pool", "pools", multiple=True, metavar="DIR", help="Another directory the VM's files may be in (a template's, or one for overlays); every file of a disk's chain must be in a disk's directory or a pool.")
+@click.option("--xml", "xml_path", metavar="DOMAIN.xml", help="The domain definition to record.")
+@click.option("--libvirt", is_flag=True, help="Adopt the libvirt domain VM, with its external snapshots.")
+@click.option("--connect", metavar="URI", help="libvirt connection URI (default qemu:///system).")
+@click.option("--keep-libvirt-metadata", is_flag=True,
+              help="With --libvirt: keep libvirt's metadata of the imported snapshots (virsh can then "
+                   "still act on them; see docs/libvirt.md).")
+@after_command_options
+@pass_context
+def adopt(
+    c: Context, vm: str, disks: tuple[str, ...], pools: tuple[str, ...], xml_path: str | None, libvirt: bool,
+    connect: str | None, keep_libvirt_metadata: bool,
+) -> None:
+    """Start tracking a VM from its disk files, or a libvirt domain (--libvirt)."""
+    if libvirt or connect or keep_libvirt_metadata:
+        if not libvirt:
+            raise BadInput("--connect and --keep-libvirt-metadata go with --libvirt")
+        if disks or xml_path:
+            raise BadInput("adopt --libvirt reads the disks and the definition from libvirt: no --disk or --xml")
+        ledger = c.ledger
+        assert ledger.hypervisor is not None
+        found = adopt_libvirt(
+            ledger, ledger.hypervisor, vm, connect or DEFAULT_URI, pools, keep_metadata=keep_libvirt_metadata
+        )
+        data = vm_document(ledger.view, vm)
+        if c.as_json:
+            output.emit_json(adopted_domain_document(data, found.left_alone, found.imported, found.notes))
+            return
+        output.show_vm(data)
+        for line in [f"left alone: {r}" for r in found.left_alone] + [f"note: {n}" for n in found.notes]:
+            output.say(line)
+        return
+    xml = domain_xml(read_file(xml_path, "domain XML")) if xml_path else None
+    c.ledger.adopt(vm, pairs(disks, "--disk"), pools, xml)
+    data = vm_document(c.ledger.view, vm)
+    output.emit_json(data) if c.as_json else output.show_vm(data)
+
+
+@command()
+@click.argument("vm")
+@click.argument("name")
+@click.option("--overlay", "overlays", multiple=True, metavar="vda=PATH")
+@click.option("--exclude", "excluded", multiple=True, metavar="DISK")
+@click.option("--xml", "xml_path", metavar="SNAPSHOT.xml", help="libvirt <domainsnapshot> XML.")
+@click.option("--description")
+@dry_run_option
+@after_command_options
+@pass_context
+def snapshot(
+    c: Context, vm: str, name: str, overlays: tuple[str, ...], excluded: tuple[str, ...],
+    xml_path: str | None, description: str | None, dry_run: bool,
+) -> None:
+    """Take an external disk snapshot."""
+    chosen = pairs(overlays, "--overlay")
+    skip = set(excluded)
+    if xml_path:
+        request = snapshot_request(read_file(xml_path, "snapshot XML"))
+        if request.name is not None and request.name != name:
+            raise BadInput(f"snapshot XML names {request.name!r}, the command {name!r}")
+        if set(request.overlays) & set(chosen):
+            raise BadInput("a disk's overlay is given both in --xml and --overlay")
+        chosen.update(request.overlays)
+        skip |= request.excluded
+        description = description or request.description
+    plan = c.ledger.snapshot(vm, name, chosen, skip, description, dry_run=dry_run)
+    report(c, plan, dry_run, f"snapshot {name}")
+
+
+@command()
+@click.argument("vm")
+@click.argument("name")
+@click.option("--overlay", "overlays", multiple=True, metavar="vda=PATH")
+@click.option("--xml", "xml_path", metavar="REVERT.xml", help="The RFC's <domainsnapshotrevert>.")
+@click.option("--running", is_flag=True, help="Start the libvirt domain again afterwards.")
+@dry_run_option
+@after_command_options
+@pass_context
+def revert(
+    c: Context, vm: str, name: str, overlays: tuple[str, ...], xml_path: str | None, running: bool, dry_run: bool
+) -> None:
+    """Revert to a snapshot on new overlays; the abandoned present goes if nothing needs it."""
+    if overlays and xml_path:
+        raise BadInput("give either --overlay or --xml, not both")
+    chosen = revert_overlays(read_file(xml_path, "revert XML")) if xml_path else pairs(overlays, "--overlay")
+    plan = c.ledger.revert(vm, name, chosen, dry_run=dry_run, running=running)
+    report(c, plan, dry_run, f"revert to {name}")
+
+
+@command("swap-disk")
+@click.argument("vm")
+@click.argument("disk")
+@click.argument("path")
+@after_command_options
+@pass_context
+def swap_disk(c: Context, vm: str, disk: str, path: str) -> None:
+    """Record that the user put another image in place."""
+    c.ledger.swap_disk(vm, disk, path)
+    data = vm_document(c.ledger.view, vm)
+    output.emit_json(data) if c.as_json else output.show_vm(data)
+
+
+@command()
+@click.argument("vm")
+@click.argument("name")
+@click.option("--strategy", type=click.Choice(["auto", "commit", "pull"]), default="auto")
+@click.option("--branches", type=click.Choice(["forbid", "pull", "keep"]), default="forbid")
+@dry_run_option
+@after_command_options
+@pass_context
+def delete(c: Context, vm: str, name: str, strategy: str, branches: str, dry_run: bool) -> None:
+    """Delete a snapshot by the cheapest safe merge."""
+    plan = c.ledger.delete(vm, name, strategy, branches, dry_run=dry_run)
+    report(c, plan, dry_run, f"delete {name}")
+
+
+@command()
+@click.argument("vm", required=False)
+@click.option("--include-detached", is_flag=True)
+@dry_run_option
+@after_command_options
+@pass_context
+def gc(c: Context, vm: str | None, include_detached: bool, dry_run: bool) -> None:
+    """Delete managed images nothing needs."""
+    plans = [plan_document(plan, not dry_run) for plan in c.ledger.gc(vm, include_detached, dry_run)]
+    if c.as_json:
+        output.emit_json(plans)
+        return
+    if not plans:
+        output.say("nothing to collect")
+    for plan in plans:
+        output.show_plan(plan, "gc")
+
+
+@command()
+@click.argument("vm", required=False)
+@click.option("--pivoted", is_flag=True, help=(
+    "Vouch that the live commit VM's open operation was at pivoted (a pivot by hand) and "
+    "the domain ran on the commit's base since: the commit is taken as done."))
+@after_command_options
+@pass_context
+def recover(c: Context, vm: str | None, pivoted: bool) -> None:
+    """Finish operations a crash interrupted."""
+    if pivoted and vm is None:
+        raise BadInput("--pivoted vouches for one VM's operation: name the VM")
+    finished = c.ledger.recover(vm, pivoted=pivoted)
+    if c.as_json:
+        output.emit_json(recover_document(finished))
+    else:
+        output.say("\n".join(finished) if finished else "nothing to recover")
+
+
+@command()
+@click.argument("vm")
+@click.option("--dry-run", is_flag=True, help="Show what would be recorded; record nothing.")
+@after_command_options
+@pass_context
+def reconcile(c: Context, vm: str, dry_run: bool) -> None:
+    """Record the disks' reality after drift (new identities, backings, files found or gone),
+    writing and deleting no image."""
+    found = c.ledger.reconcile(vm, dry_run=dry_run)
+    position = c.ledger.last_position()
+    if c.as_json:
+        output.emit_json(reconcile_document(vm, dry_run, found, position))
+        return
+    if not found.changes:
+        output.say(f"{vm}: the disks agree with the ledger; nothing to record")
+        return
+    for line in found.changes:
+        output.say(line)
+    output.say("dry run, nothing recorded" if dry_run else f"recorded at position {position}")
+
+
+@command()
+@click.argument("vm")
+@after_command_options
+@pass_context
+def retire(c: Context, vm: str) -> None:
+    """End tracking of a VM: its history stays, its images are let go, nothing is deleted."""
+    left_behind = c.ledger.retire(vm)
+    if c.as_json:
+        output.emit_json(retire_document(vm, left_behind, c.ledger.last_position()))
+        return
+    output.say(f"{vm} is retired: no longer tracked; its history stays (snapledger log {vm})")
+    for path in left_behind:
+        output.say(f"left on disk (made by snapledger): {path}")
+
+
+def report(c: Context, plan: Plan, dry_run: bool, title: str) -> None:
+    """A plan carried out (or, dry_run, only made)."""
+    document = plan_document(plan, not dry_run)
+    output.emit_json(document) if c.as_json else output.show_plan(document, title)
+
+
+CHANGE_COMMANDS = (adopt, snapshot, revert, swap_disk, delete, gc, recover, reconcile, retire)

@@ -1,0 +1,95 @@
+"""The commands that read the ledger: list, show, diff, tree and explain."""
+
+from __future__ import annotations
+
+import json
+import os.path
+
+import click
+
+from snapledger.adapters.cli import output
+from snapledger.adapters.cli.options import after_command_options, command, pass_context
+from snapledger.adapters.cli.session import Context
+from snapledger.adapters.service.queries import diff as diff_positions
+from snapledger.adapters.service.queries import past_view
+from snapledger.projections.documents import image_dag_document, tree_document, vm_document, vm_rows
+from snapledger.projections.explain import explain_image
+from snapledger.projections.pictures import image_picture
+from snapledger.projections.tree import snapshot_tree
+
+
+@command("list")
+@after_command_options
+@pass_context
+def list_vms(c: Context) -> None:
+    """The VMs in the ledger."""
+    rows = vm_rows(c.ledger.refresh())
+    if c.as_json:
+        output.emit_json(rows)
+    else:
+        output.show_rows(
+            "VMs", ["vm", "current", "snapshots", "unfinished"],
+            [[r["vm"], r["current"], r["snapshots"], r["operation"]] for r in rows],
+        )
+
+
+@command()
+@click.argument("vm")
+@click.option("--at-event", type=int, metavar="N", help="The state right after ledger position N (log --json).")
+@click.option("--at", "at_time", metavar="TIME", help="The state at TIME (ISO 8601; naive is UTC).")
+@after_command_options
+@pass_context
+def show(c: Context, vm: str, at_event: int | None, at_time: str | None) -> None:
+    """A VM's state now, or in the past."""
+    if at_event is not None or at_time is not None:
+        data = vm_document(past_view(c.ledger, vm, at_event, at_time), vm)
+    elif (stored := c.stored_show_text(vm)) is not None:
+        data = json.loads(stored)  # the persisted document: nothing folded (entry.py prints it as is)
+    else:
+        c.ledger.vm(vm)  # unknown VM: a clear error
+        data = vm_document(c.ledger.refresh(), vm)
+    output.emit_json(data) if c.as_json else output.show_vm(data)
+
+
+@command()
+@click.argument("vm")
+@click.argument("start", metavar="N", type=int)
+@click.argument("end", metavar="M", type=int)
+@after_command_options
+@pass_context
+def diff(c: Context, vm: str, start: int, end: int) -> None:
+    """What changed for a VM from ledger position N to M (0: the empty ledger)."""
+    data = diff_positions(c.ledger, vm, start, end)
+    output.emit_json(data) if c.as_json else output.show_diff(data)
+
+
+@command()
+@click.argument("vm")
+@click.option("--images", is_flag=True, help="Draw the image DAG instead.")
+@after_command_options
+@pass_context
+def tree(c: Context, vm: str, images: bool) -> None:
+    """The snapshot tree (current marked); with --images the image DAG."""
+    view = c.ledger.refresh()
+    if images:
+        data = image_dag_document(image_picture(view, vm), vm)
+        output.emit_json(data) if c.as_json else output.show_image_dag(data)
+    else:
+        data = tree_document(snapshot_tree(view, vm))
+        output.emit_json(data) if c.as_json else output.show_tree(data)
+
+
+@command()
+@click.argument("vm")
+@click.argument("path")
+@after_command_options
+@pass_context
+def explain(c: Context, vm: str, path: str) -> None:
+    """Why an image is kept, what may be done with it, and which deletions would free it."""
+    dependants = c.ledger.unknown_dependants(vm)
+    view = c.ledger.refresh()
+    data = explain_image(view, vm, os.path.abspath(path), c.ledger.cost, dependants).to_json()
+    output.emit_json(data) if c.as_json else output.show_explain(data)
+
+
+READ_COMMANDS = (list_vms, show, diff, tree, explain)
