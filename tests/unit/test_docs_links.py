@@ -1,4 +1,5 @@
-"""Every relative link in README.md and docs/**/*.md leads to a file inside the repository.
+"""Every relative link in README.md and docs/**/*.md leads to a file inside the repository, and
+every source file the pages name is one the repository has.
 
 A link is resolved against the directory of the page that holds it, with its `#anchor` cut off.
 Links to the web (http, https, mailto) and links to an anchor of the same page are not checked;
@@ -75,4 +76,55 @@ def test_the_check_catches_links_out_of_the_repository_and_to_missing_files(tmp_
         "../shared/design/semantics.md (outside the repository)",
         "docs/none.md#x (no such file)",
         "docs/also-missing.md (no such file)",
+    ]
+
+
+# A Python file named in prose or code: `adapters/cli/entry.py`, `qemu_img.py`, tests/unit/x.py
+# (a glob such as `*_commands.py` names no one file).
+_PY_FILE = re.compile(r"(?<![A-Za-z0-9_./*-])([A-Za-z0-9_][A-Za-z0-9_/.-]*\.py)\b")
+
+
+def repository_files(root: Path) -> set[str]:
+    """Every file below `root` as a path relative to it, outside hidden and virtualenv folders."""
+    found = set()
+    for path in root.rglob("*.py"):
+        relative = path.relative_to(root)
+        if not any(part.startswith(".") for part in relative.parts):
+            found.add(relative.as_posix())
+    return found
+
+
+def unknown_files(page: Path, files: set[str]) -> list[str]:
+    """The .py files `page` names that the repository does not have: a path must be one of its
+    files (or the end of one: `service/commands.py`), a bare name the name of one."""
+    names = {f.rpartition("/")[2] for f in files}
+    wrong = []
+    for named in sorted(set(_PY_FILE.findall(page.read_text(encoding="utf-8")))):
+        named = named.removeprefix("./")
+        if "/" in named:
+            if not any(f == named or f.endswith("/" + named) for f in files):
+                wrong.append(named)
+        elif named not in names:
+            wrong.append(named)
+    return wrong
+
+
+@pytest.mark.parametrize("page", pages(ROOT), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_source_file_a_page_names_is_in_the_repository(page: Path) -> None:
+    """Docs that name modules which moved or were deleted mislead the reader looking for where a
+    change goes (architecture.md once named a cache and a test file that did not exist)."""
+    assert unknown_files(page, repository_files(ROOT)) == []
+
+
+def test_the_file_check_catches_moved_and_deleted_modules(tmp_path: Path) -> None:
+    (tmp_path / "adapters" / "cli").mkdir(parents=True)
+    (tmp_path / "adapters" / "cli" / "entry.py").write_text("", encoding="utf-8")
+    page = tmp_path / "page.md"
+    page.write_text(
+        "`adapters/cli/entry.py`, cli/entry.py and entry.py are here; adapters/cli.py moved,\n"
+        "`projection_store.py` is gone, and so is tests/unit/test_projection_sqlite.py.\n",
+        encoding="utf-8",
+    )
+    assert unknown_files(page, repository_files(tmp_path)) == [
+        "adapters/cli.py", "projection_store.py", "tests/unit/test_projection_sqlite.py",
     ]
