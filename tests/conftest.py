@@ -6,22 +6,15 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-settings.register_profile(
-    "ci",
-    max_examples=200,
-    stateful_step_count=50,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    print_blob=True,
-)
-settings.register_profile(
-    "deep",
-    max_examples=10_000,
-    stateful_step_count=50,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    print_blob=True,
-)
+# ci and deep differ only in how many histories they try
+THOROUGH = {
+    "stateful_step_count": 50,
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+    "print_blob": True,
+}
+settings.register_profile("ci", max_examples=200, **THOROUGH)  # type: ignore[arg-type]
+settings.register_profile("deep", max_examples=10_000, **THOROUGH)  # type: ignore[arg-type]
 settings.register_profile(
     "quick",
     max_examples=20,

@@ -41,7 +41,7 @@ from snapledger.domain.errors import (
     UnknownVm,
 )
 from snapledger.domain.image_registry import ImageRegistration, image_id
-from snapledger.domain.images import ImageFacts, Origin
+from snapledger.domain.images import ImageFacts
 from snapledger.domain.steps import BranchOption, OperationKind, Plan, SetActive, Step, Strategy
 from snapledger.domain.vm import VirtualMachine, vm_id
 from snapledger.projections import planners
@@ -171,21 +171,9 @@ class Snapledger:
 
     # ---- commands --------------------------------------------------------------------
 
-    @_checkpointed
-    def adopt(
-        self,
-        name: str,
-        disks: Mapping[str, str],
-        pools: Iterable[str] = (),
-        domain_xml: str | None = None,
-        origins: Mapping[str, Origin] | None = None,
-        extend: Callable[[VirtualMachine], None] | None = None,
-    ) -> None:
-        """Start tracking VM `name` over `disks` (target -> path) and the chains below them
-        (images.py). `origins` overrides the origin of some chain images (adopt --libvirt:
-        overlays libvirt's snapshots made are managed); `extend` records more events of the new
-        VM in the same save."""
-        images.adopt(self, name, disks, pools, domain_xml, origins, extend)
+    # Start tracking a VM over its disks and the chains below them: images.adopt, whose
+    # signature and docstring it takes (one copy of the parameters).
+    adopt = _checkpointed(images.adopt)
 
     @_checkpointed
     def snapshot(

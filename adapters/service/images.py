@@ -31,7 +31,8 @@ def adopt(
     origins: Mapping[str, Origin] | None = None,
     extend: Callable[[VirtualMachine], None] | None = None,
 ) -> None:
-    """`origins` overrides the origin of some chain images (adopt --libvirt: overlays libvirt's
+    """Start tracking VM `name` over `disks` (target -> path) and the chains below them.
+    `origins` overrides the origin of some chain images (adopt --libvirt: overlays libvirt's
     snapshots made are managed); `extend` records more events of the new VM in the same save."""
     check_name("VM", name)
     if not disks:

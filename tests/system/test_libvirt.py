@@ -28,6 +28,13 @@ def _setup(tmp_path: Path, vms: Domains, *, persistent: bool = True, disks: int 
     return Cli(tmp_path), name, images
 
 
+def _adopted(tmp_path: Path, vms: Domains) -> tuple[Cli, str, dict[str, str]]:
+    """A running domain of one disk, adopted with `adopt --libvirt`."""
+    cli, name, images = _setup(tmp_path, vms)
+    cli.run("adopt", name, "--libvirt")
+    return cli, name, images
+
+
 def _show(cli: Cli, vm: str) -> dict:  # type: ignore[type-arg]
     return cli.json("show", vm)  # type: ignore[no-any-return]
 
@@ -117,8 +124,7 @@ def _exists(path: str) -> bool:
 
 
 def test_revert_running_domain_stops_redefines_and_starts_it(tmp_path: Path, libvirt_vms: Domains) -> None:
-    cli, name, images = _setup(tmp_path, libvirt_vms)
-    cli.run("adopt", name, "--libvirt")
+    cli, name, images = _adopted(tmp_path, libvirt_vms)
     libvirt_vms.write(name, 0x11, 0)
     cli.run("snapshot", name, "s1")
     s1 = libvirt_vms.path("vda.s1")
@@ -167,8 +173,7 @@ def test_a_revert_running_cut_short_is_finished_and_started_by_recover(
 ) -> None:
     """The process dies with the domain stopped and redefined on the new overlay: `recover`
     deletes the abandoned present and starts the domain, as `--running` asked."""
-    cli, name, images = _setup(tmp_path, libvirt_vms)
-    cli.run("adopt", name, "--libvirt")
+    cli, name, images = _adopted(tmp_path, libvirt_vms)
     libvirt_vms.write(name, 0x11, 0)
     cli.run("snapshot", name, "s1")
     libvirt_vms.write(name, 0x22, 0)
@@ -202,8 +207,7 @@ def test_revert_of_a_transient_domain_needs_running(tmp_path: Path, libvirt_vms:
 
 
 def test_live_delete_active_commit_with_pivot(tmp_path: Path, libvirt_vms: Domains) -> None:
-    cli, name, images = _setup(tmp_path, libvirt_vms)
-    cli.run("adopt", name, "--libvirt")
+    cli, name, images = _adopted(tmp_path, libvirt_vms)
     cli.run("snapshot", name, "s1")
     s1 = libvirt_vms.path("vda.s1")
     libvirt_vms.write(name, 0x22, CLUSTER)
@@ -220,8 +224,7 @@ def test_live_delete_active_commit_with_pivot(tmp_path: Path, libvirt_vms: Domai
 
 
 def test_live_delete_of_middle_snapshots_non_active_commit_and_pull(tmp_path: Path, libvirt_vms: Domains) -> None:
-    cli, name, images = _setup(tmp_path, libvirt_vms)
-    cli.run("adopt", name, "--libvirt")
+    cli, name, images = _adopted(tmp_path, libvirt_vms)
     expected = {0: 0x01}
     for i, snap in enumerate(("s1", "s2", "s3", "s4"), start=1):
         cli.run("snapshot", name, snap)
@@ -254,8 +257,7 @@ def test_live_delete_of_middle_snapshots_non_active_commit_and_pull(tmp_path: Pa
 
 
 def test_branch_point_delete_with_branches_pull_while_running(tmp_path: Path, libvirt_vms: Domains) -> None:
-    cli, name, images = _setup(tmp_path, libvirt_vms)
-    cli.run("adopt", name, "--libvirt")
+    cli, name, images = _adopted(tmp_path, libvirt_vms)
     cli.run("snapshot", name, "s1")
     libvirt_vms.write(name, 0x11, CLUSTER)
     cli.run("snapshot", name, "s2")  # frozen vda.s1
@@ -343,8 +345,7 @@ def _virsh_error(*args: str) -> str:
 
 
 def test_a_failed_block_job_deletes_nothing_then_recover_finishes(tmp_path: Path, libvirt_vms: Domains) -> None:
-    cli, name, images = _setup(tmp_path, libvirt_vms)
-    cli.run("adopt", name, "--libvirt")
+    cli, name, images = _adopted(tmp_path, libvirt_vms)
     cli.run("snapshot", name, "s1")
     s1 = libvirt_vms.path("vda.s1")
     libvirt_vms.write(name, 0x22, CLUSTER)
