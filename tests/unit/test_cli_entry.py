@@ -80,3 +80,20 @@ def test_a_failure_or_doubt_prints_nothing_and_hands_over(
     assert answered_from_stored_document(["show", "web", "--json"])
     assert asked == [("sqlite:////ledger.sqlite", "web")]
     assert capsys.readouterr() == ('{"vm": "web"}\n', "")
+
+
+def test_ctrl_c_before_click_runs_is_aborted_as_click_reports_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while the stored document is read (a PostgreSQL server that does not answer: up to
+    10 s of connect_timeout) is one line and exit 1, as the full command line reports it (click's
+    Abort: an empty line, then `snapledger: error: aborted`), never a traceback."""
+
+    def interrupted(url: str, vm: str) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("SNAPLEDGER_STORE", "sqlite:////ledger.sqlite")
+    monkeypatch.delenv("SNAPLEDGER_ACTOR", raising=False)
+    monkeypatch.setattr(entry, "stored_show_text", interrupted)
+    assert entry.main(["show", "web", "--json"]) == 1
+    assert capsys.readouterr() == ("", "\nsnapledger: error: aborted\n")
