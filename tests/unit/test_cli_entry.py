@@ -5,6 +5,8 @@ test_projection.py.)"""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,14 @@ def test_ctrl_c_before_click_runs_is_aborted_as_click_reports_it(
     monkeypatch.setattr(entry, "stored_show_text", interrupted)
     assert entry.main(["show", "web", "--json"]) == 1
     assert capsys.readouterr() == ("", "\nsnapledger: error: aborted\n")
+
+
+def test_the_full_command_line_runs_as_a_module_too() -> None:
+    """`python -m snapledger.adapters.cli.main ARGS` is the full command line without the entry's
+    short cut (as `python -m snapledger.adapters.cli` ran e5a7dc6's cli.py), not a silent exit 0."""
+    done = subprocess.run(
+        [sys.executable, "-m", "snapledger.adapters.cli.main", "show", "--at-event", "x", "web"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith("snapledger: error: Invalid value for '--at-event'")
