@@ -91,8 +91,12 @@ def answered_from_stored_document(args: list[str]) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
-    if answered_from_stored_document(args):
-        return 0
-    from snapledger.adapters.cli.main import main as full_command_line  # what this module spares
-
+    try:
+        if answered_from_stored_document(args):
+            return 0
+        # what this module spares
+        from snapledger.adapters.cli.main import main as full_command_line
+    except KeyboardInterrupt:  # Ctrl-C before click runs: reported as click's Abort is (main.py)
+        sys.stderr.write("\nsnapledger: error: aborted\n")
+        return 1
     return full_command_line(args)

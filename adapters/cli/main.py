@@ -80,3 +80,7 @@ def unexpected(error: Exception, store: str | None) -> int:
     except Exception:  # rich itself broken: plain text, still one line
         sys.stderr.write(f"snapledger: error: {message!r}\n")
     return 1
+
+
+if __name__ == "__main__":  # python -m snapledger.adapters.cli.main: without entry.py's short cut
+    sys.exit(main())

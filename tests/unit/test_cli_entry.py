@@ -5,6 +5,8 @@ test_projection.py.)"""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,31 @@ def test_a_failure_or_doubt_prints_nothing_and_hands_over(
     assert answered_from_stored_document(["show", "web", "--json"])
     assert asked == [("sqlite:////ledger.sqlite", "web")]
     assert capsys.readouterr() == ('{"vm": "web"}\n', "")
+
+
+def test_ctrl_c_before_click_runs_is_aborted_as_click_reports_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while the stored document is read (a PostgreSQL server that does not answer: up to
+    10 s of connect_timeout) is one line and exit 1, as the full command line reports it (click's
+    Abort: an empty line, then `snapledger: error: aborted`), never a traceback."""
+
+    def interrupted(url: str, vm: str) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("SNAPLEDGER_STORE", "sqlite:////ledger.sqlite")
+    monkeypatch.delenv("SNAPLEDGER_ACTOR", raising=False)
+    monkeypatch.setattr(entry, "stored_show_text", interrupted)
+    assert entry.main(["show", "web", "--json"]) == 1
+    assert capsys.readouterr() == ("", "\nsnapledger: error: aborted\n")
+
+
+def test_the_full_command_line_runs_as_a_module_too() -> None:
+    """`python -m snapledger.adapters.cli.main ARGS` is the full command line without the entry's
+    short cut (as `python -m snapledger.adapters.cli` ran e5a7dc6's cli.py), not a silent exit 0."""
+    done = subprocess.run(
+        [sys.executable, "-m", "snapledger.adapters.cli.main", "show", "--at-event", "x", "web"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith("snapledger: error: Invalid value for '--at-event'")
