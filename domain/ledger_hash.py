@@ -41,13 +41,20 @@ class StoredEventRow:
     state: bytes
 
 
+# Before the text of a state stored as TEXT: no recorder writes a state as anything but bytes, so
+# such a row was changed by hand even when its characters are the original bytes, and it must
+# not hash like them.
+TEXT_STATE = b"\x00stored as text:"
+
+
 def stored_event_row(
-    position: int, originator_id: object, originator_version: int, topic: str, state: bytes
+    position: int, originator_id: object, originator_version: int, topic: str, state: bytes | str
 ) -> StoredEventRow:
     """A row from what a recorder holds (the originator id as a UUID or as text)."""
     oid = getattr(originator_id, "hex", None)
+    held = TEXT_STATE + state.encode("utf-8", "surrogateescape") if isinstance(state, str) else bytes(state)
     return StoredEventRow(
-        position, oid if isinstance(oid, str) else str(originator_id), originator_version, topic, bytes(state)
+        position, oid if isinstance(oid, str) else str(originator_id), originator_version, topic, held
     )
 
 

@@ -23,6 +23,7 @@ import stat
 from urllib.parse import quote
 
 from snapledger.adapters.eventstore.failures import explained
+from snapledger.adapters.host.processes import files_open_here
 from snapledger.domain.errors import BadStoreUrl, StoreUnusable
 
 ABSENT = "absent"
@@ -52,13 +53,18 @@ def probe_sqlite(path: str) -> str:
             f"store {path} is an empty file (0 bytes), not a snapledger ledger; "
             "if a new ledger should start there, remove the file first"
         )
-    try:
-        with open(path, "rb") as handle:
-            header = handle.read(len(SQLITE_HEADER))
-    except OSError as error:
-        raise _unreachable(path, error) from None
-    if header != SQLITE_HEADER:
-        raise StoreUnusable(f"store {path} is not a snapledger ledger: not a SQLite database")
+    # The header is read with a plain open() only when this process does not have the file open
+    # already (another ledger object on it): closing any descriptor of a file drops every POSIX
+    # lock the process holds on it, SQLite's included, and another process could then take the
+    # file for itself under the open connections. A file SQLite has open here is a database.
+    if (found.st_dev, found.st_ino) not in files_open_here():
+        try:
+            with open(path, "rb") as handle:
+                header = handle.read(len(SQLITE_HEADER))
+        except OSError as error:
+            raise _unreachable(path, error) from None
+        if header != SQLITE_HEADER:
+            raise StoreUnusable(f"store {path} is not a snapledger ledger: not a SQLite database")
     tables = _tables(path)
     if not tables:
         return BLANK

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import pytest
 from ledger_fakes import OtherProcessActsAfterLoad
 
 from snapledger.adapters.checkpoint.persisted import PersistedProjection
-from snapledger.adapters.compose import ledger_service
+from snapledger.adapters.compose import ledger_service, open_store
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedCrash, SimulatedStorage
@@ -173,3 +175,36 @@ def test_adopting_an_image_another_vms_operation_reserved_conflicts(
     assert vm.operation is None and "/images/base.s2" not in storage.files
     assert storage.read_all(vm.snapshots["s3"].disks["vda"]) == {0: 0x10, 1: 0x21, 2: 0x22}
     assert storage.read_all(vm.disks["vda"]) == {0: 0x10, 1: 0x21, 2: 0x22, 3: 0x23}
+
+
+# A second process: opens the ledger, records one VM and closes it (SQLite checkpoints the WAL
+# and removes it on the last close, if no other process holds a lock on the file).
+OTHER_PROCESS = """
+import sys
+from snapledger.adapters.compose import ledger_service, open_store
+from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
+storage = SimulatedStorage()
+storage.make_image("/images/other.qcow2", 64 * CLUSTER, {0: 0x30})
+with ledger_service(open_store(sys.argv[1]), storage) as ledger:
+    ledger.adopt("other", {"vda": "/images/other.qcow2"})
+"""
+
+
+def test_opening_a_ledger_again_in_one_process_leaves_its_locks_alone(
+    url: str, storage: SimulatedStorage
+) -> None:
+    """Closing any descriptor of a file drops every POSIX lock the process holds on it, SQLite's
+    included. The store's probe read the file's header with a plain open() and close(): done
+    while this process had the ledger open already, it let another process take the file for
+    itself and remove the WAL under it ('database disk image is malformed' at the next save)."""
+    first = ledger_service(open_store(url), storage)
+    first.adopt(VM, {"vda": BASE})
+    first.snapshot(VM, "s1")
+    again = open_store(url)  # the probe, while `first` holds the file
+    done = subprocess.run([sys.executable, "-c", OTHER_PROCESS, url], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    first.snapshot(VM, "s2")
+    assert [s for s in first.vm(VM).snapshots] == ["s1", "s2"]
+    assert "other" in first.refresh().vms
+    again.close()
+    first.close()

@@ -76,6 +76,17 @@ def test_editing_a_stored_events_bytes_is_found(cli: Cli) -> None:
     assert kinds(report) == ["edited"]
 
 
+@pytest.mark.parametrize("text", [
+    "replace(state, 'snap', 'snaq')",  # replace() on a BLOB gives TEXT: the row's type changes too
+    "CAST(state AS TEXT)",  # only the type changes, not one byte
+])
+def test_an_event_stored_as_text_instead_of_bytes_is_found_not_a_traceback(cli: Cli, text: str) -> None:
+    position = position_of(cli, "SnapshotTaken")
+    sql(cli, f"UPDATE stored_events SET state = {text} WHERE rowid = {position}")
+    report = verify(cli, expect=3)
+    assert f"ledger position {position}: edited" in " ".join(report["chain"])
+
+
 def test_bytes_edited_until_unreadable_are_found_not_a_traceback(cli: Cli) -> None:
     sql(cli, "UPDATE stored_events SET state = CAST('{not json' AS BLOB) WHERE rowid = 1")
     report = verify(cli, expect=3)
