@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Concatenate, ParamSpec, TypeVar
@@ -89,13 +90,13 @@ class Snapledger:
         self.runners = runners
         # Acts for VMs adopted from libvirt (vm.libvirt set); None: such VMs can't be changed.
         self.hypervisor = hypervisor
-        self.operations = Operations(self, storage, clock, runners, hypervisor, self._check_same_files)
+        back = _ServiceSeenByOperations(self)
+        self.operations = Operations(back, storage, clock, runners, hypervisor, back.guard)
         self._view: LedgerView | None = None
 
     def close(self) -> None:
-        """Let go of the ledger's connections: the projection's and the store's. A Snapledger
-        is not freed by reference counting alone (its Operations point back at it), so a
-        process that opens the same ledger again closes the first one first."""
+        """Let go of the ledger's connections now: the projection's and the store's (dropping
+        the last reference to a Snapledger does the same, later)."""
         self.projection.close()
         self.app.close()
 
@@ -424,6 +425,31 @@ class Snapledger:
                 self.refresh()
             except self.app.errors:
                 pass  # the error above says what matters
+
+
+class _ServiceSeenByOperations:
+    """The service as its Operations see it (where they record, and the check before a
+    destructive step), held weakly: the service owns its Operations, and a strong reference back
+    would keep a dropped service, and the ledger's connections, alive until the cycle collector
+    runs (a second service on the same SQLite file would then wait on its locks)."""
+
+    def __init__(self, service: Snapledger) -> None:
+        self._service = weakref.ref(service)
+
+    def _live(self) -> Snapledger:
+        service = self._service()
+        if service is None:
+            raise ReferenceError("the Snapledger these operations belong to is gone")
+        return service
+
+    def save(self, *aggregates: object, unrecorded: str = "nothing was done") -> None:
+        self._live().save(*aggregates, unrecorded=unrecorded)
+
+    def registration(self, path: str) -> ImageRegistration | None:
+        return self._live().registration(path)
+
+    def guard(self, vm: VirtualMachine, step: Step) -> None:
+        self._live()._check_same_files(vm, step)
 
 
 __all__ = ["Snapledger"]

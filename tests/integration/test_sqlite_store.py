@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import gc
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
@@ -208,3 +210,25 @@ def test_opening_a_ledger_again_in_one_process_leaves_its_locks_alone(
     assert "other" in first.refresh().vms
     again.close()
     first.close()
+
+
+def test_a_service_dropped_without_close_lets_go_of_the_ledger_at_once(
+    url: str, storage: SimulatedStorage
+) -> None:
+    """As before the service had ports: dropping the last reference to it closes its own
+    connections (reference counting; the cycle collector is kept out of it), so the file can be
+    taken by another connection right away."""
+    gc.disable()
+    try:
+        ledger = open_ledger(url, storage)
+        ledger.adopt(VM, {"vda": BASE})
+        ledger.snapshot(VM, "s1")
+        ledger.app.close()  # the event store's own pool is eventsourcing's to close
+        del ledger
+        con = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=0)
+        try:
+            assert con.execute("PRAGMA journal_mode=DELETE").fetchone() == ("delete",)
+        finally:
+            con.close()
+    finally:
+        gc.enable()
