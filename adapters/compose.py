@@ -35,7 +35,8 @@ from snapledger.adapters.service.ports import (
     ViewProjection,
 )
 from snapledger.adapters.storage.qemu_img import QemuImgStorage
-from snapledger.domain.ledger_hash import RecordedBy
+from snapledger.domain.ledger_hash import UNKNOWN_HOST, RecordedBy
+from snapledger.domain.names import check_host
 from snapledger.projections.cost import CostModel
 
 
@@ -46,7 +47,15 @@ def tool_version() -> str:
         return "unknown"
 
 
-def recording_context(actor: str | None = None, reason: str | None = None) -> RecordedBy:
+def this_host(host: str | None = None) -> str:
+    """`--host`, else SNAPLEDGER_HOST, else the machine's hostname (semantics.md, "Many hosts");
+    BadName (exit 2) if that is no host name."""
+    return check_host(host or os.environ.get("SNAPLEDGER_HOST") or socket.gethostname())
+
+
+def recording_context(
+    actor: str | None = None, reason: str | None = None, host: str | None = None
+) -> RecordedBy:
     """`--actor`, else SNAPLEDGER_ACTOR, else the login name; this host; this version."""
     who = actor or os.environ.get("SNAPLEDGER_ACTOR")
     if not who:
@@ -54,11 +63,15 @@ def recording_context(actor: str | None = None, reason: str | None = None) -> Re
             who = getpass.getuser()
         except (KeyError, OSError):  # no passwd entry for this uid (containers)
             who = f"uid:{os.getuid()}"
-    return RecordedBy(who, socket.gethostname(), tool_version(), reason or None)
+    return RecordedBy(who, this_host(host), tool_version(), reason or None)
 
 
 def open_store(
-    url: str | None = None, actor: str | None = None, reason: str | None = None, reading: bool = False
+    url: str | None = None,
+    actor: str | None = None,
+    reason: str | None = None,
+    reading: bool = False,
+    host: str | None = None,
 ) -> LedgerApplication:
     """The event store alone (verify reads raw rows before anything folds them).
 
@@ -67,7 +80,7 @@ def open_store(
     only the default store's directory is made for it (docs/decisions.md)."""
     chosen = chosen_store_url(url)
     store = parse_store_url(chosen)
-    recorded_by = recording_context(actor, reason)
+    recorded_by = recording_context(actor, reason, host)
     if store.kind == SQLITE:
         found = probe_sqlite(store.path)
         if reading and found != LEDGER:
@@ -93,9 +106,15 @@ def ledger_service(
     projection: ViewProjection | None = None,
     hypervisor: Hypervisor | None = None,
     runners: Runners | None = None,
+    host: str | None = None,
+    every_host: bool = False,
 ) -> Snapledger:
     """The service over `app` and `storage`: the persisted projection of `app` unless another
-    is given, this host's processes as runners, the UTC clock."""
+    is given, this host's processes as runners, the UTC clock. `host`: the host it acts as, by
+    default the one `app` records its events with, else this machine (`this_host`).
+    `every_host`: a replayed history's service, which acts for every VM (it has no disks)."""
+    if host is None:
+        host = app.recorded_by.host if app.recorded_by.host != UNKNOWN_HOST else this_host()
     return Snapledger(
         app,
         storage,
@@ -103,7 +122,10 @@ def ledger_service(
         cost=cost,
         projection=projection if projection is not None else PersistedProjection(app),
         hypervisor=hypervisor,
-        runners=runners if runners is not None else LocalProcesses(),
+        # the processes of this machine; the host's name tells them apart from those of other
+        # hosts on the same machine (namespaces, tests)
+        runners=runners if runners is not None else LocalProcesses(host),
+        host=None if every_host else host,
     )
 
 

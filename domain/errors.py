@@ -93,6 +93,10 @@ class OperationInProgress(Conflict):
     pass
 
 
+class HomeElsewhere(Conflict):
+    """The VM lives on another host (its home): only that host changes it or reads its disks."""
+
+
 class ConcurrentUpdate(Conflict):
     pass
 

@@ -20,6 +20,11 @@ GENESIS = "0" * 64  # the "previous hash" of the first event
 BEFORE_CHAIN = "before-chain"  # a note, not tampering: events older than the chain itself
 
 
+# The host of a record made without a recording context (a library user who gave none): it names
+# no machine, so a VM adopted that way belongs to no host in particular (VirtualMachine.lives_on).
+UNKNOWN_HOST = "unknown"
+
+
 @dataclass(frozen=True)
 class RecordedBy:
     """Who, where and why: the context an event was recorded in (not part of the domain fact)."""

@@ -10,6 +10,10 @@ from .errors import BadName, BadPath, OutsideAllowedDirs
 
 _NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+-]{0,63}")
 _DISK = re.compile(r"[a-z][a-z0-9]{0,15}")
+# A host name as `hostname` gives it: DNS labels (letters, digits, '-', '_' seen in the wild)
+# joined by dots, at most 253 characters.
+_HOST = re.compile(r"(?=.{1,253}\Z)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*")
+RESERVED_HOST = "unknown"  # what a record made without any host says (ledger_hash.UNKNOWN_HOST)
 
 
 def check_name(kind: str, name: str) -> str:
@@ -20,6 +24,19 @@ def check_name(kind: str, name: str) -> str:
             "not starting with '-' or '.'"
         )
     return name
+
+
+def check_host(host: str) -> str:
+    """A host's name (--host, SNAPLEDGER_HOST, the machine's hostname): a DNS-like name of at
+    most 253 characters; not `unknown`, which names no host."""
+    if not isinstance(host, str) or not _HOST.fullmatch(host):
+        raise BadName(
+            f"bad host name {host!r}: use letters, digits, '-' and '_' in dot-separated labels "
+            "(at most 253 characters), as hostname gives it; set --host or SNAPLEDGER_HOST"
+        )
+    if host == RESERVED_HOST:
+        raise BadName(f"host name {host!r} is reserved (it marks records made without a host)")
+    return host
 
 
 def check_disk_target(target: str) -> str:

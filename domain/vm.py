@@ -18,12 +18,14 @@ from eventsourcing.domain import Aggregate, event
 from .errors import (
     BadInput,
     DuplicateName,
+    HomeElsewhere,
     OperationInProgress,
     Refused,
     UnknownDisk,
     UnknownSnapshot,
 )
 from .images import ImageFacts, ImageRecord, Origin
+from .ledger_hash import UNKNOWN_HOST
 from .names import check_disk_target, check_name
 from .steps import (
     DOMAIN_STEPS,
@@ -100,6 +102,10 @@ class VirtualMachine(Aggregate):
     libvirt: dict[str, str] | None = None
     generation: int = 1  # the how-manieth VM of this name (after `retire`, the name is free)
     retired: str | None = None  # when tracking ended (`Retired`); the history stays readable
+    # The host the VM lives on, the only one that changes it (semantics.md, "Many hosts"): the
+    # host that adopted it, or the one it was moved to. An `Adopted` stored before the home was
+    # recorded gets the host its chain record names when it is read (eventstore/mapper.py).
+    home: str = ""
 
     @staticmethod
     def create_id(name: str, generation: int = 1, **_: Any) -> UUID:
@@ -116,9 +122,11 @@ class VirtualMachine(Aggregate):
         at: str,
         confined: bool = False,
         generation: int = 1,
+        home: str = "",
     ) -> None:
         self.name = name
         self.generation = generation
+        self.home = home
         self.disks: dict[str, str] = dict(disks)
         self.images: dict[str, ImageRecord] = {}
         for item in images:
@@ -141,6 +149,19 @@ class VirtualMachine(Aggregate):
         self.drift_findings: list[str] = []
 
     # ---- queries -------------------------------------------------------------------------
+
+    def lives_on(self, host: str) -> bool:
+        """Whether `host` may change this VM: its home host. A VM recorded without any host
+        (a ledger written through the library with no recording context) is anyone's."""
+        return self.home in ("", UNKNOWN_HOST) or self.home == host
+
+    def check_home(self, host: str) -> None:
+        if not self.lives_on(host):
+            raise HomeElsewhere(
+                f"VM {self.name!r} lives on host {self.home!r}, not on this host ({host!r}): "
+                "only its home host changes it or looks at its disks; run the command there "
+                "(or `snapledger move` it here once its images are all on shared storage)"
+            )
 
     def snapshot(self, name: str) -> SnapshotRecord:
         try:

@@ -68,6 +68,7 @@ def vm_document(view: LedgerView, name: str, dag: ImageDag | None = None) -> dic
     broken = vm.broken_snapshots()
     document: dict[str, Any] = {
         "vm": name,
+        "host": vm.home or None,
         "current": vm.current,
         "domain_xml": vm.domain_xml,
         "disks": disk_chains(vm, dag if dag is not None else ImageDag(view)),
@@ -162,17 +163,20 @@ def verify_document(
     }
 
 
-def vm_rows(view: LedgerView) -> list[dict[str, Any]]:
-    """`list`: the VMs tracked (not retired), sorted by name."""
+def vm_rows(view: LedgerView, living_on: str | None = None) -> list[dict[str, Any]]:
+    """`list`: the VMs tracked (not retired), sorted by name; with `living_on`, only those
+    that host may change (`list --mine`)."""
     return [
         {
             "vm": vm.name,
+            "host": vm.home or None,
             "current": vm.current,
             "snapshots": len(vm.snapshots),
             "disks": dict(vm.disks),
             "operation": vm.operation.kind if vm.operation else None,
         }
         for vm in sorted(view.live_vms().values(), key=lambda v: v.name)
+        if living_on is None or vm.lives_on(living_on)
     ]
 
 

@@ -148,7 +148,7 @@ def replay(c: Context, file: str, command: tuple[str, ...]) -> None:
         raise BadInput(f"{file} is not a snapledger export (not UTF-8 text)") from None
     storage = RecordedFactsStorage()
     app = replay_store(history, until)
-    replayed = Context.given(app, ledger_service(app, storage), c.as_json)
+    replayed = Context.given(app, ledger_service(app, storage, every_host=True), c.as_json)
     storage.view = replayed.ledger.view
     group = click.get_current_context().find_root().command  # the whole command line, run again
     group.main(args=list(command), obj=replayed, prog_name="snapledger replay", standalone_mode=False)

@@ -29,16 +29,21 @@ from snapledger.domain.errors import SnapledgerError
 
 @click.group(cls=CheckedGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", envvar="SNAPLEDGER_STORE", help="Store URL (sqlite:////abs/path, postgresql://...).")
+@click.option("--host", envvar="SNAPLEDGER_HOST", metavar="NAME",
+              help="The host this runs as (default: the hostname); it changes only its own VMs.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--actor", envvar="SNAPLEDGER_ACTOR", help="Who acts (recorded with every event).")
 @click.option("--reason", help="Why (recorded with every event).")
 @click.version_option(package_name="snapledger")
 @click.pass_context
-def cli(ctx: click.Context, store: str | None, as_json: bool, actor: str | None, reason: str | None) -> None:
+def cli(
+    ctx: click.Context, store: str | None, host: str | None, as_json: bool, actor: str | None,
+    reason: str | None,
+) -> None:
     """Keep the complete history of external VM disk snapshots; revert to and delete any of them."""
     c = ctx.ensure_object(Context)
     if not c.fixed:  # replay passes the replayed ledger's context in
-        c.store, c.as_json, c.actor, c.reason = store, as_json, actor, reason
+        c.store, c.host, c.as_json, c.actor, c.reason = store, host, as_json, actor, reason
         c.reading = ctx.invoked_subcommand in READING_COMMANDS
 
 

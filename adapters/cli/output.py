@@ -77,7 +77,7 @@ def show_plan(plan: Mapping[str, Any], title: str) -> None:
 
 def show_vm(data: Mapping[str, Any]) -> None:
     data = visible_data(data)
-    say(f"VM {data['vm']}  current: {data['current'] or '-'}")
+    say(f"VM {data['vm']}  host: {data.get('host') or '-'}  current: {data['current'] or '-'}")
     for disk, info in data["disks"].items():
         say(f"  {disk}: {' <- '.join(info['chain'])}")
     if data["operation"]:

@@ -19,17 +19,18 @@ from snapledger.projections.tree import snapshot_tree
 
 
 @command("list")
+@click.option("--mine", is_flag=True, help="Only the VMs that live on this host.")
 @after_command_options
 @pass_context
-def list_vms(c: Context) -> None:
-    """The VMs in the ledger."""
-    rows = vm_rows(c.ledger.refresh())
+def list_vms(c: Context, mine: bool) -> None:
+    """The VMs in the ledger, with the host each lives on."""
+    rows = vm_rows(c.ledger.refresh(), c.ledger.host if mine else None)
     if c.as_json:
         output.emit_json(rows)
     else:
         output.show_rows(
-            "VMs", ["vm", "current", "snapshots", "unfinished"],
-            [[r["vm"], r["current"], r["snapshots"], r["operation"]] for r in rows],
+            "VMs", ["vm", "host", "current", "snapshots", "unfinished"],
+            [[r["vm"], r["host"], r["current"], r["snapshots"], r["operation"]] for r in rows],
         )
 
 

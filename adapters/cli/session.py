@@ -21,6 +21,7 @@ class Context:
         self.as_json = False
         self.actor: str | None = None
         self.reason: str | None = None
+        self.host: str | None = None  # --host, or SNAPLEDGER_HOST (None: the hostname)
         self.reading = False  # the command only reads: nothing may be created
         self.fixed = False  # a ledger given (replay): the global options don't choose one
         self._ledger: Snapledger | None = None
@@ -38,7 +39,9 @@ class Context:
     def ledger_app(self) -> LedgerApplication:
         """The store alone, without folding the ledger (verify reads raw rows first)."""
         if self._app is None:
-            self._app = open_store(self.store, self.actor, self.reason, reading=self.reading)
+            self._app = open_store(
+                self.store, self.actor, self.reason, reading=self.reading, host=self.host
+            )
         return self._app
 
     @property

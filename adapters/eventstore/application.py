@@ -14,11 +14,12 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import Notification, PersistenceError, RecordConflictError
+from eventsourcing.persistence import Mapper, Notification, PersistenceError, RecordConflictError
 from eventsourcing.sqlite import SQLiteDatastore
 
 from snapledger.adapters.eventstore.chain import UNKNOWN
 from snapledger.adapters.eventstore.failures import describe
+from snapledger.adapters.eventstore.mapper import RecordedHostMapper, weakly_bound
 from snapledger.adapters.eventstore.store_url import MEMORY, SQLITE, parse_store_url
 from snapledger.domain.errors import (
     BadInput,
@@ -95,6 +96,18 @@ class LedgerApplication(Application[UUID]):
         self.recorded_by = recorded_by  # who/where/why, chained with every event saved
         self.read_only = False  # a replayed history
         super().__init__(env={**persistence_env(store_url), **(env or {})})
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        mapper = super().construct_mapper()
+        reading = RecordedHostMapper(mapper.transcoder, mapper.compressor, mapper.cipher)
+        # weakly: the application owns its mapper, and a strong reference back would keep a
+        # dropped application (and its connections) alive until the cycle collector runs
+        reading.recorded_host = weakly_bound(self._recorded_host)
+        return reading
+
+    def _recorded_host(self, originator_id: UUID, version: int) -> str | None:
+        recorded_host = getattr(self.recorder, "recorded_host", None)  # the chained recorders'
+        return recorded_host(originator_id, version) if recorded_host is not None else None
 
     def save(self, *objs: Any, **kwargs: Any) -> Any:
         if self.read_only:

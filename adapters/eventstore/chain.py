@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
+from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.popo import POPOApplicationRecorder, POPOFactory
@@ -18,6 +19,7 @@ from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLite
 
 from snapledger.domain.ledger_hash import (
     GENESIS,
+    UNKNOWN_HOST,
     ChainRecord,
     RecordedBy,
     chain_records,
@@ -25,7 +27,7 @@ from snapledger.domain.ledger_hash import (
 )
 
 CHAIN_TABLE = "snapledger_chain"
-UNKNOWN = RecordedBy(actor="unknown", host="unknown", tool_version="unknown")
+UNKNOWN = RecordedBy(actor="unknown", host=UNKNOWN_HOST, tool_version="unknown")
 
 
 def new_records(
@@ -78,6 +80,17 @@ class ChainedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
             c.execute(query + " ORDER BY position", params)
             return [ChainRecord(*row) for row in c.fetchall()]
 
+    def recorded_host(self, originator_id: UUID, version: int) -> str | None:
+        """The host the chain record of that event names (None: no such event or record)."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT c.host FROM {self.events_table_name} e JOIN {CHAIN_TABLE} c "
+                "ON c.position = e.rowid WHERE e.originator_id = ? AND e.originator_version = ?",
+                (originator_id.hex, version),
+            )
+            found = c.fetchone()
+        return str(found[0]) if found else None
+
 
 class ChainedPOPOApplicationRecorder(POPOApplicationRecorder):
     def __init__(self) -> None:
@@ -99,6 +112,13 @@ class ChainedPOPOApplicationRecorder(POPOApplicationRecorder):
             return [
                 r for r in self._chain if r.position > after and (stop is None or r.position <= stop)
             ]
+
+    def recorded_host(self, originator_id: UUID, version: int) -> str | None:
+        with self._database_lock:
+            index = self._stored_events_index[str(originator_id)].get(version)
+            position = None if index is None else index + 1
+            found = [r.host for r in self._chain if r.position == position]
+        return found[0] if found else None
 
 
 class ChainedSQLiteFactory(SQLiteFactory):

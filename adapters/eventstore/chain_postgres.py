@@ -8,6 +8,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from typing import Any
+from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
@@ -121,6 +122,20 @@ class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
                 )
                 for row in curs.fetchall()
             ]
+
+
+    def recorded_host(self, originator_id: UUID, version: int) -> str | None:
+        """The host the chain record of that event names (None: no such event or record)."""
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL(
+                    "SELECT c.host FROM {} e JOIN {} c ON c.position = e.notification_id "
+                    "WHERE e.originator_id = %s AND e.originator_version = %s"
+                ).format(Identifier(self.datastore.schema, self.events_table_name), self._chain_table),
+                (originator_id, version),
+            )
+            found = curs.fetchone()
+        return str(found["host"]) if found else None
 
 
 class ChainedPostgresFactory(PostgresFactory):

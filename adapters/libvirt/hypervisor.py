@@ -21,8 +21,10 @@ unit tests) does, and only when a VM bound to libvirt is acted on.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Mapping
+from urllib.parse import urlsplit
 
 from snapledger.adapters.host import extras
 from snapledger.adapters.libvirt import definitions
@@ -97,6 +99,25 @@ def real_connect(uri: str) -> LibvirtPort:
     return LibvirtDomains(uri)
 
 
+# A URI's host part naming this machine (or none: the local daemon).
+LOCAL_NAMES = frozenset({"", "localhost", "127.0.0.1", "::1"})
+
+
+def refuse_remote(uri: str) -> None:
+    """A connection URI that names another machine is refused (exit 2): the domain's disks are
+    that machine's, and qemu-img, the dependants' scan and every drift check run here, on this
+    host's files. Run snapledger on that host instead (docs/multi-host.md)."""
+    try:
+        machine = urlsplit(uri).hostname or ""
+    except ValueError:
+        raise BadInput(f"libvirt URI {uri!r} can't be read") from None
+    if machine.lower() not in LOCAL_NAMES | {socket.gethostname().lower()}:
+        raise BadInput(
+            f"libvirt URI {uri!r} names another machine ({machine}); its disks can't be seen "
+            "from here, where qemu-img runs: run snapledger on that host"
+        )
+
+
 class LibvirtHypervisor:
     """The service's hypervisor for VMs bound to libvirt (see the module's docstring)."""
 
@@ -129,6 +150,7 @@ class LibvirtHypervisor:
 
     def port_for(self, uri: str) -> LibvirtPort:
         if uri not in self._ports:
+            refuse_remote(uri)
             self._ports[uri] = self.connect(uri)
         return self._ports[uri]
 

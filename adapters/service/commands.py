@@ -78,10 +78,14 @@ class Snapledger:
         clock: Clock,
         projection: ViewProjection,
         runners: Runners,
+        host: str | None,
         cost: CostModel | None = None,
         hypervisor: Hypervisor | None = None,
     ) -> None:
         self.app = app
+        # This host: the home of the VMs it adopts, the only VMs it changes (semantics.md).
+        # None: every host at once, for a replayed history (recorded facts, no disks of its own).
+        self.host = host
         self.storage = storage
         self.clock = clock
         self.cost = cost or CostModel()
@@ -165,6 +169,22 @@ class Snapledger:
             raise UnknownVm(f"no VM named {name!r} in the ledger")
         return vm
 
+    def own(self, name: str) -> VirtualMachine:
+        """The VM of that name, loaded fresh, if it lives on this host; HomeElsewhere (exit 4)
+        naming its home otherwise, before anything is recorded."""
+        vm = self.vm(name)
+        if self.host is not None:
+            vm.check_home(self.host)
+        return vm
+
+    def home_vms(self) -> list[str]:
+        """The names of the tracked VMs that live on this host: what a sweep without a VM
+        (gc, recover, verify of the disks) covers."""
+        return sorted(
+            name for name, vm in self.refresh().live_vms().items()
+            if self.host is None or vm.lives_on(self.host)
+        )
+
     def registration(self, path: str) -> ImageRegistration | None:
         registration = self.app.load(image_id(path))
         assert registration is None or isinstance(registration, ImageRegistration)
@@ -242,7 +262,7 @@ class Snapledger:
     def gc(
         self, vm_name: str | None = None, include_detached: bool = False, dry_run: bool = False
     ) -> list[Plan]:
-        names = [vm_name] if vm_name is not None else sorted(self.refresh().live_vms())
+        names = [vm_name] if vm_name is not None else self.home_vms()
         plans = []
         for name in names:
             vm, view = self.prepare(name, dry_run)
@@ -276,17 +296,21 @@ class Snapledger:
         return images.retire(self, vm_name)
 
     def idle(self, vm_name: str) -> VirtualMachine:
-        """The VM, loaded fresh, with no operation open (a running one named as such)."""
-        vm = self.vm(vm_name)
+        """The VM, loaded fresh, living on this host, with no operation open (a running one
+        named as such)."""
+        vm = self.own(vm_name)
         if vm.operation is not None and (busy := recovery.still_running(self.runners, vm.operation)):
             raise OperationInProgress(f"VM {vm_name!r}: {busy}")
         vm.check_idle()
         return vm
 
-    def unknown_dependants(self, vm_name: str) -> dict[str, list[str]]:
+    def unknown_dependants(self, vm_name: str) -> dict[str, list[str]] | None:
         """For each image of VM `vm_name`, the files in its directories that the ledger does not
-        know and that rest on it (what `explain` names); read-only."""
+        know and that rest on it (what `explain` names); read-only. None for a VM of another
+        host: its directories are on its home host, not here."""
         vm = self.vm(vm_name)
+        if self.host is not None and not vm.lives_on(self.host):
+            return None
         return self.dependants(vm, self.refresh())
 
     def verify(self, vm_name: str | None = None) -> list[str]:

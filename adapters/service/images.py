@@ -72,6 +72,7 @@ def adopt(
         at=ledger.clock(),
         confined=True,  # chains are checked against the disks' dirs and pools from now on
         generation=generation,
+        home=ledger.host or "",
     )
     if extend is not None:
         extend(vm)

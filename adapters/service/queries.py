@@ -70,11 +70,10 @@ __all__ = ["diff", "past_view", "position_for", "view_of"]
 def verify(ledger: Snapledger, vm_name: str | None = None) -> list[str]:
     """Compare every image the ledger knows with the disk, and a libvirt VM's definitions with
     the ledger; read-only. Findings, or []."""
-    ledger.refresh()
-    names = [vm_name] if vm_name is not None else sorted(ledger.view.live_vms())
+    names = [vm_name] if vm_name is not None else ledger.home_vms()
     findings: list[str] = []
     for name in names:
-        vm = ledger.vm(name)
+        vm = ledger.own(name)
         if vm.retired is not None:
             continue  # no longer tracked: its disks are nobody's business here
         if vm.operation is not None:

@@ -33,12 +33,12 @@ def recover(ledger: Snapledger, vm_name: str | None = None, pivoted: bool = Fals
     if pivoted:
         assert vm_name is not None
         _vouch_pivot(ledger, vm_name)
-    names = [vm_name] if vm_name is not None else sorted(ledger.refresh().live_vms())
+    names = [vm_name] if vm_name is not None else ledger.home_vms()
     finished: list[str] = []
     left_alone: list[str] = []
     operations = ledger.operations
     for name in names:
-        vm = ledger.vm(name)
+        vm = ledger.own(name)
         op = vm.operation
         if op is None:
             continue
@@ -85,7 +85,7 @@ def recover(ledger: Snapledger, vm_name: str | None = None, pivoted: bool = Fals
 
 def _vouch_pivot(ledger: Snapledger, vm_name: str) -> None:
     """Record, on the operator's word, the pivot of the active commit in progress."""
-    vm = ledger.vm(vm_name)
+    vm = ledger.own(vm_name)
     op = vm.operation
     step = op.steps[op.done] if op is not None and op.done < len(op.steps) else None
     disk = next(
