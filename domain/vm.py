@@ -106,6 +106,10 @@ class VirtualMachine(Aggregate):
     # host that adopted it, or the one it was moved to. An `Adopted` stored before the home was
     # recorded gets the host its chain record names when it is read (eventstore/mapper.py).
     home: str = ""
+    # Directories every host sees at the same path (NFS, a cluster filesystem), declared at adopt
+    # (`--shared`): an image there is one image for every host; anywhere else it is the home
+    # host's own (semantics.md, "Many hosts, one ledger").
+    shared: tuple[str, ...] = ()
 
     @staticmethod
     def create_id(name: str, generation: int = 1, **_: Any) -> UUID:
@@ -123,10 +127,12 @@ class VirtualMachine(Aggregate):
         confined: bool = False,
         generation: int = 1,
         home: str = "",
+        shared: list[str] | None = None,
     ) -> None:
         self.name = name
         self.generation = generation
         self.home = home
+        self.shared = tuple(shared or ())
         self.disks: dict[str, str] = dict(disks)
         self.images: dict[str, ImageRecord] = {}
         for item in images:
@@ -159,8 +165,7 @@ class VirtualMachine(Aggregate):
         if not self.lives_on(host):
             raise HomeElsewhere(
                 f"VM {self.name!r} lives on host {self.home!r}, not on this host ({host!r}): "
-                "only its home host changes it or looks at its disks; run the command there "
-                "(or `snapledger move` it here once its images are all on shared storage)"
+                "only its home host changes it or looks at its disks; run the command there"
             )
 
     def snapshot(self, name: str) -> SnapshotRecord:
@@ -230,9 +235,10 @@ class VirtualMachine(Aggregate):
         return sorted(s.name for s in self.snapshots.values() if s.parent == snapshot)
 
     def allowed_dirs(self) -> set[str]:
-        """Where this VM's files may be: the directories of its adopted disks and its pools.
-        Every file of every chain must resolve inside one of them (or below one)."""
-        return set(self.adopted_dirs) | set(self.pools)
+        """Where this VM's files may be: the directories of its adopted disks, its pools and its
+        shared directories. Every file of every chain must resolve inside one of them (or below
+        one)."""
+        return set(self.adopted_dirs) | set(self.pools) | set(self.shared)
 
     # ---- operations ----------------------------------------------------------------------
 
