@@ -227,4 +227,19 @@ def report(c: Context, plan: Plan, dry_run: bool, title: str) -> None:
     output.emit_json(document) if c.as_json else output.show_plan(document, title)
 
 
-CHANGE_COMMANDS = (adopt, snapshot, revert, swap_disk, delete, gc, recover, reconcile, retire)
+@command()
+@click.argument("vm")
+@click.option("--to", "to", required=True, metavar="HOST", help="The VM's new home host.")
+@click.option("--take-over", is_flag=True, help=(
+    "Run on the new host: take the VM from its home, which is dead (you vouch for that: fence "
+    "it first); `recover` here then finishes what it left open."))
+@after_command_options
+@pass_context
+def move(c: Context, vm: str, to: str, take_over: bool) -> None:
+    """Give a VM a new home host (after a live migration); every image must be on shared storage."""
+    c.ledger.move(vm, to, take_over)
+    data = vm_document(c.ledger.view, vm)
+    output.emit_json(data) if c.as_json else output.show_vm(data)
+
+
+CHANGE_COMMANDS = (adopt, snapshot, revert, swap_disk, delete, gc, recover, reconcile, retire, move)

@@ -36,6 +36,7 @@ from snapledger.domain.errors import (
     ConcurrentUpdate,
     DomainGone,
     DriftFound,
+    HomeElsewhere,
     ImageInUse,
     LedgerDamaged,
     LedgerUnwritable,
@@ -45,6 +46,7 @@ from snapledger.domain.errors import (
 )
 from snapledger.domain.image_registry import ImageRegistration, image_id
 from snapledger.domain.images import ImageFacts
+from snapledger.domain.names import check_host
 from snapledger.domain.steps import BranchOption, OperationKind, Plan, SetActive, Step, Strategy
 from snapledger.domain.vm import VirtualMachine, vm_id
 from snapledger.projections import planners
@@ -177,8 +179,26 @@ class Snapledger:
         naming its home otherwise, before anything is recorded."""
         vm = self.vm(name)
         if self.host is not None:
-            vm.check_home(self.host)
+            try:
+                vm.check_home(self.host)
+            except HomeElsewhere as elsewhere:
+                if self._runs_here(vm):  # a live migration: offered as a move, never done silently
+                    raise HomeElsewhere(
+                        f"{elsewhere}; its libvirt domain runs on this host now (migrated?): "
+                        f"record that with `snapledger move {name} --to {self.host}` on host "
+                        f"{vm.home}, or here with --take-over if that host is dead"
+                    ) from None
+                raise
         return vm
+
+    def _runs_here(self, vm: VirtualMachine) -> bool:
+        """Whether `vm`'s libvirt domain runs on this host's libvirt (False when it can't tell)."""
+        if vm.libvirt is None or self.hypervisor is None:
+            return False
+        try:
+            return bool(self.hypervisor.runtime(vm).get("domain_running"))
+        except Exception:  # no libvirt here, no such domain here: nothing to offer
+            return False
 
     def home_vms(self) -> list[str]:
         """The names of the tracked VMs that live on this host: what a sweep without a VM
@@ -296,6 +316,29 @@ class Snapledger:
         return plans
 
     @_checkpointed
+    def move(self, vm_name: str, to: str, take_over: bool = False) -> None:
+        """Give VM `vm_name` the home host `to` (after a live migration). Run on its home host;
+        with `take_over`, run on the new host when the old one is dead (the operator vouches,
+        fencing it is the operator's job). Every image must lie in a shared directory."""
+        check_host(to)
+        self.refresh()
+        vm = self.vm(vm_name)
+        vm.check_tracked()
+        if take_over:
+            if self.host is not None and to != self.host:
+                raise BadInput(
+                    f"--take-over is run on the new home: this is host {self.host!r}, not {to!r}"
+                )
+        else:
+            vm = self.own(vm_name)
+            if vm.operation is not None and (
+                busy := recovery.still_running(self.runners, vm.operation, vm.taken_over_from)
+            ):
+                raise OperationInProgress(f"VM {vm_name!r}: {busy}")
+        vm.move_home(to, self.clock(), take_over, tuple(sorted({*shared_dirs(self.view), *vm.shared})))
+        self.save(vm)
+
+    @_checkpointed
     def swap_disk(self, vm_name: str, disk: str, path: str) -> None:
         """Record that `disk` now uses the image at `path`, which the user put in place."""
         images.swap_disk(self, vm_name, disk, path)
@@ -323,7 +366,9 @@ class Snapledger:
         """The VM, loaded fresh, living on this host, with no operation open (a running one
         named as such)."""
         vm = self.own(vm_name)
-        if vm.operation is not None and (busy := recovery.still_running(self.runners, vm.operation)):
+        if vm.operation is not None and (
+            busy := recovery.still_running(self.runners, vm.operation, vm.taken_over_from)
+        ):
             raise OperationInProgress(f"VM {vm_name!r}: {busy}")
         vm.check_idle()
         return vm

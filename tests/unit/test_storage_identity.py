@@ -15,8 +15,8 @@ from host_storage import HostStorage, HostWorld
 from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.service.commands import Snapledger
-from snapledger.adapters.storage.simulated import CLUSTER
-from snapledger.domain.errors import Refused
+from snapledger.adapters.storage.simulated import CLUSTER, SimulatedCrash
+from snapledger.domain.errors import BadInput, HomeElsewhere, OperationInProgress, Refused
 from snapledger.domain.image_registry import image_id
 from snapledger.domain.images import OwnerClass
 from snapledger.domain.ledger_hash import RecordedBy
@@ -149,3 +149,68 @@ def test_a_registration_made_before_hosts_is_its_recording_hosts_own() -> None:
     b = world.host("hostb")
     b.make_image("/images/r0.qcow2", VSIZE, {0: 0xB0})
     ledger_service(legacy, b, host="hostb").adopt("db", {"vda": "/images/r0.qcow2"})
+
+
+def shared_vm(world: HostWorld, ledgers: dict[str, Snapledger]) -> None:
+    """hosta's VM web, its disk and every overlay in /shared: a VM that can move."""
+    world.host("hosta").make_image("/shared/web.qcow2", VSIZE, {0: 0x11})
+    ledgers["hosta"].adopt("web", {"vda": "/shared/web.qcow2"}, shared=["/shared"])
+    ledgers["hosta"].snapshot("web", "s1")
+    world.host("hosta").write("/shared/web.s1", 1, 0x12)
+    ledgers["hosta"].snapshot("web", "s2")
+
+
+def test_a_vm_on_shared_storage_moves_and_its_new_home_changes_it() -> None:
+    world, _, ledgers = hosts()
+    shared_vm(world, ledgers)
+    with pytest.raises(HomeElsewhere):  # only its home moves it (or --take-over on the new one)
+        ledgers["hostb"].move("web", "hostb")
+    ledgers["hosta"].move("web", "hostb")
+    assert ledgers["hostb"].vm("web").home == "hostb"
+    with pytest.raises(HomeElsewhere, match="lives on host 'hostb'"):
+        ledgers["hosta"].snapshot("web", "s3")
+    ledgers["hostb"].delete("web", "s1")
+    assert reads(world.host("hostb"), ledgers["hostb"].vm("web").snapshot("s2").disks["vda"]) == {0: 0x11, 1: 0x12}
+
+
+def test_a_vm_with_an_image_on_a_hosts_own_storage_does_not_move() -> None:
+    world, _, ledgers = hosts()
+    world.host("hosta").make_image("/images/web.qcow2", VSIZE, {0: 0x11})
+    ledgers["hosta"].adopt("web", {"vda": "/images/web.qcow2"}, shared=["/shared"])
+    before = ledgers["hosta"].last_position()
+    with pytest.raises(Refused, match="not on shared storage"):
+        ledgers["hosta"].move("web", "hostb")
+    with pytest.raises(Refused, match="not on shared storage"):
+        ledgers["hostb"].move("web", "hostb", take_over=True)
+    assert ledgers["hosta"].last_position() == before
+
+
+def test_take_over_then_recover_finishes_what_the_dead_host_left_open() -> None:
+    """hosta dies in the middle of a delete (a crash after the commit's first half); hostb takes
+    web over on the operator's word, and its recover finishes the delete: every snapshot reads
+    what it read, and hosta is refused from then on."""
+    world, _, ledgers = hosts()
+    shared_vm(world, ledgers)
+    world.host("hosta").write("/shared/web.s2", 2, 0x13)
+    expected = {
+        "s1": reads(world.host("hosta"), "/shared/web.qcow2"),
+        "s2": reads(world.host("hosta"), "/shared/web.s1"),
+        "present": reads(world.host("hosta"), "/shared/web.s2"),
+    }
+    world.host("hosta").inject(crash_at=1)
+    with pytest.raises(SimulatedCrash):
+        ledgers["hosta"].delete("web", "s2", strategy="commit")
+    with pytest.raises(OperationInProgress):  # its home must finish it first, or be taken from
+        ledgers["hosta"].move("web", "hostb")
+    with pytest.raises(BadInput, match="run on the new home"):
+        ledgers["hosta"].move("web", "hostb", take_over=True)
+    ledgers["hostb"].move("web", "hostb", take_over=True)
+    finished = ledgers["hostb"].recover()
+    assert len(finished) == 1 and finished[0].startswith("web: ")
+    vm = ledgers["hostb"].vm("web")
+    assert vm.operation is None and "s2" not in vm.snapshots
+    b = world.host("hostb")
+    assert reads(b, vm.snapshot("s1").disks["vda"]) == expected["s1"]
+    assert reads(b, vm.disks["vda"]) == expected["present"]
+    with pytest.raises(HomeElsewhere):
+        ledgers["hosta"].recover("web")
