@@ -43,8 +43,10 @@ _FAILED_AT = re.compile(r"Pattern verification failed at offset (\d+)")
 # The environment a host's commands don't get: the host must come from the real hostname.
 _NOT_PASSED = ("SNAPLEDGER_HOST", "SNAPLEDGER_STORE", "SNAPLEDGER_DEBUG")
 
-# A qemu-img that runs `commit` at a rate limit (`qemu-img commit -r`) and everything else as
-# the real one: a merge of a few MiB then lasts seconds, long enough to be killed in the middle.
+# A qemu-img that runs `commit` with a rate limit (`qemu-img commit -r`) and everything else as
+# the real one: a commit of a few MiB then lasts seconds, long enough to be killed in the middle.
+# (QEMU 7.2's qemu-img copies at full speed and then waits out the rate before it completes the
+# job, so the kill finds the data copied and the commit not completed.)
 _SLOW_COMMIT = """#!/bin/sh
 if [ "$1" = commit ]; then
   shift

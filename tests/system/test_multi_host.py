@@ -11,6 +11,7 @@ qemu-io on that host; snapledger is asked only which file holds which snapshot.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import threading
 import time
@@ -179,7 +180,12 @@ def test_sweeps_without_a_vm_leave_the_other_hosts_vms_alone(hosts: World) -> No
     expected2, leftover_a = detached_history(a, "alpha2", a.local("alpha2.qcow2"), 0x20)
     expected_b, leftover_b = detached_history(b, "beta", b.local("beta.qcow2"), 0x30)
 
-    # A's delete of s1 commits 12 MiB at 4 MiB/s, and is killed (with its qemu-img) a second in
+    # A's delete of s1 commits 12 MiB into s1's frozen image with qemu-img commit -r 4M, and is
+    # killed (with its qemu-img) a second in, while the commit runs. (QEMU 7.2's qemu-img writes
+    # the data at once, then waits out the rate before it completes: the kill finds the data
+    # written and the commit not finished.)
+    [frozen] = [s["disks"]["vda"] for s in a.json("show", "alpha")["snapshots"] if s["name"] == "s1"]
+    size_before = os.path.getsize(frozen)
     delete = a.popen("delete", "alpha", "s1", "--strategy", "commit", slow_commit="4M")
     deadline = time.monotonic() + 60
     while not merges_in_group(delete.pid):
@@ -190,6 +196,8 @@ def test_sweeps_without_a_vm_leave_the_other_hosts_vms_alone(hosts: World) -> No
     assert merges_in_group(delete.pid), "the merge ended before the kill"
     a.kill(delete)
     assert delete.returncode == -signal.SIGKILL
+    grown = os.path.getsize(frozen) - size_before
+    assert grown >= MIB, f"killed before the commit wrote anything: {grown} B"
     assert a.json("show", "alpha")["operation"]["kind"] == "delete"  # left open
 
     a_vms = {"alpha", "alpha2"}
@@ -207,6 +215,7 @@ def test_sweeps_without_a_vm_leave_the_other_hosts_vms_alone(hosts: World) -> No
     assert new, "B's gc recorded nothing at all"
     assert all(e["host"] == "hv-b" for e in new)
     assert not [e for e in new if e["vm"] in a_vms], "host B recorded events for host A's VMs"
+    assert not [e for e in new if e["image"] and "alpha" in e["image"]], "... or for A's images"
     assert entries(b)[: len(log)] == log
     assert (a.files(), hosts.shared_files()) == (a_files, shared_files), "host B touched A's files"
     assert b.json("show", "alpha")["operation"]["kind"] == "delete"  # still open: B left it
@@ -295,6 +304,7 @@ def test_two_hosts_three_processes_each_snapshotting_at_once_lose_nothing(hosts:
         mine = host.json("list", "--mine")
         assert [(r["vm"], r["snapshots"], r["operation"]) for r in mine] == \
             [(w.vm, SNAPSHOTS, None) for w in workers if w.host is host]
+    chains: dict[str, set[str]] = {a.name: set(), b.name: set()}
     for worker in workers:
         state = worker.host.json("show", worker.vm)
         names = [f"s{i:02}" for i in range(1, SNAPSHOTS + 1)]
@@ -302,3 +312,8 @@ def test_two_hosts_three_processes_each_snapshotting_at_once_lose_nothing(hosts:
         assert [s["parent"] for s in state["snapshots"]] == [None, *names[:-1]]
         for i, snap in enumerate(state["snapshots"]):  # s01 holds cluster 1 ..., not what followed
             worker.host.assert_reads(snap["disks"]["vda"], {c: c for c in range(1, i + 2)}, SNAPSHOTS + 2)
+        chain = state["disks"]["vda"]["chain"]
+        assert worker.host.chain(chain[0]) == chain and len(chain) == SNAPSHOTS + 1
+        chains[worker.host.name] |= {os.path.basename(path) for path in chain}
+    for host in (a, b):  # no file left over by a lost race
+        assert set(host.files()) == chains[host.name]
