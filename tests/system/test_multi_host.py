@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -50,6 +51,7 @@ def entries(host: Host, *args: str) -> list[dict[str, Any]]:
 
 
 def test_a_vm_lives_on_the_host_whose_hostname_adopted_it(hosts: World) -> None:
+    assert socket.gethostname() not in ("hv-a", "hv-b")  # the names come from the namespaces
     a, b = hosts.host("hv-a"), hosts.host("hv-b")
     web = a.make_image(a.local("web.qcow2"), 4 * MIB, {0: 0xA1})
     db = b.make_image(b.local("db.qcow2"), 4 * MIB, {0: 0xB1})
@@ -64,7 +66,7 @@ def test_a_vm_lives_on_the_host_whose_hostname_adopted_it(hosts: World) -> None:
     assert [r["vm"] for r in b.json("list", "--mine")] == ["db"]
     # every event records the host that wrote it
     assert {(e["vm"], e["host"]) for e in entries(b) if e["vm"]} == {("web", "hv-a"), ("db", "hv-b")}
-    # the two files at one local path are two files: each host reads its own
+    # each host's local directory is its own: web's file is on A alone, db's on B alone
     assert a.mismatched_clusters(web, {0: 0xA1}, 4) == []
     assert b.mismatched_clusters(db, {0: 0xB1}, 4) == []
     assert not (hosts.local / "web.qcow2").exists() and (a.disk / "web.qcow2").exists()
