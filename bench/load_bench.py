@@ -4,7 +4,7 @@ cycles at once on one PostgreSQL ledger and on one SQLite ledger.
     python bench/load_bench.py [--stores postgres,sqlite] [--modes inproc,cli]
                                [--levels 1,2,4,8,16] [--seconds 20] [--hosts 4]
                                [--vms 32] [--image-mib 2] [--fsync on|off] [--postgres URL]
-                               [--json FILE]
+                               [--json FILE] [--skip-busy-checkpoints]
 
 Each level starts on a fresh ledger (a new database on the private server, a new SQLite file)
 with the same fleet of --vms VMs, dealt out to the workers (VM j to worker j mod N): each
@@ -98,6 +98,9 @@ class Command:
     save_in: float = 0.0  # inproc: seconds from a save's start until its events were in
     save_rest: float = 0.0  # inproc: seconds from there to the commit (chain records, commit)
     checkpoint: float = 0.0  # inproc: seconds writing the persisted projection
+    checkpoint_cpu: float = 0.0  # inproc: CPU seconds of that
+    catch_up: float = 0.0  # inproc: seconds folding what was recorded since the last look
+    catch_up_cpu: float = 0.0  # inproc: CPU seconds of that
 
 
 # ---- the ledger's clock (inproc workers) ------------------------------------------------------
@@ -107,17 +110,15 @@ class SaveTimes:
     """Sums of the time the store's saves take, split where the lock that orders the chain is
     known to be held: before that point a save may wait for it, after it the save holds it."""
 
+    PARTS = ("saves", "save_in", "save_rest", "checkpoint", "checkpoint_cpu", "catch_up", "catch_up_cpu")
+
     def __init__(self) -> None:
-        self.saves = 0
-        self.save_in = 0.0
-        self.save_rest = 0.0
-        self.checkpoint = 0.0
+        self.sums: dict[str, float] = dict.fromkeys(self.PARTS, 0.0)
         self._started = 0.0
         self._in = 0.0
 
-    def take(self) -> tuple[int, float, float, float]:
-        out = (self.saves, self.save_in, self.save_rest, self.checkpoint)
-        self.saves, self.save_in, self.save_rest, self.checkpoint = 0, 0.0, 0.0, 0.0
+    def take(self) -> dict[str, float]:
+        out, self.sums = self.sums, dict.fromkeys(self.PARTS, 0.0)
         return out
 
     def begin(self) -> None:
@@ -131,9 +132,22 @@ class SaveTimes:
     def end(self) -> None:
         now = time.perf_counter()
         inside = self._in or now
-        self.saves += 1
-        self.save_in += inside - self._started
-        self.save_rest += now - inside
+        self.sums["saves"] += 1
+        self.sums["save_in"] += inside - self._started
+        self.sums["save_rest"] += now - inside
+
+    def timing(self, original: Callable[..., Any], part: str) -> Callable[..., Any]:
+        """`original`, its wall and CPU time added to `part` and `part`_cpu."""
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            wall, cpu = time.perf_counter(), time.process_time()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.sums[part] += time.perf_counter() - wall
+                self.sums[f"{part}_cpu"] += time.process_time() - cpu
+
+        return timed
 
 
 def instrument(times: SaveTimes) -> None:
@@ -175,16 +189,25 @@ def instrument(times: SaveTimes) -> None:
     lite = SQLiteApplicationRecorder
     lite._insert_events = marks_in(lite._insert_events, False)  # type: ignore[method-assign]
 
-    original_save = PersistedProjection.save
+    PersistedProjection.save = times.timing(PersistedProjection.save, "checkpoint")  # type: ignore[method-assign]
+    PersistedProjection.catch_up = times.timing(PersistedProjection.catch_up, "catch_up")  # type: ignore[method-assign]
 
-    def save(self: PersistedProjection, *args: Any, **kwargs: Any) -> str:
-        started = time.perf_counter()
-        try:
-            return original_save(self, *args, **kwargs)
-        finally:
-            times.checkpoint += time.perf_counter() - started
 
-    PersistedProjection.save = save  # type: ignore[method-assign]
+def skip_busy_checkpoints() -> None:
+    """An experiment, not what snapledger does: a PostgreSQL checkpoint write that finds the
+    projection writers' advisory lock taken gives up at once (the save is then "failed", which
+    PersistedProjection.save already allows: the next reader catches up) instead of waiting."""
+    from eventsourcing.persistence import OperationalError
+
+    from snapledger.adapters.checkpoint import postgres
+
+    def try_lock(self: postgres.PostgresProjectionStore, curs: Any) -> None:
+        curs.execute("SELECT pg_try_advisory_xact_lock(%s, %s) AS got",
+                     (postgres.LOCK_CLASS, self.lock_key))
+        if not curs.fetchone()["got"]:
+            raise OperationalError("another writer is checkpointing")
+
+    postgres.PostgresProjectionStore._lock_writers = try_lock  # type: ignore[method-assign]
 
 
 def inproc_worker(config: dict[str, Any]) -> None:
@@ -192,6 +215,8 @@ def inproc_worker(config: dict[str, Any]) -> None:
     os.environ["SNAPLEDGER_HOST"] = config["host"]
     times = SaveTimes()
     instrument(times)
+    if config.get("skip_busy_checkpoints"):
+        skip_busy_checkpoints()
     from snapledger.adapters.compose import ledger_service, recording_context
     from snapledger.adapters.eventstore.application import LedgerApplication
     from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
@@ -228,9 +253,9 @@ def inproc_worker(config: dict[str, Any]) -> None:
                 outcome = f"failed: {type(error).__name__}: {error}"
             wall = time.perf_counter() - wall
             cpu = time.process_time() - cpu
-            saves, save_in, save_rest, checkpoint = times.take()
-            done.append(Command(kind, vm, snap, started, wall, cpu, outcome, saves, save_in,
-                                save_rest, checkpoint))
+            parts = times.take()
+            done.append(Command(kind, vm, snap, started, wall, cpu, outcome, int(parts.pop("saves")),
+                                **parts))
             if outcome != "ok":
                 break  # no delete of a snapshot that was not taken
     ledger.close()
@@ -410,6 +435,7 @@ class Level:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     max_ms: float = 0.0
+    mean_ms: float = 0.0
     conflicts: int = 0
     failed: int = 0
     cpu_ms: float = 0.0  # the worker's CPU per command (median)
@@ -426,6 +452,9 @@ class Level:
     save_in_ms: float = 0.0  # inproc: mean per command, start of a save to its events in
     save_rest_ms: float = 0.0  # inproc: mean per command, events in to commit
     checkpoint_ms: float = 0.0  # inproc: mean per command, the projection's write
+    checkpoint_cpu_ms: float = 0.0  # inproc: the CPU of it
+    catch_up_ms: float = 0.0  # inproc: mean per command, folding what others recorded
+    catch_up_cpu_ms: float = 0.0  # inproc: the CPU of it
     events: int = 0
     lost: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -468,7 +497,8 @@ def run_level(store: str, mode: str, url: str, processes: int, args: argparse.Na
     else:
         children = []
         for k in range(processes):
-            config = {"url": url, "host": hosts[k], "worker": f"w{k}", "vms": workers[k]}
+            config = {"url": url, "host": hosts[k], "worker": f"w{k}", "vms": workers[k],
+                      "skip_busy_checkpoints": args.skip_busy_checkpoints}
             children.append(subprocess.Popen(
                 [sys.executable, __file__, "--worker", json.dumps(config)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -507,6 +537,7 @@ def run_level(store: str, mode: str, url: str, processes: int, args: argparse.Na
         level.p50_ms = statistics.median(walls)
         level.p99_ms = walls[min(len(walls) - 1, int(0.99 * len(walls)))]
         level.max_ms = walls[-1]
+        level.mean_ms = statistics.fmean(walls)
         level.cpu_ms = statistics.median(c.cpu * 1000 for c in in_window)
     if ok:
         worker_seconds = sum(c.cpu for c in in_window) + (driver1 - driver0)
@@ -529,6 +560,9 @@ def run_level(store: str, mode: str, url: str, processes: int, args: argparse.Na
         level.save_in_ms = sum(c.save_in for c in in_window) * 1000 / n
         level.save_rest_ms = sum(c.save_rest for c in in_window) * 1000 / n
         level.checkpoint_ms = sum(c.checkpoint for c in in_window) * 1000 / n
+        level.checkpoint_cpu_ms = sum(c.checkpoint_cpu for c in in_window) * 1000 / n
+        level.catch_up_ms = sum(c.catch_up for c in in_window) * 1000 / n
+        level.catch_up_cpu_ms = sum(c.catch_up_cpu for c in in_window) * 1000 / n
     level.events, level.lost = check_ledger(url, commands, [v for vms in workers for v in vms])
     if mode == "cli":
         code, _, err = run_cli([*CLI, "verify"], cli_env(url, "h0", "checker"))
@@ -608,24 +642,39 @@ def check_ledger(url: str, commands: list[Command], vms: list[str]) -> tuple[int
 
 
 def table(levels: list[Level]) -> str:
-    head = ("| store | mode | processes | commands/s | × 1 proc | p50 ms | p99 ms | conflicts | "
-            "lost | CPU ms/cmd: client / server / rest | machine CPU | load | "
-            "lock wait ms/cmd: table + advisory (mean waiting) | "
-            "saves, in + rest ms/cmd | checkpoint ms/cmd |")
+    """Every level: throughput, latency, what was lost, where the CPU went."""
+    head = ("| store | mode | processes | commands/s | × 1 process | p50 ms | p99 ms | conflicts | "
+            "lost | CPU ms/command: client / server / rest | machine CPU | load |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     base: dict[tuple[str, str], float] = {}
     for lv in levels:
-        one = base.setdefault((lv.store, lv.mode), lv.per_second) if lv.processes == 1 else base.get((lv.store, lv.mode))
+        if lv.processes == 1:
+            base[(lv.store, lv.mode)] = lv.per_second
+        one = base.get((lv.store, lv.mode))
         scale = f"{lv.per_second / one:.2f}" if one else "—"
-        lock = (f"{lv.table_wait_ms:.1f} + {lv.advisory_wait_ms:.1f} ({lv.lock_waiting:.2f})"
-                if lv.store == "postgres" else "—")
-        saves = (f"{lv.saves:.1f}: {lv.save_in_ms:.1f} + {lv.save_rest_ms:.1f}" if lv.mode == "inproc" else "—")
-        ckpt = f"{lv.checkpoint_ms:.1f}" if lv.mode == "inproc" else "—"
+        server = f"{lv.server_cpu_ms:.1f}" if lv.store == "postgres" else "—"
         lines.append(
             f"| {lv.store} | {lv.mode} | {lv.processes} | {lv.per_second:.1f} | {scale} | "
-            f"{lv.p50_ms:.0f} | {lv.p99_ms:.0f} | {lv.conflicts} | {len(lv.lost)} | "
-            f"{lv.worker_cpu_ms:.1f} / {lv.server_cpu_ms:.1f} / {lv.other_cpu_ms:.1f} | "
-            f"{lv.machine_cpu:.0%} | {lv.load_1m:.1f} | {lock} | {saves} | {ckpt} |"
+            f"{lv.p50_ms:.0f} | {lv.p99_ms:.0f} | {lv.conflicts} | {len(lv.lost) + lv.failed} | "
+            f"{lv.worker_cpu_ms:.1f} / {server} / {lv.other_cpu_ms:.1f} | "
+            f"{lv.machine_cpu:.0%} | {lv.load_1m:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def ledger_table(levels: list[Level]) -> str:
+    """The in-process levels: where a command's time goes in the ledger (means per command)."""
+    head = ("| store | processes | command ms (mean) | lock wait ms: table + advisory | saves | "
+            "in saves ms: to events in + rest | checkpoint ms (CPU) | catch-up ms (CPU) |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for lv in levels:
+        if lv.mode != "inproc":
+            continue
+        lock = f"{lv.table_wait_ms:.1f} + {lv.advisory_wait_ms:.1f}" if lv.store == "postgres" else "—"
+        lines.append(
+            f"| {lv.store} | {lv.processes} | {lv.mean_ms:.1f} | {lock} | {lv.saves:.1f} | "
+            f"{lv.save_in_ms:.1f} + {lv.save_rest_ms:.1f} | {lv.checkpoint_ms:.1f} "
+            f"({lv.checkpoint_cpu_ms:.1f}) | {lv.catch_up_ms:.1f} ({lv.catch_up_cpu_ms:.1f}) |"
         )
     return "\n".join(lines)
 
@@ -665,6 +714,9 @@ def main() -> int:
     parser.add_argument("--fsync", choices=("on", "off"), default="on")
     parser.add_argument("--postgres", help="a server's base URL (postgresql://user@host:port)")
     parser.add_argument("--json", help="write every level's figures here")
+    parser.add_argument("--skip-busy-checkpoints", action="store_true",
+                        help="experiment (inproc, PostgreSQL): a checkpoint write that finds "
+                        "another under way is skipped instead of waiting for it")
     args = parser.parse_args()
     stores = args.stores.split(",")
     modes = args.modes.split(",")
@@ -685,6 +737,8 @@ def main() -> int:
                         level = run_level(store, mode, url, n, args, scratch, pid_file)
                         levels.append(level)
                         print(table([level]).splitlines()[-1], flush=True)
+                        if mode == "inproc":
+                            print(ledger_table([level]).splitlines()[-1], flush=True)
                         for problem in level.lost[:5] + level.failures[:5]:
                             print(f"    {problem}", flush=True)
                         shutil.rmtree(scratch, ignore_errors=True)
@@ -692,6 +746,8 @@ def main() -> int:
         shutil.rmtree(scratch_root, ignore_errors=True)
     print()
     print(table(levels))
+    print()
+    print(ledger_table(levels))
     for line in verdicts(levels):
         print(line)
     if args.json:

@@ -110,18 +110,16 @@ class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
         schema = self.datastore.schema
         function = Identifier(schema, SAVE_FUNCTION)
         event_type = Identifier(schema, self.stored_event_type_name)
-        self.sql_create_statements.append(
-            SQL(SAVE_FUNCTION_BODY).format(
-                function=function,
-                event_type=event_type,
-                events=Identifier(schema, self.events_table_name),
-                chain=self._chain_table,
-                channel=Identifier(self.channel_name),
-                genesis=Literal(GENESIS),
-                head=Literal(HASH_HEAD),
-                mid=Literal(HASH_MID),
-                sep=Literal(HASH_SEP),
-            )
+        self._create_save_function = SQL(SAVE_FUNCTION_BODY).format(
+            function=function,
+            event_type=event_type,
+            events=Identifier(schema, self.events_table_name),
+            chain=self._chain_table,
+            channel=Identifier(self.channel_name),
+            genesis=Literal(GENESIS),
+            head=Literal(HASH_HEAD),
+            mid=Literal(HASH_MID),
+            sep=Literal(HASH_SEP),
         )
         self._save_statement = SQL(
             "SELECT position FROM {}(%s::{}[], %s::text[], %s, %s, %s, %s, %s, %s) AS saved(position)"
@@ -146,6 +144,17 @@ class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
                     except (DuplicateObject, DuplicateTable):
                         pass
             self._create_table(curs)
+            # Made once, not replaced at every start (a replaced function is a catalog write,
+            # and a commit, under this lock, for every writer that starts).
+            curs.execute(
+                "SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n "
+                "ON n.oid = p.pronamespace WHERE n.nspname = %s AND p.proname = %s) AS missing",
+                (self.datastore.schema, SAVE_FUNCTION),
+                prepare=False,
+            )
+            found = curs.fetchone()
+            if found is not None and found["missing"]:
+                curs.execute(self._create_save_function, prepare=False)
         self.datastore.register_type_adapters()
 
     def _lock_schema(self, curs: Cursor[DictRow]) -> None:

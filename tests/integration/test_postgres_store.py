@@ -214,3 +214,17 @@ def test_racing_writers_keep_one_whole_chain(url: str) -> None:
     )
     assert drifts == sorted(line.split()[2] for line in seen if line.startswith("drift"))
     assert len(drifts) + seen.count("conflict") == 6 * 12
+
+
+def test_a_ledger_made_before_the_save_function_gets_it(url: str) -> None:
+    """A ledger whose tables an older snapledger made has no save function: the first writer
+    that opens it makes it, and the chain goes on from the records already there."""
+    storage = SimulatedStorage()
+    storage.make_image("/images/a.qcow2", 16 * CLUSTER, {0: 1})
+    host(url, "host1", storage).adopt("a", {"vda": "/images/a.qcow2"})
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP FUNCTION snapledger_save_v1")
+    later = host(url, "host2", storage)
+    later.snapshot("a", "s1")
+    assert later.app.check_chain() == []
+    assert {r.host for r in later.app.chain()} == {"host1", "host2"}
