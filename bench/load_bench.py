@@ -16,7 +16,8 @@ event streams grow with the total rate, not with the number of workers. Worker k
 - `cli`: the real command line, one whole `python -m snapledger.adapters.cli` process per
   command, over real qcow2 images of --image-mib MiB made with qemu-img. What an operator's
   scripts get. A worker is a thread here that runs its commands one after the other; the CPU
-  time of each command is the child's (wait4's rusage).
+  time of each command is the child's and its qemu-img's (wait4's rusage). The processes use a
+  bytecode cache (PYTHONPYCACHEPREFIX, warmed by the adopts), as an installed package has.
 - `inproc`: one long-lived process per worker, driving the service in-process
   (`ledger_service(LedgerApplication(url), SimulatedStorage())`): no interpreter start, no
   imports, no qemu-img, so what is left is the ledger's own cost and its ceiling. The worker
@@ -275,9 +276,16 @@ def run_cli(argv: list[str], env: dict[str, str]) -> tuple[int, float, str]:
         return child.returncode, usage.ru_utime + usage.ru_stime, err.read().decode(errors="replace")
 
 
+# Python's bytecode cache for the command line's processes, as an installed package has it
+# (show_bench.py's way): without it every snapledger module is compiled again by every command.
+PYCACHE = Path(tempfile.gettempdir()) / "snapledger-load-bench-pycache"
+
+
 def cli_env(url: str, host: str, worker: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SNAPLEDGER_")}
-    env.update(SNAPLEDGER_STORE=url, SNAPLEDGER_HOST=host, SNAPLEDGER_ACTOR=worker)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SNAPLEDGER_") and k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(SNAPLEDGER_STORE=url, SNAPLEDGER_HOST=host, SNAPLEDGER_ACTOR=worker,
+               PYTHONPYCACHEPREFIX=str(PYCACHE))
     return env
 
 
