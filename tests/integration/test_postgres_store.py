@@ -221,10 +221,12 @@ def test_a_ledger_made_before_the_save_function_gets_it(url: str) -> None:
     that opens it makes it, and the chain goes on from the records already there."""
     storage = SimulatedStorage()
     storage.make_image("/images/a.qcow2", 16 * CLUSTER, {0: 1})
+    storage.make_image("/images/b.qcow2", 16 * CLUSTER, {0: 2})
     host(url, "host1", storage).adopt("a", {"vda": "/images/a.qcow2"})
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("DROP FUNCTION snapledger_save_v1")
     later = host(url, "host2", storage)
-    later.snapshot("a", "s1")
+    later.adopt("b", {"vda": "/images/b.qcow2"})  # a host changes its own VMs
+    later.snapshot("b", "s1")
     assert later.app.check_chain() == []
     assert {r.host for r in later.app.chain()} == {"host1", "host2"}
