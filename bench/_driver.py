@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from snapledger.adapters.service.operation import Operations
-from snapledger.adapters.service.registrations import claimed
+from snapledger.adapters.service.registrations import Registry, claimed
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
 from snapledger.domain.errors import BranchPointRefused, StorageError, StrategyNotAllowed
 from snapledger.domain.image_registry import ImageRegistration
@@ -55,7 +55,10 @@ class Fleet:
         self.clock = clock or Clock()
         self.storage = SimulatedStorage()
         self.vms: dict[str, VirtualMachine] = {}
-        self.registrations: dict[str, ImageRegistration] = {}
+        self.registrations: dict[str, ImageRegistration] = {}  # one host: a path is one image
+        # the same registrations as a LedgerView holds them (by id, and by path)
+        self._by_id: dict[Any, ImageRegistration] = {}
+        self._registered: dict[str, list[ImageRegistration]] = {}
         self._touched: dict[Any, Any] = {}
         self.operations = Operations(self, self.storage, self.clock, BenchRunners())
 
@@ -75,7 +78,7 @@ class Fleet:
         """A view holding `vm` alone (and every registration): what its planners need."""
         view = LedgerView()
         view.vms = {vm.name: vm}
-        view.registrations = self.registrations
+        view.registrations, view.registered = self._by_id, self._registered
         return view
 
     def _op_id(self) -> str:
@@ -192,15 +195,19 @@ class Fleet:
 
     def save(self, *aggregates: object, unrecorded: str = "nothing was done") -> None:
         for aggregate in aggregates:
-            if isinstance(aggregate, ImageRegistration):
-                self.registrations.setdefault(aggregate.path, aggregate)
+            if isinstance(aggregate, ImageRegistration) and aggregate.path not in self.registrations:
+                self.registrations[aggregate.path] = aggregate
+                self._by_id[aggregate.id] = aggregate
+                self._registered[aggregate.path] = [aggregate]
         self._touch(*aggregates)
 
-    def registration(self, path: str) -> ImageRegistration | None:
-        return self.registrations.get(path)
+    def registry(self, vm: VirtualMachine) -> Registry:
+        """Every VM of the benchmark lives on one host with no shared storage: a path is one
+        image, registered by its path."""
+        return Registry(self.registrations.get, lambda _path: "")
 
     def _claimed(self, path: str, vm_name: str) -> ImageRegistration:
-        registration = claimed(self.registration, path, vm_name)
+        registration = claimed(self.registry(self.vms[vm_name]), path, vm_name)
         self.save(registration)
         return registration
 
@@ -226,6 +233,7 @@ def expected_view(fleets: list[Fleet], position: int) -> LedgerView:
     view = LedgerView()
     for fleet in fleets:
         view.vms.update(fleet.vms)
-        view.registrations.update(fleet.registrations)
+        for registration in fleet.registrations.values():
+            view.add_registration(registration)
     view.position = position
     return view

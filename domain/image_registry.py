@@ -19,18 +19,25 @@ from .errors import ConcurrentUpdate
 from .vm import LEDGER_NAMESPACE
 
 
-def image_id(path: str) -> UUID:
-    return uuid5(LEDGER_NAMESPACE, f"image:{path}")
+def image_id(path: str, host: str = "") -> UUID:
+    """An image is its path on storage every host sees (`host` empty), and (host, path) on a
+    host's own storage. A registration made before hosts has the path's id, whatever its host."""
+    return uuid5(LEDGER_NAMESPACE, f"image:{path}" if not host else f"image:{host}:{path}")
 
 
 class ImageRegistration(Aggregate):
+    # The host whose own file this is; "" for an image on shared storage (one for every host).
+    # A `FirstUsed` stored before hosts gets the host its chain record names when it is read.
+    host: str = ""
+
     @staticmethod
-    def create_id(path: str, **_: Any) -> UUID:
-        return image_id(path)
+    def create_id(path: str, host: str = "", **_: Any) -> UUID:
+        return image_id(path, host)
 
     @event("FirstUsed")
-    def __init__(self, path: str, vm: str) -> None:
+    def __init__(self, path: str, vm: str, host: str = "") -> None:
         self.path = path
+        self.host = host
         self.users: set[str] = {vm}
         self.reserved_by: tuple[str, str] | None = None  # (vm, operation id)
 

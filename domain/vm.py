@@ -26,7 +26,7 @@ from .errors import (
 )
 from .images import ImageFacts, ImageRecord, Origin
 from .ledger_hash import UNKNOWN_HOST
-from .names import check_disk_target, check_name
+from .names import check_disk_target, check_name, is_within
 from .steps import (
     DOMAIN_STEPS,
     Commit,
@@ -106,6 +106,13 @@ class VirtualMachine(Aggregate):
     # host that adopted it, or the one it was moved to. An `Adopted` stored before the home was
     # recorded gets the host its chain record names when it is read (eventstore/mapper.py).
     home: str = ""
+    # Directories every host sees at the same path (NFS, a cluster filesystem), declared at adopt
+    # (`--shared`): an image there is one image for every host; anywhere else it is the home
+    # host's own (semantics.md, "Many hosts, one ledger").
+    shared: tuple[str, ...] = ()
+    # Hosts this VM was taken over from (`move --take-over`: the operator vouched they are
+    # dead): an operation one of them started is gone, whatever its runner says.
+    taken_over_from: tuple[str, ...] = ()
 
     @staticmethod
     def create_id(name: str, generation: int = 1, **_: Any) -> UUID:
@@ -123,10 +130,12 @@ class VirtualMachine(Aggregate):
         confined: bool = False,
         generation: int = 1,
         home: str = "",
+        shared: list[str] | None = None,
     ) -> None:
         self.name = name
         self.generation = generation
         self.home = home
+        self.shared = tuple(shared or ())
         self.disks: dict[str, str] = dict(disks)
         self.images: dict[str, ImageRecord] = {}
         for item in images:
@@ -159,8 +168,7 @@ class VirtualMachine(Aggregate):
         if not self.lives_on(host):
             raise HomeElsewhere(
                 f"VM {self.name!r} lives on host {self.home!r}, not on this host ({host!r}): "
-                "only its home host changes it or looks at its disks; run the command there "
-                "(or `snapledger move` it here once its images are all on shared storage)"
+                "only its home host changes it or looks at its disks; run the command there"
             )
 
     def snapshot(self, name: str) -> SnapshotRecord:
@@ -230,9 +238,10 @@ class VirtualMachine(Aggregate):
         return sorted(s.name for s in self.snapshots.values() if s.parent == snapshot)
 
     def allowed_dirs(self) -> set[str]:
-        """Where this VM's files may be: the directories of its adopted disks and its pools.
-        Every file of every chain must resolve inside one of them (or below one)."""
-        return set(self.adopted_dirs) | set(self.pools)
+        """Where this VM's files may be: the directories of its adopted disks, its pools and its
+        shared directories. Every file of every chain must resolve inside one of them (or below
+        one)."""
+        return set(self.adopted_dirs) | set(self.pools) | set(self.shared)
 
     # ---- operations ----------------------------------------------------------------------
 
@@ -649,6 +658,35 @@ class VirtualMachine(Aggregate):
     @event("Retired")
     def _retired(self, at: str) -> None:
         self.retired = at
+
+    def move_home(self, to: str, at: str, taken_over: bool, shared: tuple[str, ...]) -> None:
+        """Give the VM a new home host. Only a VM whose every image lies on storage every host
+        sees at the same path (`shared`) can move: another host's own files are not there.
+        `taken_over`: the new host takes the VM from a dead one, on the operator's word; an
+        operation the dead host left open stays, for `recover` on the new home. Otherwise the
+        VM must be idle (its home finishes what it started first)."""
+        if to == self.home:
+            raise BadInput(f"VM {self.name!r} already lives on host {to!r}")
+        if not taken_over:
+            self.check_idle()
+        local = sorted(
+            path for path, record in self.images.items()
+            if not record.missing and not is_within(path, shared)
+        )
+        if local:
+            raise Refused(
+                f"VM {self.name!r} can't move: {', '.join(local[:3])}{' ...' if len(local) > 3 else ''} "
+                f"{'is' if len(local) == 1 else 'are'} not on shared storage (declare the "
+                "directory with adopt --shared, or copy the images there first); the new host "
+                "would not see the files the ledger names"
+            )
+        self._home_moved(to=to, previous=self.home, taken_over=taken_over, at=at)
+
+    @event("HomeMoved")
+    def _home_moved(self, to: str, previous: str, taken_over: bool, at: str) -> None:
+        self.home = to
+        if taken_over:
+            self.taken_over_from = (*self.taken_over_from, previous)
 
     def record_drift(self, findings: list[str], at: str) -> None:
         self._drift_detected(findings=findings, at=at)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from snapledger.domain.images import ImageFacts, Origin, OwnerClass
 from snapledger.domain.steps import CreateOverlay, touched_paths
 
+from .scope import in_scope, is_shared, registration_scope, shared_dirs
 from .view import LedgerView
 
 
@@ -19,7 +20,7 @@ from .view import LedgerView
 class Need:
     """One reason an image needs to stay."""
 
-    kind: str  # active | frozen | detached | operation | dependant | below
+    kind: str  # active | frozen | detached | operation | dependant | elsewhere | below
     vm: str
     detail: str  # the disk, snapshot, operation id, the unknown file, or the image above
 
@@ -30,6 +31,7 @@ class Need:
             "detached": f"detached from {self.vm}/{self.detail}, kept until discarded",
             "operation": f"in use by unfinished operation {self.detail} of {self.vm}",
             "dependant": f"{self.detail} depends on it (a file the ledger does not know)",
+            "elsewhere": f"held by {self.vm}, which lives on host {self.detail}",
             "below": f"backing file of {self.detail}",
         }[self.kind]
 
@@ -60,26 +62,39 @@ class ImageDag:
 
     `dependants` are the world's part: for an image, the files the ledger does not know whose
     backing chain reaches it (a user's own overlays, found by a storage scan). Each makes the
-    image need to stay, and so everything below it."""
+    image need to stay, and so everything below it.
+
+    `home`: the host whose view this is (scope.py): the images of the VMs living there, and the
+    images other hosts' VMs hold on shared storage, each of which needs to stay (`elsewhere`).
+    None: every image of the ledger, as on one host."""
 
     def __init__(
         self,
         view: LedgerView,
         ignore_detached_of: str | None = None,
         dependants: Mapping[str, Sequence[str]] | None = None,
+        home: str | None = None,
     ) -> None:
         self.nodes: dict[str, ImageNode] = {}
         self.children: dict[str, list[str]] = defaultdict(list)
         holders: dict[str, list[tuple[str, Origin, bool]]] = defaultdict(list)
         facts: dict[str, ImageFacts] = {}
+        shared = shared_dirs(view)
         live = view.live_vms()  # a retired VM holds nothing
+        local = {name: vm for name, vm in live.items() if in_scope(vm, home)}
+        elsewhere: list[tuple[str, Need]] = []  # other hosts' VMs' holds on shared images
         for vm in live.values():
             for record in vm.images.values():
+                if vm.name not in local:
+                    if not is_shared(record.path, shared):
+                        continue  # another host's own file, whatever its path here
+                    elsewhere.append((record.path, Need("elsewhere", vm.name, vm.home)))
                 holders[record.path].append((vm.name, record.origin, record.detached))
                 if record.path not in facts or record.origin is Origin.MANAGED:
                     facts[record.path] = record.facts
         for path, held in holders.items():
-            users = view.users_of(path) | {name for name, _, _ in held}
+            users = view.users_of(path, registration_scope(path, home, shared))
+            users |= {name for name, _, _ in held}
             origins = {origin for _, origin, _ in held}
             if len(users) > 1 or Origin.FOUND in origins:
                 owner = OwnerClass.READ_ONLY
@@ -99,8 +114,8 @@ class ImageDag:
         for kids in self.children.values():
             kids.sort()
 
-        roots: list[tuple[str, Need]] = []
-        for vm in live.values():
+        roots: list[tuple[str, Need]] = elsewhere
+        for vm in local.values():
             for disk, path in vm.disks.items():
                 roots.append((path, Need("active", vm.name, disk)))
             for snap in vm.snapshots.values():

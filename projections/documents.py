@@ -71,7 +71,7 @@ def vm_document(view: LedgerView, name: str, dag: ImageDag | None = None) -> dic
         "host": vm.home or None,
         "current": vm.current,
         "domain_xml": vm.domain_xml,
-        "disks": disk_chains(vm, dag if dag is not None else ImageDag(view)),
+        "disks": disk_chains(vm, dag if dag is not None else ImageDag(view, home=vm.home)),
         "snapshots": [
             snapshot_json(snap, broken.get(snap.name))
             for snap in sorted(vm.snapshots.values(), key=lambda s: (s.created, s.name))

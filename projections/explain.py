@@ -144,7 +144,7 @@ def explain_image(
     """Everything that keeps `path` (an image `vm_name` holds) and what would free it.
     `dependants`: files the ledger does not know that rest on its images (a storage scan)."""
     vm = _held(view, vm_name, path)
-    dag = ImageDag(view, dependants=dependants)
+    dag = ImageDag(view, dependants=dependants, home=vm.home)
     node = dag.nodes[path]
     report = image_report(view, path, dag)
     frozen_by = _frozen_by(view, node.vms, path)
@@ -437,7 +437,7 @@ def _after_discarding_detached(
     if have_routes:
         return []
     after = _simulated(view, vm.name, None, gc)
-    dag_after = ImageDag(after)
+    dag_after = ImageDag(after, home=vm.home)
     routes = _single_deletes(after, dag_after, after.vms[vm.name], path, cost)
     every, _ = _every_hold_released(after, dag_after, after.vms[vm.name], path, cost)
     if every is not None and len(every.commands) > 1:
@@ -514,7 +514,7 @@ def _every_hold_released(
         current = _simulated(current, vm.name, snapshot, plan)
         if freed:
             return Route(tuple(commands), "deleted by the last of these deletions", moved), ""
-    after = ImageDag(current)
+    after = ImageDag(current, home=vm.home)
     if path in after.nodes and not after.nodes[path].needs:
         gc = _try(plan_gc, current, vm.name)
         if gc is not None and _deletes(gc, path):

@@ -100,7 +100,9 @@ def diff(
         ],
     }
 
-    dag_before, dag_after = ImageDag(before), ImageDag(after)
+    known = new if new is not None else old
+    home = known.home if known is not None else None
+    dag_before, dag_after = ImageDag(before, home=home), ImageDag(after, home=home)
     old_disks, new_disks = _chains(dag_before, old), _chains(dag_after, new)
     disks = {
         disk: {

@@ -62,7 +62,8 @@ def image_picture(view: LedgerView, vm: str | None = None) -> ImagePicture:
     if vm is not None:
         view.vm(vm)  # an unknown name is refused
     names = (vm,) if vm is not None else tuple(sorted(view.vms))
-    dag = ImageDag(view)
+    # one VM: through its home host's eyes (scope.py); the whole ledger: every image at once
+    dag = ImageDag(view, home=view.vms[vm].home if vm is not None else None)
     paths = sorted({path for name in names for path in view.vms[name].images})
     freezes: dict[str, list[tuple[str, str, str]]] = {}
     active: dict[str, list[tuple[str, str]]] = {}

@@ -38,6 +38,7 @@ from snapledger.domain.vm import VirtualMachine
 
 from .cost import CostModel
 from .dag import ImageDag
+from .scope import in_scope, is_shared, registration_scope, shared_dirs
 from .view import LedgerView
 
 PathTaken = Callable[[str], bool]
@@ -134,7 +135,7 @@ def plan_revert(
     disks = sorted(snap.disks)
     overlays = dict(overlays or {})
     _check_overlay_disks(vm, disks, overlays)
-    dag = ImageDag(view, dependants=dependants)
+    dag = ImageDag(view, dependants=dependants, home=vm.home)
     creates: list[Step] = []
     activations: list[Step] = []
     deletions: list[Step] = []
@@ -178,18 +179,24 @@ def plan_revert(
 
 
 def check_new_disk_chain(
-    view: LedgerView, vm_name: str, chain: list[str], replacing: str | None = None
+    view: LedgerView, vm_name: str, chain: list[str], replacing: str | None = None,
+    home: str | None = None, also_shared: Sequence[str] = (),
 ) -> None:
     """A disk a VM starts using (adopt, swap-disk) must not be another VM's image, and nothing in
     its chain may be an image some VM writes: the new disk would change whenever that VM writes.
-    `replacing` is the active image a swap takes out of use (it may lie below the new one)."""
-    others = view.users_of(chain[0]) - {vm_name}
+    `replacing` is the active image a swap takes out of use (it may lie below the new one).
+    `home`: the host the VM lives on; other hosts' files at the same local paths are not its.
+    `also_shared`: shared directories the VM declares that the ledger does not know yet."""
+    shared = tuple(sorted({*shared_dirs(view), *also_shared}))
+    others = view.users_of(chain[0], registration_scope(chain[0], home, shared)) - {vm_name}
     if others:
         raise Refused(
             f"{chain[0]} is used by VM {', '.join(sorted(others))}; put an overlay over it instead"
         )
     for other in view.live_vms().values():
         for disk, active in other.disks.items():
+            if not in_scope(other, home) and not is_shared(active, shared):
+                continue  # another host's own file, whatever its path here
             if active in chain[1:] and not (other.name == vm_name and active == replacing):
                 raise Refused(
                     f"{chain[0]} is backed by {active}, the active image of {other.name}/{disk}, "
@@ -203,7 +210,7 @@ def plan_swap(view: LedgerView, vm_name: str, disk: str, chain: list[str]) -> Pl
     `chain` is the new image's backing chain as the storage adapter read it, new image first.
     The VM's own rules (idle, known disk, not a frozen image) are the aggregate's to check."""
     vm = _vm(view, vm_name)
-    check_new_disk_chain(view, vm_name, chain, replacing=vm.disks.get(disk))
+    check_new_disk_chain(view, vm_name, chain, replacing=vm.disks.get(disk), home=vm.home)
     return Plan(OperationKind.SWAP, (SetActive(disk, chain[0]),), "record the image the user put in place")
 
 
@@ -234,7 +241,7 @@ def plan_delete(
     vm = _vm(view, vm_name)
     vm.check_idle()
     snap = vm.snapshot(name)
-    dag = ImageDag(view, dependants=dependants)
+    dag = ImageDag(view, dependants=dependants, home=vm.home)
     steps: list[Step] = []
     ways: list[str] = []
     for disk in sorted(snap.disks):
@@ -413,7 +420,8 @@ def plan_gc(
     vm = _vm(view, vm_name)
     vm.check_idle()
     dag = ImageDag(
-        view, ignore_detached_of=vm.name if include_detached else None, dependants=dependants
+        view, ignore_detached_of=vm.name if include_detached else None, dependants=dependants,
+        home=vm.home,
     )
     unneeded = [p for p in vm.images if not dag.nodes[p].needed]
     unneeded.sort(key=lambda p: (-dag.depth(p), p))  # children first: nothing dangles mid-way

@@ -16,13 +16,17 @@ from eventsourcing.domain import Aggregate, DomainEventProtocol
 
 from snapledger.domain.errors import LedgerDamaged, UnknownVm
 from snapledger.domain.image_registry import ImageRegistration
+from snapledger.domain.ledger_hash import UNKNOWN_HOST
+from snapledger.domain.names import is_within
 from snapledger.domain.vm import VirtualMachine
 
 
 class LedgerView:
     def __init__(self) -> None:
         self.vms: dict[str, VirtualMachine] = {}
-        self.registrations: dict[str, ImageRegistration] = {}
+        # every image registration by id, and by path (one path may name a file on each host)
+        self.registrations: dict[UUID, ImageRegistration] = {}
+        self.registered: dict[str, list[ImageRegistration]] = {}
         self._by_id: dict[UUID, Aggregate] = {}
         self.position = 0  # the ledger position of the last event applied
         self.version = 0  # bumped on every change, for caches of derived views
@@ -69,7 +73,12 @@ class LedgerView:
             # a name adopted again after `retire`: the newer VM (born later) is the one by name
             self.vms[aggregate.name] = aggregate
         elif isinstance(aggregate, ImageRegistration):
-            self.registrations[aggregate.path] = aggregate
+            self.add_registration(aggregate)
+
+    def add_registration(self, registration: ImageRegistration) -> None:
+        if registration.id not in self.registrations:
+            self.registrations[registration.id] = registration
+            self.registered.setdefault(registration.path, []).append(registration)
 
     def aggregates(self) -> dict[UUID, Aggregate]:
         """Every aggregate by id, in the order of their first events (read-only)."""
@@ -86,14 +95,29 @@ class LedgerView:
         """The VMs still tracked (not retired): the ones whose images are held."""
         return {name: vm for name, vm in self.vms.items() if vm.retired is None}
 
-    def users_of(self, path: str) -> set[str]:
-        registration = self.registrations.get(path)
-        return set(registration.users) if registration is not None else set()
+    def users_of(self, path: str, host: str | None = None) -> set[str]:
+        """The VMs registered as using `path`: on every host (`host` None: a shared image), or
+        `host`'s own file (with registrations made without a host)."""
+        users: set[str] = set()
+        for registration in self.registered.get(path, ()):
+            if host is None or registration.host in (host, "", UNKNOWN_HOST):
+                users |= registration.users
+        return users
 
-    def paths_ever_used(self) -> set[str]:
-        used: set[str] = set(self.registrations)
+    def paths_ever_used(self, host: str | None = None, shared: tuple[str, ...] = ()) -> set[str]:
+        """Every path the ledger ever used (`host`: on that host's own storage and on shared
+        storage; a path another host used on its own storage is free here)."""
+        used: set[str] = set()
+        for path, registrations in self.registered.items():
+            if host is None or is_within(path, shared) or any(
+                r.host in (host, "", UNKNOWN_HOST) for r in registrations
+            ):
+                used.add(path)
         for vm in self.vms.values():
-            used |= vm.used_paths
+            if host is None or vm.lives_on(host):
+                used |= vm.used_paths
+            else:
+                used |= {p for p in vm.used_paths if is_within(p, shared)}
         return used
 
     def canonical(self) -> dict[str, Any]:
@@ -101,7 +125,9 @@ class LedgerView:
         return {
             "vms": {name: _plain(vm.__dict__) for name, vm in sorted(self.vms.items())},
             "images": {
-                path: _plain(reg.__dict__) for path, reg in sorted(self.registrations.items())
+                str(reg.id): _plain(reg.__dict__) for reg in sorted(
+                    self.registrations.values(), key=lambda r: str(r.id)
+                )
             },
             "position": self.position,
         }
@@ -128,6 +154,7 @@ def replacing(view: LedgerView, vm: VirtualMachine) -> LedgerView:
     copy = LedgerView()
     copy.vms = {**view.vms, vm.name: vm}
     copy.registrations = view.registrations
+    copy.registered = view.registered
     copy._by_id = {**view._by_id, vm.id: vm}
     copy.position = view.position
     copy.version = view.version

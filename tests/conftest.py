@@ -1,10 +1,15 @@
-"""Hypothesis profiles: `ci` (the default) and `deep`; choose with HYPOTHESIS_PROFILE."""
+"""Hypothesis profiles: `ci` (the default) and `deep`; choose with HYPOTHESIS_PROFILE. And
+`postgres`: one private PostgreSQL server for the whole run, for every tier, started by the first
+test that asks for it (a run that asks for none starts none)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import HealthCheck, settings
+from postgres_server import postgres_server
 
 # ci and deep differ only in how many histories they try
 THOROUGH = {
@@ -23,3 +28,10 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """The URL of the server's `ledger` database (tests may make databases of their own)."""
+    with postgres_server() as url:
+        yield url

@@ -224,9 +224,10 @@ class PersistedProjection:
             missing = [name for name in view.vms if name not in stored]
             if not missing and (only_missing or not changed):
                 return []  # a document depends on VMs only: none changed, none to rewrite
-            dag = ImageDag(view)
+            dags: dict[str, ImageDag] = {}  # one per home host: each VM's chains as its host sees them
             out = []
             for name, vm in view.vms.items():
+                dag = dags.get(vm.home) or dags.setdefault(vm.home, ImageDag(view, home=vm.home))
                 chains = json.dumps(disk_chains(vm, dag), separators=(",", ":"))
                 if name in stored and (only_missing or (name not in changed and stored[name] == chains)):
                     continue

@@ -33,6 +33,7 @@ from snapledger.projections.documents import (
 @click.argument("vm")
 @click.option("--disk", "disks", multiple=True, metavar="vda=PATH", help="A disk's active image.")
 @click.option("--pool", "pools", multiple=True, metavar="DIR", help="Another directory the VM's files may be in (a template's, or one for overlays); every file of a disk's chain must be in a disk's directory or a pool.")
+@click.option("--shared", "shared", multiple=True, metavar="DIR", help="A directory every host sees at the same path (NFS, a cluster filesystem): its files are one image for every host; the VM's files may be there too.")
 @click.option("--xml", "xml_path", metavar="DOMAIN.xml", help="The domain definition to record.")
 @click.option("--libvirt", is_flag=True, help="Adopt the libvirt domain VM, with its external snapshots.")
 @click.option("--connect", metavar="URI", help="libvirt connection URI (default qemu:///system).")
@@ -42,8 +43,8 @@ from snapledger.projections.documents import (
 @after_command_options
 @pass_context
 def adopt(
-    c: Context, vm: str, disks: tuple[str, ...], pools: tuple[str, ...], xml_path: str | None, libvirt: bool,
-    connect: str | None, keep_libvirt_metadata: bool,
+    c: Context, vm: str, disks: tuple[str, ...], pools: tuple[str, ...], shared: tuple[str, ...],
+    xml_path: str | None, libvirt: bool, connect: str | None, keep_libvirt_metadata: bool,
 ) -> None:
     """Start tracking a VM from its disk files, or a libvirt domain (--libvirt)."""
     if libvirt or connect or keep_libvirt_metadata:
@@ -54,7 +55,8 @@ def adopt(
         ledger = c.ledger
         assert ledger.hypervisor is not None
         found = adopt_libvirt(
-            ledger, ledger.hypervisor, vm, connect or DEFAULT_URI, pools, keep_metadata=keep_libvirt_metadata
+            ledger, ledger.hypervisor, vm, connect or DEFAULT_URI, pools, keep_metadata=keep_libvirt_metadata,
+            shared=shared,
         )
         data = vm_document(ledger.view, vm)
         if c.as_json:
@@ -65,7 +67,7 @@ def adopt(
             output.say(line)
         return
     xml = domain_xml(read_file(xml_path, "domain XML")) if xml_path else None
-    c.ledger.adopt(vm, pairs(disks, "--disk"), pools, xml)
+    c.ledger.adopt(vm, pairs(disks, "--disk"), pools, xml, shared=shared)
     data = vm_document(c.ledger.view, vm)
     output.emit_json(data) if c.as_json else output.show_vm(data)
 
@@ -225,4 +227,19 @@ def report(c: Context, plan: Plan, dry_run: bool, title: str) -> None:
     output.emit_json(document) if c.as_json else output.show_plan(document, title)
 
 
-CHANGE_COMMANDS = (adopt, snapshot, revert, swap_disk, delete, gc, recover, reconcile, retire)
+@command()
+@click.argument("vm")
+@click.option("--to", "to", required=True, metavar="HOST", help="The VM's new home host.")
+@click.option("--take-over", is_flag=True, help=(
+    "Run on the new host: take the VM from its home, which is dead (you vouch for that: fence "
+    "it first); `recover` here then finishes what it left open."))
+@after_command_options
+@pass_context
+def move(c: Context, vm: str, to: str, take_over: bool) -> None:
+    """Give a VM a new home host (after a live migration); every image must be on shared storage."""
+    c.ledger.move(vm, to, take_over)
+    data = vm_document(c.ledger.view, vm)
+    output.emit_json(data) if c.as_json else output.show_vm(data)
+
+
+CHANGE_COMMANDS = (adopt, snapshot, revert, swap_disk, delete, gc, recover, reconcile, retire, move)

@@ -40,6 +40,7 @@ from snapledger.domain.ledger_hash import (
 from snapledger.domain.vm import vm_id
 from snapledger.projections.history import event_time
 
+CONNECT_TIMEOUT_SECONDS = 10
 NOTIFICATION_BATCH = 20_000  # big batches keep per-query cost out of a rebuild
 CHAINED = "snapledger.adapters.eventstore.chain"  # recorders that keep the hash chain
 QUICK_CHECK_LINES = 3  # what verify quotes of SQLite's findings on a damaged file
@@ -69,6 +70,9 @@ def persistence_env(url: str) -> dict[str, str]:
         "POSTGRES_USER": pg.user,
         # No password in the URL: an empty one, so libpq falls back to ~/.pgpass or trust.
         "POSTGRES_PASSWORD": pg.password,
+        # A database that can't be reached fails the command (exit 1, nothing done) in seconds,
+        # not after the library's 30 s of retries.
+        "POSTGRES_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT_SECONDS),
     }
 
 

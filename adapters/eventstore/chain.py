@@ -3,12 +3,14 @@
 eventsourcing's application recorders are extended, not replaced: after the library inserts the
 events (and knows their positions), the chain records for them are inserted in the same
 transaction, continuing from the last record. Writers are serialised by the store (SQLite's write
-lock; PostgreSQL's table lock, taken by the library before inserting), so "the record before" is
-well defined. `Application.save(..., recorded_by=RecordedBy(...))` passes who/where/why down.
+lock; on PostgreSQL the events table's lock, which chain_postgres.py's save function takes before
+inserting), so "the record before" is well defined. `Application.save(..., recorded_by=
+RecordedBy(...))` passes who/where/why down.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -23,11 +25,37 @@ from snapledger.domain.ledger_hash import (
     ChainRecord,
     RecordedBy,
     chain_records,
+    row_digest,
     stored_event_row,
 )
 
 CHAIN_TABLE = "snapledger_chain"
 UNKNOWN = RecordedBy(actor="unknown", host=UNKNOWN_HOST, tool_version="unknown")
+
+
+# chain_hash's text, JSON of [prev_hash, position, digest, actor, host, tool_version, reason],
+# cut around what only the writer holding the lock knows (the previous hash and the position):
+# HASH_HEAD + prev_hash + HASH_MID + str(position) + HASH_SEP + digest + chain_hash_tail(by).
+HASH_HEAD, HASH_MID, HASH_SEP = '["', '",', ',"'
+
+
+def chain_hash_tail(by: RecordedBy) -> str:
+    """The end of chain_hash's text after the digest: ASCII (non-ASCII is escaped)."""
+    return '",' + json.dumps([by.actor, by.host, by.tool_version, by.reason], separators=(",", ":"))[1:]
+
+
+def chain_hash_text(prev_hash: str, position: int, digest: str, tail: str) -> str:
+    """The text chain_hash hashes, put together from its parts (as the PostgreSQL save does)."""
+    return HASH_HEAD + prev_hash + HASH_MID + str(position) + HASH_SEP + digest + tail
+
+
+def event_digests(stored_events: Sequence[StoredEvent]) -> list[str]:
+    """Each event's digest: it does not depend on the position, so it can be computed before
+    the lock that orders the saves is taken."""
+    return [
+        row_digest(stored_event_row(0, s.originator_id, s.originator_version, s.topic, s.state))
+        for s in stored_events
+    ]
 
 
 def new_records(

@@ -1,5 +1,15 @@
 """The hash chain on PostgreSQL (the `postgres` extra): same records as chain.py.
 
+A save is one statement, one round trip: the function SAVE_FUNCTION takes the table lock that
+orders every save (the library's `LOCK TABLE ... IN EXCLUSIVE MODE`, so positions are given in
+commit order), inserts the events, continues the chain from the last record and returns the
+positions; the statement's own transaction commits it. Everything that does not depend on the
+position or the record before (each event's digest, the JSON of who/where/why) is computed here
+before the statement is sent, so the lock is held only while the server works and commits,
+never while a client process waits for its turn on a CPU between round trips (docs/performance.md,
+"Load on one ledger"). The server hashes exactly the text `chain_hash` hashes (put together as
+chain.chain_hash_text does); verify recomputes every hash in Python.
+
 A module of its own so SQLite users never import psycopg.
 """
 
@@ -10,19 +20,73 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
+from eventsourcing.utils import retry
 from psycopg import Cursor
 from psycopg.errors import DuplicateObject, DuplicateTable
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Composed, Identifier
+from psycopg.sql import SQL, Composed, Identifier, Literal
 
-from snapledger.adapters.eventstore.chain import CHAIN_TABLE, new_records
+from snapledger.adapters.eventstore.chain import (
+    CHAIN_TABLE,
+    HASH_HEAD,
+    HASH_MID,
+    HASH_SEP,
+    UNKNOWN,
+    chain_hash_tail,
+    event_digests,
+)
 from snapledger.domain.ledger_hash import GENESIS, ChainRecord
 
 # The advisory lock taken while the tables are created: (whose lock, the schema's key). Not the
 # projection store's class (adapters/checkpoint/postgres.py): the two never nest.
 CREATE_LOCK_CLASS = 0x5A1ED6E6
+# The save's function; a new body gets a new name, so writers of two versions never replace
+# each other's definition.
+SAVE_FUNCTION = "snapledger_save_v1"
+
+# plpgsql. The text hashed for record i is chain.chain_hash_text's: chain_hash's JSON with its
+# two holes filled here, the previous hash (hex) and the position (bigint as text, as Python
+# writes an int). The tail (who/where/why) is JSON with non-ASCII escaped, so its bytes do not
+# depend on the database's encoding. Events are inserted in the array's order (WITH ORDINALITY),
+# so the i-th position is the i-th event's.
+SAVE_FUNCTION_BODY = """
+CREATE OR REPLACE FUNCTION {function}(
+    p_events {event_type}[], p_digests text[], p_tail text, p_actor text, p_host text,
+    p_tool_version text, p_reason text, p_lock_timeout text
+) RETURNS SETOF bigint LANGUAGE plpgsql AS $body$
+DECLARE
+    v_positions bigint[];
+    v_prev text;
+    v_hash text;
+BEGIN
+    PERFORM set_config('lock_timeout', p_lock_timeout, true);
+    LOCK TABLE {events} IN EXCLUSIVE MODE;
+    NOTIFY {channel};
+    WITH inserted AS (
+        INSERT INTO {events} (originator_id, originator_version, topic, state)
+        SELECT e.originator_id, e.originator_version, e.topic, e.state
+        FROM unnest(p_events) WITH ORDINALITY AS e(originator_id, originator_version, topic, state, n)
+        ORDER BY e.n
+        RETURNING notification_id
+    )
+    SELECT array_agg(notification_id ORDER BY notification_id) INTO v_positions FROM inserted;
+    SELECT c.hash INTO v_prev FROM {chain} AS c WHERE c.position < v_positions[1]
+        ORDER BY c.position DESC LIMIT 1;
+    v_prev := coalesce(v_prev, {genesis});
+    FOR i IN 1 .. cardinality(v_positions) LOOP
+        v_hash := encode(sha256(convert_to(
+            {head} || v_prev || {mid} || v_positions[i] || {sep} || p_digests[i] || p_tail,
+            'UTF8')), 'hex');
+        INSERT INTO {chain} VALUES
+            (v_positions[i], p_digests[i], v_prev, v_hash, p_actor, p_host, p_tool_version, p_reason);
+        v_prev := v_hash;
+    END LOOP;
+    RETURN QUERY SELECT unnest(v_positions);
+END
+$body$
+"""
 
 
 def schema_lock_key(schema: str) -> int:
@@ -44,6 +108,23 @@ class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
                 "host text NOT NULL, tool_version text NOT NULL, reason text)"
             ).format(self._chain_table)
         )
+        schema = self.datastore.schema
+        function = Identifier(schema, SAVE_FUNCTION)
+        event_type = Identifier(schema, self.stored_event_type_name)
+        self._create_save_function = SQL(SAVE_FUNCTION_BODY).format(
+            function=function,
+            event_type=event_type,
+            events=Identifier(schema, self.events_table_name),
+            chain=self._chain_table,
+            channel=Identifier(self.channel_name),
+            genesis=Literal(GENESIS),
+            head=Literal(HASH_HEAD),
+            mid=Literal(HASH_MID),
+            sep=Literal(HASH_SEP),
+        )
+        self._save_statement = SQL(
+            "SELECT position FROM {}(%s::{}[], %s::text[], %s, %s, %s, %s, %s, %s) AS saved(position)"
+        ).format(function, event_type)
 
     def create_table(self) -> None:
         # Hosts starting together on an empty database: the library creates its composite type
@@ -64,6 +145,17 @@ class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
                     except (DuplicateObject, DuplicateTable):
                         pass
             self._create_table(curs)
+            # Made once, not replaced at every start (a replaced function is a catalog write,
+            # and a commit, under this lock, for every writer that starts).
+            curs.execute(
+                "SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n "
+                "ON n.oid = p.pronamespace WHERE n.nspname = %s AND p.proname = %s) AS missing",
+                (self.datastore.schema, SAVE_FUNCTION),
+                prepare=False,
+            )
+            found = curs.fetchone()
+            if found is not None and found["missing"]:
+                curs.execute(self._create_save_function, prepare=False)
         self.datastore.register_type_adapters()
 
     def _lock_schema(self, curs: Cursor[DictRow]) -> None:
@@ -73,27 +165,29 @@ class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
             prepare=False,
         )
 
-    def _fetch_ids_after_insert_events(
-        self, curs: Any, stored_events: Sequence[StoredEvent], **kwargs: Any
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)  # as the library's
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
-        positions = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
-        if not positions:
-            return positions
-        # The library locked the events table before inserting: writers are serialised.
-        curs.execute(
-            SQL("SELECT hash FROM {} WHERE position < %s ORDER BY position DESC LIMIT 1").format(
-                self._chain_table
-            ),
-            (positions[0],),
+        """The events and their chain records in one statement (SAVE_FUNCTION), in its own
+        transaction. A writer that loses a race gets the library's IntegrityError (a
+        RecordConflictError), and nothing of its save is kept."""
+        if not stored_events:
+            return []
+        by = kwargs.get("recorded_by") or UNKNOWN
+        digests = event_digests(stored_events)  # before the lock: they need no position
+        tail = chain_hash_tail(by)
+        events = [
+            self.construct_pg_stored_event(s.originator_id, s.originator_version, s.topic, s.state)
+            for s in stored_events
+        ]
+        params = (
+            events, digests, tail, by.actor, by.host, by.tool_version, by.reason,
+            f"{self.datastore.lock_timeout}s",
         )
-        found = curs.fetchone()
-        prev_hash = found["hash"] if found else GENESIS
-        records = new_records(prev_hash, stored_events, positions, kwargs)
-        curs.executemany(
-            SQL("INSERT INTO {} VALUES (%s, %s, %s, %s, %s, %s, %s, %s)").format(self._chain_table),
-            [r.as_row() for r in records],
-        )
-        return positions
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(self._save_statement, params, prepare=True)
+            return [row["position"] for row in curs.fetchall()]
 
     def has_tables(self) -> bool:
         """Whether the ledger's tables are there (a reader, made with CREATE_TABLE off, found

@@ -1,7 +1,8 @@
 """Reading events recorded before a fact carried its host.
 
-A VM's home host became part of its `Adopted` event with the many-hosts rules (semantics.md).
-An `Adopted` stored before that has no `home`; the host that recorded it is still known, from
+A VM's home host became part of its `Adopted` event with the many-hosts rules (semantics.md),
+and the host whose own file an image is part of its registration's `FirstUsed`. An event stored
+before that has no such field; the host that recorded it is still known, from
 the event's chain record (chain.py), which is written in the same transaction as the event and
 is covered by the same hash chain. When such an event is read, it is given that host as the
 fact it would have carried: every reader (a VM loaded, the ledger folded, a checkpoint built)
@@ -18,7 +19,10 @@ from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Mapper, StoredEvent
 
 # topic -> the field an event of that topic carries its host in, since the host was recorded
-HOST_FIELDS = {"snapledger.domain.vm:VirtualMachine.Adopted": "home"}
+HOST_FIELDS = {
+    "snapledger.domain.vm:VirtualMachine.Adopted": "home",
+    "snapledger.domain.image_registry:ImageRegistration.FirstUsed": "host",
+}
 
 RecordedHost = Callable[[UUID, int], "str | None"]  # (originator id, version) -> the chain's host
 

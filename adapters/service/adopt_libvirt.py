@@ -58,6 +58,7 @@ def adopt_libvirt(
     uri: str,
     pools: Iterable[str] = (),
     keep_metadata: bool = False,
+    shared: Iterable[str] = (),
 ) -> AdoptReport:
     """Record libvirt domain `name`: its file-backed qcow2 disks and their chains, and its
     external snapshots from libvirt's metadata as history. libvirt's metadata of the imported
@@ -127,7 +128,7 @@ def adopt_libvirt(
         if records:
             vm.import_snapshots(records, current, at)
 
-    ledger.adopt(name, tracked, pools, definition, origins=origins, extend=extend)
+    ledger.adopt(name, tracked, pools, definition, origins=origins, extend=extend, shared=shared)
     if records and not keep_metadata:
         for record in records:
             hypervisor.forget_snapshot(uri, name, record["name"])

@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Concatenate, ParamSpec, TypeVar
+from uuid import UUID
 
 from snapledger.adapters.service import images, preconditions, queries, recovery
 from snapledger.adapters.service.drift import DiskChecks
@@ -29,11 +30,13 @@ from snapledger.adapters.service.ports import (
     ViewProjection,
 )
 from snapledger.adapters.service.reconcile import Reconciliation, reconcile
+from snapledger.adapters.service.registrations import Registry
 from snapledger.domain.errors import (
     BadInput,
     ConcurrentUpdate,
     DomainGone,
     DriftFound,
+    HomeElsewhere,
     ImageInUse,
     LedgerDamaged,
     LedgerUnwritable,
@@ -43,10 +46,12 @@ from snapledger.domain.errors import (
 )
 from snapledger.domain.image_registry import ImageRegistration, image_id
 from snapledger.domain.images import ImageFacts
+from snapledger.domain.names import check_host
 from snapledger.domain.steps import BranchOption, OperationKind, Plan, SetActive, Step, Strategy
 from snapledger.domain.vm import VirtualMachine, vm_id
 from snapledger.projections import planners
 from snapledger.projections.cost import CostModel
+from snapledger.projections.scope import NO_HOST, is_shared, shared_dirs
 from snapledger.projections.view import LedgerView, replacing
 
 _P = ParamSpec("_P")
@@ -174,8 +179,26 @@ class Snapledger:
         naming its home otherwise, before anything is recorded."""
         vm = self.vm(name)
         if self.host is not None:
-            vm.check_home(self.host)
+            try:
+                vm.check_home(self.host)
+            except HomeElsewhere as elsewhere:
+                if self._runs_here(vm):  # a live migration: offered as a move, never done silently
+                    raise HomeElsewhere(
+                        f"{elsewhere}; its libvirt domain runs on this host now (migrated?): "
+                        f"record that with `snapledger move {name} --to {self.host}` on host "
+                        f"{vm.home}, or here with --take-over if that host is dead"
+                    ) from None
+                raise
         return vm
+
+    def _runs_here(self, vm: VirtualMachine) -> bool:
+        """Whether `vm`'s libvirt domain runs on this host's libvirt (False when it can't tell)."""
+        if vm.libvirt is None or self.hypervisor is None:
+            return False
+        try:
+            return bool(self.hypervisor.runtime(vm).get("domain_running"))
+        except Exception:  # no libvirt here, no such domain here: nothing to offer
+            return False
 
     def home_vms(self) -> list[str]:
         """The names of the tracked VMs that live on this host: what a sweep without a VM
@@ -185,8 +208,29 @@ class Snapledger:
             if self.host is None or vm.lives_on(self.host)
         )
 
-    def registration(self, path: str) -> ImageRegistration | None:
-        registration = self.app.load(image_id(path))
+    def registry(self, vm: VirtualMachine) -> Registry:
+        """Where `vm`'s home host finds and makes image registrations: a file on shared storage
+        (a directory some VM declared shared, `vm`'s own included) is one registration for every
+        host; any other file is its home host's own, found under (home, path), or under its path
+        alone when it was registered before hosts by that host."""
+        shared = tuple(sorted({*shared_dirs(self.view), *vm.shared}))
+        home = vm.home
+
+        def owner(path: str) -> str:
+            return "" if home in NO_HOST or is_shared(path, shared) else home
+
+        def find(path: str) -> ImageRegistration | None:
+            host = owner(path)
+            found = self._registration(image_id(path, host))
+            if found is not None or not host:
+                return found
+            earlier = self._registration(image_id(path))  # registered before hosts
+            return earlier if earlier is not None and earlier.host in (host, *NO_HOST) else None
+
+        return Registry(find, owner)
+
+    def _registration(self, registration_id: UUID) -> ImageRegistration | None:
+        registration = self.app.load(registration_id)
         assert registration is None or isinstance(registration, ImageRegistration)
         return registration
 
@@ -210,7 +254,7 @@ class Snapledger:
         vm, view = self.prepare(vm_name, dry_run)
         overlays = preconditions.user_overlays(self.storage, vm, overlays)
         plan = planners.plan_snapshot(
-            view, vm_name, name, self._taken(view), overlays, frozenset(exclude)
+            view, vm_name, name, self._taken(view, vm), overlays, frozenset(exclude)
         )
         frozen = {s.disk: vm.disks[s.disk] for s in plan.steps if isinstance(s, SetActive)}
         if (hypervisor := self.operations.hypervisor_of(vm)) is not None and domain_xml is None:
@@ -233,7 +277,7 @@ class Snapledger:
             raise BadInput(f"--running needs a VM adopted from libvirt; {vm_name!r} is not")
         overlays = preconditions.user_overlays(self.storage, vm, overlays)
         plan = planners.plan_revert(
-            view, vm_name, name, self._taken(view), overlays, self.dependants(vm, view)
+            view, vm_name, name, self._taken(view, vm), overlays, self.dependants(vm, view)
         )
         return self._run(vm, plan, name, {}, dry_run, start=running)
 
@@ -272,6 +316,29 @@ class Snapledger:
         return plans
 
     @_checkpointed
+    def move(self, vm_name: str, to: str, take_over: bool = False) -> None:
+        """Give VM `vm_name` the home host `to` (after a live migration). Run on its home host;
+        with `take_over`, run on the new host when the old one is dead (the operator vouches,
+        fencing it is the operator's job). Every image must lie in a shared directory."""
+        check_host(to)
+        self.refresh()
+        vm = self.vm(vm_name)
+        vm.check_tracked()
+        if take_over:
+            if self.host is not None and to != self.host:
+                raise BadInput(
+                    f"--take-over is run on the new home: this is host {self.host!r}, not {to!r}"
+                )
+        else:
+            vm = self.own(vm_name)
+            if vm.operation is not None and (
+                busy := recovery.still_running(self.runners, vm.operation, vm.taken_over_from)
+            ):
+                raise OperationInProgress(f"VM {vm_name!r}: {busy}")
+        vm.move_home(to, self.clock(), take_over, tuple(sorted({*shared_dirs(self.view), *vm.shared})))
+        self.save(vm)
+
+    @_checkpointed
     def swap_disk(self, vm_name: str, disk: str, path: str) -> None:
         """Record that `disk` now uses the image at `path`, which the user put in place."""
         images.swap_disk(self, vm_name, disk, path)
@@ -299,7 +366,9 @@ class Snapledger:
         """The VM, loaded fresh, living on this host, with no operation open (a running one
         named as such)."""
         vm = self.own(vm_name)
-        if vm.operation is not None and (busy := recovery.still_running(self.runners, vm.operation)):
+        if vm.operation is not None and (
+            busy := recovery.still_running(self.runners, vm.operation, vm.taken_over_from)
+        ):
             raise OperationInProgress(f"VM {vm_name!r}: {busy}")
         vm.check_idle()
         return vm
@@ -424,8 +493,10 @@ class Snapledger:
                 self.save(vm)
             raise DriftFound(preconditions.drift_refusal(vm.name, findings))
 
-    def _taken(self, view: LedgerView) -> Callable[[str], bool]:
-        used = view.paths_ever_used()
+    def _taken(self, view: LedgerView, vm: VirtualMachine) -> Callable[[str], bool]:
+        """Whether a path may not be a new overlay's: used in this ledger on `vm`'s host (its
+        own storage or shared storage), or a file there now."""
+        used = view.paths_ever_used(None if vm.home in NO_HOST else vm.home, shared_dirs(view))
         return lambda path: path in used or self.storage.exists(path)
 
     # ---- recording -------------------------------------------------------------------
@@ -469,8 +540,8 @@ class _ServiceSeenByOperations:
     def save(self, *aggregates: object, unrecorded: str = "nothing was done") -> None:
         self._live().save(*aggregates, unrecorded=unrecorded)
 
-    def registration(self, path: str) -> ImageRegistration | None:
-        return self._live().registration(path)
+    def registry(self, vm: VirtualMachine) -> Registry:
+        return self._live().registry(vm)
 
     def guard(self, vm: VirtualMachine, step: Step) -> None:
         self._live()._check_same_files(vm, step)

@@ -30,8 +30,11 @@ def adopt(
     domain_xml: str | None = None,
     origins: Mapping[str, Origin] | None = None,
     extend: Callable[[VirtualMachine], None] | None = None,
+    shared: Iterable[str] = (),
 ) -> None:
     """Start tracking VM `name` over `disks` (target -> path) and the chains below them.
+    `shared`: directories every host sees at the same path (its files there are one image for
+    every host; they are the VM's directories too, like pools).
     `origins` overrides the origin of some chain images (adopt --libvirt: overlays libvirt's
     snapshots made are managed); `extend` records more events of the new VM in the same save."""
     check_name("VM", name)
@@ -43,18 +46,22 @@ def adopt(
     if len(set(paths.values())) != len(paths):
         raise BadInput("two disks name the same file")
     pools = sorted({check_user_path(p) for p in pools})
+    shared = sorted({check_user_path(p) for p in shared})
     ledger.refresh()
     earlier = ledger.view.vms.get(name)
     if earlier is not None and earlier.retired is None:
         raise DuplicateName(f"VM {name!r} is already in the ledger")
     generation = earlier.generation + 1 if earlier is not None else 1
     images: dict[str, dict[str, object]] = {}
-    allowed = {posixpath.dirname(p) for p in paths.values()} | set(pools)
+    allowed = {posixpath.dirname(p) for p in paths.values()} | set(pools) | set(shared)
     for path in sorted(paths.values()):
         chain = user_chain(
-            ledger, path, allowed, f"VM {name!r}", "add --pool {dir} if the VM may use files there"
+            ledger, path, allowed, f"VM {name!r}",
+            "add --pool {dir} (or --shared {dir}) if the VM may use files there",
         )
-        planners.check_new_disk_chain(ledger.view, name, [f.path for f in chain])
+        planners.check_new_disk_chain(
+            ledger.view, name, [f.path for f in chain], home=ledger.host, also_shared=shared
+        )
         for i, facts in enumerate(chain):
             if facts.path in images:
                 if i == 0 or images[facts.path]["origin"] == Origin.ADOPTED.value:
@@ -73,10 +80,12 @@ def adopt(
         confined=True,  # chains are checked against the disks' dirs and pools from now on
         generation=generation,
         home=ledger.host or "",
+        shared=shared,
     )
     if extend is not None:
         extend(vm)
-    ledger.save(vm, *(claimed(ledger.registration, path, name) for path in images))
+    registry = ledger.registry(vm)
+    ledger.save(vm, *(claimed(registry, path, name) for path in images))
 
 
 def swap_disk(ledger: Snapledger, vm_name: str, disk: str, path: str) -> None:
@@ -91,7 +100,8 @@ def swap_disk(ledger: Snapledger, vm_name: str, disk: str, path: str) -> None:
     # Every check (the aggregate's, the claims') before libvirt is touched: a refused swap
     # must not leave the domain defined on, say, a snapshot's frozen image.
     vm.swap_disk(disk, chain, ledger.clock())
-    claims = [claimed(ledger.registration, f.path, vm_name) for f in chain]
+    registry = ledger.registry(vm)
+    claims = [claimed(registry, f.path, vm_name) for f in chain]
     if vm.libvirt is None:
         ledger.save(vm, *claims)
         return
@@ -117,8 +127,9 @@ def retire(ledger: Snapledger, vm_name: str) -> list[str]:
     )
     vm.retire(ledger.clock())
     released = []
+    registry = ledger.registry(vm)
     for path in sorted(vm.images):
-        registration = ledger.registration(path)
+        registration = registry.find(path)
         if registration is not None:
             registration.end_use(vm_name, deleted=False)
             released.append(registration)

@@ -17,7 +17,7 @@ from typing import NoReturn, Protocol
 
 from snapledger.adapters.service.drift import recorded_format
 from snapledger.adapters.service.ports import Clock, Hypervisor, Runners, StoragePort
-from snapledger.adapters.service.registrations import released, reserved
+from snapledger.adapters.service.registrations import Registry, released, reserved
 from snapledger.adapters.service.step_execution import carry_out
 from snapledger.domain.errors import BadInput, ImageInUse, StorageError, ToolMissing
 from snapledger.domain.image_registry import ImageRegistration
@@ -48,7 +48,8 @@ class Records(Protocol):
     def save(self, *aggregates: object, unrecorded: str = "nothing was done") -> None:
         """Record atomically; `unrecorded` says what the disks hold that the ledger would not."""
 
-    def registration(self, path: str) -> ImageRegistration | None: ...
+    def registry(self, vm: VirtualMachine) -> Registry:
+        """Where `vm`'s home host finds and makes image registrations."""
 
 
 Guard = Callable[[VirtualMachine, Step], None]  # right before a destructive step; raises to stop
@@ -100,7 +101,7 @@ class Operations:
             details.update(hypervisor.runtime(vm))
             vm.record_definition(hypervisor.current_definition(vm), self.clock())
         vm.start_operation(op_id, plan.kind, target, plan, [], details, self.clock())
-        self.records.save(vm, *reserved(self.records.registration, vm.name, op_id, plan.steps))
+        self.records.save(vm, *reserved(self.records.registry(vm), vm.name, op_id, plan.steps))
 
     # ---- carrying out ----------------------------------------------------------------
 
@@ -265,7 +266,7 @@ class Operations:
     def _release(
         self, vm: VirtualMachine, op: OperationRecord, gone: Mapping[str, bool]
     ) -> list[ImageRegistration]:
-        return released(self.records.registration, vm.name, op, gone)
+        return released(self.records.registry(vm), vm.name, op, gone)
 
 
 def vouched_tops(op: OperationRecord | None) -> set[str]:

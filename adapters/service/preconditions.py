@@ -17,6 +17,7 @@ from snapledger.domain.images import ImageFacts
 from snapledger.domain.names import check_user_path
 from snapledger.domain.steps import CreateOverlay, Plan, Step, touched_paths
 from snapledger.domain.vm import VirtualMachine
+from snapledger.projections.scope import NO_HOST, in_scope, is_shared, shared_dirs
 from snapledger.projections.view import LedgerView
 
 
@@ -66,19 +67,30 @@ def unknown_dependants(
 ) -> dict[str, list[str]]:
     """For each of `vm`'s images, the files in its directories that the ledger does not
     know and whose backing chain reaches it (a user's own overlays): they make it stay.
-    The directories of every VM tracked are looked in, not only `vm`'s: a user's disk that
-    another VM adopted over one of `vm`'s images and then swapped away rests on it still,
-    and the ledger has stopped holding it (found by the deep state-machine profile).
+    The directories of every VM tracked on `vm`'s host are looked in, not only `vm`'s: a user's
+    disk that another VM adopted over one of `vm`'s images and then swapped away rests on it
+    still, and the ledger has stopped holding it (found by the deep state-machine profile); and
+    the shared directories, where other hosts' VMs' files are. Another host's own directories
+    are not on this host, and its files at the same paths are not known here.
     `latest` gives the ledger as of after the scan."""
-    directories = set(vm.allowed_dirs())
+    home = None if vm.home in NO_HOST else vm.home
+    shared = tuple(sorted({*shared_dirs(view), *vm.shared}))
+    directories = set(vm.allowed_dirs()) | set(shared)
     for other in view.live_vms().values():
-        directories |= other.allowed_dirs()
+        if in_scope(other, home):
+            directories |= other.allowed_dirs()
     scan = storage.scan(sorted(directories))
     # Known after the scan: an overlay another process's operation made meanwhile was
     # registered before it was created, so it is never taken for a user's file.
     now = latest()
-    known = {path for other in now.live_vms().values() for path in other.images}
-    known |= {path for path, reg in now.registrations.items() if reg.users}
+    known: set[str] = set()
+    for other in now.live_vms().values():
+        ours = in_scope(other, home)
+        known |= {path for path in other.images if ours or is_shared(path, shared)}
+    known |= {
+        reg.path for reg in now.registrations.values()
+        if reg.users and (home is None or reg.host in (home, *NO_HOST) or is_shared(reg.path, shared))
+    }
     known |= set(view.vms[vm.name].images) if vm.name in view.vms else set()
     found = {path: scan.dependants(path, known) for path in sorted(vm.images)}
     return {path: files for path, files in found.items() if files}

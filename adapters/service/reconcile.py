@@ -121,7 +121,8 @@ def reconcile(ledger: Snapledger, vm_name: str, dry_run: bool = False) -> Reconc
             )
     if not dry_run and (found.changes or found.observed):
         vm.reconcile(found.observed, found.found, found.gone, found.disowned, ledger.clock())
-        ledger.save(vm, *(claimed(ledger.registration, f.path, vm_name) for f in found.found))
+        registry = ledger.registry(vm)
+        ledger.save(vm, *(claimed(registry, f.path, vm_name) for f in found.found))
         if hypervisor is not None:  # the chains just recorded may make it stale (or not)
             stale = hypervisor.stale_definition(vm)
     if stale is not None:

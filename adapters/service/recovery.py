@@ -42,7 +42,7 @@ def recover(ledger: Snapledger, vm_name: str | None = None, pivoted: bool = Fals
         op = vm.operation
         if op is None:
             continue
-        busy = still_running(ledger.runners, op)
+        busy = still_running(ledger.runners, op, vm.taken_over_from)
         if busy is not None:
             left_alone.append(f"{name}: {busy}")
             continue
@@ -97,17 +97,20 @@ def _vouch_pivot(ledger: Snapledger, vm_name: str) -> None:
             f"--pivoted: VM {vm_name!r} has no open operation whose next step is a live "
             "commit of a disk's active image"
         )
-    if (busy := still_running(ledger.runners, op)) is not None:
+    if (busy := still_running(ledger.runners, op, vm.taken_over_from)) is not None:
         raise OperationInProgress(f"VM {vm_name!r}: {busy}")
     if not op.pivot_vouched(op.done):
         vm.record_pivot(op.op_id, op.done, disk, step.base, ledger.clock(), vouched=True)
         ledger.save(vm)
 
 
-def still_running(runners: Runners, op: OperationRecord) -> str | None:
+def still_running(runners: Runners, op: OperationRecord, dead: tuple[str, ...] = ()) -> str | None:
     """Why `op` is left alone (its process still carries it out, or another host's does),
-    or None if its runner is gone and it may be finished here."""
+    or None if its runner is gone and it may be finished here. `dead`: hosts the VM was taken
+    over from (the operator vouched they are dead): what they started runs no more."""
     runner = op.runner
+    if runner is not None and runner.get("host") in dead:
+        return None
     running = runners.running(runner, op.op_id)
     if running is False:
         return None

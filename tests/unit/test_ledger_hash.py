@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from dataclasses import replace
 
+from eventsourcing.persistence import StoredEvent
 from hypothesis import given
 from hypothesis import strategies as st
 
+from snapledger.adapters.eventstore.chain import chain_hash_tail, chain_hash_text, event_digests
 from snapledger.domain.ledger_hash import (
     BEFORE_CHAIN,
     ChainRecord,
     RecordedBy,
     StoredEventRow,
+    chain_hash,
     chain_records,
     check_chain,
     head,
@@ -114,3 +119,32 @@ def test_events_older_than_the_chain_are_a_note_not_tampering(n: int, data: st.D
     if start == 1 and n > 2:
         kinds = {f.kind for f in check_chain(rows, records[2:])}
         assert "broken" in kinds and BEFORE_CHAIN not in kinds
+
+
+# The PostgreSQL save (adapters/eventstore/chain_postgres.py) has the server hash a text put
+# together from parts; here the parts are shown to make chain_hash's text for any who/where/why.
+texts = st.text(alphabet=st.characters(codec="utf-8"), max_size=20)
+
+
+@given(
+    st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
+    st.integers(min_value=1, max_value=2**62),
+    st.text(alphabet="0123456789abcdef", min_size=64, max_size=64),
+    st.builds(RecordedBy, texts, texts, texts, st.none() | texts),
+)
+def test_the_parts_the_postgres_save_hashes_make_chain_hashs_text(
+    prev: str, position: int, digest: str, by: RecordedBy
+) -> None:
+    tail = chain_hash_tail(by)
+    assert tail.isascii()  # its bytes are the same in any database encoding
+    text = chain_hash_text(prev, position, digest, tail)
+    assert hashlib.sha256(text.encode()).hexdigest() == chain_hash(prev, position, digest, by)
+
+
+@given(sizes)
+def test_digests_computed_before_the_positions_are_known_are_the_rows_digests(n: int) -> None:
+    rows, records = ledger(n)
+    stored = [
+        StoredEvent(uuid.UUID(r.originator_id), r.originator_version, r.topic, r.state) for r in rows
+    ]
+    assert event_digests(stored) == [r.event_digest for r in records]

@@ -1,0 +1,322 @@
+"""Many hosts on one ledger, for real (issue 12, item 5): every host a set of processes in its own
+UTS and mount namespace (its own hostname, its own directory mounted over one local path that
+every host uses), all on one PostgreSQL ledger on the run's private server, one plain directory
+standing in for NFS (tests/multihost_helpers.py). snapledger learns which host it is from the
+hostname alone: these tests never pass --host or SNAPLEDGER_HOST.
+
+What a test expects of a host's files is known from what the test wrote, and read back with
+qemu-io on that host; snapledger is asked only which file holds which snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from multihost_helpers import (
+    Host,
+    World,
+    assert_one_line_error,
+    can_make_hosts,
+    merges_in_group,
+    world,
+)
+from store_backends import PostgresBackend
+
+MIB = 1 << 20
+
+pytestmark = pytest.mark.skipif(can_make_hosts() is not None, reason=str(can_make_hosts()))
+
+
+@pytest.fixture
+def hosts(postgres: str) -> Iterator[World]:
+    """A fresh ledger (a database of its own) and the directories of a run."""
+    with world(PostgresBackend(postgres).new_url()) as made:
+        yield made
+
+
+def entries(host: Host, *args: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = host.json("log", *args)
+    return found
+
+
+# ---- 1. which host a process is: the real hostname --------------------------------------------
+
+
+def test_a_vm_lives_on_the_host_whose_hostname_adopted_it(hosts: World) -> None:
+    assert socket.gethostname() not in ("hv-a", "hv-b")  # the names come from the namespaces
+    a, b = hosts.host("hv-a"), hosts.host("hv-b")
+    web = a.make_image(a.local("web.qcow2"), 4 * MIB, {0: 0xA1})
+    db = b.make_image(b.local("db.qcow2"), 4 * MIB, {0: 0xB1})
+    assert a.json("adopt", "web", "--disk", f"vda={web}")["host"] == "hv-a"
+    assert b.json("adopt", "db", "--disk", f"vda={db}")["host"] == "hv-b"
+    a.run("snapshot", "web", "s1")
+    for reader in (a, b):  # reading works from anywhere, and says the same
+        assert reader.json("show", "web")["host"] == "hv-a"
+        assert reader.json("show", "db")["host"] == "hv-b"
+        assert [(r["vm"], r["host"]) for r in reader.json("list")] == [("db", "hv-b"), ("web", "hv-a")]
+    assert [r["vm"] for r in a.json("list", "--mine")] == ["web"]
+    assert [r["vm"] for r in b.json("list", "--mine")] == ["db"]
+    # every event records the host that wrote it
+    assert {(e["vm"], e["host"]) for e in entries(b) if e["vm"]} == {("web", "hv-a"), ("db", "hv-b")}
+    # each host's local directory is its own: web's file is on A alone, db's on B alone
+    assert a.mismatched_clusters(web, {0: 0xA1}, 4) == []
+    assert b.mismatched_clusters(db, {0: 0xB1}, 4) == []
+    assert not (hosts.local / "web.qcow2").exists() and (a.disk / "web.qcow2").exists()
+    assert not (b.disk / "web.qcow2").exists()
+
+
+# ---- 2. another host's VM: refused, naming its home; nothing recorded, no file touched ---------
+
+REFUSED: tuple[tuple[str, ...], ...] = (
+    ("snapshot", "{vm}", "s9"),
+    ("delete", "{vm}", "s1"),
+    ("delete", "{vm}", "s1", "--dry-run"),
+    ("revert", "{vm}", "s1"),
+    ("gc", "{vm}"),
+    ("gc", "{vm}", "--include-detached"),
+    ("recover", "{vm}"),
+    ("verify", "{vm}"),
+    ("reconcile", "{vm}"),
+    ("retire", "{vm}"),
+)
+
+
+def test_another_hosts_changing_commands_are_refused_naming_its_home(hosts: World) -> None:
+    """Host B's changing commands on host A's VMs (one on A's local disk, which B can't see,
+    and one on the shared directory, which B could write) exit 4 naming host A: nothing is
+    recorded and no file of either host changes. Then A still may."""
+    a, b = hosts.host("hv-a"), hosts.host("hv-b")
+    expected = {"web": {0: 0x11}, "files": {0: 0x22}}
+    disks = {"web": a.local("web.qcow2"), "files": a.shared("files.qcow2")}
+    for vm, path in disks.items():
+        a.make_image(path, 4 * MIB, expected[vm])
+        a.run("adopt", vm, "--disk", f"vda={path}")
+        a.run("snapshot", vm, "s1")
+        a.write_clusters(a.json("show", vm)["disks"]["vda"]["active"], {1: 0x33})
+        a.run("snapshot", vm, "s2")
+    own = b.make_image(b.local("own.qcow2"), 4 * MIB, {0: 0x44})
+    b.run("adopt", "own", "--disk", f"vda={own}")  # so that B's files are more than nothing
+    b.run("snapshot", "own", "s1")
+    swap_in = b.make_image(b.local("swap.qcow2"), 4 * MIB)
+
+    log = entries(b)
+    files = (a.files(), b.files(), hosts.shared_files())
+    # every changing command on the shared VM, whose files B sees; the main ones on the local one
+    main = [c for c in REFUSED if c[0] != "reconcile" and not {"--dry-run", "--include-detached"} & set(c)]
+    commands = {"files": [*REFUSED, ("swap-disk", "{vm}", "vda", swap_in)], "web": main}
+    for vm in disks:
+        for command in commands[vm]:
+            argv = [part.format(vm=vm) for part in command]
+            refused = b.run(*argv, expect=4)
+            assert f"VM '{vm}' lives on host 'hv-a', not on this host ('hv-b')" in refused.stderr, argv
+    assert entries(b) == log, "host B recorded something for host A's VMs"
+    assert entries(b)[-1]["position"] == log[-1]["position"]
+    assert (a.files(), b.files(), hosts.shared_files()) == files
+
+    # and host A still may: its VMs were left as they were
+    for vm in disks:
+        state = a.json("show", vm)
+        assert state["operation"] is None and [s["name"] for s in state["snapshots"]] == ["s1", "s2"]
+        a.assert_reads(state["snapshots"][0]["disks"]["vda"], expected[vm], 4)
+        a.run("delete", vm, "s1")
+        a.assert_reads(a.json("show", vm)["disks"]["vda"]["active"], {**expected[vm], 1: 0x33}, 4)
+    assert a.json("verify")["ok"]
+
+
+# ---- 3. sweeps stay home ----------------------------------------------------------------------
+
+ALPHA_CLUSTERS = 256  # 16 MiB
+BIG = range(16, 208)  # 12 MiB written between s1 and s2: the merge that gets killed
+
+
+def detached_history(host: Host, vm: str, path: str, pattern: int) -> tuple[dict[str, dict[int, int]], str]:
+    """`vm` on `path`: snapshot s1, a write, then the disk swapped for a new image, which leaves
+    the overlay written after s1 detached (a leftover for `gc --include-detached`). The
+    snapshots' expected contents, and the detached overlay's path."""
+    host.make_image(path, 4 * MIB, {0: pattern})
+    host.run("adopt", vm, "--disk", f"vda={path}")
+    host.run("snapshot", vm, "s1")
+    overlay = host.json("show", vm)["disks"]["vda"]["active"]
+    host.write_clusters(overlay, {1: pattern + 1})
+    swap_in = host.make_image(path.replace(".qcow2", "-new.qcow2"), 4 * MIB, {2: pattern + 2})
+    host.run("swap-disk", vm, "vda", swap_in)
+    return {"s1": {0: pattern}, "present": {2: pattern + 2}}, overlay
+
+
+def check_vm(host: Host, vm: str, expected: dict[str, dict[int, int]], clusters: int) -> None:
+    state = host.json("show", vm)
+    assert state["operation"] is None, state["operation"]
+    assert {s["name"] for s in state["snapshots"]} == set(expected) - {"present"}
+    for snap in state["snapshots"]:
+        host.assert_reads(snap["disks"]["vda"], expected[snap["name"]], clusters)
+    host.assert_reads(state["disks"]["vda"]["active"], expected["present"], clusters)
+
+
+def test_sweeps_without_a_vm_leave_the_other_hosts_vms_alone(hosts: World) -> None:
+    """Host A's VM `alpha` (on the shared directory, which B could write) has a delete left open
+    by a kill -9 in the middle of its merge, and A's `alpha2` (local) a detached leftover. Host
+    B's recover, gc (with and without --include-detached) and verify do their work on B's own VM
+    and record nothing for A's, and no file of A changes; A's recover then finishes the delete
+    and A's gc collects A's leftover, and every snapshot of A reads as it did."""
+    a, b = hosts.host("hv-a"), hosts.host("hv-b")
+    alpha = a.make_image(a.shared("alpha.qcow2"), ALPHA_CLUSTERS * 64 * 1024, {0: 0x10})
+    a.run("adopt", "alpha", "--disk", f"vda={alpha}")
+    a.run("snapshot", "alpha", "s0")
+    present = {0: 0x10}
+    writes: list[dict[int, int]] = [{1: 0x11}, dict.fromkeys(BIG, 0xAB)]
+    expected: dict[str, dict[int, int]] = {"s0": dict(present)}
+    for name, clusters in zip(("s1", "s2"), writes, strict=True):
+        a.qemu_io(a.json("show", "alpha")["disks"]["vda"]["active"],
+                  [f"write -P {p:#x} {c * 64 * 1024} {64 * 1024}" for c, p in clusters.items()])
+        present.update(clusters)
+        a.run("snapshot", "alpha", name)
+        expected[name] = dict(present)
+    a.write_clusters(a.json("show", "alpha")["disks"]["vda"]["active"], {2: 0x12})
+    present[2] = 0x12
+    expected["present"] = dict(present)
+    expected2, leftover_a = detached_history(a, "alpha2", a.local("alpha2.qcow2"), 0x20)
+    expected_b, leftover_b = detached_history(b, "beta", b.local("beta.qcow2"), 0x30)
+
+    # A's delete of s1 commits 12 MiB into s1's frozen image with qemu-img commit -r 4M, and is
+    # killed (with its qemu-img) a second in, while the commit runs. (QEMU 7.2's qemu-img writes
+    # the data at once, then waits out the rate before it completes: the kill finds the data
+    # written and the commit not finished.)
+    [frozen] = [s["disks"]["vda"] for s in a.json("show", "alpha")["snapshots"] if s["name"] == "s1"]
+    size_before = os.path.getsize(frozen)
+    delete = a.popen("delete", "alpha", "s1", "--strategy", "commit", slow_commit="4M")
+    deadline = time.monotonic() + 60
+    while not merges_in_group(delete.pid):
+        assert delete.poll() is None, ("the delete ended before its merge was seen", delete.communicate())
+        assert time.monotonic() < deadline, "the merge was never seen running"
+        time.sleep(0.01)
+    time.sleep(1.0)
+    assert merges_in_group(delete.pid), "the merge ended before the kill"
+    a.kill(delete)
+    assert delete.returncode == -signal.SIGKILL
+    grown = os.path.getsize(frozen) - size_before
+    assert grown >= MIB, f"killed before the commit wrote anything: {grown} B"
+    assert a.json("show", "alpha")["operation"]["kind"] == "delete"  # left open
+
+    a_vms = {"alpha", "alpha2"}
+    log = entries(b)
+    a_files, shared_files = a.files(), hosts.shared_files()
+    assert "alpha2-new.qcow2" in a_files  # (the local files seen are A's)
+    assert b.json("recover")["finished"] == []
+    assert b.json("gc") == []
+    collected = b.json("gc", "--include-detached")
+    assert [plan["kind"] for plan in collected] == ["gc"]
+    assert not b.outside(leftover_b).exists(), "B's gc did not collect B's own leftover"
+    report = b.json("verify")
+    assert report["ok"], report
+    new = entries(b)[len(log):]
+    assert new, "B's gc recorded nothing at all"
+    assert all(e["host"] == "hv-b" for e in new)
+    assert not [e for e in new if e["vm"] in a_vms], "host B recorded events for host A's VMs"
+    assert not [e for e in new if e["image"] and "alpha" in e["image"]], "... or for A's images"
+    assert entries(b)[: len(log)] == log
+    assert (a.files(), hosts.shared_files()) == (a_files, shared_files), "host B touched A's files"
+    assert b.json("show", "alpha")["operation"]["kind"] == "delete"  # still open: B left it
+
+    # A finishes its own work
+    finished = a.json("recover")["finished"]
+    assert len(finished) == 1 and finished[0].startswith("alpha: finished delete"), finished
+    assert a.outside(leftover_a).exists()
+    a.run("gc", "--include-detached")
+    assert not a.outside(leftover_a).exists(), "A's gc did not collect A's leftover"
+    del expected["s1"]
+    check_vm(a, "alpha", expected, ALPHA_CLUSTERS)
+    check_vm(a, "alpha2", expected2, 64)
+    check_vm(b, "beta", expected_b, 64)
+    for host in (a, b):
+        assert host.json("verify")["ok"]
+    everything = entries(a)
+    assert not [e for e in everything if e["vm"] in a_vms and e["host"] != "hv-a"]
+    assert not [e for e in everything if e["vm"] == "beta" and e["host"] != "hv-b"]
+
+
+# ---- 4. two hosts, three processes each, snapshots at once ------------------------------------
+
+SNAPSHOTS = 10
+RETRIES = 30
+
+
+class Worker(threading.Thread):
+    """One process after another on `host`, on its own VM: adopt it, then write a cluster and
+    take a snapshot, SNAPSHOTS times. A conflict (exit 4: another writer won a race) is retried
+    and counted; anything else but success fails the worker."""
+
+    def __init__(self, host: Host, vm: str) -> None:
+        super().__init__(name=f"{host.name}/{vm}")
+        self.host, self.vm = host, vm
+        self.conflicts: list[str] = []
+        self.error: BaseException | None = None
+
+    def attempt(self, *args: str) -> Any:
+        for _ in range(RETRIES):
+            done = self.host.snapledger(*args, "--json")
+            if done.returncode == 0:
+                return json.loads(done.stdout)
+            assert done.returncode == 4, (self.name, args, done.returncode, done.stderr)
+            assert_one_line_error(done.stderr)
+            self.conflicts.append(done.stderr.strip())
+        raise AssertionError(f"{self.name}: {args} lost {RETRIES} races: {self.conflicts[-3:]}")
+
+    def run(self) -> None:
+        try:
+            path = self.host.make_image(self.host.local(f"{self.vm}.qcow2"), 4 * MIB)
+            active = self.attempt("adopt", self.vm, "--disk", f"vda={path}")["disks"]["vda"]["active"]
+            for i in range(1, SNAPSHOTS + 1):
+                self.host.write_clusters(active, {i: i})
+                plan = self.attempt("snapshot", self.vm, f"s{i:02}")
+                [active] = [s["path"] for s in plan["steps"] if s["action"] == "create-overlay"]
+        except BaseException as error:  # reported by the test's thread
+            self.error = error
+
+
+def test_two_hosts_three_processes_each_snapshotting_at_once_lose_nothing(hosts: World) -> None:
+    """Six writers on one ledger at once (three on each host, each on a VM of its own): every
+    snapshot is recorded once and reads what its VM held when it was taken, the ledger's
+    positions run 1..N without a gap, and the hash chain is whole. Conflicts are retried."""
+    a, b = hosts.host("hv-a"), hosts.host("hv-b")
+    workers = [Worker(host, f"{host.name[-1]}{n}") for host in (a, b) for n in range(1, 4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=600)
+        assert not worker.is_alive(), f"{worker.name} never finished"
+    errors = [w.error for w in workers if w.error is not None]
+    if errors:
+        raise errors[0]
+    conflicts = sum(len(w.conflicts) for w in workers)
+    print(f"conflicts retried: {conflicts}", *{c for w in workers for c in w.conflicts}, sep="\n")
+
+    log = entries(a)
+    assert [e["position"] for e in log] == list(range(1, len(log) + 1)), "the positions have a gap"
+    taken = [(e["vm"], e["host"]) for e in log if e["type"] == "VirtualMachine.SnapshotTaken"]
+    assert sorted(taken) == sorted((w.vm, w.host.name) for w in workers for _ in range(SNAPSHOTS))
+    for host in (a, b):
+        report = host.json("verify")
+        assert report["ok"], report
+        assert report["head"]["position"] == len(log)
+    chains: dict[str, set[str]] = {a.name: set(), b.name: set()}
+    for worker in workers:
+        state = worker.host.json("show", worker.vm)
+        assert state["host"] == worker.host.name and state["operation"] is None
+        names = [f"s{i:02}" for i in range(1, SNAPSHOTS + 1)]
+        assert [s["name"] for s in state["snapshots"]] == names
+        assert [s["parent"] for s in state["snapshots"]] == [None, *names[:-1]]
+        for i, snap in enumerate(state["snapshots"]):  # s01 holds cluster 1 ..., not what followed
+            worker.host.assert_reads(snap["disks"]["vda"], {c: c for c in range(1, i + 2)}, SNAPSHOTS + 2)
+        chain = state["disks"]["vda"]["chain"]
+        assert worker.host.chain(chain[0]) == chain and len(chain) == SNAPSHOTS + 1
+        chains[worker.host.name] |= {os.path.basename(path) for path in chain}
+    for host in (a, b):  # no file left over by a lost race
+        assert set(host.files()) == chains[host.name]
