@@ -38,6 +38,8 @@ from snapledger.domain.vm import VirtualMachine
 
 from .cost import CostModel
 from .dag import ImageDag
+from .leftovers import plan_gc as plan_gc
+from .leftovers import rests_on_managed, with_leftovers_first
 from .scope import in_scope, is_shared, registration_scope, shared_dirs
 from .view import LedgerView
 
@@ -175,7 +177,8 @@ def plan_revert(
                 f"{disk}: abandoned present {abandoned.facts.path} is {abandoned.owner.value}: "
                 "kept as detached (gc --include-detached discards it)"
             )
-    return Plan(OperationKind.REVERT, tuple(creates + activations + deletions), f"revert to {name}", tuple(notes))
+    steps = with_leftovers_first(dag, vm, creates + activations + deletions)
+    return Plan(OperationKind.REVERT, steps, f"revert to {name}", tuple(notes))
 
 
 def check_new_disk_chain(
@@ -248,7 +251,7 @@ def plan_delete(
         merge = _plan_disk_delete(view, dag, vm, name, disk, strategy, branches, cost)
         steps.extend(merge.steps)
         ways.append(f"{disk}: {merge.strategy}")
-    return Plan(OperationKind.DELETE, tuple(steps), "; ".join(ways))
+    return Plan(OperationKind.DELETE, with_leftovers_first(dag, vm, steps), "; ".join(ways))
 
 
 def _plan_disk_delete(
@@ -288,7 +291,7 @@ def _plan_disk_delete(
     if not kept:
         if frozen.owner is OwnerClass.MANAGED:
             return _DiskMerge((DeleteFile(frozen_path),), f"{frozen_path} is not needed: deleted")
-        if _rests_on_managed(dag, frozen_path):
+        if rests_on_managed(dag, frozen_path):
             return _DiskMerge(
                 (DetachImage(frozen_path),),
                 f"{frozen_path} is {frozen.owner.value} and rests on managed images: kept as detached",
@@ -399,47 +402,3 @@ def _plan_branch_point(
 def _describe_branch(dag: ImageDag, path: str) -> str:
     holds = [n.describe() for n in dag.nodes[path].direct_needs]
     return f"{path}: {holds[0]}" if holds else path
-
-
-def _rests_on_managed(dag: ImageDag, path: str) -> bool:
-    """A user's file backed by images snapledger made: forgetting it would let them be deleted
-    under it, so it can only be kept (detached), never released."""
-    return any(dag.nodes[p].owner is OwnerClass.MANAGED for p in dag.chain(path)[1:])
-
-
-def plan_gc(
-    view: LedgerView,
-    vm_name: str,
-    include_detached: bool = False,
-    dependants: Dependants | None = None,
-) -> Plan:
-    """Delete this VM's managed images that nothing needs; forget unneeded ones it does not own.
-
-    A user's file that rests on managed images is never forgotten, and its chain is kept; an
-    image a file the ledger does not know rests on is needed, and stays."""
-    vm = _vm(view, vm_name)
-    vm.check_idle()
-    dag = ImageDag(
-        view, ignore_detached_of=vm.name if include_detached else None, dependants=dependants,
-        home=vm.home,
-    )
-    unneeded = [p for p in vm.images if not dag.nodes[p].needed]
-    unneeded.sort(key=lambda p: (-dag.depth(p), p))  # children first: nothing dangles mid-way
-    kept_user_files = [
-        p for p in unneeded if dag.nodes[p].owner is not OwnerClass.MANAGED and _rests_on_managed(dag, p)
-    ]
-    protected = {below for p in kept_user_files for below in dag.chain(p)}
-    steps: list[Step] = []
-    for path in unneeded:
-        if path in protected:
-            continue
-        if vm.images[path].missing:  # nothing on disk to delete: the ledger lets it go
-            steps.append(ReleaseImage(path))
-        elif dag.nodes[path].owner is OwnerClass.MANAGED:
-            steps.append(DeleteFile(path))
-        else:
-            steps.append(ReleaseImage(path))
-    notes = tuple(
-        f"{p} is the user's file and rests on managed images: kept with its chain" for p in kept_user_files
-    )
-    return Plan(OperationKind.GC, tuple(steps), f"{len(steps)} images nothing needs", notes)

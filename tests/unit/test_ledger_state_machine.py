@@ -559,6 +559,8 @@ class LedgerMachine(WorldActors, RuleBasedStateMachine):
 
     @invariant()
     def ledger_agrees_with_disk_on_backing(self) -> None:
+        """Every image the ledger holds is on disk as recorded, and so is the file it rests on:
+        no operation deletes a file that something the ledger keeps (even a leftover) rests on."""
         for vm in self.ledger.view.vms.values():
             for record in vm.images.values():
                 seen = self.storage.inspect(record.path, record.facts.format)
@@ -566,6 +568,8 @@ class LedgerMachine(WorldActors, RuleBasedStateMachine):
                     record.facts.backing,
                     record.facts.backing_format,
                 ), record.path
+                if record.facts.backing is not None and record.facts.backing_format is not None:
+                    self.storage.inspect(record.facts.backing, record.facts.backing_format)
 
     @invariant()
     def rebuilt_projection_equals_incremental(self) -> None:

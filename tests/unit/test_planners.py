@@ -316,6 +316,33 @@ def test_gc_deletes_leftover_managed_images_only() -> None:
     assert_views_agree(ledger)
 
 
+def test_a_leftover_is_deleted_before_the_file_it_rests_on() -> None:
+    """A kept branch base whose branches went is a leftover until gc; a delete that frees the
+    file under it deletes it first, so that no image the ledger holds dangles."""
+    storage, ledger = make(snapshots=2)  # s1 frozen base.qcow2, s2 frozen base.s1, present base.s2
+    ledger.snapshot(VM, "s3")  # s3 frozen base.s2
+    ledger.revert(VM, "s3")  # base.s3-1 over base.s2
+    ledger.snapshot(VM, "s4")  # s4 frozen base.s3-1
+    ledger.revert(VM, "s3")  # base.s3-2 over base.s2: a branch point
+    ledger.delete(VM, "s3", branches="keep")
+    ledger.delete(VM, "s4")  # base.s3-1 goes
+    ledger.revert(VM, "s2")  # base.s3-2 goes: base.s2 is a leftover over base.s1
+    write(storage, ledger, 5, 0x55)
+    before = contents(storage, ledger)
+    plan = ledger.delete(VM, "s2", strategy="pull", dry_run=True)
+    deletions = [s.path for s in plan.steps if isinstance(s, DeleteFile)]
+    assert deletions == ["/images/base.s2", "/images/base.s1"]
+    ledger.delete(VM, "s2", strategy="pull")
+    assert "/images/base.s2" not in storage.files
+    for record in ledger.vm(VM).images.values():  # every chain the ledger holds reads whole
+        storage.inspect_chain(record.path, fmt=record.facts.format)
+    del before["s2"]
+    assert contents(storage, ledger) == before
+    assert ledger.gc() == []
+    assert ledger.verify(VM) == []
+    assert_views_agree(ledger)
+
+
 def test_gc_never_deletes_adopted_or_read_only_images() -> None:
     storage, ledger = make(snapshots=1)
     storage.make_image("/images/tmpl.qcow2", VSIZE, {7: 0x77})
