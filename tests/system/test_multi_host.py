@@ -320,3 +320,162 @@ def test_two_hosts_three_processes_each_snapshotting_at_once_lose_nothing(hosts:
         chains[worker.host.name] |= {os.path.basename(path) for path in chain}
     for host in (a, b):  # no file left over by a lost race
         assert set(host.files()) == chains[host.name]
+
+
+# ---- 5. one VM's history on one host, what each snapshot must read ---------------------------
+
+
+class History:
+    """VM `vm` (disk vda) on `host`, driven through the CLI on that host. What each snapshot and
+    the present must read is known from the test's own writes (cluster -> pattern byte); which
+    file holds a snapshot is asked of `show`. `retry`: a command that loses a race to another
+    writer (exit 4, nothing done) is run again, up to RETRIES times; the races are counted."""
+
+    def __init__(self, host: Host, vm: str, present: dict[int, int], *, retry: bool = False) -> None:
+        self.host, self.vm, self.retry = host, vm, retry
+        self.present = dict(present)
+        self.snapshots: dict[str, dict[int, int]] = {}
+        self.races: list[str] = []
+
+    def cli(self, *args: str) -> Any:
+        """A changing command on the VM's host, its JSON document."""
+        for _ in range(RETRIES if self.retry else 1):
+            done = self.host.snapledger(*args, "--json")
+            if done.returncode == 0:
+                return json.loads(done.stdout)
+            assert self.retry and done.returncode == 4, (self.host.name, args, done.returncode, done.stderr)
+            assert_one_line_error(done.stderr)
+            self.races.append(done.stderr.strip())
+        raise AssertionError(f"{self.host.name}: {args} lost {RETRIES} races: {self.races[-3:]}")
+
+    def adopt(self, disk: str, *options: str) -> None:
+        self.cli("adopt", self.vm, "--disk", f"vda={disk}", *options)
+
+    def state(self) -> Any:
+        return self.host.json("show", self.vm)
+
+    def write(self, clusters: dict[int, int]) -> None:
+        self.host.write_clusters(self.state()["disks"]["vda"]["active"], clusters)
+        self.present.update(clusters)
+
+    def snapshot(self, name: str) -> None:
+        self.cli("snapshot", self.vm, name)
+        self.snapshots[name] = dict(self.present)
+
+    def revert(self, name: str) -> None:
+        self.cli("revert", self.vm, name)
+        self.present = dict(self.snapshots[name])
+
+    def delete(self, name: str, *options: str) -> Any:
+        plan = self.cli("delete", self.vm, name, *options)
+        del self.snapshots[name]
+        return plan
+
+    def frozen(self, name: str) -> str:
+        [path] = [s["disks"]["vda"] for s in self.state()["snapshots"] if s["name"] == name]
+        return str(path)
+
+    def check(self, clusters: int) -> None:
+        """The ledger lists exactly the expected snapshots, no operation is open, and each
+        snapshot and the present read (on the VM's host) what was written."""
+        state = self.state()
+        assert state["operation"] is None, state["operation"]
+        assert {s["name"] for s in state["snapshots"]} == set(self.snapshots), state["snapshots"]
+        for snap in state["snapshots"]:
+            self.host.assert_reads(snap["disks"]["vda"], self.snapshots[snap["name"]], clusters)
+        self.host.assert_reads(state["disks"]["vda"]["active"], self.present, clusters)
+
+    def tops(self) -> list[str]:
+        """The images every snapshot and the present read through."""
+        state = self.state()
+        return [state["disks"]["vda"]["active"], *(s["disks"]["vda"] for s in state["snapshots"])]
+
+    def files(self) -> set[str]:
+        """Every file of the chains of the snapshots and the present, as the host's qemu-img
+        sees them."""
+        return {path for top in self.tops() for path in self.host.chain(top)}
+
+
+# ---- 6. the same local path on two hosts: two files, two images ------------------------------
+
+
+def test_two_hosts_keep_their_own_file_at_the_same_local_path(hosts: World) -> None:
+    """Hosts A and B both have `local/r0.qcow2` (different contents) and each adopts a VM over
+    its own (B used to be refused: "used by VM ..."). Their overlays get the same paths too. Each
+    takes snapshots and deletes them, by commit and by pull, and each keeps its own bytes: every
+    snapshot reads what its host wrote, and no command of one host changes a file of the other.
+    A's gc then collects A's detached overlay, a path at which B's active image lives, and
+    leaves B's alone; verify is clean on both; neither host's explain of the path names the
+    other's VM."""
+    a, b = hosts.host("hv-a"), hosts.host("hv-b")
+    left, right = History(a, "left", {0: 0xA0}), History(b, "right", {0: 0xB0})
+    r0 = a.local("r0.qcow2")
+    assert r0 == b.local("r0.qcow2")
+    a.make_image(r0, 4 * MIB, left.present)
+    b.make_image(r0, 4 * MIB, right.present)
+    left.adopt(r0)
+    right.adopt(r0)  # "used by VM left" before storage identity
+
+    def each(act: str, *args: str) -> None:
+        """A then B do the same, and each leaves the other's files as they were."""
+        for history, other in ((left, b), (right, a)):
+            before = other.files()
+            getattr(history, act)(*args)
+            assert other.files() == before, f"{history.host.name}'s {act} {args} changed {other.name}'s files"
+
+    for n in (1, 2, 3):
+        each("snapshot", f"s{n}")
+        left.write({n: 0xA0 + n})
+        right.write({n: 0xB0 + n})
+    each("snapshot", "s4")
+    for history in (left, right):
+        history.check(16)
+    # the same overlays at the same paths on both hosts
+    assert left.files() == right.files() and len(left.files()) == 5
+    assert set(a.files()) == set(b.files())
+
+    # deletes: A commits where B pulls and the other way round, so that the same path is
+    # merged into on one host and pulled from (and deleted) on the other; s1, on the adopted
+    # r0.qcow2 (which has no backing to pull onto), both commit into their own r0.qcow2
+    deletes = (("s2", ("commit", "pull")), ("s3", ("pull", "commit")), ("s1", ("commit", "commit")))
+    for name, (mine, theirs) in deletes:
+        for history, strategy, other in ((left, mine, b), (right, theirs, a)):
+            before = other.files()
+            plan = history.delete(name, "--strategy", strategy)
+            assert strategy in {step["action"] for step in plan["steps"]}, plan
+            assert other.files() == before, f"{history.host.name}'s delete of {name} changed {other.name}'s files"
+        left.check(16)
+        right.check(16)
+    for history in (left, right):
+        assert set(history.host.files()) == {os.path.basename(p) for p in history.files()}
+
+    # A's disk swapped for a new image: its active overlay (at the path of B's active image)
+    # is left detached, for gc --include-detached on A to collect
+    leftover = left.state()["disks"]["vda"]["active"]
+    assert leftover == right.state()["disks"]["vda"]["active"]
+    swap_in = a.make_image(a.local("swap.qcow2"), 4 * MIB, {5: 0xA5})
+    a.run("swap-disk", "left", "vda", swap_in)
+    left.present = {5: 0xA5}
+
+    log = entries(a)
+    a_files, b_files = a.files(), b.files()
+    assert b.json("gc") == [] and b.json("gc", "--include-detached") == []  # B has nothing to collect
+    assert b.json("verify")["ok"]
+    assert (a.files(), b.files()) == (a_files, b_files), "B's gc or verify changed a file"
+    collected = a.json("gc", "--include-detached")
+    assert [[s["path"] for s in plan["steps"] if s["action"] == "delete-file"] for plan in collected] == [[leftover]]
+    assert not a.outside(leftover).exists()
+    assert b.files() == b_files, "A's gc changed B's files"
+    assert a.json("verify")["ok"] and b.json("verify")["ok"]
+    new = entries(a)[len(log):]
+    assert new and all(e["host"] == "hv-a" and e["vm"] in ("left", None) for e in new), new
+    assert not [e for e in new if e["image"] and e["vm"] == "right"]
+    left.check(16)
+    right.check(16)
+
+    # each host's explain of r0.qcow2, for either VM, names that VM alone
+    for reader in (a, b):
+        for vm, other in (("left", "right"), ("right", "left")):
+            told = reader.json("explain", vm, r0)
+            assert told["vms"] == [vm] and told["owner"] == "adopted", (reader.name, told)
+            assert other not in json.dumps(told), (reader.name, vm, told)
