@@ -479,3 +479,112 @@ def test_two_hosts_keep_their_own_file_at_the_same_local_path(hosts: World) -> N
             told = reader.json("explain", vm, r0)
             assert told["vms"] == [vm] and told["owner"] == "adopted", (reader.name, told)
             assert other not in json.dumps(told), (reader.name, vm, told)
+
+
+# ---- 7. a template on shared storage, used from two hosts at once -----------------------------
+
+TEMPLATE = {0: 0x70, 7: 0x77}  # clusters of shared/tmpl.qcow2
+
+
+class TemplateUser(threading.Thread):
+    """Host `history.host`'s VM over `local/<vm>.qcow2 -> shared/tmpl.qcow2`: snapshots, a
+    revert that makes s2 a branch point, then deletes (the branch point with --branches pull,
+    by commit, by pull), while the other host does the same. `start_line` is passed by both
+    threads before their deletes, so that the deletes run at the same time."""
+
+    def __init__(self, host: Host, template: str, start_line: threading.Barrier) -> None:
+        super().__init__(name=host.name)
+        self.mark = 0xA0 if host.name == "hv-a" else 0xB0  # the host's pattern bytes
+        self.history = History(host, f"{host.name[-1]}vm", {**TEMPLATE, 5: self.mark + 5}, retry=True)
+        self.template, self.start_line = template, start_line
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.cycle()
+        except BaseException as error:  # reported by the test's thread
+            self.error = error
+            self.start_line.abort()
+
+    def cycle(self) -> None:
+        h, host, mark = self.history, self.history.host, self.mark
+        disk = host.make_image(host.local(f"{h.vm}.qcow2"), 4 * MIB, {5: mark + 5}, backing=self.template)
+        h.adopt(disk, "--shared", str(host.world.shared))
+        self.start_line.wait()
+        h.snapshot("s1")
+        h.write({1: mark + 1})
+        h.snapshot("s2")
+        h.write({2: mark + 2})
+        h.snapshot("s3")
+        h.revert("s2")
+        h.write({3: mark + 3})
+        h.snapshot("s4")  # s2's image now has two children: s3's and s4's
+        self.start_line.wait()
+        plan = h.delete("s2", "--branches", "pull")
+        pulled = [s["image"] for s in plan["steps"] if s["action"] == "pull"]
+        assert len(pulled) == 2, plan  # into both children of the branch point
+        h.delete("s3")
+        plan = h.delete("s1", "--strategy", "commit")  # into the VM's own disk, above the template
+        assert [s["base"] for s in plan["steps"] if s["action"] == "commit"] == [h.frozen("s4")], plan
+        h.write({4: mark + 4})
+        h.snapshot("s5")
+        h.write({6: mark + 6})
+        h.snapshot("s6")
+        plan = h.delete("s5", "--strategy", "pull")
+        assert [s["action"] for s in plan["steps"]].count("pull") == 1, plan
+        h.check(8)
+
+
+def test_a_shared_template_stays_as_it_is_while_two_hosts_delete_snapshots_on_it(hosts: World) -> None:
+    """`shared/tmpl.qcow2` is below a VM of host A and a VM of host B (each `local/<vm>.qcow2 ->
+    shared/tmpl.qcow2`, adopted with --shared). Both hosts snapshot, revert and delete at the
+    same time (deletes by commit, by pull, and of a branch point with --branches pull, whose
+    children are then rebased onto the template). The template keeps its checksum and mtime,
+    and no file appears in the shared directory; every snapshot reads what its host wrote;
+    explain on either host calls the template read-only, used by both VMs; gc from either host
+    keeps it; and after A retires its VM, B's VM still keeps it."""
+    a, b = hosts.host("hv-a"), hosts.host("hv-b")
+    template = a.make_image(a.shared("tmpl.qcow2"), 4 * MIB, TEMPLATE)
+    shared_before = hosts.shared_files()
+    start_line = threading.Barrier(2, timeout=300)
+    users = [TemplateUser(host, template, start_line) for host in (a, b)]
+    for user in users:
+        user.start()
+    for user in users:
+        user.join(timeout=600)
+        assert not user.is_alive(), f"{user.name} never finished"
+    errors = [u.error for u in users if u.error is not None and not isinstance(u.error, threading.BrokenBarrierError)]
+    if errors:
+        raise errors[0]
+    print("races retried:", *{r for u in users for r in u.history.races}, sep="\n")
+    assert hosts.shared_files() == shared_before, "the template changed, or a file appeared beside it"
+    for user in users:  # each chain reaches the template; the branch point's children rest on it
+        h = user.history
+        assert all(user.history.host.chain(top)[-1] == template for top in h.tops())
+        assert template in h.files()
+        assert {os.path.basename(p) for p in h.files() if p != template} == set(h.host.files())
+
+    def read_only_for(reader: Host, vm: str, vms: list[str]) -> None:
+        told = reader.json("explain", vm, template)
+        assert told["owner"] == "read-only" and told["vms"] == vms, (reader.name, vm, told)
+        assert not told["may_write"] and not told["may_delete"], (reader.name, vm, told)
+        assert told["freed_by"] == [] and told["nothing_frees_it"], (reader.name, vm, told)
+        assert any(all(v in why for v in vms) for why in told["read_only_because"]) or len(vms) == 1, told
+
+    for reader in (a, b):
+        for vm in ("avm", "bvm"):
+            read_only_for(reader, vm, ["avm", "bvm"])
+    for host in (a, b, a, b):
+        host.json("gc", "--include-detached")
+        assert hosts.shared_files() == shared_before, f"{host.name}'s gc touched the template"
+        assert host.json("verify")["ok"]
+
+    # A retires its VM: B's still rests on the template, which stays read-only and kept
+    left_behind = a.json("retire", "avm")["left_behind"]
+    assert template not in left_behind
+    for reader in (a, b):
+        read_only_for(reader, "bvm", ["bvm"])
+        assert reader.json("gc", "--include-detached") == []
+        assert hosts.shared_files() == shared_before, f"{reader.name}'s gc touched the template"
+    users[1].history.check(8)
+    assert b.json("verify")["ok"]
