@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from multihost_helpers import (
+    CLUSTER,
     Host,
     World,
     assert_one_line_error,
@@ -329,10 +330,12 @@ class History:
     """VM `vm` (disk vda) on `host`, driven through the CLI on that host. What each snapshot and
     the present must read is known from the test's own writes (cluster -> pattern byte); which
     file holds a snapshot is asked of `show`. `retry`: a command that loses a race to another
-    writer (exit 4, nothing done) is run again, up to RETRIES times; the races are counted."""
+    writer (exit 4, nothing done) is run again, up to RETRIES times; the races are counted.
+    `unit`: the bytes of one cluster of the expected contents (64 KiB unless given)."""
 
-    def __init__(self, host: Host, vm: str, present: dict[int, int], *, retry: bool = False) -> None:
-        self.host, self.vm, self.retry = host, vm, retry
+    def __init__(self, host: Host, vm: str, present: dict[int, int], *, retry: bool = False,
+                 unit: int = CLUSTER) -> None:
+        self.host, self.vm, self.retry, self.unit = host, vm, retry, unit
         self.present = dict(present)
         self.snapshots: dict[str, dict[int, int]] = {}
         self.races: list[str] = []
@@ -355,7 +358,7 @@ class History:
         return self.host.json("show", self.vm)
 
     def write(self, clusters: dict[int, int]) -> None:
-        self.host.write_clusters(self.state()["disks"]["vda"]["active"], clusters)
+        self.host.write_clusters(self.state()["disks"]["vda"]["active"], clusters, self.unit)
         self.present.update(clusters)
 
     def snapshot(self, name: str) -> None:
@@ -382,8 +385,8 @@ class History:
         assert state["operation"] is None, state["operation"]
         assert {s["name"] for s in state["snapshots"]} == set(self.snapshots), state["snapshots"]
         for snap in state["snapshots"]:
-            self.host.assert_reads(snap["disks"]["vda"], self.snapshots[snap["name"]], clusters)
-        self.host.assert_reads(state["disks"]["vda"]["active"], self.present, clusters)
+            self.host.assert_reads(snap["disks"]["vda"], self.snapshots[snap["name"]], clusters, self.unit)
+        self.host.assert_reads(state["disks"]["vda"]["active"], self.present, clusters, self.unit)
 
     def tops(self) -> list[str]:
         """The images every snapshot and the present read through."""
@@ -588,3 +591,82 @@ def test_a_shared_template_stays_as_it_is_while_two_hosts_delete_snapshots_on_it
         assert hosts.shared_files() == shared_before, f"{reader.name}'s gc touched the template"
     users[1].history.check(8)
     assert b.json("verify")["ok"]
+
+
+# ---- 8. a host killed in the middle of a big merge on shared storage: take-over, recover ------
+
+REGION = 16 * MIB
+REGIONS = 20  # 320 MiB virtual
+BIG_WRITE = range(2, 18)  # 256 MiB written between s1 and s2: what deleting s1 commits
+
+
+def test_a_host_killed_in_a_big_merge_on_shared_storage_is_taken_over_and_recovered(hosts: World) -> None:
+    """Host A's VM lives in the shared directory (disk and overlays): s0 <- s1 <- s2 (256 MiB
+    written between s1 and s2) <- present. A's delete of s1 commits those 256 MiB into s1's
+    image and is killed -9 (its whole process group, qemu-img included) while qemu-img runs.
+    Host B may not recover it (exit 4, A's VM; nothing recorded) until it takes the VM over
+    (`move --to hv-b --take-over`); B's recover then finishes the delete. Every remaining
+    snapshot and the present read, from B, as written, region by region; verify is clean; no
+    file is left in the shared directory beyond the chains; and A's changing commands now exit
+    4 naming B."""
+    a, b = hosts.host("hv-a"), hosts.host("hv-b")
+    h = History(a, "big", {0: 0x10}, unit=REGION)
+    base = a.make_image(a.shared("big.qcow2"), REGIONS * REGION)
+    a.write_clusters(base, h.present, REGION)
+    h.adopt(base, "--shared", str(hosts.shared))
+    h.snapshot("s0")
+    h.write({1: 0x11})
+    h.snapshot("s1")
+    h.write(dict.fromkeys(BIG_WRITE, 0xAB))
+    h.snapshot("s2")
+    h.write({18: 0x12})
+    frozen = h.frozen("s1")
+    size_before = os.path.getsize(frozen)
+
+    # the commit is rate-limited (qemu-img commit -r): QEMU 7.2 copies at full speed, then
+    # waits out the rate before it completes, so qemu-img still runs whenever the kill comes;
+    # it comes once a good part of the 256 MiB is in s1's image, normally while still copying
+    delete = a.popen("delete", "big", "s1", "--strategy", "commit", slow_commit="32M")
+    deadline = time.monotonic() + 60
+    while not merges_in_group(delete.pid) or os.path.getsize(frozen) - size_before < 32 * MIB:
+        assert delete.poll() is None, ("the delete ended before the kill", delete.communicate())
+        assert time.monotonic() < deadline, "the merge was never seen writing"
+        time.sleep(0.001)
+    assert merges_in_group(delete.pid), "the merge ended before the kill"
+    a.kill(delete)
+    assert delete.returncode == -signal.SIGKILL
+    print(f"killed with {(os.path.getsize(frozen) - size_before) >> 20} MiB of 256 committed")
+    assert not merges_in_group(delete.pid)
+    assert h.state()["operation"]["kind"] == "delete"  # left open by the dead host
+
+    # B may not finish A's work while the VM is A's, and records nothing trying
+    log = entries(b)
+    refused = b.run("recover", "big", expect=4)
+    assert "VM 'big' lives on host 'hv-a', not on this host ('hv-b')" in refused.stderr
+    assert b.json("recover")["finished"] == []  # B's sweep: none of B's VMs
+    b.run("move", "big", "--to", "hv-b", expect=4)  # only A, its home, moves it without --take-over
+    assert entries(b) == log, "host B recorded something for host A's VM"
+    assert os.path.exists(frozen) and h.state()["operation"]["kind"] == "delete"
+
+    moved = b.json("move", "big", "--to", "hv-b", "--take-over")
+    assert moved["host"] == "hv-b" and moved["operation"]["kind"] == "delete"
+    h.host = b
+    finished = b.json("recover", "big")["finished"]
+    assert len(finished) == 1 and finished[0].startswith("big: finished delete"), finished
+    del h.snapshots["s1"]
+    h.check(REGIONS)  # qemu-io on B, region by region
+    assert b.json("verify", "big")["ok"] and b.json("verify")["ok"]
+    assert set(hosts.shared_files()) == {os.path.basename(p) for p in h.files()}, "a file left over"
+    after = entries(b)[len(log):]
+    assert after and all(e["host"] == "hv-b" for e in after), after
+
+    # A (back, or never fenced) changes nothing of B's VM now, and records nothing trying
+    log = entries(a)
+    files = hosts.shared_files()
+    for command in (("snapshot", "big", "s9"), ("delete", "big", "s2"), ("recover", "big"),
+                    ("gc", "big"), ("verify", "big"), ("move", "big", "--to", "hv-a")):
+        refused = a.run(*command, expect=4)
+        assert "VM 'big' lives on host 'hv-b', not on this host ('hv-a')" in refused.stderr, command
+    assert a.json("recover")["finished"] == [] and a.json("gc") == []
+    assert entries(a) == log, "host A recorded something for the VM it lost"
+    assert hosts.shared_files() == files
