@@ -657,6 +657,7 @@ def test_a_host_killed_in_a_big_merge_on_shared_storage_is_taken_over_and_recove
     h.check(REGIONS)  # qemu-io on B, region by region
     assert b.json("verify", "big")["ok"] and b.json("verify")["ok"]
     assert set(hosts.shared_files()) == {os.path.basename(p) for p in h.files()}, "a file left over"
+    assert b.json("gc", "big", "--include-detached") == []  # nothing the recover left to collect
     after = entries(b)[len(log):]
     assert after and all(e["host"] == "hv-b" for e in after), after
 
