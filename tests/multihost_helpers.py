@@ -232,24 +232,25 @@ class Host:
         self.write_clusters(path, clusters or {})
         return path
 
-    def write_clusters(self, path: str, clusters: Mapping[int, int]) -> None:
-        """Each cluster (64 KiB) full of its pattern byte."""
+    def write_clusters(self, path: str, clusters: Mapping[int, int], unit: int = CLUSTER) -> None:
+        """Each cluster (64 KiB, or `unit` bytes) full of its pattern byte."""
         if not clusters:
             return
-        out = self.qemu_io(path, [f"write -P {p:#x} {c * CLUSTER} {CLUSTER}" for c, p in sorted(clusters.items())])
+        out = self.qemu_io(path, [f"write -P {p:#x} {c * unit} {unit}" for c, p in sorted(clusters.items())])
         assert out.count("wrote ") == len(clusters), f"{self.name}: not every cluster of {path} written: {out}"
 
-    def mismatched_clusters(self, path: str, expected: Mapping[int, int], count: int) -> list[int]:
-        """Clusters 0..count-1 of what `path` reads through its chain that don't read their
-        expected pattern (0 where none is given)."""
-        commands = [f"read -P {expected.get(c, 0):#x} {c * CLUSTER} {CLUSTER}" for c in range(count)]
+    def mismatched_clusters(self, path: str, expected: Mapping[int, int], count: int,
+                            unit: int = CLUSTER) -> list[int]:
+        """Clusters (64 KiB, or `unit` bytes) 0..count-1 of what `path` reads through its chain
+        that don't read their expected pattern (0 where none is given)."""
+        commands = [f"read -P {expected.get(c, 0):#x} {c * unit} {unit}" for c in range(count)]
         out = self.qemu_io(path, commands, read_only=True)
         if out.count("read ") < count and not _FAILED_AT.search(out):
             raise AssertionError(f"{self.name}: qemu-io did not read every cluster of {path}: {out}")
-        return sorted({int(m.group(1)) // CLUSTER for m in _FAILED_AT.finditer(out)})
+        return sorted({int(m.group(1)) // unit for m in _FAILED_AT.finditer(out)})
 
-    def assert_reads(self, path: str, expected: Mapping[int, int], count: int) -> None:
-        bad = self.mismatched_clusters(path, expected, count)
+    def assert_reads(self, path: str, expected: Mapping[int, int], count: int, unit: int = CLUSTER) -> None:
+        bad = self.mismatched_clusters(path, expected, count, unit)
         assert not bad, f"{self.name}: {path}: clusters {bad} don't read {[expected.get(c, 0) for c in bad]}"
 
     def chain(self, path: str) -> list[str]:
