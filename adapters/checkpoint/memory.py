@@ -43,6 +43,10 @@ class MemoryProjectionStore:
         with self._lock:
             return self.last_position(), self.tracking, _born_order(self.rows.values())
 
+    def read_tracking(self) -> Tracking | None:
+        with self._lock:
+            return self.tracking
+
     def read_at(self, position: int, fingerprint: str) -> tuple[int, int, list[Row]] | None:
         with self._lock:
             t = self.tracking

@@ -37,6 +37,7 @@ from snapledger.adapters.checkpoint.codec import (
 )
 from snapledger.adapters.checkpoint.memory import MemoryProjectionStore
 from snapledger.adapters.checkpoint.rules import (
+    BEHIND,
     NEEDS_FULL,
     SAME,
     WRITTEN,
@@ -190,6 +191,14 @@ class PersistedProjection:
         dirty = set(view.dirty)
         if view.position == self.base and not dirty and not docs:
             return SAME
+        try:
+            stored = self.store.read_tracking()
+        except STORE_ERRORS:
+            stored = None
+        if stored is not None and stored.fingerprint == self.fingerprint and stored.position > view.position:
+            # another process saved a later state meanwhile (many writers on one ledger): the
+            # write would be refused (BEHIND), so the rows are not encoded for nothing
+            return BEHIND
         try:
             outcome = self._commit(view, dirty, docs, full=self.base < 0)
             if outcome == NEEDS_FULL:

@@ -237,6 +237,12 @@ class PostgresProjectionStore:
             rows = tables.rows() if CHECKPOINT in usable else []
             return top, tracking, rows
 
+    def read_tracking(self) -> Tracking | None:
+        with self.datastore.transaction(commit=False) as curs:
+            if TRACKING not in self._snapshot(curs):
+                return None
+            return PostgresTables(curs, self.schema).stored_tracking()
+
     def read_at(self, position: int, fingerprint: str) -> tuple[int, int, list[Row]] | None:
         with self.datastore.transaction(commit=False) as curs:
             tables = PostgresTables(curs, self.schema)

@@ -199,6 +199,11 @@ class ProjectionStore(Protocol):
         as one consistent read."""
         ...
 
+    def read_tracking(self) -> Tracking | None:
+        """The tracking row alone (None if there is none, or no tables): a cheap look at where
+        the stored projection is, without its rows."""
+        ...
+
     def read_at(self, position: int, fingerprint: str) -> tuple[int, int, list[Row]] | None:
         """The newest checkpoint at or before `position`, an archive point or the current one:
         (its position, how many aggregates it holds, their rows in born order). None if there

@@ -188,6 +188,13 @@ class SQLiteProjectionStore:
                 rows = []
             return top, tracking, rows
 
+    def read_tracking(self) -> Tracking | None:
+        with self._lock, self._read_transaction() as con:
+            try:
+                return read_tracking(con)
+            except sqlite3.OperationalError:  # no tables yet (or dropped)
+                return None
+
     def read_at(self, position: int, fingerprint: str) -> tuple[int, int, list[Row]] | None:
         with self._lock, self._read_transaction() as con:
             try:

@@ -16,9 +16,8 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Concatenate, ParamSpec, TypeVar
-from uuid import UUID
 
-from snapledger.adapters.service import images, preconditions, queries, recovery
+from snapledger.adapters.service import hosts, images, preconditions, queries, recovery
 from snapledger.adapters.service.drift import DiskChecks
 from snapledger.adapters.service.operation import DriftDuringOperation, Operations
 from snapledger.adapters.service.ports import (
@@ -36,7 +35,6 @@ from snapledger.domain.errors import (
     ConcurrentUpdate,
     DomainGone,
     DriftFound,
-    HomeElsewhere,
     ImageInUse,
     LedgerDamaged,
     LedgerUnwritable,
@@ -44,14 +42,12 @@ from snapledger.domain.errors import (
     OperationInProgress,
     UnknownVm,
 )
-from snapledger.domain.image_registry import ImageRegistration, image_id
 from snapledger.domain.images import ImageFacts
-from snapledger.domain.names import check_host
 from snapledger.domain.steps import BranchOption, OperationKind, Plan, SetActive, Step, Strategy
 from snapledger.domain.vm import VirtualMachine, vm_id
 from snapledger.projections import planners
 from snapledger.projections.cost import CostModel
-from snapledger.projections.scope import NO_HOST, is_shared, shared_dirs
+from snapledger.projections.scope import NO_HOST, shared_dirs
 from snapledger.projections.view import LedgerView, replacing
 
 _P = ParamSpec("_P")
@@ -175,64 +171,16 @@ class Snapledger:
         return vm
 
     def own(self, name: str) -> VirtualMachine:
-        """The VM of that name, loaded fresh, if it lives on this host; HomeElsewhere (exit 4)
-        naming its home otherwise, before anything is recorded."""
-        vm = self.vm(name)
-        if self.host is not None:
-            try:
-                vm.check_home(self.host)
-            except HomeElsewhere as elsewhere:
-                if self._runs_here(vm):  # a live migration: offered as a move, never done silently
-                    raise HomeElsewhere(
-                        f"{elsewhere}; its libvirt domain runs on this host now (migrated?): "
-                        f"record that with `snapledger move {name} --to {self.host}` on host "
-                        f"{vm.home}, or here with --take-over if that host is dead"
-                    ) from None
-                raise
-        return vm
-
-    def _runs_here(self, vm: VirtualMachine) -> bool:
-        """Whether `vm`'s libvirt domain runs on this host's libvirt (False when it can't tell)."""
-        if vm.libvirt is None or self.hypervisor is None:
-            return False
-        try:
-            return bool(self.hypervisor.runtime(vm).get("domain_running"))
-        except Exception:  # no libvirt here, no such domain here: nothing to offer
-            return False
+        """The VM of that name, loaded fresh, if it lives on this host (hosts.py)."""
+        return hosts.own(self, name)
 
     def home_vms(self) -> list[str]:
-        """The names of the tracked VMs that live on this host: what a sweep without a VM
-        (gc, recover, verify of the disks) covers."""
-        return sorted(
-            name for name, vm in self.refresh().live_vms().items()
-            if self.host is None or vm.lives_on(self.host)
-        )
+        """The tracked VMs that live on this host: what a sweep without a VM covers."""
+        return hosts.home_vms(self)
 
     def registry(self, vm: VirtualMachine) -> Registry:
-        """Where `vm`'s home host finds and makes image registrations: a file on shared storage
-        (a directory some VM declared shared, `vm`'s own included) is one registration for every
-        host; any other file is its home host's own, found under (home, path), or under its path
-        alone when it was registered before hosts by that host."""
-        shared = tuple(sorted({*shared_dirs(self.view), *vm.shared}))
-        home = vm.home
-
-        def owner(path: str) -> str:
-            return "" if home in NO_HOST or is_shared(path, shared) else home
-
-        def find(path: str) -> ImageRegistration | None:
-            host = owner(path)
-            found = self._registration(image_id(path, host))
-            if found is not None or not host:
-                return found
-            earlier = self._registration(image_id(path))  # registered before hosts
-            return earlier if earlier is not None and earlier.host in (host, *NO_HOST) else None
-
-        return Registry(find, owner)
-
-    def _registration(self, registration_id: UUID) -> ImageRegistration | None:
-        registration = self.app.load(registration_id)
-        assert registration is None or isinstance(registration, ImageRegistration)
-        return registration
+        """Where `vm`'s home host finds and makes image registrations (hosts.py)."""
+        return hosts.registry(self, vm)
 
     # ---- commands --------------------------------------------------------------------
 
@@ -315,28 +263,8 @@ class Snapledger:
                 plans.append(self._run(vm, plan, None, {}, dry_run))
         return plans
 
-    @_checkpointed
-    def move(self, vm_name: str, to: str, take_over: bool = False) -> None:
-        """Give VM `vm_name` the home host `to` (after a live migration). Run on its home host;
-        with `take_over`, run on the new host when the old one is dead (the operator vouches,
-        fencing it is the operator's job). Every image must lie in a shared directory."""
-        check_host(to)
-        self.refresh()
-        vm = self.vm(vm_name)
-        vm.check_tracked()
-        if take_over:
-            if self.host is not None and to != self.host:
-                raise BadInput(
-                    f"--take-over is run on the new home: this is host {self.host!r}, not {to!r}"
-                )
-        else:
-            vm = self.own(vm_name)
-            if vm.operation is not None and (
-                busy := recovery.still_running(self.runners, vm.operation, vm.taken_over_from)
-            ):
-                raise OperationInProgress(f"VM {vm_name!r}: {busy}")
-        vm.move_home(to, self.clock(), take_over, tuple(sorted({*shared_dirs(self.view), *vm.shared})))
-        self.save(vm)
+    # Give a VM a new home host: hosts.move, whose signature and docstring it takes.
+    move = _checkpointed(hosts.move)
 
     @_checkpointed
     def swap_disk(self, vm_name: str, disk: str, path: str) -> None:

@@ -47,6 +47,8 @@ def adopt(
         raise BadInput("two disks name the same file")
     pools = sorted({check_user_path(p) for p in pools})
     shared = sorted({check_user_path(p) for p in shared})
+    if "/" in shared:  # every file of every host would be one file for all: surely a mistake
+        raise BadInput("--shared / would make every path one file for every host: name the shared directory")
     ledger.refresh()
     earlier = ledger.view.vms.get(name)
     if earlier is not None and earlier.retired is None:

@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 from eventsourcing.persistence import StoredEvent
+from libvirt_fake import FakeLibvirt
 
 from snapledger.adapters.compose import ledger_service, recording_context, this_host
 from snapledger.adapters.eventstore.application import LedgerApplication
-from snapledger.adapters.libvirt.hypervisor import refuse_remote
+from snapledger.adapters.libvirt.hypervisor import LibvirtHypervisor, refuse_remote
+from snapledger.adapters.service.adopt_libvirt import adopt_libvirt
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedCrash, SimulatedStorage
 from snapledger.domain.errors import BadInput, BadName, HomeElsewhere
@@ -190,3 +192,26 @@ def test_a_libvirt_uri_of_another_machine_is_refused(uri: str) -> None:
 @pytest.mark.parametrize("uri", ["qemu:///system", "qemu+unix:///session", "qemu+tcp://localhost/system", "test:///fake"])
 def test_a_libvirt_uri_of_this_machine_is_taken(uri: str) -> None:
     refuse_remote(uri)
+
+
+def test_a_libvirt_domain_that_runs_here_while_its_vm_lives_elsewhere_is_offered_as_a_move() -> None:
+    """A live migration libvirt did (the domain now runs on this host): the refusal says how to
+    record the move, and nothing is moved or recorded."""
+    storage = SimulatedStorage()
+    storage.make_image(A_DISK, VSIZE, {0: 0x10})
+    fake = FakeLibvirt(storage)
+    fake.add("web", {"vda": A_DISK}, running=True, persistent=True)
+    app = LedgerApplication("memory:")
+    a = ledger_service(app, storage, host="hosta", hypervisor=LibvirtHypervisor(lambda _uri: fake))
+    assert a.hypervisor is not None
+    adopt_libvirt(a, a.hypervisor, "web", fake.uri)
+    b = ledger_service(app, storage, host="hostb", hypervisor=LibvirtHypervisor(lambda _uri: fake))
+    before = b.last_position()
+    with pytest.raises(HomeElsewhere, match="runs on this host now") as refused:
+        b.snapshot("web", "s1")
+    assert "snapledger move web --to hostb" in str(refused.value)
+    assert b.last_position() == before and b.vm("web").home == "hosta"
+    fake.domains["web"].running = False  # not here: a plain refusal
+    with pytest.raises(HomeElsewhere) as plain:
+        b.snapshot("web", "s1")
+    assert "move" not in str(plain.value)

@@ -150,6 +150,9 @@ class CommitSpy:
     def read_current(self) -> tuple[int, Tracking | None, list[Row]]:
         return self.real.read_current()
 
+    def read_tracking(self) -> Tracking | None:
+        return self.real.read_tracking()
+
     def read_at(self, position: int, fingerprint: str) -> tuple[int, int, list[Row]] | None:
         return self.real.read_at(position, fingerprint)
 
@@ -162,6 +165,20 @@ class CommitSpy:
 
     def close(self) -> None:
         self.real.close()
+
+
+def test_a_save_behind_another_processes_encodes_nothing(world: World) -> None:
+    """Many writers on one ledger: a process whose view is older than what another process saved
+    since does not encode its rows only to have them refused (BEHIND)."""
+    history(world)
+    spy = CommitSpy(world.store)
+    slow = world.process(store=spy)
+    view = slow.view  # loaded (and saved) at the ledger's position now
+    world.process().snapshot("b", "ahead")  # another process saves a later state
+    view.dirty |= set(view.aggregates())  # as if it had changed everything since
+    spy.written.clear()
+    assert slow.projection.save(view) == BEHIND
+    assert spy.written == []
 
 
 def test_a_save_rewrites_only_the_aggregates_that_changed(world: World) -> None:

@@ -214,3 +214,11 @@ def test_take_over_then_recover_finishes_what_the_dead_host_left_open() -> None:
     assert reads(b, vm.disks["vda"]) == expected["present"]
     with pytest.raises(HomeElsewhere):
         ledgers["hosta"].recover("web")
+
+
+def test_the_root_is_no_shared_directory() -> None:
+    world, _, ledgers = hosts()
+    world.host("hosta").make_image("/images/web.qcow2", VSIZE, {0: 0x11})
+    with pytest.raises(BadInput, match="--shared /"):
+        ledgers["hosta"].adopt("web", {"vda": "/images/web.qcow2"}, shared=["/"])
+    assert ledgers["hosta"].last_position() == 0
