@@ -35,3 +35,15 @@ def postgres() -> Iterator[str]:
     """The URL of the server's `ledger` database (tests may make databases of their own)."""
     with postgres_server() as url:
         yield url
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under xdist (`-n`, `--dist loadgroup`), the tests that drive the one libvirtd (some restart
+    it) run one at a time on one worker; the rest spread over the others."""
+    for item in items:
+        uses_libvirtd = "libvirt_vms" in getattr(item, "fixturenames", ()) or (
+            item.path.parent.name == "system" and item.path.name.startswith("test_libvirt")
+        )
+        if uses_libvirtd:
+            item.add_marker(pytest.mark.xdist_group("libvirtd"))

@@ -13,6 +13,7 @@ libvirtd is needed: .ci/setup installs and starts it. The tests never skip witho
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -27,6 +28,7 @@ import pytest
 
 URI = "qemu:///system"
 TIMEOUT = 60
+LIBVIRTD_LOCK = "/var/tmp/snapledger-tests-libvirtd.lock"
 
 
 def _virsh(*args: str) -> str:
@@ -170,6 +172,10 @@ class Domains:
 def libvirt_vms() -> Iterator[Domains]:
     # QEMU runs as libvirt-qemu: the images' directory must be reachable by it, which pytest's
     # tmp_path (0700 under /tmp/pytest-of-root) is not.
+    # One test at a time drives the one libvirtd (some restart it), whichever worker runs it:
+    # xdist's group sends them to one worker, and this lock holds if anything else runs one.
+    lock = open(LIBVIRTD_LOCK, "a+")  # noqa: SIM115 (closed below)
+    fcntl.flock(lock, fcntl.LOCK_EX)
     directory = Path(tempfile.mkdtemp(prefix="snapledger-libvirt-", dir="/var/tmp"))
     os.chmod(directory, 0o755)
     domains = Domains(directory)
@@ -178,3 +184,4 @@ def libvirt_vms() -> Iterator[Domains]:
     finally:
         domains.cleanup()
         shutil.rmtree(directory, ignore_errors=True)
+        lock.close()  # and with it the lock

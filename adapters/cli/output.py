@@ -26,8 +26,9 @@ from snapledger.adapters.cli.visible import visible, visible_data, visible_lines
 from snapledger.projections.documents import json_text
 
 console = Console()
-if not console.is_terminal:  # piped or logged: keep long paths on one line
-    console.width = max(console.width, 200)
+if not console.is_terminal:  # piped or logged: a line is never broken (a path stays greppable)
+    console.width = max(console.width, 200)  # what tables are laid out in
+    console.soft_wrap = True
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

@@ -110,3 +110,13 @@ def test_the_full_command_line_runs_as_a_module_too() -> None:
     )
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr.startswith("snapledger: error: Invalid value for '--at-event'")
+
+
+def test_a_long_line_written_to_a_pipe_is_never_broken() -> None:
+    """Scripts grep what `verify` and the others print: a finding naming two deep paths is one
+    line however long, when stdout is not a terminal."""
+    line = "vm: /" + "deep/" * 60 + "image.qcow2: backing file /" + "far/" * 40 + "stray.qcow2 is outside"
+    code = f"from snapledger.adapters.cli import output; output.say({line!r})"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env={"PATH": "/usr/bin:/bin", "COLUMNS": "80"})
+    assert done.stdout == line + "\n"
