@@ -55,7 +55,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -71,7 +70,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.postgres_server import server_bin  # noqa: E402
+from tests.postgres_server import private_server  # noqa: E402
 
 CLI = [sys.executable, "-m", "snapledger.adapters.cli"]
 CONFLICT = 4  # the exit code of a lost race (docs/cli.md)
@@ -312,30 +311,10 @@ def cli_worker(url: str, host: str, worker: str, vms: list[str], deadline: float
 
 @contextmanager
 def private_postgres(fsync: bool) -> Iterator[tuple[str, Path]]:
-    """A throwaway server (tests/postgres_server.py's way), fsync as asked; yields its base URL
+    """A throwaway server (tests/postgres_server.py's), fsync as asked; yields its base URL
     (no database: each level creates its own) and its postmaster.pid."""
-    root = Path(tempfile.mkdtemp(prefix="snapledger-load-pg-"))
-    data = root / "pgdata"
-    data.mkdir()
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        shutil.chown(root, "postgres")
-        shutil.chown(data, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_user, server_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True, timeout=120)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    options = f"-p {port} -k {data} -h 127.0.0.1 -c fsync={'on' if fsync else 'off'} -c max_connections=200"
-    subprocess.run([*as_user, server_bin("pg_ctl"), "-D", str(data), "-l", str(data / "server.log"),
-                    "-w", "-o", options, "start"], check=True, capture_output=True, timeout=120)
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}", data / "postmaster.pid"
-    finally:
-        subprocess.run([*as_user, server_bin("pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
-                       capture_output=True, check=False, timeout=60)
-        shutil.rmtree(root, ignore_errors=True)
+    with private_server(fsync, "-c max_connections=200") as (base, data):
+        yield base, data / "postmaster.pid"
 
 
 def new_postgres_db(base: str, name: str) -> str:

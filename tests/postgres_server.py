@@ -31,8 +31,10 @@ def _free_port() -> int:
 
 
 @contextmanager
-def postgres_server() -> Iterator[str]:
-    """Yield a store URL for a fresh database on a server that stops afterwards."""
+def private_server(fsync: bool = False, settings: str = "") -> Iterator[tuple[str, Path]]:
+    """A throwaway server on a port of its own: its base URL (no database) and data directory.
+    fsync off for the tests; on for a benchmark, whose commits must wait for their WAL as a
+    real ledger's do. `settings`: more `-c name=value` for the server."""
     # Not under pytest's tmp_path: its parents are private to root, and the server runs as postgres.
     root = Path(tempfile.mkdtemp(prefix="snapledger-pg-"))
     data = root / "pgdata"
@@ -46,9 +48,9 @@ def postgres_server() -> Iterator[str]:
     subprocess.run([*as_user, server_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"], **run)  # type: ignore[call-overload]
     port = _free_port()
     log = data / "server.log"
+    options = f"-p {port} -k {data} -h 127.0.0.1 -c fsync={'on' if fsync else 'off'} {settings}"
     subprocess.run(
-        [*as_user, server_bin("pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-o",
-         f"-p {port} -k {data} -h 127.0.0.1 -c fsync=off", "start"],
+        [*as_user, server_bin("pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-o", options, "start"],
         **run,  # type: ignore[call-overload]
     )
     try:
@@ -58,13 +60,22 @@ def postgres_server() -> Iterator[str]:
         ).returncode != 0:
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
-        subprocess.run(
-            [server_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "ledger"], **run  # type: ignore[call-overload]
-        )
-        yield f"postgresql://postgres@127.0.0.1:{port}/ledger"
+        yield f"postgresql://postgres@127.0.0.1:{port}", data
     finally:
         subprocess.run(
             [*as_user, server_bin("pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
             capture_output=True, check=False, timeout=60,
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def postgres_server() -> Iterator[str]:
+    """Yield a store URL for a fresh database on a server that stops afterwards."""
+    with private_server() as (base, _):
+        port = base.rsplit(":", 1)[1]
+        subprocess.run(
+            [server_bin("createdb"), "-h", "127.0.0.1", "-p", port, "-U", "postgres", "ledger"],
+            check=True, capture_output=True, timeout=120,
+        )
+        yield f"{base}/ledger"
