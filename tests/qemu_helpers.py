@@ -159,3 +159,21 @@ def held_image(path: str | Path) -> Iterator[subprocess.Popen[bytes]]:
         finally:
             proc.kill()
             proc.wait(timeout=TIMEOUT)
+
+
+def merges_in_group(pgid: int) -> list[int]:
+    """The qemu-img commit or (safe) rebase processes of process group `pgid`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(fields[2]) != pgid or len(argv) < 2 or not argv[0].endswith(b"qemu-img"):
+            continue
+        if argv[1] == b"commit" or (argv[1] == b"rebase" and b"-u" not in argv):
+            found.append(int(entry))
+    return found

@@ -29,6 +29,12 @@ from snapledger.projections.documents import (
 )
 
 
+def _show_vm(c: Context, vm: str) -> None:
+    """What a command that changed a VM prints: the VM as `show` gives it."""
+    data = vm_document(c.ledger.view, vm)
+    output.emit_json(data) if c.as_json else output.show_vm(data)
+
+
 @command()
 @click.argument("vm")
 @click.option("--disk", "disks", multiple=True, metavar="vda=PATH", help="A disk's active image.")
@@ -68,8 +74,7 @@ def adopt(
         return
     xml = domain_xml(read_file(xml_path, "domain XML")) if xml_path else None
     c.ledger.adopt(vm, pairs(disks, "--disk"), pools, xml, shared=shared)
-    data = vm_document(c.ledger.view, vm)
-    output.emit_json(data) if c.as_json else output.show_vm(data)
+    _show_vm(c, vm)
 
 
 @command()
@@ -131,8 +136,7 @@ def revert(
 def swap_disk(c: Context, vm: str, disk: str, path: str) -> None:
     """Record that the user put another image in place."""
     c.ledger.swap_disk(vm, disk, path)
-    data = vm_document(c.ledger.view, vm)
-    output.emit_json(data) if c.as_json else output.show_vm(data)
+    _show_vm(c, vm)
 
 
 @command()
@@ -238,8 +242,7 @@ def report(c: Context, plan: Plan, dry_run: bool, title: str) -> None:
 def move(c: Context, vm: str, to: str, take_over: bool) -> None:
     """Give a VM a new home host (after a live migration); every image must be on shared storage."""
     c.ledger.move(vm, to, take_over)
-    data = vm_document(c.ledger.view, vm)
-    output.emit_json(data) if c.as_json else output.show_vm(data)
+    _show_vm(c, vm)
 
 
 CHANGE_COMMANDS = (adopt, snapshot, revert, swap_disk, delete, gc, recover, reconcile, retire, move)

@@ -26,9 +26,9 @@ from multihost_helpers import (
     World,
     assert_one_line_error,
     can_make_hosts,
-    merges_in_group,
     world,
 )
+from qemu_helpers import merges_in_group
 from store_backends import PostgresBackend
 
 MIB = 1 << 20

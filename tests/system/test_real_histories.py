@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from cli_helpers import CLI, Cli
-from qemu_helpers import CLUSTER, assert_reads, make_image, qemu_io, write_clusters
+from qemu_helpers import CLUSTER, assert_reads, make_image, merges_in_group, qemu_io, write_clusters
 
 from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
@@ -558,29 +558,11 @@ def big_history(cli: Cli) -> History:
     return h
 
 
-def group_merges(pgid: int) -> list[int]:
-    """qemu-img commit or (safe) rebase processes in process group `pgid`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat_fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(stat_fields[2]) != pgid or not argv or not argv[0].endswith(b"qemu-img"):
-            continue
-        if b"commit" in argv[1:2] or (b"rebase" in argv[1:2] and b"-u" not in argv):
-            found.append(int(entry))
-    return found
-
-
 def wait_for_merge(proc: subprocess.Popen[bytes], running: bool, limit: float = 60) -> bool:
     """Wait until a merge runs (or no longer runs) in `proc`'s process group, or `proc` ends."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline and proc.poll() is None:
-        if bool(group_merges(proc.pid)) == running:
+        if bool(merges_in_group(proc.pid)) == running:
             return True
         time.sleep(0.002)
     return False
@@ -619,7 +601,7 @@ def test_kill_9_at_random_moments_of_a_big_merge_loses_nothing(tmp_path: Path) -
             assert wait_for_merge(proc, running=True), "the merge was never seen running"
             assert wait_for_merge(proc, running=False), "the merge never ended"
             time.sleep(rng.uniform(0.0, 0.05))
-        print(f"trial {trial} {when}: merge running at kill: {bool(group_merges(pgid))}")
+        print(f"trial {trial} {when}: merge running at kill: {bool(merges_in_group(pgid))}")
         try:
             if whom == "group":
                 os.killpg(pgid, signal.SIGKILL)
@@ -643,9 +625,9 @@ def test_kill_9_at_random_moments_of_a_big_merge_loses_nothing(tmp_path: Path) -
             ), (done.returncode, done.stderr)
             assert not events(cli, "OperationFailed")
             deadline = time.monotonic() + 60
-            while group_merges(pgid) and time.monotonic() < deadline:
+            while merges_in_group(pgid) and time.monotonic() < deadline:
                 time.sleep(0.01)
-            assert not group_merges(pgid)
+            assert not merges_in_group(pgid)
         cli.run("recover")
         state = h.refresh()
         names = {s["name"] for s in state["snapshots"]}
@@ -766,7 +748,7 @@ def test_recover_leaves_an_operation_whose_process_still_runs_alone(tmp_path: Pa
                               start_new_session=True, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE)
     assert wait_for_merge(delete, running=True), "the merge was never seen running"
-    merges = group_merges(delete.pid)
+    merges = merges_in_group(delete.pid)
     for pid in merges:  # held mid-merge, however fast the disk, while recover looks
         os.kill(pid, signal.SIGSTOP)
     try:
