@@ -35,6 +35,7 @@ from snapledger.adapters.service.ports import (
     ViewProjection,
 )
 from snapledger.adapters.storage.qemu_img import QemuImgStorage
+from snapledger.domain.errors import BadName
 from snapledger.domain.ledger_hash import UNKNOWN_HOST, RecordedBy
 from snapledger.domain.names import check_host
 from snapledger.projections.cost import CostModel
@@ -50,6 +51,8 @@ def tool_version() -> str:
 def this_host(host: str | None = None) -> str:
     """`--host`, else SNAPLEDGER_HOST, else the machine's hostname (semantics.md, "Many hosts");
     BadName (exit 2) if that is no host name."""
+    if host == "":  # said, and empty: not "the hostname, then"
+        raise BadName("--host needs a host name; leave it out to use this machine's hostname")
     return check_host(host or os.environ.get("SNAPLEDGER_HOST") or socket.gethostname())
 
 

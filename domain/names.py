@@ -34,7 +34,7 @@ def check_host(host: str) -> str:
             f"bad host name {host!r}: use letters, digits, '-' and '_' in dot-separated labels "
             "(at most 253 characters), as hostname gives it; set --host or SNAPLEDGER_HOST"
         )
-    if host == RESERVED_HOST:
+    if host.lower() == RESERVED_HOST:  # host names are DNS names: case does not count
         raise BadName(f"host name {host!r} is reserved (it marks records made without a host)")
     return host
 

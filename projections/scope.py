@@ -10,6 +10,9 @@ path never meet.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from snapledger.domain.errors import Refused
 from snapledger.domain.ledger_hash import UNKNOWN_HOST
 from snapledger.domain.names import is_within
 from snapledger.domain.vm import VirtualMachine
@@ -41,3 +44,21 @@ def registration_scope(path: str, home: str | None, dirs: tuple[str, ...]) -> st
     if home is None or home in NO_HOST or is_shared(path, dirs):
         return None
     return home
+
+
+def check_newly_shared(view: LedgerView, dirs: Iterable[str]) -> None:
+    """A directory is shared from the start: declaring one shared that already holds a tracked
+    VM's own image (known by its host and path) would make one image of what may be several
+    hosts' files, and let a VM move onto storage its new host can't see. Refused (exit 3)."""
+    already = shared_dirs(view)
+    for directory in sorted(set(dirs)):
+        if is_shared(directory, already):
+            continue
+        for vm in view.live_vms().values():
+            own = sorted(p for p in vm.images if is_within(p, (directory,)) and not is_shared(p, already))
+            if own:
+                raise Refused(
+                    f"--shared {directory}: {own[0]} there is already host "
+                    f"{vm.home or UNKNOWN_HOST}'s own image (VM {vm.name}); a directory is shared "
+                    "from its first adopt on, or never"
+                )

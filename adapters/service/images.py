@@ -17,6 +17,7 @@ from snapledger.domain.images import ImageFacts, Origin
 from snapledger.domain.names import check_disk_target, check_name, check_user_path
 from snapledger.domain.vm import VirtualMachine
 from snapledger.projections import planners
+from snapledger.projections.scope import check_newly_shared
 
 if TYPE_CHECKING:
     from snapledger.adapters.service.commands import Snapledger
@@ -49,7 +50,11 @@ def adopt(
     shared = sorted({check_user_path(p) for p in shared})
     if "/" in shared:  # every file of every host would be one file for all: surely a mistake
         raise BadInput("--shared / would make every path one file for every host: name the shared directory")
+    for option, directories in (("--pool", pools), ("--shared", shared)):
+        for directory in directories:
+            preconditions.check_real_dir(ledger.storage, directory, option)
     ledger.refresh()
+    check_newly_shared(ledger.view, shared)
     earlier = ledger.view.vms.get(name)
     if earlier is not None and earlier.retired is None:
         raise DuplicateName(f"VM {name!r} is already in the ledger")

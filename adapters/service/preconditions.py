@@ -36,12 +36,37 @@ def user_chain(
     ledger holds already keeps its recorded format (`known_format`): only a new one is probed."""
     allowed = sorted(allowed)
     try:
-        return storage.inspect_chain(path, allowed, known_format)
+        chain = storage.inspect_chain(path, allowed, known_format)
     except OutsideAllowedDirs as outside:
         advice = fix.format(dir=posixpath.dirname(outside.resolved))
         raise BadPath(f"{outside} of {whose} ({', '.join(allowed)}): {advice}") from None
     except StorageError as error:
         raise BadInput(f"{path} can't be used: {error}") from None
+    for above, facts in zip([None, *chain], chain, strict=False):
+        check_real_name(storage, facts.path, None if above is None else above.path)
+    return chain
+
+
+def check_real_name(storage: StoragePort, path: str, backing_of: str | None = None) -> None:
+    """One file, one name: an image is known to the ledger (and to every host) by its path, so
+    a path through a symbolic link would make a second image of a file already known by its
+    real name, which could then be written or deleted under the first one's holders."""
+    real = storage.resolve(path)
+    if real == path:
+        return
+    if backing_of is None:
+        raise BadPath(f"{path} goes through a symbolic link (the file is {real}): name the real file")
+    raise BadPath(
+        f"{backing_of}'s backing file {path} goes through a symbolic link (the file is {real}): "
+        f"rebase it onto the real path first (qemu-img rebase -u -b {real} ...)"
+    )
+
+
+def check_real_dir(storage: StoragePort, directory: str, option: str) -> None:
+    """A --pool or --shared directory by its real name (see check_real_name)."""
+    real = storage.resolve(directory)
+    if real != directory:
+        raise BadPath(f"{option} {directory} goes through a symbolic link (it is {real}): name the real directory")
 
 
 def user_overlays(

@@ -144,6 +144,11 @@ def after_conflict(ledger: Snapledger, vm_name: str, op_id: str) -> None:
                 "nothing of it stays done; try again"
             ) from None
         return  # finished (by whoever took it over): the command's work is done
+    if ledger.host and latest.home and not latest.lives_on(ledger.host):  # move --take-over
+        raise ConcurrentUpdate(
+            f"host {latest.home} took VM {vm_name} over while this process carried out its "
+            f"{op.kind} operation {op_id}; `recover` there finishes it"
+        ) from None
     runner = op.runner or {}
     raise ConcurrentUpdate(
         f"another process (pid {runner.get('pid')} on {runner.get('host')}) took over the "

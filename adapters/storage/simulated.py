@@ -120,7 +120,7 @@ class SimulatedStorage:
     ) -> None:
         if path in self.files:
             raise StorageError(f"{path} exists")
-        backing_format = self.files[backing].format if backing is not None else None
+        backing_format = self._get(backing).format if backing is not None else None
         self._new(path, SimImage(
             fmt, backing, backing_format, virtual_size, dict(clusters or {}), next(self._inodes)
         ))

@@ -166,7 +166,7 @@ def test_host_names_as_hostname_gives_them(name: str) -> None:
     assert check_host(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "-a", "a..b", ".a", "a b", "a/b", "é", "unknown", "a" * 254])
+@pytest.mark.parametrize("name", ["", "-a", "a..b", ".a", "a b", "a/b", "é", "unknown", "UNKNOWN", "Unknown", "a" * 254])
 def test_what_is_no_host_name_is_bad_input(name: str) -> None:
     with pytest.raises(BadName):
         check_host(name)
@@ -181,6 +181,8 @@ def test_the_host_comes_from_the_option_then_the_environment_then_the_hostname(
     assert recording_context(host="given").host == "given"
     monkeypatch.delenv("SNAPLEDGER_HOST")
     assert this_host() == socket.gethostname()
+    with pytest.raises(BadName, match="--host needs a host name"):  # said empty: not the hostname
+        this_host("")
 
 
 @pytest.mark.parametrize("uri", ["qemu+ssh://root@elsewhere/system", "qemu+tcp://10.0.0.9/system"])

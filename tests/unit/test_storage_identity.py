@@ -16,7 +16,7 @@ from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedCrash
-from snapledger.domain.errors import BadInput, HomeElsewhere, OperationInProgress, Refused
+from snapledger.domain.errors import BadInput, BadPath, HomeElsewhere, OperationInProgress, Refused
 from snapledger.domain.image_registry import image_id
 from snapledger.domain.images import OwnerClass
 from snapledger.domain.ledger_hash import RecordedBy
@@ -222,3 +222,44 @@ def test_the_root_is_no_shared_directory() -> None:
     with pytest.raises(BadInput, match="--shared /"):
         ledgers["hosta"].adopt("web", {"vda": "/images/web.qcow2"}, shared=["/"])
     assert ledgers["hosta"].last_position() == 0
+
+
+def test_an_image_is_never_adopted_under_a_second_name_through_a_symbolic_link() -> None:
+    """hosta froze /shared/web.qcow2 for its snapshot s1. hostb names the same file through a
+    symlinked directory (/alias -> /shared), as a disk or as the backing file of its own disk:
+    refused as bad input, nothing recorded, and s1 reads what it read (a second name would have
+    made the file a second image, which hostb's delete could then commit into)."""
+    world, app, ledgers = hosts()
+    a, b = world.host("hosta"), world.host("hostb")
+    a.make_image("/shared/web.qcow2", VSIZE, {0: 0x22})
+    ledgers["hosta"].adopt("web", {"vda": "/shared/web.qcow2"}, shared=["/shared"])
+    ledgers["hosta"].snapshot("web", "s1")
+    b.symlink("/alias", "/shared")
+    b.make_image("/b/db.qcow2", VSIZE, {1: 0xB1}, backing="/alias/web.qcow2")
+    recorded = app.last_position()
+    with pytest.raises(BadPath, match="goes through a symbolic link .the file is /shared/web.qcow2"):
+        ledgers["hostb"].adopt("twin", {"vda": "/alias/web.qcow2"}, shared=["/shared"])
+    with pytest.raises(BadPath, match="backing file /alias/web.qcow2 goes through a symbolic link"):
+        ledgers["hostb"].adopt("db", {"vda": "/b/db.qcow2"}, shared=["/shared"])
+    with pytest.raises(BadPath, match="--pool /alias goes through a symbolic link"):
+        ledgers["hostb"].adopt("db", {"vda": "/b/db.qcow2"}, pools=["/alias"])
+    assert app.last_position() == recorded
+    assert reads(a, "/shared/web.qcow2") == {0: 0x22}
+
+
+def test_a_directory_holding_a_hosts_own_images_is_not_declared_shared_later() -> None:
+    """hosta and hostb each keep their own /images/r0.qcow2 (two images). A third VM declaring
+    /images shared would make them one, and let hosta's VM move to hostb, which can't see hosta's
+    file: refused (exit 3), nothing recorded."""
+    world, app, ledgers = hosts()
+    world.host("hosta").make_image("/images/r0.qcow2", VSIZE, {0: 0xA0})
+    world.host("hostb").make_image("/images/r0.qcow2", VSIZE, {0: 0xB0})
+    world.host("hostb").make_image("/other/o.qcow2", VSIZE, {0: 0x0F})
+    ledgers["hosta"].adopt("web", {"vda": "/images/r0.qcow2"})
+    ledgers["hostb"].adopt("db", {"vda": "/images/r0.qcow2"})
+    recorded = app.last_position()
+    with pytest.raises(Refused, match=r"--shared /images: /images/r0.qcow2 there is already host host[ab]'s own image"):
+        ledgers["hostb"].adopt("other", {"vda": "/other/o.qcow2"}, shared=["/images"])
+    assert app.last_position() == recorded
+    with pytest.raises(Refused):
+        ledgers["hosta"].move("web", "hostb")
