@@ -101,7 +101,13 @@ def test_a_symlinked_directory_is_no_way_out(lay: Layout) -> None:
     assert f"resolves to {lay.stray}" in one_line_error(refused)
     assert world(cli) == before
 
-    # with the templates' real directory as a pool, the resolved chain is inside
+    # with the templates' real directory as a pool the chain is inside, but its backing pointer
+    # still names the template by a second name: refused until it names the real file
+    refused = cli.run("adopt", "vm", "--disk", f"vda={disk}", "--pool", str(lay.templates), expect=2)
+    message = one_line_error(refused)
+    assert "goes through a symbolic link" in message and f"qemu-img rebase -u -b {lay.template}" in message
+    assert world(cli) == before
+    set_backing_unchecked(disk, str(lay.template), "qcow2")  # what the message says to do
     cli.run("adopt", "vm", "--disk", f"vda={disk}", "--pool", str(lay.templates))
     cli.run("verify")
 
@@ -110,7 +116,9 @@ def test_an_overlay_the_user_names_must_not_go_through_a_symlink(lay: Layout) ->
     cli = lay.cli
     disk = make_image(lay.vm / "vda.qcow2", SIZE, {1: 0x11})
     (lay.vm / "out").symlink_to(lay.elsewhere)
-    cli.run("adopt", "vm", "--disk", f"vda={disk}", "--pool", str(lay.vm / "out"))
+    refused = cli.run("adopt", "vm", "--disk", f"vda={disk}", "--pool", str(lay.vm / "out"), expect=2)
+    assert f"--pool {lay.vm / 'out'} goes through a symbolic link" in one_line_error(refused)
+    cli.run("adopt", "vm", "--disk", f"vda={disk}")
     before = world(cli)
     for overlay in (lay.vm / "out" / "s1.qcow2", lay.elsewhere / "s1.qcow2"):
         refused = cli.run("snapshot", "vm", "s1", "--overlay", f"vda={overlay}", expect=2)
