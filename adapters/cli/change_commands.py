@@ -3,6 +3,8 @@ reconcile and retire (with --dry-run, the plan only)."""
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from snapledger.adapters.cli import output
@@ -53,6 +55,10 @@ def adopt(
     xml_path: str | None, libvirt: bool, connect: str | None, keep_libvirt_metadata: bool,
 ) -> None:
     """Start tracking a VM from its disk files, or a libvirt domain (--libvirt)."""
+    for option, directories in (("--pool", pools), ("--shared", shared)):
+        for directory in directories:  # a typo must not become a directory of the whole ledger
+            if not os.path.isdir(directory):
+                raise BadInput(f"{option} {directory}: no such directory")
     if libvirt or connect or keep_libvirt_metadata:
         if not libvirt:
             raise BadInput("--connect and --keep-libvirt-metadata go with --libvirt")

@@ -50,3 +50,13 @@ def test_a_host_name_that_is_no_host_name_is_bad_input(tmp_path: Path) -> None:
     cli.env["SNAPLEDGER_HOST"] = "no spaces"
     cli.run("list", expect=2)
     assert not (tmp_path / "ledger.sqlite").exists()
+
+
+def test_a_shared_or_pool_directory_that_is_not_there_is_bad_input(tmp_path: Path) -> None:
+    cli = Cli(tmp_path)
+    web = make_image(tmp_path / "web.qcow2", 4 * MIB, {0: 0x11})
+    for option, directory in (("--shared", tmp_path / "nfs-typo"), ("--pool", web)):
+        done = cli.run("adopt", "web", "--disk", f"vda={web}", option, str(directory), expect=2)
+        assert done.stderr == f"snapledger: error: {option} {directory}: no such directory\n"
+    assert cli.json("list") == []
+
