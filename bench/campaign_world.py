@@ -22,6 +22,9 @@ from pathlib import Path
 
 from snapledger.adapters.storage import qemu_locks
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.qemu_helpers import merges_in_group, processes_in_group  # noqa: E402  (the tests' /proc scans)
+
 FILLER = ".campaign-filler"  # QEMU holds byte 100 + n of an image for permission bit n; 1 is write
 
 
@@ -38,35 +41,6 @@ def snapledger_command() -> list[str]:
 
 
 # ---- processes ---------------------------------------------------------------------------
-
-
-def processes_in_group(pgid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            found.append(int(entry))
-    return found
-
-
-def merges_in_group(pgid: int) -> list[int]:
-    """qemu-img commit or data-moving rebase processes in process group `pgid`."""
-    found = []
-    for pid in processes_in_group(pgid):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if not argv or not argv[0].endswith(b"qemu-img") or len(argv) < 2:
-            continue
-        if argv[1] == b"commit" or (argv[1] == b"rebase" and b"-u" not in argv):
-            found.append(pid)
-    return found
 
 
 def kill_group(pgid: int, wait: float = 30.0) -> None:

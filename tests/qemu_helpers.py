@@ -161,19 +161,31 @@ def held_image(path: str | Path) -> Iterator[subprocess.Popen[bytes]]:
             proc.wait(timeout=TIMEOUT)
 
 
-def merges_in_group(pgid: int) -> list[int]:
-    """The qemu-img commit or (safe) rebase processes of process group `pgid`."""
+def processes_in_group(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group `pgid`."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if int(fields[2]) != pgid or len(argv) < 2 or not argv[0].endswith(b"qemu-img"):
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+def merges_in_group(pgid: int) -> list[int]:
+    """The qemu-img commit or (safe, data-moving) rebase processes of process group `pgid`."""
+    found = []
+    for pid in processes_in_group(pgid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) < 2 or not argv[0].endswith(b"qemu-img"):
             continue
         if argv[1] == b"commit" or (argv[1] == b"rebase" and b"-u" not in argv):
-            found.append(int(entry))
+            found.append(pid)
     return found
