@@ -43,27 +43,30 @@ def user_chain(
     except StorageError as error:
         raise BadInput(f"{path} can't be used: {error}") from None
     for above, facts in zip([None, *chain], chain, strict=False):
-        check_real_name(storage, facts.path, None if above is None else above.path)
+        second_name = second_name_of(storage, facts.path, None if above is None else above.path)
+        if second_name is not None:
+            raise BadPath(second_name)
     return chain
 
 
-def check_real_name(storage: StoragePort, path: str, backing_of: str | None = None) -> None:
-    """One file, one name: an image is known to the ledger (and to every host) by its path, so
-    a path through a symbolic link would make a second image of a file already known by its
-    real name, which could then be written or deleted under the first one's holders."""
+def second_name_of(storage: StoragePort, path: str, backing_of: str | None = None) -> str | None:
+    """One file, one name: why `path` (a disk, or `backing_of`'s backing file) can't come into
+    the ledger, if it goes through a symbolic link; None if it is the file's real name. An image
+    is known by its path, so a second name would make a second image of a file already known by
+    its real name, which could then be written or deleted under the first one's holders."""
     real = storage.resolve(path)
     if real == path:
-        return
+        return None
     if backing_of is None:
-        raise BadPath(f"{path} goes through a symbolic link (the file is {real}): name the real file")
-    raise BadPath(
+        return f"{path} goes through a symbolic link (the file is {real}): name the real file"
+    return (
         f"{backing_of}'s backing file {path} goes through a symbolic link (the file is {real}): "
         f"rebase it onto the real path first (qemu-img rebase -u -b {real} ...)"
     )
 
 
 def check_real_dir(storage: StoragePort, directory: str, option: str) -> None:
-    """A --pool or --shared directory by its real name (see check_real_name)."""
+    """A --pool or --shared directory by its real name (see second_name_of)."""
     real = storage.resolve(directory)
     if real != directory:
         raise BadPath(f"{option} {directory} goes through a symbolic link (it is {real}): name the real directory")

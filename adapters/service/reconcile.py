@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from snapledger.adapters.service.drift import DiskChecks, frozen_rules, outside_finding
+from snapledger.adapters.service.preconditions import second_name_of
 from snapledger.adapters.service.registrations import claimed
 from snapledger.domain.errors import DriftFound, OutsideAllowedDirs, StorageError
 from snapledger.domain.images import ImageFacts, Origin
@@ -84,8 +85,12 @@ def _find_below(
     except StorageError as error:
         out.unresolvable.append(f"{facts.path}: its backing chain can't be read ({error})")
         return
-    for below in chain:
+    for above, below in zip([facts, *chain], chain, strict=False):
         if below.path in vm.images or any(f.path == below.path for f in out.found):
+            return
+        second_name = second_name_of(checks.storage, below.path, above.path)
+        if second_name is not None:  # it may be an image the ledger knows by its real name
+            out.unresolvable.append(second_name)
             return
         out.found.append(below)
         out.changes.append(f"{below.path}: now below {facts.path}; recorded as read-only")

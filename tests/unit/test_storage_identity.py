@@ -16,7 +16,14 @@ from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedCrash
-from snapledger.domain.errors import BadInput, BadPath, HomeElsewhere, OperationInProgress, Refused
+from snapledger.domain.errors import (
+    BadInput,
+    BadPath,
+    DriftFound,
+    HomeElsewhere,
+    OperationInProgress,
+    Refused,
+)
 from snapledger.domain.image_registry import image_id
 from snapledger.domain.images import OwnerClass
 from snapledger.domain.ledger_hash import RecordedBy
@@ -263,3 +270,22 @@ def test_a_directory_holding_a_hosts_own_images_is_not_declared_shared_later() -
     assert app.last_position() == recorded
     with pytest.raises(Refused):
         ledgers["hosta"].move("web", "hostb")
+
+
+def test_reconcile_never_records_a_backing_file_by_a_second_name() -> None:
+    """By hand, web's disk is rebased onto db's disk through a symlinked directory. reconcile
+    would record that file as an image of web's (read-only there, but managed for db, which may
+    delete it): it can't record it, says why, and records nothing."""
+    world, app, ledgers = hosts()
+    a = world.host("hosta")
+    a.make_image("/images/db.qcow2", VSIZE, {0: 0xD0})
+    a.make_image("/images/web.qcow2", VSIZE, {1: 0xE1})
+    ledger = ledgers["hosta"]
+    ledger.adopt("db", {"vda": "/images/db.qcow2"})
+    ledger.adopt("web", {"vda": "/images/web.qcow2"}, pools=["/images"])
+    a.symlink("/alias", "/images")
+    a.rebase_unsafe("/images/web.qcow2", "/alias/db.qcow2", "qcow2", fmt="qcow2")
+    recorded = app.last_position()
+    with pytest.raises(DriftFound, match="backing file /alias/db.qcow2 goes through a symbolic link"):
+        ledger.reconcile("web")
+    assert app.last_position() == recorded
