@@ -125,7 +125,7 @@ class Fleet:
         return vm
 
     def taken(self, vm: VirtualMachine) -> Callable[[str], bool]:
-        return lambda p: p in vm.used_paths or p in self.registrations or self.storage.exists(p)
+        return lambda p: p in self.registrations or self.storage.exists(p)
 
     def snapshot(self, vm_name: str, name: str, *, fail_at: int | None = None) -> Plan:
         vm = self.prepare(vm_name)

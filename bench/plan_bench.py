@@ -136,8 +136,7 @@ def main() -> int:
     targets = pick(vm, random.Random(args.seed))
 
     def taken(on: LedgerView) -> Callable[[str], bool]:  # as Snapledger._taken builds it
-        used = on.paths_ever_used()
-        return lambda path: path in used or storage.exists(path)
+        return lambda path: on.ever_used(path) or storage.exists(path)
 
     def planner_calls(fresh: bool) -> list[tuple[str, Callable[[], object]]]:
         """Each call plans on `replacing(view, vm)`: a new view holding the VM, as the service's

@@ -39,6 +39,9 @@ class ImageRegistration(Aggregate):
         self.path = path
         self.host = host
         self.users: set[str] = {vm}
+        # VMs that used it and let it go (deleted, released, retired): every path a VM ever
+        # used is one of these registrations, so "ever used" needs no set that grows on the VM
+        self.former_users: set[str] = set()
         self.reserved_by: tuple[str, str] | None = None  # (vm, operation id)
 
     def add_user(self, vm: str) -> None:
@@ -59,7 +62,9 @@ class ImageRegistration(Aggregate):
 
     @event("UseEnded")
     def _use_ended(self, vm: str, deleted: bool) -> None:
-        self.users.discard(vm)
+        if vm in self.users:
+            self.users.discard(vm)
+            self.former_users.add(vm)
         if self.reserved_by is not None and self.reserved_by[0] == vm:
             self.reserved_by = None
 

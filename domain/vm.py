@@ -153,7 +153,6 @@ class VirtualMachine(Aggregate):
         self.snapshots: dict[str, SnapshotRecord] = {}
         self.current: str | None = None
         self.operation: OperationRecord | None = None
-        self.used_paths: set[str] = set(self.images)
         self.adopted_at = at
         self.drift_findings: list[str] = []
 
@@ -279,9 +278,6 @@ class VirtualMachine(Aggregate):
     ) -> None:
         self._observe(observed)
         steps = tuple(step_from_dict(s) for s in plan["steps"])
-        for step in steps:
-            if isinstance(step, CreateOverlay):
-                self.used_paths.add(step.path)
         self.operation = OperationRecord(op_id, kind, target, steps, 0, None, dict(details))
 
     def _check_current_operation(self, op_id: str) -> OperationRecord:
@@ -505,7 +501,6 @@ class VirtualMachine(Aggregate):
         for item in images:
             record = _record_from_dict(item)
             self.images[record.path] = record
-            self.used_paths.add(record.path)
         old = self.images[previous]
         self.images[previous] = replace(old, detached=True)
         self.disks[disk] = path
@@ -645,7 +640,6 @@ class VirtualMachine(Aggregate):
         for item in found:
             record = _record_from_dict(item)
             self.images[record.path] = record
-            self.used_paths.add(record.path)
         for path in gone:
             self.images[path] = replace(self.images[path], missing=True)
         self.drift_findings = []

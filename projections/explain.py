@@ -192,7 +192,7 @@ def _held(view: LedgerView, vm_name: str, path: str) -> VirtualMachine:
     holders = sorted(v.name for v in view.vms.values() if path in v.images)
     if holders:
         raise UnknownImage(f"VM {vm_name!r} holds no image {path}; it is held by {', '.join(holders)}")
-    if path in vm.used_paths:
+    if any(vm_name in r.former_users for r in view.registered.get(path, ())):
         raise UnknownImage(
             f"VM {vm_name!r} no longer holds {path} (deleted or released; see 'snapledger log {vm_name}')"
         )
@@ -474,8 +474,7 @@ def _revert_routes(view: LedgerView, vm: VirtualMachine, path: str) -> list[Rout
     if path not in vm.disks.values() or not vm.snapshots:
         return []
     target = vm.current if vm.current is not None else sorted(vm.snapshots)[-1]
-    used = view.paths_ever_used()
-    plan = _try(plan_revert, view, vm.name, target, used.__contains__)
+    plan = _try(plan_revert, view, vm.name, target, view.ever_used)
     if plan is None or not _deletes(plan, path):
         return []
     command = shlex.join(["snapledger", "revert", vm.name, target])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, is_dataclass
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, DomainEventProtocol
@@ -104,21 +104,15 @@ class LedgerView:
                 users |= registration.users
         return users
 
-    def paths_ever_used(self, host: str | None = None, shared: tuple[str, ...] = ()) -> set[str]:
-        """Every path the ledger ever used (`host`: on that host's own storage and on shared
-        storage; a path another host used on its own storage is free here)."""
-        used: set[str] = set()
-        for path, registrations in self.registered.items():
-            if host is None or is_within(path, shared) or any(
-                r.host in (host, "", UNKNOWN_HOST) for r in registrations
-            ):
-                used.add(path)
-        for vm in self.vms.values():
-            if host is None or vm.lives_on(host):
-                used |= vm.used_paths
-            else:
-                used |= {p for p in vm.used_paths if is_within(p, shared)}
-        return used
+    def ever_used(self, path: str, host: str | None = None, shared: tuple[str, ...] = ()) -> bool:
+        """Whether the ledger ever used `path` (`host`: on that host's own storage or on shared
+        storage; a path another host used on its own storage is free here). Every image a VM
+        takes up is registered and a registration is never removed, so this is a lookup, not a
+        walk over the history (issue 13)."""
+        registrations = self.registered.get(path, ())
+        if host is None or (registrations and is_within(path, shared)):
+            return bool(registrations)
+        return any(r.host in (host, "", UNKNOWN_HOST) for r in registrations)
 
     def canonical(self) -> dict[str, Any]:
         """Plain data for comparing two views."""
@@ -147,6 +141,25 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return repr(value)
+
+
+_A = TypeVar("_A", bound=Aggregate)
+_CONTAINERS = (dict, list, set)
+
+
+def private_copy(aggregate: _A) -> _A:
+    """A copy of a view's aggregate that a command may change (its `@event` methods) without
+    touching the view. One level deep is enough: the domain replaces the records it holds
+    (frozen dataclasses, tuples, strings) and never changes one in place, so only the
+    aggregate's own containers are copied; the state machine checks that a copy acts exactly
+    like the aggregate loaded from its events (tests/unit/test_ledger_state_machine.py)."""
+    clone = object.__new__(type(aggregate))
+    clone.__dict__.update(
+        (key, value.copy() if type(value) in _CONTAINERS else value)
+        for key, value in aggregate.__dict__.items()
+    )
+    return clone
+
 
 
 def replacing(view: LedgerView, vm: VirtualMachine) -> LedgerView:

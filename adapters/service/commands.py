@@ -36,7 +36,6 @@ from snapledger.domain.errors import (
     DomainGone,
     DriftFound,
     ImageInUse,
-    LedgerDamaged,
     LedgerUnwritable,
     LiveStepImpossible,
     OperationInProgress,
@@ -44,11 +43,11 @@ from snapledger.domain.errors import (
 )
 from snapledger.domain.images import ImageFacts
 from snapledger.domain.steps import BranchOption, OperationKind, Plan, SetActive, Step, Strategy
-from snapledger.domain.vm import VirtualMachine, vm_id
+from snapledger.domain.vm import VirtualMachine
 from snapledger.projections import planners
 from snapledger.projections.cost import CostModel
 from snapledger.projections.scope import NO_HOST, shared_dirs
-from snapledger.projections.view import LedgerView, replacing
+from snapledger.projections.view import LedgerView, private_copy, replacing
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -153,22 +152,14 @@ class Snapledger:
         return self.app.position_at(when)
 
     def vm(self, name: str) -> VirtualMachine:
-        """The VM of that name, loaded fresh from its events."""
-        known = self.view.vms.get(name)  # the newest VM of that name (after a retire)
-        try:
-            vm = self.app.load(known.id if known is not None else vm_id(name))
-        except LedgerDamaged:
-            raise
-        except Exception as error:  # a stored fact that can't be read or applied was changed
-            if isinstance(error, self.app.errors):  # the store's own trouble, not drift (exit 1)
-                raise
-            raise LedgerDamaged(
-                f"the events of VM {name!r} can't be read back ({type(error).__name__}: {error}); "
-                "run `snapledger verify`"
-            ) from error
-        if not isinstance(vm, VirtualMachine):
+        """The VM of that name as the ledger holds it now: the view caught up with every event
+        recorded (by anyone), and a private copy of its VM, which the command may change. Its
+        cost does not grow with the VM's history (no replay of its events); saving it is still
+        refused if another writer got there first (the store's optimistic concurrency)."""
+        known = self.refresh().vms.get(name)  # the newest VM of that name (after a retire)
+        if known is None:
             raise UnknownVm(f"no VM named {name!r} in the ledger")
-        return vm
+        return private_copy(known)
 
     def own(self, name: str) -> VirtualMachine:
         """The VM of that name, loaded fresh, if it lives on this host (hosts.py)."""
@@ -424,8 +415,8 @@ class Snapledger:
     def _taken(self, view: LedgerView, vm: VirtualMachine) -> Callable[[str], bool]:
         """Whether a path may not be a new overlay's: used in this ledger on `vm`'s host (its
         own storage or shared storage), or a file there now."""
-        used = view.paths_ever_used(None if vm.home in NO_HOST else vm.home, shared_dirs(view))
-        return lambda path: path in used or self.storage.exists(path)
+        host, shared = (None if vm.home in NO_HOST else vm.home), shared_dirs(view)
+        return lambda path: view.ever_used(path, host, shared) or self.storage.exists(path)
 
     # ---- recording -------------------------------------------------------------------
 

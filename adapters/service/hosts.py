@@ -16,6 +16,7 @@ from snapledger.domain.image_registry import ImageRegistration, image_id
 from snapledger.domain.names import check_host
 from snapledger.domain.vm import VirtualMachine
 from snapledger.projections.scope import NO_HOST, is_shared, shared_dirs
+from snapledger.projections.view import private_copy
 
 if TYPE_CHECKING:
     from snapledger.adapters.service.commands import Snapledger
@@ -82,9 +83,10 @@ def registry(ledger: Snapledger, vm: VirtualMachine) -> Registry:
 
 
 def _registration(ledger: Snapledger, registration_id: UUID) -> ImageRegistration | None:
-    registration = ledger.app.load(registration_id)
-    assert registration is None or isinstance(registration, ImageRegistration)
-    return registration
+    # as recorded now (by anyone: the view caught up, one short query); one recorded after this
+    # look makes the save fail (optimistic concurrency), never lost
+    registration = ledger.refresh().registrations.get(registration_id)
+    return private_copy(registration) if registration is not None else None
 
 
 def move(ledger: Snapledger, vm_name: str, to: str, take_over: bool = False) -> None:

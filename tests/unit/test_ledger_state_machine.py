@@ -47,7 +47,7 @@ from snapledger.domain.images import OwnerClass
 from snapledger.domain.steps import Plan
 from snapledger.projections.dag import ImageDag
 from snapledger.projections.documents import json_text, vm_document
-from snapledger.projections.view import LedgerView
+from snapledger.projections.view import LedgerView, private_copy
 
 CLUSTERS = 12
 SIZE = CLUSTERS * CLUSTER
@@ -576,6 +576,19 @@ class LedgerMachine(WorldActors, RuleBasedStateMachine):
         rebuilt = LedgerView()
         rebuilt.apply_all(self.app.events_after(0))
         assert rebuilt.canonical() == self.ledger.view.canonical()
+
+    @invariant()
+    def a_command_loads_each_aggregate_as_its_events_fold_it(self) -> None:
+        """A command takes a private copy of the view's aggregate rather than replaying its
+        stream (issue 13): the copy is exactly what the aggregate's own events fold to, and
+        changing it leaves the view alone."""
+        for name, vm in self.ledger.view.vms.items():
+            loaded = self.ledger.vm(name)
+            assert loaded == self.app.load(vm.id), name
+            loaded.disks["copy-only"] = "/nowhere"
+            assert "copy-only" not in vm.disks
+        for registration in self.ledger.view.registrations.values():
+            assert private_copy(registration) == self.app.load(registration.id), registration.path
 
     @invariant()
     def persisted_projection_equals_rebuilt(self) -> None:

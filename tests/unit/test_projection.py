@@ -123,7 +123,8 @@ def test_the_codec_keeps_every_type(world: World) -> None:
     assert all(isinstance(r.origin, Origin) for r in a.images.values())
     reserved = [r for r in view.registrations.values() if r.reserved_by is not None]
     assert reserved and all(isinstance(r.reserved_by, tuple) for r in reserved)
-    assert isinstance(a.used_paths, set)
+    assert isinstance(a.adopted_dirs, set)
+    assert all(isinstance(r.former_users, set) for r in view.registrations.values())
 
 
 def test_the_transcoder_refuses_classes_outside_the_domain() -> None:
