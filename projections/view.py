@@ -27,6 +27,9 @@ class LedgerView:
         # every image registration by id, and by path (one path may name a file on each host)
         self.registrations: dict[UUID, ImageRegistration] = {}
         self.registered: dict[str, list[ImageRegistration]] = {}
+        # the registrations some VM uses now, kept as events apply: what a scan for unknown
+        # files compares with, without walking every image the ledger ever registered
+        self.in_use: dict[UUID, ImageRegistration] = {}
         self._by_id: dict[UUID, Aggregate] = {}
         self.position = 0  # the ledger position of the last event applied
         self.version = 0  # bumped on every change, for caches of derived views
@@ -49,6 +52,8 @@ class LedgerView:
             self.dirty.add(aggregate.id)
             if aggregate.id not in self._by_id:
                 self._add(aggregate, position)
+            elif isinstance(aggregate, ImageRegistration):
+                self._index_use(aggregate)
         self.position = position
         self.version += 1
 
@@ -79,6 +84,13 @@ class LedgerView:
         if registration.id not in self.registrations:
             self.registrations[registration.id] = registration
             self.registered.setdefault(registration.path, []).append(registration)
+            self._index_use(registration)
+
+    def _index_use(self, registration: ImageRegistration) -> None:
+        if registration.users:
+            self.in_use[registration.id] = registration
+        else:
+            self.in_use.pop(registration.id, None)
 
     def aggregates(self) -> dict[UUID, Aggregate]:
         """Every aggregate by id, in the order of their first events (read-only)."""
@@ -168,6 +180,7 @@ def replacing(view: LedgerView, vm: VirtualMachine) -> LedgerView:
     copy.vms = {**view.vms, vm.name: vm}
     copy.registrations = view.registrations
     copy.registered = view.registered
+    copy.in_use = view.in_use
     copy._by_id = {**view._by_id, vm.id: vm}
     copy.position = view.position
     copy.version = view.version

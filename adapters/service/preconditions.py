@@ -116,7 +116,7 @@ def unknown_dependants(
         ours = in_scope(other, home)
         known |= {path for path in other.images if ours or is_shared(path, shared)}
     known |= {
-        reg.path for reg in now.registrations.values()
+        reg.path for reg in now.in_use.values()
         if reg.users and (home is None or reg.host in (home, *NO_HOST) or is_shared(reg.path, shared))
     }
     known |= set(view.vms[vm.name].images) if vm.name in view.vms else set()

@@ -576,6 +576,8 @@ class LedgerMachine(WorldActors, RuleBasedStateMachine):
         rebuilt = LedgerView()
         rebuilt.apply_all(self.app.events_after(0))
         assert rebuilt.canonical() == self.ledger.view.canonical()
+        for view in (rebuilt, self.ledger.view):  # the index kept as events apply
+            assert view.in_use == {i: r for i, r in view.registrations.items() if r.users}
 
     @invariant()
     def a_command_loads_each_aggregate_as_its_events_fold_it(self) -> None:
