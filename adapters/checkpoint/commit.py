@@ -78,6 +78,10 @@ class WritableTables(StoredTables, Protocol):
         there stays), mark every row archived, and record the point with `count` aggregates."""
         ...
 
+    def chain_hash_at(self, position: int) -> str:
+        """The ledger's hash chain at `position` ("" if it has no record there): the anchor."""
+        ...
+
     def put_tracking(self, tracking: Tracking) -> None:
         """Write the tracking row (with its checksum, where the store keeps one)."""
         ...
@@ -131,4 +135,6 @@ def _write(tables: WritableTables, stored: Tracking | None, update: Update, docs
     if archive:
         tables.keep_archive_point(update.position, count)
         archived = update.position
-    tables.put_tracking(Tracking(update.position, update.fingerprint, count, archived))
+    # anchored to the chain as it stands under the same lock the events are written under
+    anchor = tables.chain_hash_at(update.position)
+    tables.put_tracking(Tracking(update.position, update.fingerprint, count, archived, anchor))

@@ -12,6 +12,7 @@ import sqlite3
 from urllib.parse import quote
 
 from snapledger.adapters.checkpoint.rules import (
+    CHAIN,
     DOCS,
     EVENTS,
     TRACKING,
@@ -117,9 +118,10 @@ def _stored_show_text_postgres(url: str, vm: str) -> str | None:
                 return None
             row = conn.execute(
                 sql.SQL(
-                    "SELECT position, fingerprint, aggregates, archived, checksum FROM {} "
-                    "WHERE name = %s"
-                ).format(table(TRACKING)),
+                    "SELECT t.position, t.fingerprint, t.aggregates, t.archived, t.anchor, t.checksum, "
+                    "(SELECT c.hash FROM {} AS c WHERE c.position = t.position) "
+                    "FROM {} AS t WHERE t.name = %s"
+                ).format(table(CHAIN), table(TRACKING)),
                 (VIEW,),
             ).fetchone()
             top_row = conn.execute(

@@ -15,6 +15,7 @@ from snapledger.adapters.checkpoint.rules import (
     Row,
     Tracking,
     Update,
+    anchored,
     code_fingerprint,
     doc_checksum,
     doc_intact,
@@ -30,26 +31,34 @@ class MemoryProjectionStore:
 
     persistent = True
 
-    def __init__(self, last_position: Callable[[], int]) -> None:
+    def __init__(
+        self, last_position: Callable[[], int], chain_hash_at: Callable[[int], str] = lambda _: ""
+    ) -> None:
         self.last_position = last_position
-        self.tracking: Tracking | None = None
+        self.chain_hash_at = chain_hash_at
+        self.tracking: Tracking | None = None  # as written (the reads check its anchor)
         self.rows: dict[str, Row] = {}
         self.docs: dict[str, Doc] = {}
         self.history: dict[tuple[str, int], tuple[int, Row]] = {}  # (id, version) -> (position, row)
         self.archives: dict[int, int] = {}
         self._lock = threading.Lock()
 
+    def _checked(self) -> Tracking | None:
+        """The tracking row against the chain's hash at its position now (rules.anchored)."""
+        t = self.tracking
+        return None if t is None else anchored(t, self.chain_hash_at(t.position))
+
     def read_current(self) -> tuple[int, Tracking | None, list[Row]]:
         with self._lock:
-            return self.last_position(), self.tracking, _born_order(self.rows.values())
+            return self.last_position(), self._checked(), _born_order(self.rows.values())
 
     def read_tracking(self) -> Tracking | None:
         with self._lock:
-            return self.tracking
+            return self._checked()
 
     def read_at(self, position: int, fingerprint: str) -> tuple[int, int, list[Row]] | None:
         with self._lock:
-            t = self.tracking
+            t = self._checked()
             if t is None or t.fingerprint != fingerprint or t.position > self.last_position():
                 return None
             if t.position <= position:
@@ -63,6 +72,10 @@ class MemoryProjectionStore:
                 if at <= point and (oid not in newest or newest[oid][0] < at):
                     newest[oid] = (at, row)
             return point, self.archives[point], _born_order(r for _, r in newest.values())
+
+    def read_kept(self) -> tuple[list[int], list[Doc]]:
+        with self._lock:
+            return sorted(self.archives), [self.docs[vm] for vm in sorted(self.docs)]
 
     def commit(self, update: Update, docs_for: DocsFor) -> str:
         with self._lock:  # the whole flow, short cut included: the dicts need no other lock
@@ -87,11 +100,12 @@ class MemoryProjectionStore:
         """What `stored_show_text` answers for a SQLite file."""
         with self._lock:
             doc = self.docs.get(vm)
+            tracking = self._checked()
             if (
-                self.tracking is None
+                tracking is None
                 or doc is None
-                or self.tracking.position != self.last_position()
-                or self.tracking.fingerprint != code_fingerprint()
+                or tracking.position != self.last_position()
+                or tracking.fingerprint != code_fingerprint()
                 or doc.checksum != doc_checksum(doc.vm, doc.chains, doc.text)
             ):
                 return None
@@ -100,7 +114,7 @@ class MemoryProjectionStore:
     # ---- the tables, for commit.commit_update (called under `commit`'s lock) ----------------
 
     def stored_tracking(self) -> Tracking | None:
-        return self.tracking
+        return self._checked()
 
     def stored_chains(self) -> dict[str, str]:
         return {doc.vm: doc.chains for doc in self.docs.values() if doc_intact(doc)}
@@ -131,3 +145,5 @@ class MemoryProjectionStore:
 
     def put_tracking(self, tracking: Tracking) -> None:
         self.tracking = tracking
+
+    # chain_hash_at, the anchor: the constructor's argument

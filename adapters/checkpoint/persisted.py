@@ -50,6 +50,7 @@ from snapledger.adapters.checkpoint.rules import (
 )
 from snapledger.adapters.checkpoint.sqlite import SQLiteProjectionStore
 from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.eventstore.chain import ChainedPOPOApplicationRecorder
 from snapledger.domain.errors import LedgerDamaged
 from snapledger.domain.vm import VirtualMachine
 from snapledger.projections.dag import ImageDag
@@ -96,7 +97,11 @@ def store_for(app: LedgerApplication) -> ProjectionStore:
             found = ref()
             return (found.max_notification_id() or 0) if found is not None else 0
 
-        store = _memory_stores[recorder] = MemoryProjectionStore(last_position)
+        def chain_hash_at(position: int) -> str:
+            found = ref()
+            return found.chain_hash_at(position) if isinstance(found, ChainedPOPOApplicationRecorder) else ""
+
+        store = _memory_stores[recorder] = MemoryProjectionStore(last_position, chain_hash_at)
     return store
 
 

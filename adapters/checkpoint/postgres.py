@@ -37,6 +37,7 @@ from psycopg.sql import SQL, Composed, Identifier
 from snapledger.adapters.checkpoint.commit import TablesUnreadable, commit_update
 from snapledger.adapters.checkpoint.rules import (
     ARCHIVES,
+    CHAIN,
     CHECKPOINT,
     COLUMNS,
     DOCS,
@@ -62,7 +63,7 @@ COLUMN_TYPES = {
     "name": "text", "position": "bigint", "fingerprint": "text", "aggregates": "bigint",
     "archived": "bigint", "checksum": "bigint", "originator_id": "text",
     "originator_version": "bigint", "born": "bigint", "topic": "text", "state": "bytea",
-    "unarchived": "boolean", "vm": "text", "chains": "text", "doc": "text",
+    "unarchived": "boolean", "vm": "text", "chains": "text", "doc": "text", "anchor": "text",
 }
 # Each table's columns and their types; a table of any other shape (older code, a hand edit)
 # is dropped and made anew by the next commit.
@@ -100,9 +101,11 @@ class PostgresTables:
         return Identifier(self.schema, name)
 
     def stored_tracking(self) -> Tracking | None:
+        """Checked against the chain's hash at its position now (rules.tracking_from_row)."""
         self.curs.execute(
-            SQL("SELECT position, fingerprint, aggregates, archived, checksum FROM {} "
-                "WHERE name = %s").format(self.table(TRACKING)),
+            SQL("SELECT t.position, t.fingerprint, t.aggregates, t.archived, t.anchor, t.checksum, "
+                "(SELECT c.hash FROM {} AS c WHERE c.position = t.position) AS now "
+                "FROM {} AS t WHERE t.name = %s").format(self.table(CHAIN), self.table(TRACKING)),
             (VIEW,),
         )
         found = self.curs.fetchone()
@@ -110,8 +113,15 @@ class PostgresTables:
             return None
         return tracking_from_row(
             (found["position"], found["fingerprint"], found["aggregates"], found["archived"],
-             found["checksum"])
+             found["anchor"], found["checksum"], found["now"])
         )
+
+    def chain_hash_at(self, position: int) -> str:
+        self.curs.execute(
+            SQL("SELECT hash FROM {} WHERE position = %s").format(self.table(CHAIN)), (position,)
+        )
+        found = self.curs.fetchone()
+        return str(found["hash"]) if found is not None else ""
 
     def rows(self) -> list[Row]:
         self.curs.execute(
@@ -179,11 +189,11 @@ class PostgresTables:
 
     def put_tracking(self, tracking: Tracking) -> None:
         self.curs.execute(
-            SQL("INSERT INTO {} (name, position, fingerprint, aggregates, archived, checksum) "
-                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
+            SQL("INSERT INTO {} (name, position, fingerprint, aggregates, archived, anchor, checksum) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
                 "position = EXCLUDED.position, fingerprint = EXCLUDED.fingerprint, "
                 "aggregates = EXCLUDED.aggregates, archived = EXCLUDED.archived, "
-                "checksum = EXCLUDED.checksum").format(self.table(TRACKING)),
+                "anchor = EXCLUDED.anchor, checksum = EXCLUDED.checksum").format(self.table(TRACKING)),
             (VIEW, *tracking, tracking_checksum(tracking)),
         )
 
@@ -242,6 +252,19 @@ class PostgresProjectionStore:
             if TRACKING not in self._snapshot(curs):
                 return None
             return PostgresTables(curs, self.schema).stored_tracking()
+
+    def read_kept(self) -> tuple[list[int], list[Doc]]:
+        with self.datastore.transaction(commit=False) as curs:
+            usable = self._snapshot(curs)
+            points: list[int] = []
+            if ARCHIVES in usable:
+                curs.execute(SQL("SELECT position FROM {} ORDER BY position").format(self._table(ARCHIVES)))
+                points = [int(r["position"]) for r in curs.fetchall()]
+            docs: list[Doc] = []
+            if DOCS in usable:
+                curs.execute(SQL("SELECT vm, chains, doc, checksum FROM {} ORDER BY vm").format(self._table(DOCS)))
+                docs = [_doc(r) for r in curs.fetchall()]
+            return points, docs
 
     def read_at(self, position: int, fingerprint: str) -> tuple[int, int, list[Row]] | None:
         with self.datastore.transaction(commit=False) as curs:

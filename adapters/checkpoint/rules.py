@@ -12,8 +12,11 @@ eventsourcing's `stored_events`, whose rowid is the ledger position) or in its P
 (beside the events table, whose `notification_id` is the ledger position):
 
 - `snapledger_projection`: one row: the position P the projection has folded up to, the
-  fingerprint of the code that wrote it, how many aggregates the checkpoint holds, and the last
-  archive point.
+  fingerprint of the code that wrote it, how many aggregates the checkpoint holds, the last
+  archive point, and the anchor: the hash chain's hash at P when it was written. That hash
+  covers every event up to P, so a checkpoint (and every archive point before it) is only ever
+  used while the chain still says the same: events rewritten, or a ledger truncated and written
+  again, make it unanchored, and it is rebuilt from the events.
 - `snapledger_checkpoint`: every aggregate at P, one eventsourcing snapshot each.
 - `snapledger_show_docs`: each VM's `show --json` text at P, and its disks' chains.
 - `snapledger_checkpoint_history` and `snapledger_archive_points`: older checkpoints, kept every
@@ -22,6 +25,8 @@ eventsourcing's `stored_events`, whose rowid is the ledger position) or in its P
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +38,7 @@ DOCS = "snapledger_show_docs"
 HISTORY = "snapledger_checkpoint_history"
 ARCHIVES = "snapledger_archive_points"
 EVENTS = "stored_events"  # eventsourcing's SQLite application recorder; rowid = ledger position
+CHAIN = "snapledger_chain"  # the hash chain beside the events (eventstore/chain.py's CHAIN_TABLE)
 VIEW = "ledger_view"  # the one tracked projection's name
 
 # A checkpoint row's columns, in Row's order.
@@ -40,7 +46,7 @@ ROW_COLUMNS = ("originator_id", "originator_version", "born", "topic", "state", 
 # Each table's columns, in the order the tables were created with (SQLite's history copy
 # relies on it). A table found with other columns was written by older code: it is dropped.
 COLUMNS: dict[str, tuple[str, ...]] = {
-    TRACKING: ("name", "position", "fingerprint", "aggregates", "archived", "checksum"),
+    TRACKING: ("name", "position", "fingerprint", "aggregates", "archived", "anchor", "checksum"),
     CHECKPOINT: (*ROW_COLUMNS, "unarchived"),
     DOCS: ("vm", "chains", "doc", "checksum"),
     HISTORY: ("position", *ROW_COLUMNS),
@@ -74,6 +80,7 @@ class Tracking(NamedTuple):
     fingerprint: str
     aggregates: int
     archived: int  # the last archive point (0: none)
+    anchor: str  # the chain's hash at `position` when written ("": no chain record there)
 
 
 class Update(NamedTuple):
@@ -130,22 +137,29 @@ def row_checksum(originator_id: str, version: int, born: int, topic: str, state:
 
 
 def tracking_checksum(t: Tracking) -> int:
-    return zlib.crc32(f"{t.position}|{t.fingerprint}|{t.aggregates}|{t.archived}".encode())
+    return zlib.crc32(f"{t.position}|{t.fingerprint}|{t.aggregates}|{t.archived}|{t.anchor}".encode())
 
 
 DAMAGED = "damaged"  # the fingerprint of a tracking row whose checksum does not match
+UNANCHORED = "unanchored"  # ... of one whose anchor is not the chain's hash at its position now
 
 
-def tracking_from_row(found: tuple[int, str, int, int, int] | None) -> Tracking | None:
-    """(position, fingerprint, aggregates, archived, checksum) read from any store. A row edited
-    by hand comes back with the fingerprint DAMAGED, which no code has: it is then neither
-    trusted nor built on."""
+def tracking_from_row(found: tuple[int, str, int, int, str, int, str | None] | None) -> Tracking | None:
+    """(position, fingerprint, aggregates, archived, anchor, checksum, the chain's hash at
+    position now) read from any store. A row edited by hand comes back with the fingerprint
+    DAMAGED, one the chain no longer vouches for with UNANCHORED: no code has either, so such
+    a checkpoint is neither trusted nor built on (it is rebuilt from the events)."""
     if found is None:
         return None
-    tracking = Tracking(*found[:4])
-    if found[4] != tracking_checksum(tracking):
+    tracking = Tracking(*found[:5])
+    if found[5] != tracking_checksum(tracking):
         return tracking._replace(fingerprint=DAMAGED)
-    return tracking
+    return anchored(tracking, found[6] or "")
+
+
+def anchored(tracking: Tracking, chain_hash: str) -> Tracking:
+    """`tracking` as it stands against the chain's hash at its position now."""
+    return tracking if tracking.anchor == chain_hash else tracking._replace(fingerprint=UNANCHORED)
 
 
 def doc_checksum(vm: str, chains: str, text: str) -> int:
@@ -161,10 +175,18 @@ def doc_intact(doc: Doc) -> bool:
 
 def _sources() -> list[Path]:
     """domain/, projections/ and this room's every file (the codec, the stores, the commit
-    flow, the fast path), whole folders: a module added to any of them is covered."""
+    flow, the fast path), whole folders: a module added to any of them is covered; and the
+    modules of eventsourcing that decide what an aggregate, an event and a snapshot are and how
+    they are encoded (found without importing it: the fast path must stay light)."""
     here = Path(__file__).resolve().parent
     root = here.parent.parent  # the folder holding domain/ projections/ adapters/
-    return [path for folder in (root / "domain", root / "projections", here) for path in sorted(folder.glob("*.py"))]
+    ours = [path for folder in (root / "domain", root / "projections", here) for path in sorted(folder.glob("*.py"))]
+    spec = importlib.util.find_spec("eventsourcing")
+    library = [Path(p) for p in (spec.submodule_search_locations or [])] if spec is not None else []
+    return ours + [folder / name for folder in library for name in _LIBRARY_MODULES]
+
+
+_LIBRARY_MODULES = ("domain.py", "persistence.py", "utils.py", "application.py")
 
 
 _fingerprint: str | None = None
@@ -173,18 +195,19 @@ _fingerprint: str | None = None
 def code_fingerprint() -> str:
     """Of the code that decides what a checkpoint and a document hold: domain/ (the
     aggregates' event bodies), projections/ (the view, projections/documents.py's `show`
-    document) and this room (the encoding and the tables). A projection written by other code
-    is rebuilt rather than trusted; reading the files costs well under a millisecond."""
+    document) and this room (the encoding and the tables), eventsourcing's own modules, and the
+    Python version. A projection written by other code is rebuilt rather than trusted, never
+    decoded into newer classes; reading the files costs about a millisecond."""
     global _fingerprint
     if _fingerprint is None:
-        crc = 0
+        crc = zlib.crc32(f"python {sys.version_info[0]}.{sys.version_info[1]}".encode())
         for path in _sources():
             try:
                 data = path.read_bytes()
             except OSError:
                 continue
             crc = zlib.crc32(data, zlib.crc32(f"{path.name}:{len(data)}:".encode(), crc))
-        _fingerprint = f"1:{crc:08x}"
+        _fingerprint = f"2:{crc:08x}"
     return _fingerprint
 
 
@@ -209,6 +232,11 @@ class ProjectionStore(Protocol):
         (its position, how many aggregates it holds, their rows in born order). None if there
         is none, or the projection was written by other code (`fingerprint`) or is ahead of
         the ledger."""
+        ...
+
+    def read_kept(self) -> tuple[list[int], list[Doc]]:
+        """The archive points' positions (ascending) and every stored document, as one read:
+        what `verify` compares with the events (nothing of it is checked here)."""
         ...
 
     def commit(self, update: Update, docs_for: DocsFor) -> str:

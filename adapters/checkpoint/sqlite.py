@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from snapledger.adapters.checkpoint.commit import TablesUnreadable, commit_update
 from snapledger.adapters.checkpoint.rules import (
     ARCHIVES,
+    CHAIN,
     CHECKPOINT,
     COLUMNS,
     DOCS,
@@ -41,7 +42,7 @@ from snapledger.adapters.checkpoint.rules import (
 SCHEMA = (
     f"CREATE TABLE IF NOT EXISTS {TRACKING} (name TEXT PRIMARY KEY, position INTEGER NOT NULL, "
     "fingerprint TEXT NOT NULL, aggregates INTEGER NOT NULL, archived INTEGER NOT NULL, "
-    "checksum INTEGER NOT NULL)",
+    "anchor TEXT NOT NULL, checksum INTEGER NOT NULL)",
     f"CREATE TABLE IF NOT EXISTS {CHECKPOINT} (originator_id TEXT PRIMARY KEY, "
     "originator_version INTEGER NOT NULL, born INTEGER NOT NULL, topic TEXT NOT NULL, "
     "state BLOB NOT NULL, checksum INTEGER NOT NULL, unarchived INTEGER NOT NULL DEFAULT 1)",
@@ -59,14 +60,21 @@ ROW_LIST = ", ".join(ROW_COLUMNS)
 
 
 def read_tracking(con: sqlite3.Connection) -> Tracking | None:
-    """The tracking row (rules.tracking_from_row: DAMAGED if edited by hand); raises
-    sqlite3.OperationalError if the table is not there."""
+    """The tracking row, checked against the chain's hash at its position (rules.
+    tracking_from_row: DAMAGED if edited by hand, UNANCHORED if the chain says otherwise now);
+    raises sqlite3.OperationalError if a table is not there."""
     found = con.execute(
-        f"SELECT position, fingerprint, aggregates, archived, checksum FROM {TRACKING} "
-        "WHERE name = ?",
+        f"SELECT t.position, t.fingerprint, t.aggregates, t.archived, t.anchor, t.checksum, "
+        f"(SELECT c.hash FROM {CHAIN} AS c WHERE c.position = t.position) "
+        f"FROM {TRACKING} AS t WHERE t.name = ?",
         (VIEW,),
     ).fetchone()
     return tracking_from_row(found)
+
+
+def chain_hash_at(con: sqlite3.Connection, position: int) -> str:
+    found = con.execute(f"SELECT hash FROM {CHAIN} WHERE position = ?", (position,)).fetchone()
+    return str(found[0]) if found is not None else ""
 
 
 def _ensure_schema(con: sqlite3.Connection) -> None:
@@ -132,9 +140,12 @@ class SQLiteTables:
         self.con.execute(f"UPDATE {CHECKPOINT} SET unarchived = 0 WHERE unarchived = 1")
         self.con.execute(f"INSERT OR REPLACE INTO {ARCHIVES} VALUES (?, ?)", (position, count))
 
+    def chain_hash_at(self, position: int) -> str:
+        return chain_hash_at(self.con, position)
+
     def put_tracking(self, tracking: Tracking) -> None:
         self.con.execute(
-            f"INSERT OR REPLACE INTO {TRACKING} VALUES (?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO {TRACKING} VALUES (?, ?, ?, ?, ?, ?, ?)",
             (VIEW, *tracking, tracking_checksum(tracking)),
         )
 
@@ -225,6 +236,15 @@ class SQLiteProjectionStore:
                 return point, count, rows
             except sqlite3.OperationalError:  # no tables
                 return None
+
+    def read_kept(self) -> tuple[list[int], list[Doc]]:
+        with self._lock, self._read_transaction() as con:
+            try:
+                points = [int(p) for (p,) in con.execute(f"SELECT position FROM {ARCHIVES} ORDER BY position")]
+                docs = [Doc(*r) for r in con.execute(f"SELECT vm, chains, doc, checksum FROM {DOCS} ORDER BY vm")]
+            except sqlite3.OperationalError:  # no tables
+                return [], []
+            return points, docs
 
     def commit(self, update: Update, docs_for: DocsFor) -> str:
         with self._lock:

@@ -141,6 +141,13 @@ class ChainedPOPOApplicationRecorder(POPOApplicationRecorder):
                 r for r in self._chain if r.position > after and (stop is None or r.position <= stop)
             ]
 
+    def chain_hash_at(self, position: int) -> str:
+        """The chain's hash at `position` ("" if none): positions here run 1, 2, 3, ..."""
+        with self._database_lock:
+            if 0 < position <= len(self._chain) and self._chain[position - 1].position == position:
+                return self._chain[position - 1].hash
+            return next((r.hash for r in self._chain if r.position == position), "")
+
     def recorded_host(self, originator_id: UUID, version: int) -> str | None:
         with self._database_lock:
             index = self._stored_events_index[str(originator_id)].get(version)

@@ -31,6 +31,8 @@ from projection_helpers import (
 )
 from store_backends import Backend, PostgresBackend, SQLiteBackend
 
+from snapledger.adapters.checkpoint import persisted as persisted_module
+from snapledger.adapters.checkpoint.codec import CheckpointCodec
 from snapledger.adapters.checkpoint.fast_show import stored_show_text
 from snapledger.adapters.checkpoint.memory import MemoryProjectionStore
 from snapledger.adapters.checkpoint.persisted import PersistedProjection, store_for
@@ -41,12 +43,14 @@ from snapledger.adapters.checkpoint.rules import (
     DOCS,
     SAME,
     TRACKING,
+    UNANCHORED,
     WRITTEN,
     Doc,
     ProjectionStore,
     Row,
     Tracking,
     Update,
+    code_fingerprint,
     doc_checksum,
     row_checksum,
 )
@@ -103,20 +107,27 @@ class StoreCase(NamedTuple):
     store: ProjectionStore
     last: int  # the ledger's last position
     another: Callable[[], ProjectionStore]  # a second store on the same ledger, as another process opens
+    chain_hash_at: Callable[[int], str]  # the ledger's hash chain, as the anchor is taken from
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgresql"])
 def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreCase:
     """A store of each kind on a ledger of a few events."""
     if request.param == "memory":
-        memory = MemoryProjectionStore(lambda: 9)
-        return StoreCase(memory, 9, lambda: memory)  # one per application: the same store
+        def chain(position: int) -> str:
+            return f"{position:064x}" if 0 < position <= 9 else ""
+
+        memory = MemoryProjectionStore(lambda: 9, chain)
+        return StoreCase(memory, 9, lambda: memory, chain)  # one per application: the same store
     backend = SQLiteBackend(tmp_path) if request.param == "sqlite" else PostgresBackend(
         request.getfixturevalue("postgres")
     )
     url = backend.new_url()
     ledger, _ = with_history(url)
-    return StoreCase(store_for(ledger.app), ledger.app.last_position(), lambda: store_for(LedgerApplication(url)))
+    return StoreCase(
+        store_for(ledger.app), ledger.app.last_position(), lambda: store_for(LedgerApplication(url)),
+        lambda position: ledger.app.chain(position - 1, position)[0].hash,
+    )
 
 
 def full_update(position: int, fingerprint: str = "fp", every: int = 0, *rows: Row) -> Update:
@@ -133,19 +144,21 @@ def no_docs(stored: dict[str, str], only_missing: bool) -> list[Any]:
 
 
 def test_every_store_keeps_what_it_was_given(any_store: StoreCase) -> None:
-    store, last, _ = any_store
+    store, last, _, chain_hash_at = any_store
     row = a_row(1)
     assert store.commit(full_update(last, "fp", last - 1, row), no_docs) == WRITTEN
-    assert store.read_current() == (last, Tracking(last, "fp", 1, last), [row])
+    anchor = chain_hash_at(last)
+    assert anchor and len(anchor) == 64  # anchored to the chain's hash at that position
+    assert store.read_current() == (last, Tracking(last, "fp", 1, last, anchor), [row])
     assert store.read_at(last - 2, "fp") is None  # before the one archive point
     assert store.read_at(last, "fp") == (last, 1, [row])
     assert store.read_at(last, "other") is None
     assert store.commit(full_update(last), no_docs) == SAME
     assert store.commit(full_update(last - 1, "fp", 0, a_row(2)), no_docs) == BEHIND  # never back
-    assert store.read_current()[1:] == (Tracking(last, "fp", 1, last), [row])
-    store.wipe(Tracking(last - 1, "fp", 1, last))  # not what is there: kept
+    assert store.read_current()[1:] == (Tracking(last, "fp", 1, last, anchor), [row])
+    store.wipe(Tracking(last - 1, "fp", 1, last, anchor))  # not what is there: kept
     assert store.read_current()[1] is not None
-    store.wipe(Tracking(last, "fp", 1, last))
+    store.wipe(Tracking(last, "fp", 1, last, anchor))
     assert store.read_current() == (last, None, [])
 
 
@@ -153,7 +166,7 @@ def test_at_the_stored_position_only_missing_documents_are_written(any_store: St
     """A commit at the position the store holds (commit.py's flow, the same for every store):
     with every VM's document intact it is SAME without asking for any (no write lock taken);
     with one missing, the documents are asked for again, only the missing ones, under the lock."""
-    store, last, _ = any_store
+    store, last = any_store.store, any_store.last
     asked: list[tuple[list[str], bool]] = []
 
     def docs_for(stored: dict[str, str], only_missing: bool) -> list[Doc]:
@@ -435,6 +448,48 @@ def test_a_row_whose_state_was_edited_is_found_and_the_view_folded_from_the_even
     assert starts[0] == 0  # the checkpoint was not trusted
     assert view.vms["a"].current == "s2" and view_state(view) == view_state(rebuilt(app))
     assert_projection_is_the_ledger(backend, url)  # and it was written anew
+
+
+def test_a_checkpoint_the_hash_chain_no_longer_vouches_for_is_rebuilt_not_used(
+    backend: Backend, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tracking row names the chain's hash at its position: events rewritten under it (the
+    chain recomputed, or another history at the same positions) leave it unanchored."""
+    _, storage = with_history(url)
+    app = LedgerApplication(url)
+    last = app.last_position()
+    tracking = store_for(app).read_tracking()
+    assert tracking is not None and tracking.position == last
+    assert tracking.anchor == app.chain(last - 1, last)[0].hash
+    backend.sql(url, f"UPDATE snapledger_chain SET hash = '{'f' * 64}' WHERE position = {last}")
+    assert (store_for(app).read_tracking() or tracking).fingerprint == UNANCHORED
+    assert stored_show_text(url, "a") is None  # show's fast path does not trust it either
+    starts = spy_reads(app, monkeypatch)
+    view = ledger_service(app, storage).view
+    assert starts[0] == 0  # folded from the first event
+    assert view_state(view) == view_state(rebuilt(app))
+    again = store_for(app).read_tracking()
+    assert again is not None and again.anchor == "f" * 64 and again.fingerprint == code_fingerprint()
+
+
+def test_a_checkpoint_other_code_wrote_is_rebuilt_never_decoded(
+    backend: Backend, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, storage = with_history(url)
+    backend.sql(url, f"UPDATE {CHECKPOINT} SET topic = 'old.module:OldSnapshot'")  # not decodable here
+    app = LedgerApplication(url)
+    store = store_for(app)
+    tracking = store.read_tracking()
+    assert tracking is not None
+    monkeypatch.setattr(persisted_module, "code_fingerprint", lambda: "2:newer")
+    decoded: list[object] = []
+    monkeypatch.setattr(CheckpointCodec, "aggregate", lambda self, row: decoded.append(row))
+    projection = PersistedProjection(app)
+    assert projection.fingerprint == "2:newer" and projection.load().position == 0  # dropped
+    assert decoded == []
+    monkeypatch.undo()
+    view = ledger_service(app, storage).view
+    assert view_state(view) == view_state(rebuilt(app))
 
 
 def test_on_postgresql_a_save_held_up_past_the_lock_timeout_fails_harmlessly(postgres: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from typing import Any
 import pytest
 from cli_helpers import Cli
 from qemu_helpers import CLUSTER, make_image
+
+from snapledger.adapters.checkpoint.rules import ROW_COLUMNS, row_checksum
 
 assert shutil.which("sqlite3"), "the sqlite3 command is needed (.ci/setup installs it)"
 
@@ -186,4 +189,47 @@ def test_the_trail_index_is_a_cache_that_verify_checks(cli: Cli) -> None:
     report = verify(cli, expect=3)  # ...until verify recomputes it from the checked events
     assert "trail index" in report["chain"][0]
     assert cli.json("log") == truth
+    assert verify(cli, expect=0)["ok"]
+
+
+def forge_vm_row(cli: Cli, old: str, new: str) -> None:
+    """Edit VM vm's checkpoint row and recompute its checksum, as someone who read the code
+    would: every check a loading process makes still passes."""
+    con = sqlite3.connect(cli.dir / "ledger.sqlite")
+    with con:
+        rows = con.execute(f"SELECT {', '.join(ROW_COLUMNS)} FROM snapledger_checkpoint").fetchall()
+        forged = [r for r in rows if old.encode() in r[4]]
+        assert len(forged) == 1
+        oid, version, born, topic, state, _ = forged[0]
+        state = state.replace(old.encode(), new.encode())
+        con.execute(
+            "UPDATE snapledger_checkpoint SET state = ?, checksum = ? WHERE originator_id = ?",
+            (state, row_checksum(oid, version, born, topic, state), oid),
+        )
+    con.close()
+
+
+def test_a_checkpoint_forged_with_its_checksums_right_is_found_by_verify_and_dropped(cli: Cli) -> None:
+    """A command trusts a checkpoint that passes its cheap checks (as it trusts an event whose
+    chain was recomputed); verify folds the events again and finds the forgery."""
+    truth = cli.json("show", "vm")
+    assert truth["current"] == "snap1"
+    forge_vm_row(cli, '"current":"snap1"', '"current":"snap2"')
+    report = verify(cli, expect=3)
+    assert len(report["chain"]) == 1 and "persisted projection" in report["chain"][0]
+    assert "VM 'vm' differs" in report["chain"][0], report["chain"]
+    forged = "SELECT COUNT(*) FROM snapledger_checkpoint WHERE CAST(state AS TEXT) LIKE '%\"current\":\"snap2\"%'"
+    assert sql(cli, forged) == "0"  # dropped, and rebuilt from the events
+    assert cli.json("show", "vm") == truth
+    assert verify(cli, expect=0)["ok"]
+
+
+def test_a_checkpoint_edited_without_its_checksum_is_never_acted_on(cli: Cli) -> None:
+    truth = cli.json("show", "vm")
+    sql(cli, "UPDATE snapledger_checkpoint SET state = CAST(replace(CAST(state AS TEXT), "
+             "'\"current\":\"snap1\"', '\"current\":\"snap2\"') AS BLOB)")
+    sql(cli, "DELETE FROM snapledger_show_docs")  # no stored document to answer `show` from
+    assert cli.json("show", "vm") == truth
+    cli.run("delete", "vm", "snap2")  # acts on the events' state (snap1 current), not the edit
+    assert cli.json("show", "vm")["current"] == "snap1"
     assert verify(cli, expect=0)["ok"]

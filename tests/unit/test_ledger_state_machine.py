@@ -27,6 +27,7 @@ from hypothesis.stateful import (
 from machine_world import FillableLedger, WorldActors
 from projection_helpers import rebuilt, view_state
 
+from snapledger.adapters.checkpoint.audit import projection_findings
 from snapledger.adapters.checkpoint.memory import MemoryProjectionStore
 from snapledger.adapters.checkpoint.persisted import PersistedProjection
 from snapledger.adapters.compose import ledger_service
@@ -605,6 +606,7 @@ class LedgerMachine(WorldActors, RuleBasedStateMachine):
             for name in whole.vms:
                 assert store.doc_text(name) == json_text(vm_document(whole, name)), name
         assert view_state(projection.catch_up(projection.load())) == view_state(whole)
+        assert projection_findings(projection) == []  # what verify compares agrees
         for position in {last // 2, max(last - 1, 0)}:
             assert view_state(projection.view_at(position)) == view_state(rebuilt(self.app, position))
 
