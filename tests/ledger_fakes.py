@@ -1,18 +1,19 @@
-"""Fakes of the service's LedgerStore port (adapters/service/ports.py) that stage races.
+"""Fakes of the service's LedgerStore and ViewProjection ports (adapters/service/ports.py)
+that stage races.
 
-Each wraps a real LedgerApplication and changes one thing about it, the way another process
-would: no test reaches into the service's private methods to stage a race.
+Each wraps a real LedgerApplication (or PersistedProjection) and changes one thing about it, the
+way another process would: no test reaches into the service's private methods to stage a race.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-from uuid import UUID
 
+from snapledger.adapters.checkpoint.persisted import PersistedProjection
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.domain.errors import ConcurrentUpdate
-from snapledger.domain.vm import vm_id
+from snapledger.projections.view import LedgerView
 
 
 class StoreWrapper:
@@ -32,17 +33,21 @@ class LosesEveryRace(StoreWrapper):
         raise ConcurrentUpdate("another process recorded on this part of the ledger first")
 
 
-class OtherProcessActsAfterLoad(StoreWrapper):
-    """Right after this process loads VM `vm` (the first time only), another process acts
-    (`then`), so that this one plans on a version that is already stale."""
+class OtherProcessActsAfterLoad:
+    """Right after this process has caught its view up to load VM `vm` for a command (the
+    first time only), another process acts (`then`), so that this one plans on a copy of the
+    VM that is already stale. Wraps the ViewProjection port: a command loads a VM as a copy of
+    the view, caught up right before (Snapledger.vm)."""
 
-    def __init__(self, app: LedgerApplication, vm: str, then: Callable[[], object]) -> None:
-        super().__init__(app)
-        self.vm, self.then = vm_id(vm), then
+    def __init__(self, projection: PersistedProjection, then: Callable[[], object]) -> None:
+        self.projection, self.then = projection, then
 
-    def load(self, aggregate_id: UUID) -> Any | None:
-        loaded = self.app.load(aggregate_id)
-        if aggregate_id == self.vm and self.then is not None:
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.projection, name)
+
+    def catch_up(self, view: LedgerView) -> LedgerView:
+        caught_up = self.projection.catch_up(view)
+        if self.then is not None:
             then, self.then = self.then, None  # type: ignore[assignment]
             then()
-        return loaded
+        return caught_up

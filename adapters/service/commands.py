@@ -313,8 +313,7 @@ class Snapledger:
         """Load the VM fresh, refresh the sizes of its active images, and give a view holding it.
         `swapping`: the disk a swap-disk records, whose libvirt source may differ and whose
         active image may have drifted or gone (that image is what the swap takes out of use)."""
-        self.refresh()
-        vm = self.idle(vm_name)
+        vm = self.idle(vm_name)  # the view caught up, and a copy of its VM
         checks = self.checks(vm)
         taken_out = vm.disks.get(swapping) if swapping is not None else None
         actives = {p for d, p in vm.disks.items() if d != swapping} - {taken_out}

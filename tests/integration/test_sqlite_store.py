@@ -47,8 +47,8 @@ def open_ledger(url: str, storage: SimulatedStorage) -> Snapledger:
 def racing_ledger(url: str, storage: SimulatedStorage, winner_acts: Callable[[], object]) -> Snapledger:
     """A process whose first load of the VM is followed at once by another process's command."""
     app = LedgerApplication(url)
-    store = OtherProcessActsAfterLoad(app, VM, winner_acts)
-    return ledger_service(store, storage, projection=PersistedProjection(app))  # type: ignore[arg-type]
+    projection = OtherProcessActsAfterLoad(PersistedProjection(app), winner_acts)
+    return ledger_service(app, storage, projection=projection)  # type: ignore[arg-type]
 
 
 def with_snapshots(url: str, storage: SimulatedStorage) -> Snapledger:
