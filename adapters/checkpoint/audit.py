@@ -40,13 +40,14 @@ def projection_findings(projection: PersistedProjection) -> list[str]:
         return []
     if tracking.fingerprint == DAMAGED:
         wrong = ["its tracking row was edited (its checksum fails)"]
+    elif tracking.position > top:  # it was never written ahead of the ledger: events went
+        wrong = [f"it covers the ledger up to position {tracking.position}, and the ledger now "
+                 f"ends at {top} (events removed from its end?)"]
     elif tracking.fingerprint == UNANCHORED:
         wrong = [f"it was written over another history (the hash chain at position "
                  f"{tracking.position} is not the hash it was anchored to)"]
     elif tracking.fingerprint != projection.fingerprint:
         return []
-    elif tracking.position > top:
-        wrong = [f"it claims position {tracking.position}, after the ledger's last ({top})"]
     else:
         wrong = _compared(projection, tracking.position, tracking.aggregates, rows, points, docs)
     if not wrong:
