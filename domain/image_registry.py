@@ -44,6 +44,12 @@ class ImageRegistration(Aggregate):
         self.former_users: set[str] = set()
         self.reserved_by: tuple[str, str] | None = None  # (vm, operation id)
 
+    @property
+    def live(self) -> bool:
+        """Used by some VM, or held by an operation: the registration matters to what a command
+        decides now (the others only say a path was used once)."""
+        return bool(self.users) or self.reserved_by is not None
+
     def add_user(self, vm: str) -> None:
         if self.reserved_by is not None and self.reserved_by[0] != vm:
             raise ConcurrentUpdate(

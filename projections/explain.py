@@ -192,7 +192,7 @@ def _held(view: LedgerView, vm_name: str, path: str) -> VirtualMachine:
     holders = sorted(v.name for v in view.vms.values() if path in v.images)
     if holders:
         raise UnknownImage(f"VM {vm_name!r} holds no image {path}; it is held by {', '.join(holders)}")
-    if any(vm_name in r.former_users for r in view.registered.get(path, ())):
+    if any(vm_name in r.former_users for r in view.registrations_of(path, vm.home or None)):
         raise UnknownImage(
             f"VM {vm_name!r} no longer holds {path} (deleted or released; see 'snapledger log {vm_name}')"
         )

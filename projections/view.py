@@ -7,7 +7,7 @@ or kept up to date event by event; both must give the same state (`canonical()` 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, is_dataclass
 from typing import Any, TypeVar
 from uuid import UUID
@@ -15,7 +15,7 @@ from uuid import UUID
 from eventsourcing.domain import Aggregate, DomainEventProtocol
 
 from snapledger.domain.errors import LedgerDamaged, UnknownVm
-from snapledger.domain.image_registry import ImageRegistration
+from snapledger.domain.image_registry import ImageRegistration, image_id
 from snapledger.domain.ledger_hash import UNKNOWN_HOST
 from snapledger.domain.names import is_within
 from snapledger.domain.vm import VirtualMachine
@@ -38,9 +38,25 @@ class LedgerView:
         # the aggregates changed since the last checkpoint.
         self.born: dict[UUID, int] = {}
         self.dirty: set[UUID] = set()
+        # A lazy view (a checkpoint restored without the registrations no VM uses, persisted.py)
+        # looks those up by id when it needs one: `lookup` gives an aggregate as recorded now,
+        # possibly a few events ahead of `position`; applying those events again is skipped.
+        # None: the view holds every aggregate of the ledger.
+        self.lookup: Callable[[UUID], Aggregate | None] | None = None
+        self._absent: set[UUID] = set()  # looked up and not recorded (until an event makes it)
+        self._looked_up: set[UUID] = set()
 
     def apply(self, event: DomainEventProtocol[UUID], position: int) -> None:
         aggregate = self._by_id.get(event.originator_id)
+        if aggregate is None and self.lookup is not None and event.originator_version > 1:
+            aggregate = self._looked_up_now(event.originator_id)
+        if (
+            aggregate is not None
+            and aggregate.id in self._looked_up
+            and event.originator_version <= aggregate.version
+        ):
+            self.position = position  # looked up after this event was recorded: already in it
+            return
         try:
             aggregate = event.mutate(aggregate)  # type: ignore[attr-defined]
         except Exception as error:  # a stored fact that can't be applied was changed under us
@@ -72,6 +88,7 @@ class LedgerView:
         return view
 
     def _add(self, aggregate: Aggregate, born: int) -> None:
+        self._absent.discard(aggregate.id)
         self._by_id[aggregate.id] = aggregate
         self.born[aggregate.id] = born
         if isinstance(aggregate, VirtualMachine):
@@ -107,11 +124,41 @@ class LedgerView:
         """The VMs still tracked (not retired): the ones whose images are held."""
         return {name: vm for name, vm in self.vms.items() if vm.retired is None}
 
+    def _looked_up_now(self, aggregate_id: UUID) -> Aggregate | None:
+        if self.lookup is None or aggregate_id in self._absent:
+            return None
+        found = self.lookup(aggregate_id)
+        if found is None:
+            self._absent.add(aggregate_id)
+            return None
+        self._looked_up.add(found.id)
+        self._add(found, self.position)  # born: not known, and only orders checkpoint rows
+        return found
+
+    def registrations_of(self, path: str, host: str | None = None) -> list[ImageRegistration]:
+        """The registrations of `path` the view holds. A lazy view first looks up the ones a
+        question about `host`'s view of `path` needs: the path's own (shared storage, or made
+        before hosts) and `host`'s (its own storage), by their ids."""
+        if self.lookup is not None:
+            for wanted in {image_id(path), *([image_id(path, host)] if host else [])}:
+                if wanted not in self._by_id:
+                    self._looked_up_now(wanted)
+        return self.registered.get(path, [])
+
+    def registration(self, path: str, host: str = "") -> ImageRegistration | None:
+        """The registration whose id is (host, path): looked up if a lazy view lacks it."""
+        wanted = image_id(path, host)
+        found = self.registrations.get(wanted)
+        if found is None and self.lookup is not None:
+            self.registrations_of(path, host or None)
+            found = self.registrations.get(wanted)
+        return found
+
     def users_of(self, path: str, host: str | None = None) -> set[str]:
         """The VMs registered as using `path`: on every host (`host` None: a shared image), or
         `host`'s own file (with registrations made without a host)."""
         users: set[str] = set()
-        for registration in self.registered.get(path, ()):
+        for registration in self.registrations_of(path, host):
             if host is None or registration.host in (host, "", UNKNOWN_HOST):
                 users |= registration.users
         return users
@@ -121,19 +168,20 @@ class LedgerView:
         storage; a path another host used on its own storage is free here). Every image a VM
         takes up is registered and a registration is never removed, so this is a lookup, not a
         walk over the history (issue 13)."""
-        registrations = self.registered.get(path, ())
+        registrations = self.registrations_of(path, host)
         if host is None or (registrations and is_within(path, shared)):
             return bool(registrations)
         return any(r.host in (host, "", UNKNOWN_HOST) for r in registrations)
 
     def canonical(self) -> dict[str, Any]:
-        """Plain data for comparing two views."""
+        """Plain data for comparing two views: the VMs and the live registrations (a lazy view
+        holds no others until it needs them; `registrations_of` compares those)."""
         return {
             "vms": {name: _plain(vm.__dict__) for name, vm in sorted(self.vms.items())},
             "images": {
                 str(reg.id): _plain(reg.__dict__) for reg in sorted(
                     self.registrations.values(), key=lambda r: str(r.id)
-                )
+                ) if reg.live
             },
             "position": self.position,
         }
@@ -181,6 +229,7 @@ def replacing(view: LedgerView, vm: VirtualMachine) -> LedgerView:
     copy.registrations = view.registrations
     copy.registered = view.registered
     copy.in_use = view.in_use
+    copy.lookup, copy._absent, copy._looked_up = view.lookup, view._absent, view._looked_up
     copy._by_id = {**view._by_id, vm.id: vm}
     copy.position = view.position
     copy.version = view.version

@@ -19,6 +19,7 @@ from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
+from snapledger.domain.image_registry import ImageRegistration
 from snapledger.projections.view import LedgerView
 
 
@@ -128,3 +129,32 @@ def spy_reads(app: LedgerApplication, monkeypatch: pytest.MonkeyPatch) -> list[i
 
     monkeypatch.setattr(app, "events_after", events_after)
     return starts
+
+
+def live_state(view: LedgerView) -> Any:
+    """What a lazy view (a new process's: the checkpoint's live rows, then the events) holds in
+    common with the whole fold: every VM and every live registration (by id), the VMs' order
+    and the position."""
+    aggregates = sorted(
+        (
+            (type(a).__qualname__, str(a.id), a.version, typed(attributes(a)))
+            for a in view.aggregates().values()
+            if not isinstance(a, ImageRegistration) or a.live
+        ),
+        key=lambda entry: entry[1],
+    )
+    return {"aggregates": aggregates, "vms": list(view.vms), "position": view.position}
+
+
+def same_ledger(view: LedgerView, whole: LedgerView) -> bool:
+    """`view` holds the ledger `whole` (a fold of every event) holds: exactly, for a view that
+    holds every aggregate; for a lazy one, every VM and live registration, and every other
+    registration when it is looked up."""
+    if view.lookup is None:
+        return bool(view_state(view) == view_state(whole))
+    if live_state(view) != live_state(whole):
+        return False
+    return all(
+        registration in view.registrations_of(registration.path, registration.host or None)
+        for registration in whole.registrations.values()
+    )

@@ -170,12 +170,13 @@ class CheckpointCodec:
     def row(self, aggregate: Aggregate, born: int) -> Row:
         stored = self.mapper.to_stored_event(Snapshot.take(aggregate))
         oid = stored.originator_id.hex if isinstance(stored.originator_id, UUID) else str(stored.originator_id)
-        checksum = row_checksum(oid, stored.originator_version, born, stored.topic, stored.state)
-        return Row(oid, stored.originator_version, born, stored.topic, stored.state, checksum)
+        live = not isinstance(aggregate, ImageRegistration) or aggregate.live
+        checksum = row_checksum(oid, stored.originator_version, born, stored.topic, stored.state, live)
+        return Row(oid, stored.originator_version, born, stored.topic, stored.state, checksum, live)
 
     def aggregate(self, row: Row) -> Aggregate:
-        oid, version, born, topic, state, checksum = row
-        if topic != SNAPSHOT_TOPIC or checksum != row_checksum(oid, version, born, topic, state):
+        oid, version, born, topic, state, checksum, live = row
+        if topic != SNAPSHOT_TOPIC or checksum != row_checksum(oid, version, born, topic, state, live):
             raise ProjectionDamaged(f"checkpoint row {oid} v{version} is damaged")
         try:
             snapshot = self.mapper.to_domain_event(StoredEvent(UUID(oid), version, topic, state))

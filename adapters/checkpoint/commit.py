@@ -69,8 +69,8 @@ class WritableTables(StoredTables, Protocol):
 
     def drop_docs(self) -> None: ...
 
-    def count_rows(self) -> int:
-        """How many aggregates the checkpoint holds now."""
+    def count_rows(self) -> tuple[int, int]:
+        """How many aggregates the checkpoint holds now, and how many of them are live."""
         ...
 
     def keep_archive_point(self, position: int, count: int) -> None:
@@ -130,11 +130,11 @@ def _write(tables: WritableTables, stored: Tracking | None, update: Update, docs
         tables.put_docs(docs_for(tables.stored_chains(), False))
     else:
         tables.drop_docs()
-    count = tables.count_rows()
+    count, live = tables.count_rows()
     archived = 0 if reset or stored is None else stored.archived
     if archive:
         tables.keep_archive_point(update.position, count)
         archived = update.position
     # anchored to the chain as it stands under the same lock the events are written under
     anchor = tables.chain_hash_at(update.position)
-    tables.put_tracking(Tracking(update.position, update.fingerprint, count, archived, anchor))
+    tables.put_tracking(Tracking(update.position, update.fingerprint, count, archived, anchor, live))

@@ -118,7 +118,7 @@ def _stored_show_text_postgres(url: str, vm: str) -> str | None:
                 return None
             row = conn.execute(
                 sql.SQL(
-                    "SELECT t.position, t.fingerprint, t.aggregates, t.archived, t.anchor, t.checksum, "
+                    "SELECT t.position, t.fingerprint, t.aggregates, t.archived, t.anchor, t.live_rows, t.checksum, "
                     "(SELECT c.hash FROM {} AS c WHERE c.position = t.position) "
                     "FROM {} AS t WHERE t.name = %s"
                 ).format(table(CHAIN), table(TRACKING)),

@@ -48,9 +48,10 @@ class MemoryProjectionStore:
         t = self.tracking
         return None if t is None else anchored(t, self.chain_hash_at(t.position))
 
-    def read_current(self) -> tuple[int, Tracking | None, list[Row]]:
+    def read_current(self, live_only: bool = False) -> tuple[int, Tracking | None, list[Row]]:
         with self._lock:
-            return self.last_position(), self._checked(), _born_order(self.rows.values())
+            rows = [r for r in self.rows.values() if r.live or not live_only]
+            return self.last_position(), self._checked(), _born_order(rows)
 
     def read_tracking(self) -> Tracking | None:
         with self._lock:
@@ -133,8 +134,8 @@ class MemoryProjectionStore:
     def drop_docs(self) -> None:
         self.docs = {}
 
-    def count_rows(self) -> int:
-        return len(self.rows)
+    def count_rows(self) -> tuple[int, int]:
+        return len(self.rows), sum(1 for r in self.rows.values() if r.live)
 
     def keep_archive_point(self, position: int, count: int) -> None:
         # No "unarchived" mark here: every row is offered, and a version already kept stays,

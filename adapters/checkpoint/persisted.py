@@ -27,6 +27,7 @@ import sys
 import weakref
 from uuid import UUID
 
+from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import PersistenceError
 from eventsourcing.sqlite import SQLiteConnectionPool, SQLiteFactory
 
@@ -123,11 +124,14 @@ class PersistedProjection:
 
     # ---- the present ---------------------------------------------------------------------
 
-    def load(self) -> LedgerView:
+    def load(self, lazy: bool = False) -> LedgerView:
         """The newest checkpoint as a view (not caught up), or an empty view if there is none
-        that can be trusted (that one is dropped)."""
+        that can be trusted (that one is dropped). `lazy`: only its live rows (the VMs, and the
+        registrations some VM uses or an operation holds), so that what a process reads does not
+        grow with the images the ledger let go of; the view looks those up in the event store
+        when it needs one (LedgerView.lookup)."""
         try:
-            top, tracking, rows = self.store.read_current()
+            top, tracking, rows = self.store.read_current(live_only=lazy)
         except STORE_ERRORS:
             return LedgerView()
         if tracking is None:
@@ -135,7 +139,7 @@ class PersistedProjection:
         if (
             tracking.fingerprint != self.fingerprint
             or tracking.position > top
-            or tracking.aggregates != len(rows)
+            or (tracking.live_rows if lazy else tracking.aggregates) != len(rows)
             or any(r.born > tracking.position for r in rows)
         ):
             return self._dropped(tracking)
@@ -143,8 +147,23 @@ class PersistedProjection:
             view = self.codec.view(rows, tracking.position)
         except ProjectionDamaged:
             return self._dropped(tracking)
+        if lazy:
+            view.lookup = self.recorded
         self.base = tracking.position
         return view
+
+    def recorded(self, aggregate_id: UUID) -> Aggregate | None:
+        """An aggregate as its events fold it now (a lazy view's lookup: a registration no VM
+        uses, replayed from its few events), None if nothing was recorded of it."""
+        try:
+            return self.app.load(aggregate_id)
+        except Exception as error:  # a stored fact that can't be read or applied was changed
+            if isinstance(error, self.app.errors):  # the store's own trouble, not damage
+                raise
+            raise LedgerDamaged(
+                f"the events of aggregate {aggregate_id} can't be read back "
+                f"({type(error).__name__}: {error}); run `snapledger verify`"
+            ) from error
 
     def _dropped(self, tracking: Tracking | None) -> LedgerView:
         try:
@@ -155,11 +174,11 @@ class PersistedProjection:
         return LedgerView()
 
     def present(self) -> LedgerView:
-        """The ledger's state now: the newest checkpoint, caught up, and saved. Should the
-        events after the checkpoint not apply to it (its rows are ahead of the position it
-        claims), the checkpoint is dropped and the view folded from position 0; an error then
-        is the ledger's own."""
-        view = self.load()
+        """The ledger's state now: the newest checkpoint (lazily, its live rows), caught up,
+        and saved. Should the events after the checkpoint not apply to it (its rows are ahead
+        of the position it claims), the checkpoint is dropped and the view folded from position
+        0; an error then is the ledger's own."""
+        view = self.load(lazy=True)
         try:
             self.catch_up(view)
         except LedgerDamaged:
@@ -206,7 +225,7 @@ class PersistedProjection:
             return BEHIND
         try:
             outcome = self._commit(view, dirty, docs, full=self.base < 0)
-            if outcome == NEEDS_FULL:
+            if outcome == NEEDS_FULL and view.lookup is None:  # a lazy view can't write it all
                 outcome = self._commit(view, dirty, docs, full=True)
         except STORE_ERRORS:
             return "failed"

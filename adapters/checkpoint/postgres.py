@@ -64,6 +64,7 @@ COLUMN_TYPES = {
     "archived": "bigint", "checksum": "bigint", "originator_id": "text",
     "originator_version": "bigint", "born": "bigint", "topic": "text", "state": "bytea",
     "unarchived": "boolean", "vm": "text", "chains": "text", "doc": "text", "anchor": "text",
+    "live": "boolean", "live_rows": "bigint",
 }
 # Each table's columns and their types; a table of any other shape (older code, a hand edit)
 # is dropped and made anew by the next commit.
@@ -81,7 +82,7 @@ LOCK_CLASS = 0x5A1ED6E5  # a signed 32-bit int, as pg_advisory_xact_lock(int, in
 def _row(found: DictRow) -> Row:
     return Row(
         found["originator_id"], found["originator_version"], found["born"], found["topic"],
-        bytes(found["state"]), found["checksum"],
+        bytes(found["state"]), found["checksum"], bool(found["live"]),
     )
 
 
@@ -103,7 +104,7 @@ class PostgresTables:
     def stored_tracking(self) -> Tracking | None:
         """Checked against the chain's hash at its position now (rules.tracking_from_row)."""
         self.curs.execute(
-            SQL("SELECT t.position, t.fingerprint, t.aggregates, t.archived, t.anchor, t.checksum, "
+            SQL("SELECT t.position, t.fingerprint, t.aggregates, t.archived, t.anchor, t.live_rows, t.checksum, "
                 "(SELECT c.hash FROM {} AS c WHERE c.position = t.position) AS now "
                 "FROM {} AS t WHERE t.name = %s").format(self.table(CHAIN), self.table(TRACKING)),
             (VIEW,),
@@ -113,7 +114,7 @@ class PostgresTables:
             return None
         return tracking_from_row(
             (found["position"], found["fingerprint"], found["aggregates"], found["archived"],
-             found["anchor"], found["checksum"], found["now"])
+             found["anchor"], found["live_rows"], found["checksum"], found["now"])
         )
 
     def chain_hash_at(self, position: int) -> str:
@@ -123,9 +124,10 @@ class PostgresTables:
         found = self.curs.fetchone()
         return str(found["hash"]) if found is not None else ""
 
-    def rows(self) -> list[Row]:
+    def rows(self, live_only: bool = False) -> list[Row]:
+        where = SQL("WHERE live " if live_only else "")
         self.curs.execute(
-            SQL("SELECT {} FROM {} ORDER BY born, originator_id").format(ROW_LIST, self.table(CHECKPOINT)),
+            SQL("SELECT {} FROM {} {}ORDER BY born, originator_id").format(ROW_LIST, self.table(CHECKPOINT), where),
             binary=True,  # bytea as it is, not hex: a fifth less time (psycopg's Python build)
         )
         return [_row(r) for r in self.curs.fetchall()]
@@ -144,11 +146,11 @@ class PostgresTables:
             return
         # A rewritten row is unarchived again: the next archive point keeps its new version.
         self.curs.executemany(
-            SQL("INSERT INTO {} ({}, unarchived) VALUES (%s, %s, %s, %s, %s, %s, true) "
+            SQL("INSERT INTO {} ({}, unarchived) VALUES (%s, %s, %s, %s, %s, %s, %s, true) "
                 "ON CONFLICT (originator_id) DO UPDATE SET "
                 "originator_version = EXCLUDED.originator_version, born = EXCLUDED.born, "
                 "topic = EXCLUDED.topic, state = EXCLUDED.state, "
-                "checksum = EXCLUDED.checksum, unarchived = true").format(self.table(CHECKPOINT), ROW_LIST),
+                "checksum = EXCLUDED.checksum, live = EXCLUDED.live, unarchived = true").format(self.table(CHECKPOINT), ROW_LIST),
             rows,
         )
 
@@ -165,10 +167,12 @@ class PostgresTables:
     def drop_docs(self) -> None:
         self.curs.execute(SQL("DELETE FROM {}").format(self.table(DOCS)))
 
-    def count_rows(self) -> int:
-        self.curs.execute(SQL("SELECT COUNT(*) AS count FROM {}").format(self.table(CHECKPOINT)))
+    def count_rows(self) -> tuple[int, int]:
+        self.curs.execute(
+            SQL("SELECT COUNT(*) AS count, COUNT(*) FILTER (WHERE live) AS live FROM {}").format(self.table(CHECKPOINT))
+        )
         counted = self.curs.fetchone()
-        return int(counted["count"]) if counted is not None else 0
+        return (int(counted["count"]), int(counted["live"])) if counted is not None else (0, 0)
 
     def keep_archive_point(self, position: int, count: int) -> None:
         self.curs.execute(
@@ -189,11 +193,11 @@ class PostgresTables:
 
     def put_tracking(self, tracking: Tracking) -> None:
         self.curs.execute(
-            SQL("INSERT INTO {} (name, position, fingerprint, aggregates, archived, anchor, checksum) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
+            SQL("INSERT INTO {} (name, position, fingerprint, aggregates, archived, anchor, live_rows, "
+                "checksum) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
                 "position = EXCLUDED.position, fingerprint = EXCLUDED.fingerprint, "
                 "aggregates = EXCLUDED.aggregates, archived = EXCLUDED.archived, "
-                "anchor = EXCLUDED.anchor, checksum = EXCLUDED.checksum").format(self.table(TRACKING)),
+                "anchor = EXCLUDED.anchor, live_rows = EXCLUDED.live_rows, checksum = EXCLUDED.checksum").format(self.table(TRACKING)),
             (VIEW, *tracking, tracking_checksum(tracking)),
         )
 
@@ -234,7 +238,7 @@ class PostgresProjectionStore:
 
     # ---- reading -------------------------------------------------------------------------
 
-    def read_current(self) -> tuple[int, Tracking | None, list[Row]]:
+    def read_current(self, live_only: bool = False) -> tuple[int, Tracking | None, list[Row]]:
         with self.datastore.transaction(commit=False) as curs:
             tables = PostgresTables(curs, self.schema)
             usable = self._snapshot(curs)
@@ -244,7 +248,7 @@ class PostgresProjectionStore:
                 return top, None, []
             # Rows gone while the tracking row stays are not what the row says: `load` sees
             # the count differ and drops the projection.
-            rows = tables.rows() if CHECKPOINT in usable else []
+            rows = tables.rows(live_only) if CHECKPOINT in usable else []
             return top, tracking, rows
 
     def read_tracking(self) -> Tracking | None:

@@ -42,11 +42,11 @@ CHAIN = "snapledger_chain"  # the hash chain beside the events (eventstore/chain
 VIEW = "ledger_view"  # the one tracked projection's name
 
 # A checkpoint row's columns, in Row's order.
-ROW_COLUMNS = ("originator_id", "originator_version", "born", "topic", "state", "checksum")
+ROW_COLUMNS = ("originator_id", "originator_version", "born", "topic", "state", "checksum", "live")
 # Each table's columns, in the order the tables were created with (SQLite's history copy
 # relies on it). A table found with other columns was written by older code: it is dropped.
 COLUMNS: dict[str, tuple[str, ...]] = {
-    TRACKING: ("name", "position", "fingerprint", "aggregates", "archived", "anchor", "checksum"),
+    TRACKING: ("name", "position", "fingerprint", "aggregates", "archived", "anchor", "live_rows", "checksum"),
     CHECKPOINT: (*ROW_COLUMNS, "unarchived"),
     DOCS: ("vm", "chains", "doc", "checksum"),
     HISTORY: ("position", *ROW_COLUMNS),
@@ -66,6 +66,9 @@ class Row(NamedTuple):
     topic: str
     state: bytes
     checksum: int
+    # A VM, or a registration some VM uses or an operation holds: what a process loads. The
+    # others (images let go of) stay in the store; a view looks them up when it needs one.
+    live: bool = True
 
 
 class Doc(NamedTuple):
@@ -81,6 +84,7 @@ class Tracking(NamedTuple):
     aggregates: int
     archived: int  # the last archive point (0: none)
     anchor: str  # the chain's hash at `position` when written ("": no chain record there)
+    live_rows: int = 0  # how many of the rows are live (Row.live): what a process loads
 
 
 class Update(NamedTuple):
@@ -130,31 +134,34 @@ def archive_due(stored: Tracking | None, update: Update, outcome_full: bool) -> 
 # ---- checksums -----------------------------------------------------------------------------
 
 
-def row_checksum(originator_id: str, version: int, born: int, topic: str, state: bytes) -> int:
-    """Catches a damaged or hand-edited row. Not a security measure: the hash chain protects
-    the events, and the projection is only ever a cache of them."""
-    return zlib.crc32(state, zlib.crc32(f"{originator_id}|{version}|{born}|{topic}|".encode()))
+def row_checksum(
+    originator_id: str, version: int, born: int, topic: str, state: bytes, live: bool = True
+) -> int:
+    """Catches a damaged or hand-edited row. Not a security measure: `verify` compares every
+    row with the events folded again (audit.py), as it recomputes the hash chain."""
+    head = f"{originator_id}|{version}|{born}|{topic}|{int(live)}|"
+    return zlib.crc32(state, zlib.crc32(head.encode()))
 
 
 def tracking_checksum(t: Tracking) -> int:
-    return zlib.crc32(f"{t.position}|{t.fingerprint}|{t.aggregates}|{t.archived}|{t.anchor}".encode())
+    return zlib.crc32(f"{t.position}|{t.fingerprint}|{t.aggregates}|{t.archived}|{t.anchor}|{t.live_rows}".encode())
 
 
 DAMAGED = "damaged"  # the fingerprint of a tracking row whose checksum does not match
 UNANCHORED = "unanchored"  # ... of one whose anchor is not the chain's hash at its position now
 
 
-def tracking_from_row(found: tuple[int, str, int, int, str, int, str | None] | None) -> Tracking | None:
-    """(position, fingerprint, aggregates, archived, anchor, checksum, the chain's hash at
-    position now) read from any store. A row edited by hand comes back with the fingerprint
+def tracking_from_row(found: tuple[int, str, int, int, str, int, int, str | None] | None) -> Tracking | None:
+    """(position, fingerprint, aggregates, archived, anchor, live_rows, checksum, the chain's
+    hash at position now) read from any store. A row edited by hand comes back with the fingerprint
     DAMAGED, one the chain no longer vouches for with UNANCHORED: no code has either, so such
     a checkpoint is neither trusted nor built on (it is rebuilt from the events)."""
     if found is None:
         return None
-    tracking = Tracking(*found[:5])
-    if found[5] != tracking_checksum(tracking):
+    tracking = Tracking(*found[:6])
+    if found[6] != tracking_checksum(tracking):
         return tracking._replace(fingerprint=DAMAGED)
-    return anchored(tracking, found[6] or "")
+    return anchored(tracking, found[7] or "")
 
 
 def anchored(tracking: Tracking, chain_hash: str) -> Tracking:
@@ -217,9 +224,9 @@ def code_fingerprint() -> str:
 class ProjectionStore(Protocol):
     persistent: bool  # False: nothing is kept, do not bother encoding anything
 
-    def read_current(self) -> tuple[int, Tracking | None, list[Row]]:
-        """The ledger's last position, the tracking row, and the checkpoint's rows (born order),
-        as one consistent read."""
+    def read_current(self, live_only: bool = False) -> tuple[int, Tracking | None, list[Row]]:
+        """The ledger's last position, the tracking row, and the checkpoint's rows (born order;
+        `live_only`: the live ones), as one consistent read."""
         ...
 
     def read_tracking(self) -> Tracking | None:

@@ -14,6 +14,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from snapledger.adapters.checkpoint.commit import TablesUnreadable, commit_update
 from snapledger.adapters.checkpoint.rules import (
@@ -42,17 +43,20 @@ from snapledger.adapters.checkpoint.rules import (
 SCHEMA = (
     f"CREATE TABLE IF NOT EXISTS {TRACKING} (name TEXT PRIMARY KEY, position INTEGER NOT NULL, "
     "fingerprint TEXT NOT NULL, aggregates INTEGER NOT NULL, archived INTEGER NOT NULL, "
-    "anchor TEXT NOT NULL, checksum INTEGER NOT NULL)",
+    "anchor TEXT NOT NULL, live_rows INTEGER NOT NULL, checksum INTEGER NOT NULL)",
     f"CREATE TABLE IF NOT EXISTS {CHECKPOINT} (originator_id TEXT PRIMARY KEY, "
     "originator_version INTEGER NOT NULL, born INTEGER NOT NULL, topic TEXT NOT NULL, "
-    "state BLOB NOT NULL, checksum INTEGER NOT NULL, unarchived INTEGER NOT NULL DEFAULT 1)",
+    "state BLOB NOT NULL, checksum INTEGER NOT NULL, live INTEGER NOT NULL, "
+    "unarchived INTEGER NOT NULL DEFAULT 1)",
     f"CREATE INDEX IF NOT EXISTS {CHECKPOINT}_unarchived ON {CHECKPOINT} (unarchived) "
     "WHERE unarchived = 1",
+    f"CREATE INDEX IF NOT EXISTS {CHECKPOINT}_live ON {CHECKPOINT} (born, originator_id) WHERE live = 1",
     f"CREATE TABLE IF NOT EXISTS {DOCS} (vm TEXT PRIMARY KEY, chains TEXT NOT NULL, "
     "doc TEXT NOT NULL, checksum INTEGER NOT NULL)",
     f"CREATE TABLE IF NOT EXISTS {HISTORY} (position INTEGER NOT NULL, originator_id TEXT NOT NULL, "
     "originator_version INTEGER NOT NULL, born INTEGER NOT NULL, topic TEXT NOT NULL, "
-    "state BLOB NOT NULL, checksum INTEGER NOT NULL, PRIMARY KEY (originator_id, originator_version))",
+    "state BLOB NOT NULL, checksum INTEGER NOT NULL, live INTEGER NOT NULL, "
+    "PRIMARY KEY (originator_id, originator_version))",
     f"CREATE INDEX IF NOT EXISTS {HISTORY}_position ON {HISTORY} (position)",
     f"CREATE TABLE IF NOT EXISTS {ARCHIVES} (position INTEGER PRIMARY KEY, aggregates INTEGER NOT NULL)",
 )
@@ -64,7 +68,7 @@ def read_tracking(con: sqlite3.Connection) -> Tracking | None:
     tracking_from_row: DAMAGED if edited by hand, UNANCHORED if the chain says otherwise now);
     raises sqlite3.OperationalError if a table is not there."""
     found = con.execute(
-        f"SELECT t.position, t.fingerprint, t.aggregates, t.archived, t.anchor, t.checksum, "
+        f"SELECT t.position, t.fingerprint, t.aggregates, t.archived, t.anchor, t.live_rows, t.checksum, "
         f"(SELECT c.hash FROM {CHAIN} AS c WHERE c.position = t.position) "
         f"FROM {TRACKING} AS t WHERE t.name = ?",
         (VIEW,),
@@ -96,8 +100,15 @@ def _top(con: sqlite3.Connection) -> int:
     return int(con.execute(f"SELECT MAX(rowid) FROM {EVENTS}").fetchone()[0] or 0)
 
 
-def _rows(con: sqlite3.Connection) -> list[Row]:
-    return [Row(*r) for r in con.execute(f"SELECT {ROW_LIST} FROM {CHECKPOINT} ORDER BY born, originator_id")]
+def _rows(con: sqlite3.Connection, live_only: bool = False) -> list[Row]:
+    where = "WHERE live = 1 " if live_only else ""
+    return [_row(r) for r in con.execute(f"SELECT {ROW_LIST} FROM {CHECKPOINT} {where}ORDER BY born, originator_id")]
+
+
+def _row(found: tuple[Any, ...]) -> Row:
+    """A row as SQLite gives it back (`live` is stored as an integer)."""
+    oid, version, born, topic, state, checksum, live = found
+    return Row(oid, version, born, topic, state, checksum, bool(live))
 
 
 class SQLiteTables:
@@ -120,7 +131,7 @@ class SQLiteTables:
     def put_rows(self, rows: list[Row]) -> None:
         # `unarchived` is left to its default, 1: a rewritten row is kept by the next archive point.
         self.con.executemany(
-            f"INSERT OR REPLACE INTO {CHECKPOINT} ({ROW_LIST}) VALUES (?, ?, ?, ?, ?, ?)", rows
+            f"INSERT OR REPLACE INTO {CHECKPOINT} ({ROW_LIST}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
         )
 
     def put_docs(self, docs: list[Doc]) -> None:
@@ -129,8 +140,10 @@ class SQLiteTables:
     def drop_docs(self) -> None:
         self.con.execute(f"DELETE FROM {DOCS}")
 
-    def count_rows(self) -> int:
-        return int(self.con.execute(f"SELECT COUNT(*) FROM {CHECKPOINT}").fetchone()[0])
+    def count_rows(self) -> tuple[int, int]:
+        count = int(self.con.execute(f"SELECT COUNT(*) FROM {CHECKPOINT}").fetchone()[0])
+        live = int(self.con.execute(f"SELECT COUNT(*) FROM {CHECKPOINT} WHERE live = 1").fetchone()[0])
+        return count, live
 
     def keep_archive_point(self, position: int, count: int) -> None:
         self.con.execute(
@@ -145,7 +158,7 @@ class SQLiteTables:
 
     def put_tracking(self, tracking: Tracking) -> None:
         self.con.execute(
-            f"INSERT OR REPLACE INTO {TRACKING} VALUES (?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO {TRACKING} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (VIEW, *tracking, tracking_checksum(tracking)),
         )
 
@@ -186,7 +199,7 @@ class SQLiteProjectionStore:
         finally:
             con.execute("COMMIT")
 
-    def read_current(self) -> tuple[int, Tracking | None, list[Row]]:
+    def read_current(self, live_only: bool = False) -> tuple[int, Tracking | None, list[Row]]:
         with self._lock, self._read_transaction() as con:
             top = _top(con)
             try:
@@ -194,7 +207,7 @@ class SQLiteProjectionStore:
             except sqlite3.OperationalError:  # no tables yet (or dropped)
                 return top, None, []
             try:
-                rows = _rows(con) if tracking is not None else []
+                rows = _rows(con, live_only) if tracking is not None else []
             except sqlite3.OperationalError:  # the rows are gone: not what the row says
                 rows = []
             return top, tracking, rows
@@ -225,7 +238,7 @@ class SQLiteProjectionStore:
                 # The newest row of each aggregate at or before the point (SQLite takes the other
                 # columns from the row that holds the MAX).
                 rows = [
-                    Row(*r[1:])
+                    _row(r[1:])
                     for r in con.execute(
                         f"SELECT MAX(position), {ROW_LIST} FROM {HISTORY} WHERE position <= ? "
                         "GROUP BY originator_id",

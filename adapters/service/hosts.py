@@ -7,12 +7,11 @@ are the aggregate's (domain/vm.py). What is here needs the store or the hypervis
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-from uuid import UUID
 
 from snapledger.adapters.service import recovery
 from snapledger.adapters.service.registrations import Registry
 from snapledger.domain.errors import BadInput, HomeElsewhere, OperationInProgress
-from snapledger.domain.image_registry import ImageRegistration, image_id
+from snapledger.domain.image_registry import ImageRegistration
 from snapledger.domain.names import check_host
 from snapledger.domain.vm import VirtualMachine
 from snapledger.projections.scope import NO_HOST, is_shared, shared_dirs
@@ -72,21 +71,17 @@ def registry(ledger: Snapledger, vm: VirtualMachine) -> Registry:
         return "" if home in NO_HOST or is_shared(path, shared) else home
 
     def find(path: str) -> ImageRegistration | None:
+        # as recorded now (by anyone: the view caught up, one short query), a private copy; one
+        # recorded after this look makes the save fail (optimistic concurrency), never lost
+        view = ledger.refresh()
         host = owner(path)
-        found = _registration(ledger, image_id(path, host))
-        if found is not None or not host:
-            return found
-        earlier = _registration(ledger, image_id(path))  # registered before hosts
-        return earlier if earlier is not None and earlier.host in (host, *NO_HOST) else None
+        found = view.registration(path, host)
+        if found is None and host:
+            earlier = view.registration(path)  # registered before hosts
+            found = earlier if earlier is not None and earlier.host in (host, *NO_HOST) else None
+        return private_copy(found) if found is not None else None
 
     return Registry(find, owner)
-
-
-def _registration(ledger: Snapledger, registration_id: UUID) -> ImageRegistration | None:
-    # as recorded now (by anyone: the view caught up, one short query); one recorded after this
-    # look makes the save fail (optimistic concurrency), never lost
-    registration = ledger.refresh().registrations.get(registration_id)
-    return private_copy(registration) if registration is not None else None
 
 
 def move(ledger: Snapledger, vm_name: str, to: str, take_over: bool = False) -> None:

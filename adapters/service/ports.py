@@ -148,7 +148,8 @@ class LedgerStore(Protocol):
 class ViewProjection(Protocol):
     """The LedgerView kept up to date, with checkpoints (checkpoint/persisted.py)."""
 
-    def present(self) -> LedgerView: ...
+    def present(self) -> LedgerView:
+        """The ledger now; it may hold only the live registrations and look the others up."""
 
     def catch_up(self, view: LedgerView) -> LedgerView: ...
 

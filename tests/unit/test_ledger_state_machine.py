@@ -191,6 +191,12 @@ class LedgerMachine(WorldActors, RuleBasedStateMachine):
     def every_directory(self) -> list[str]:
         return sorted({posixpath.dirname(p) for p in self.storage.files} - {"/elsewhere"})
 
+    @rule()
+    def another_process_carries_on(self) -> None:
+        """The next commands run in a new process: its view is the checkpoint's live rows, and
+        it looks up the rest when it needs them."""
+        self.fresh()
+
     @rule(through_a_symlink=st.booleans())
     def adopt_over_a_template_outside_is_refused(self, through_a_symlink: bool) -> None:
         """A disk whose chain leaves the VM's directories (its disks' and its pools) is refused,
@@ -576,9 +582,15 @@ class LedgerMachine(WorldActors, RuleBasedStateMachine):
     def rebuilt_projection_equals_incremental(self) -> None:
         rebuilt = LedgerView()
         rebuilt.apply_all(self.app.events_after(0))
-        assert rebuilt.canonical() == self.ledger.view.canonical()
-        for view in (rebuilt, self.ledger.view):  # the index kept as events apply
-            assert view.in_use == {i: r for i, r in view.registrations.items() if r.users}
+        view = self.ledger.view
+        assert rebuilt.canonical() == view.canonical()  # the VMs and every live registration
+        for each in (rebuilt, view):  # the index kept as events apply
+            assert each.in_use == {i: r for i, r in each.registrations.items() if r.users}
+        # a lazy view (a process started from a checkpoint) looks up the registrations it did
+        # not load, and gets what the events say
+        for registration in rebuilt.registrations.values():
+            found = view.registrations_of(registration.path, registration.host or None)
+            assert registration in found, registration.path
 
     @invariant()
     def a_command_loads_each_aggregate_as_its_events_fold_it(self) -> None:
@@ -607,6 +619,10 @@ class LedgerMachine(WorldActors, RuleBasedStateMachine):
                 assert store.doc_text(name) == json_text(vm_document(whole, name)), name
         assert view_state(projection.catch_up(projection.load())) == view_state(whole)
         assert projection_findings(projection) == []  # what verify compares agrees
+        lazy = projection.catch_up(projection.load(lazy=True))  # what a new process starts from
+        assert lazy.canonical() == whole.canonical()
+        for registration in whole.registrations.values():  # and the rest, looked up
+            assert registration in lazy.registrations_of(registration.path, registration.host or None)
         for position in {last // 2, max(last - 1, 0)}:
             assert view_state(projection.view_at(position)) == view_state(rebuilt(self.app, position))
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from projection_helpers import rebuilt, spy_reads, view_state
+from projection_helpers import rebuilt, same_ledger, spy_reads
 
 import snapledger.adapters.checkpoint
 import snapledger.domain
@@ -27,6 +27,7 @@ from snapledger.adapters.checkpoint.rules import (
     NEEDS_FULL,
     SAME,
     WRITTEN,
+    Doc,
     DocsFor,
     ProjectionStore,
     Row,
@@ -112,7 +113,7 @@ def test_a_new_process_starts_from_the_checkpoint_and_gets_what_a_replay_builds(
     starts = spy_reads(world.app, monkeypatch)
     view = world.process().view
     assert starts and min(starts) == last  # only what follows the checkpoint was read
-    assert view_state(view) == view_state(rebuilt(world.app))
+    assert same_ledger(view, rebuilt(world.app))
 
 
 def test_the_codec_keeps_every_type(world: World) -> None:
@@ -148,8 +149,11 @@ class CommitSpy:
         self.persistent = real.persistent
         self.written: list[set[str]] = []
 
-    def read_current(self) -> tuple[int, Tracking | None, list[Row]]:
-        return self.real.read_current()
+    def read_current(self, live_only: bool = False) -> tuple[int, Tracking | None, list[Row]]:
+        return self.real.read_current(live_only)
+
+    def read_kept(self) -> tuple[list[int], list[Doc]]:
+        return self.real.read_kept()
 
     def read_tracking(self) -> Tracking | None:
         return self.real.read_tracking()
@@ -207,7 +211,7 @@ def test_time_travel_starts_from_the_nearest_checkpoint(
     for position in range(last + 1):
         starts.clear()
         view = ledger.view_at(position)
-        assert view_state(view) == view_state(rebuilt(world.app, position)), position
+        assert same_ledger(view, rebuilt(world.app, position)), position
         assert position - starts[0] < EVERY or position < min(world.store.archives)
 
 
@@ -226,7 +230,7 @@ def test_a_crash_between_a_save_and_the_projection_update_is_caught_up(world: Wo
     assert world.store.tracking == before  # the projection was not updated
     assert before is not None and before.position < world.last()
     view = world.process().view  # the next reader catches up...
-    assert view_state(view) == view_state(rebuilt(world.app))
+    assert same_ledger(view, rebuilt(world.app))
     assert "s9" in view.vms["a"].snapshots
     tracking = world.store.tracking  # ...and saves it
     assert tracking is not None and tracking.position == world.last()
@@ -275,13 +279,13 @@ def test_a_damaged_projection_never_changes_what_the_ledger_says(
     damage(world.store)
     assert world.store.doc_text("a") in (None, expected["a"])  # the fast path never forges
     view = world.process().view
-    assert view_state(view) == view_state(rebuilt(world.app))
+    assert same_ledger(view, rebuilt(world.app))
     ledger = world.process()
     ledger.checkpoint()
     tracking = world.store.tracking
     assert tracking is not None and tracking.position == world.last()
     assert world.store.doc_text("a") == expected["a"]
-    assert view_state(world.process().view) == view_state(rebuilt(world.app))
+    assert same_ledger(world.process().view, rebuilt(world.app))
 
 
 def test_documents_are_what_show_prints(world: World) -> None:
@@ -356,7 +360,7 @@ def test_two_processes_racing_on_the_projection(world: World) -> None:
     assert world.store.tracking == saved
     slow.refresh()  # catches up past the other process's save, then saves over it
     slow.snapshot("b", "t5")
-    assert view_state(world.process().view) == view_state(rebuilt(world.app))
+    assert same_ledger(world.process().view, rebuilt(world.app))
 
 
 def test_memory_store_rows_round_trip() -> None:
@@ -364,7 +368,7 @@ def test_memory_store_rows_round_trip() -> None:
     row = Row("00", 1, 1, "t", b"{}", row_checksum("00", 1, 1, "t", b"{}"))
     update = Update(3, "fp", -1, True, [row], 1, 0, True, 2)
     assert store.commit(update, lambda stored, only_missing: []) == WRITTEN
-    assert store.read_current() == (3, Tracking(3, "fp", 1, 3, ""), [row])
+    assert store.read_current() == (3, Tracking(3, "fp", 1, 3, "", 1), [row])
     assert store.read_at(2, "fp") is None
     assert store.read_at(3, "fp") == (3, 1, [row])
     assert store.read_at(3, "other") is None
