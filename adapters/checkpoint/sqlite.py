@@ -83,16 +83,15 @@ def chain_hash_at(con: sqlite3.Connection, position: int) -> str:
 
 def _ensure_schema(con: sqlite3.Connection) -> None:
     """Inside a write transaction: the tables exist, with the columns this code uses."""
-    for statement in SCHEMA:
-        con.execute(statement)
+    # The shape first: an index of this code's can't be made on an older code's table.
     try:
         for table, columns in COLUMNS.items():
             con.execute(f"SELECT {', '.join(columns)} FROM {table} LIMIT 0")
-    except sqlite3.OperationalError:
+    except sqlite3.OperationalError:  # a table missing, or of another shape: start afresh
         for table in PROJECTION_TABLES:
             con.execute(f"DROP TABLE IF EXISTS {table}")
-        for statement in SCHEMA:
-            con.execute(statement)
+    for statement in SCHEMA:
+        con.execute(statement)
 
 
 def _top(con: sqlite3.Connection) -> int:

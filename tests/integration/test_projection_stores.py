@@ -422,6 +422,8 @@ DAMAGE = {
     "the tracking table of another shape": lambda _: f"DROP TABLE {TRACKING}; "
     f"CREATE TABLE {TRACKING} (name TEXT, position INTEGER)",
     "the checkpoint table dropped": lambda _: f"DROP TABLE {CHECKPOINT}",
+    "the checkpoint table of an older shape": lambda _: f"DROP TABLE {CHECKPOINT}; "
+    f"CREATE TABLE {CHECKPOINT} (originator_id TEXT PRIMARY KEY, born INTEGER)",
 }
 
 
