@@ -422,7 +422,8 @@ DAMAGE = {
     "the tracking table of another shape": lambda _: f"DROP TABLE {TRACKING}; "
     f"CREATE TABLE {TRACKING} (name TEXT, position INTEGER)",
     "the checkpoint table dropped": lambda _: f"DROP TABLE {CHECKPOINT}",
-    "the checkpoint table of an older shape": lambda _: f"DROP TABLE {CHECKPOINT}; "
+    "the tables of an older code's shape": lambda _: f"DROP TABLE {TRACKING}; DROP TABLE {CHECKPOINT}; "
+    f"CREATE TABLE {TRACKING} (name TEXT PRIMARY KEY, position INTEGER, fingerprint TEXT); "
     f"CREATE TABLE {CHECKPOINT} (originator_id TEXT PRIMARY KEY, born INTEGER)",
 }
 
@@ -438,6 +439,8 @@ def test_a_damaged_projection_is_rebuilt_and_never_changes_what_show_says(
     assert show(url, "a", "--json").stdout == expected
     assert show(url, "a", "--json").stdout == expected
     open_ledger(url, storage).view  # noqa: B018 (a new process: rebuilt if what it loads is damaged)
+    top, tracking, rows = store_for(LedgerApplication(url)).read_current(live_only=True)
+    assert tracking is not None and (tracking.position, tracking.live_rows) == (top, len(rows))
     # A registration no VM uses is never read from the checkpoint by a process (it is looked up
     # in the events); damage there is found, and the projection dropped, by verify.
     projection_findings(PersistedProjection(LedgerApplication(url)))
