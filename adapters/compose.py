@@ -7,7 +7,7 @@ import getpass
 import os
 import socket
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
+from typing import Any, cast
 
 from snapledger.adapters.checkpoint.persisted import PersistedProjection
 from snapledger.adapters.eventstore.application import LedgerApplication
@@ -21,11 +21,6 @@ from snapledger.adapters.eventstore.store_url import (
 from snapledger.adapters.host import extras
 from snapledger.adapters.host.clock import utc_now
 from snapledger.adapters.host.processes import LocalProcesses
-from snapledger.adapters.libvirt.hypervisor import (
-    LibvirtHypervisor,
-    job_bandwidth_from_env,
-    pause_after_pivot_from_env,
-)
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.service.ports import (
     Clock,
@@ -40,12 +35,14 @@ from snapledger.domain.ledger_hash import UNKNOWN_HOST, RecordedBy
 from snapledger.domain.names import check_host
 from snapledger.projections.cost import CostModel
 
+# What every event records as the tool's version. Kept here rather than asked of the installed
+# package's metadata, which costs each process 10-15 ms of scanning sys.path (issue 13); a test
+# holds it equal to pyproject.toml's.
+VERSION = "0.1.0"
+
 
 def tool_version() -> str:
-    try:
-        return version("snapledger")
-    except PackageNotFoundError:
-        return "unknown"
+    return VERSION
 
 
 def this_host(host: str | None = None) -> str:
@@ -139,8 +136,26 @@ def open_ledger(
     (libvirt-python itself is imported only when such a VM is acted on)."""
     storage = QemuImgStorage()
     storage.progress = progress
-    hypervisor = LibvirtHypervisor(
-        job_bandwidth=job_bandwidth_from_env(os.environ),
-        pause_after_pivot=pause_after_pivot_from_env(os.environ),
-    )
-    return ledger_service(app, storage, hypervisor=hypervisor)
+    return ledger_service(app, storage, hypervisor=cast(Hypervisor, LibvirtOnFirstUse()))
+
+
+class LibvirtOnFirstUse:
+    """The libvirt adapter, made when a VM bound to libvirt is first acted on: its modules
+    (and lxml) cost every process some 25 ms to import, and most commands never need them."""
+
+    def __init__(self) -> None:
+        self._adapter: Hypervisor | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._adapter is None:
+            from snapledger.adapters.libvirt.hypervisor import (
+                LibvirtHypervisor,
+                job_bandwidth_from_env,
+                pause_after_pivot_from_env,
+            )
+
+            self._adapter = LibvirtHypervisor(
+                job_bandwidth=job_bandwidth_from_env(os.environ),
+                pause_after_pivot=pause_after_pivot_from_env(os.environ),
+            )
+        return getattr(self._adapter, name)

@@ -8,8 +8,6 @@ import sys
 
 import click
 
-from snapledger.adapters.checkpoint.audit import projection_findings
-from snapledger.adapters.checkpoint.persisted import PersistedProjection
 from snapledger.adapters.cli import output
 from snapledger.adapters.cli.arguments import replay_command
 from snapledger.adapters.cli.options import after_command_options, command, pass_context
@@ -94,6 +92,9 @@ def verify(c: Context, vm: str | None, show_head: bool, expect_head: str | None)
         if wrong:
             chain.append(f"the trail index (a cache) disagreed with the events at {len(wrong)} "
                          f"position(s) from {wrong[0]}; it was dropped and will be rebuilt")
+    from snapledger.adapters.checkpoint.audit import projection_findings  # verify's alone
+    from snapledger.adapters.checkpoint.persisted import PersistedProjection
+
     projection = c.ledger.projection  # before anything loads the view from it
     if not chain and isinstance(projection, PersistedProjection):
         chain += projection_findings(projection)  # an edit that kept every checksum right

@@ -17,7 +17,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
@@ -267,7 +266,7 @@ class MergeProgress:
     once the operation has run for a second; fed with the fraction done by the storage adapter."""
 
     def __init__(self) -> None:
-        self._bar: Progress | None = None
+        self._bar: Any = None  # rich's Progress, imported when a merge is long enough to show it
         self._task: Any = None
         self._started: float | None = None
         self._last = 0.0
@@ -281,6 +280,14 @@ class MergeProgress:
             self._started = now
         self._last = fraction
         if self._bar is None and now - self._started >= 1.0 and fraction < 1.0:
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
             self._bar = Progress(
                 TextColumn("merging"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
                 console=console, transient=True,

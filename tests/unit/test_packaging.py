@@ -53,3 +53,16 @@ def test_wheel_holds_every_source_package_under_snapledger(tmp_path: Path) -> No
     tops = {name.split("/", 1)[0] for name in names}
     assert not tops & set(SOURCES)
     assert {t for t in tops if not t.endswith(".dist-info")} == {"snapledger"}
+
+
+def test_the_version_every_event_records_is_the_packages() -> None:
+    """compose.VERSION saves every process a scan of the installed metadata; it must not drift
+    from pyproject.toml's (nor from what pip installed)."""
+    import importlib.metadata
+    import tomllib
+
+    from snapledger.adapters.compose import VERSION
+
+    root = Path(__file__).resolve().parents[2]
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
+    assert VERSION == declared == importlib.metadata.version("snapledger")
