@@ -36,12 +36,13 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from snapledger.adapters.service.ports import Sharing
 from snapledger.adapters.storage import qemu_locks
 from snapledger.adapters.storage.qemu_img_runner import Progress, QemuImgRunner
+from snapledger.adapters.storage.settled import SettledAnswers
 from snapledger.domain.errors import StorageError
 from snapledger.domain.images import ImageFacts
 from snapledger.domain.names import confinement, is_within
@@ -103,6 +104,8 @@ class QemuImgStorage:
         self.file_mode = file_mode
         # Told the fraction done of a running merge (the CLI draws a progress bar with it).
         self.progress: Progress | None = None
+        # qemu-img's answers about files that have not changed since: see _remembered.
+        self._answers = SettledAnswers()
 
     # ---- the storage port ------------------------------------------------------------
 
@@ -328,9 +331,18 @@ class QemuImgStorage:
 
     # ---- qemu-img's answers ------------------------------------------------------------
 
+    def _remembered(self, what: str, path: str, fmt: str | None, ask: Callable[[], Any]) -> Any:
+        """qemu-img's answer about `path`, asked again only if the file changed (settled.py);
+        the file is checked first, every time."""
+        return self._answers.answer((what, path, fmt), self._check_file(path), ask)
+
     def _info(self, path: str, fmt: str | None) -> dict[str, Any]:
         """`qemu-img info` of one file (never opens its backing), under resource limits, opened
         as `fmt` (None: probed, only for a file the ledger does not know yet)."""
+        info: dict[str, Any] = self._remembered("info", path, fmt, lambda: self._ask_info(path, fmt))
+        return info
+
+    def _ask_info(self, path: str, fmt: str | None) -> dict[str, Any]:
         self._check_file(path)
         if fmt is not None and fmt not in FORMATS:
             raise StorageError(f"{path}: format {fmt!r} is not one of {sorted(FORMATS)}")
@@ -389,6 +401,10 @@ class QemuImgStorage:
 
     def _allocated(self, path: str, fmt: str) -> int:
         """Bytes holding data in this layer alone: the image is opened without its backing."""
+        allocated: int = self._remembered("map", path, fmt, lambda: self._ask_allocated(path, fmt))
+        return allocated
+
+    def _ask_allocated(self, path: str, fmt: str) -> int:
         spec: dict[str, Any] = {"driver": fmt, "file": {"driver": "file", "filename": path}}
         if fmt == "qcow2":
             spec["backing"] = None

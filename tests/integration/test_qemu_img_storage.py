@@ -24,6 +24,7 @@ from qemu_helpers import (
 )
 
 from snapledger.adapters.service.ports import StoragePort
+from snapledger.adapters.storage import settled
 from snapledger.adapters.storage.qemu_img import QemuImgStorage
 from snapledger.domain.errors import ImageInUse, OutsideAllowedDirs, StorageError, ToolMissing
 
@@ -644,3 +645,44 @@ def test_writes_by_qemu_io_are_seen(storage: QemuImgStorage, tmp_path: Path) -> 
     write_clusters(image, {c: 0x40 + c for c in range(0, 16, 3)})
     assert storage.inspect(image).allocated == 6 * CLUSTER
     assert_reads(image, {c: 0x40 + c for c in range(0, 16, 3)}, 16)
+
+
+# ---- qemu-img asked once per file that has not changed (adapters/storage/settled.py) ----------
+
+
+def qemu_img_calls(storage: QemuImgStorage, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    real = storage.qemu_img.run
+
+    def run(command: str, path: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(f"{command} {Path(path).name}")
+        return real(command, path, *args, **kwargs)
+
+    monkeypatch.setattr(storage.qemu_img, "run", run)
+    return calls
+
+
+def test_an_unchanged_settled_file_is_asked_about_once(
+    storage: QemuImgStorage, chain: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settled, "SETTLED_NS", -1)  # as if every file had been left alone long ago
+    calls = qemu_img_calls(storage, monkeypatch)
+    first = storage.inspect_chain(chain[2])
+    assert len(calls) == 6  # info and map of each of the three layers
+    assert storage.inspect_chain(chain[2]) == first and len(calls) == 6
+    write_clusters(chain[1], {5: 0x55})  # the middle layer changes: it alone is asked again
+    again = storage.inspect_chain(chain[2])
+    assert sorted(calls[6:]) == ["info mid.qcow2", "map mid.qcow2"]
+    assert again[1].allocated == first[1].allocated + CLUSTER
+
+
+def test_an_answer_about_a_file_written_a_moment_ago_is_not_kept(
+    storage: QemuImgStorage, chain: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its times may not move for a second write in the same clock tick, so nothing about it
+    can be told from them yet: it is asked about every time until it has settled."""
+    calls = qemu_img_calls(storage, monkeypatch)
+    write_clusters(chain[0], {7: 0x77})
+    storage.inspect(chain[0])
+    storage.inspect(chain[0])
+    assert calls == ["info base.qcow2", "map base.qcow2"] * 2
