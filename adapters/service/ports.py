@@ -41,6 +41,10 @@ class Dependants(Protocol):
         """Every file found whose backing chain reaches `image` through files that are not in
         `known` (the images a ledger holds): nearest first. Compared by resolved path."""
 
+    def dependants_of(self, images: Iterable[str], known: Collection[str]) -> dict[str, list[str]]:
+        """`dependants` of each image, with `known` resolved once (a VM of 10,000 images asked
+        one by one resolved it 10,000 times)."""
+
 
 class StoragePort(Protocol):
     """Failures raise StorageError; a step that could not start because another process holds

@@ -120,7 +120,7 @@ def unknown_dependants(
         if reg.users and (home is None or reg.host in (home, *NO_HOST) or is_shared(reg.path, shared))
     }
     known |= set(view.vms[vm.name].images) if vm.name in view.vms else set()
-    found = {path: scan.dependants(path, known) for path in sorted(vm.images)}
+    found = scan.dependants_of(sorted(vm.images), known)
     return {path: files for path, files in found.items() if files}
 
 

@@ -194,12 +194,21 @@ class DependantIndex:
         the nearest), with the files resting on those. A `known` file is neither reported nor
         walked through. Nearest first, then by name; each file once, by its own name rather
         than a symlink's, then the smallest."""
+        return self.dependants_of([image], known)[image]
+
+    def dependants_of(self, images: Iterable[str], known: Collection[str]) -> dict[str, list[str]]:
+        """`dependants` of each image, `known` resolved once."""
         known_nodes = {self._node(path) for path in known}
+        unresolved = sorted(node for node in self._missing_backing if node not in known_nodes)
+        return {image: self._dependants(image, known_nodes, unresolved) for image in images}
+
+    def _dependants(
+        self, image: str, known_nodes: set[Node], unresolved: list[tuple[int, int]]
+    ) -> list[str]:
         start = self._node(image)
         reached: set[Node] = {start}
         level: list[Node] = [start]
         found: list[str] = []
-        unresolved = sorted(node for node in self._missing_backing if node not in known_nodes)
         while level:
             nearer: list[tuple[int, int]] = []
             for node in level:

@@ -71,18 +71,29 @@ class SimulatedScan:
     missing: frozenset[str] = frozenset()
 
     def dependants(self, image: str, known: Collection[str]) -> list[str]:
+        return self.dependants_of([image], known)[image]
+
+    def dependants_of(self, images: Iterable[str], known: Collection[str]) -> dict[str, list[str]]:
         ours = {self.resolve(k) for k in known}
+        above_of: dict[str, list[str]] = {}  # backing -> the files naming it, once per scan
+        for file, backing in self.backings.items():
+            above_of.setdefault(backing, []).append(file)
+        resting_on_missing = sorted(f for f, b in self.backings.items() if b in self.missing)
+        return {image: self._dependants(image, ours, above_of, resting_on_missing) for image in images}
+
+    def _dependants(
+        self, image: str, ours: set[str], above_of: dict[str, list[str]], resting_on_missing: list[str]
+    ) -> list[str]:
         start = self.resolve(image)
         seen = {start}
         found: list[str] = []
         frontier = [start]
         while frontier:
-            above = sorted(f for f, b in self.backings.items()
-                           if b in frontier and f not in ours and f not in seen)
+            above = sorted({f for b in frontier for f in above_of.get(b, ())
+                            if f not in ours and f not in seen})
             found += above
             if frontier == [start]:
-                maybe = sorted(f for f, b in self.backings.items()
-                               if b in self.missing and f not in ours and f not in seen | set(above))
+                maybe = [f for f in resting_on_missing if f not in ours and f not in seen | set(above)]
                 found += [f"{f} (its backing file {self.backings[f]} is missing: it may rest on "
                           "this image)" for f in maybe]
                 above += maybe
