@@ -93,6 +93,13 @@ def _against(
         for i in sorted({*mine, *theirs}, key=str)
         if i not in mine or i not in theirs or mine[i] != theirs[i]
     ]
+    # where a VM was born decides which VM a name means after a retire (a registration's is
+    # only an order, and a process that looked one up does not know it)
+    wrong += [
+        f"at {where}, where {_named(vm)} was born differs"
+        for i, vm in theirs.items()
+        if isinstance(vm, VirtualMachine) and i in mine and stored.born[i] != folded.born[i]
+    ]
     if len(mine) != count:
         wrong.append(f"at {where}, {len(mine)} aggregates stored where the row says {count}")
     return wrong

@@ -23,7 +23,7 @@ from eventsourcing.domain import Aggregate, Snapshot
 from eventsourcing.persistence import Mapper, StoredEvent, Transcoder
 from eventsourcing.utils import get_topic
 
-from snapledger.adapters.checkpoint.rules import Row, row_checksum
+from snapledger.adapters.checkpoint.rules import Row, row_checksum, row_well_typed
 from snapledger.domain.image_registry import ImageRegistration
 from snapledger.domain.vm import VirtualMachine
 from snapledger.projections.view import LedgerView
@@ -170,14 +170,18 @@ class CheckpointCodec:
     def row(self, aggregate: Aggregate, born: int) -> Row:
         stored = self.mapper.to_stored_event(Snapshot.take(aggregate))
         oid = stored.originator_id.hex if isinstance(stored.originator_id, UUID) else str(stored.originator_id)
-        live = not isinstance(aggregate, ImageRegistration) or aggregate.live
+        live = _live(aggregate)
         checksum = row_checksum(oid, stored.originator_version, born, stored.topic, stored.state, live)
         return Row(oid, stored.originator_version, born, stored.topic, stored.state, checksum, live)
 
     def aggregate(self, row: Row) -> Aggregate:
         oid, version, born, topic, state, checksum, live = row
-        if topic != SNAPSHOT_TOPIC or checksum != row_checksum(oid, version, born, topic, state, live):
-            raise ProjectionDamaged(f"checkpoint row {oid} v{version} is damaged")
+        if (
+            not row_well_typed(row)
+            or topic != SNAPSHOT_TOPIC
+            or checksum != row_checksum(oid, version, born, topic, state, live)
+        ):
+            raise ProjectionDamaged(f"checkpoint row {oid!r} v{version!r} is damaged")
         try:
             snapshot = self.mapper.to_domain_event(StoredEvent(UUID(oid), version, topic, state))
             if snapshot.topic not in AGGREGATE_TOPICS:  # type: ignore[attr-defined]
@@ -187,11 +191,18 @@ class CheckpointCodec:
             raise ProjectionDamaged(f"checkpoint row {oid} v{version}: {error}") from error
         if not isinstance(aggregate, Aggregate):
             raise ProjectionDamaged(f"checkpoint row {oid} v{version} is not an aggregate")
+        if live != _live(aggregate):  # a VM hidden from a process's load, or the like
+            raise ProjectionDamaged(f"checkpoint row {oid} v{version} is marked {'live' if live else 'not live'} wrongly")
         return aggregate
 
     def view(self, rows: Iterable[Row], position: int) -> LedgerView:
         with collector_paused():
             return LedgerView.restored(((self.aggregate(r), r.born) for r in rows), position)
+
+
+def _live(aggregate: Aggregate) -> bool:
+    """What a process loads: every VM, and a registration some VM uses or an operation holds."""
+    return not isinstance(aggregate, ImageRegistration) or aggregate.live
 
 
 @contextmanager

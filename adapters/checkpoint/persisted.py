@@ -140,7 +140,7 @@ class PersistedProjection:
             tracking.fingerprint != self.fingerprint
             or tracking.position > top
             or (tracking.live_rows if lazy else tracking.aggregates) != len(rows)
-            or any(r.born > tracking.position for r in rows)
+            or any(type(r.born) is not int or r.born > tracking.position for r in rows)
         ):
             return self._dropped(tracking)
         try:

@@ -143,6 +143,17 @@ def row_checksum(
     return zlib.crc32(state, zlib.crc32(head.encode()))
 
 
+def row_well_typed(row: Row) -> bool:
+    """Every column of the type this code writes (a hand edit can make a BLOB text, a number a
+    string): only then is the checksum worth computing."""
+    oid, version, born, topic, state, checksum, live = row
+    return (
+        isinstance(oid, str) and isinstance(topic, str) and isinstance(state, bytes)
+        and all(type(n) is int for n in (version, born, checksum))
+        and type(live) is bool
+    )
+
+
 def tracking_checksum(t: Tracking) -> int:
     return zlib.crc32(f"{t.position}|{t.fingerprint}|{t.aggregates}|{t.archived}|{t.anchor}|{t.live_rows}".encode())
 
@@ -158,7 +169,11 @@ def tracking_from_row(found: tuple[int, str, int, int, str, int, int, str | None
     a checkpoint is neither trusted nor built on (it is rebuilt from the events)."""
     if found is None:
         return None
-    tracking = Tracking(*found[:6])
+    position, fingerprint, aggregates, archived, anchor, live_rows = found[:6]
+    if not (all(type(n) is int for n in (position, aggregates, archived, live_rows, found[6]))
+            and isinstance(fingerprint, str) and isinstance(anchor, str)):
+        return Tracking(0, DAMAGED, 0, 0, "", 0)  # a column of another type: edited by hand
+    tracking = Tracking(position, fingerprint, aggregates, archived, anchor, live_rows)
     if found[6] != tracking_checksum(tracking):
         return tracking._replace(fingerprint=DAMAGED)
     return anchored(tracking, found[7] or "")

@@ -105,9 +105,10 @@ def _rows(con: sqlite3.Connection, live_only: bool = False) -> list[Row]:
 
 
 def _row(found: tuple[Any, ...]) -> Row:
-    """A row as SQLite gives it back (`live` is stored as an integer)."""
+    """A row as SQLite gives it back (`live` is stored as an integer: 0 and 1 read as False and
+    True, anything else is kept as it is, for the codec to refuse)."""
     oid, version, born, topic, state, checksum, live = found
-    return Row(oid, version, born, topic, state, checksum, bool(live))
+    return Row(oid, version, born, topic, state, checksum, bool(live) if live in (0, 1) else live)
 
 
 class SQLiteTables:

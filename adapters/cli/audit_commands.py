@@ -113,7 +113,10 @@ def verify(c: Context, vm: str | None, show_head: bool, expect_head: str | None)
         findings = data["findings"]
         output.say("\n".join(findings) if findings else "ok: the hash chain is intact and the disks agree with the ledger")
     if chain:
-        raise TamperFound(f"verify: {len(chain)} hash chain finding(s); the ledger was changed outside snapledger")
+        raise TamperFound(
+            f"verify: {len(chain)} finding(s) in the hash chain or the caches kept beside it; "
+            "the ledger was changed outside snapledger"
+        )
     if disks:
         raise DriftReported(f"verify: {len(disks)} finding(s); the ledger and the disks disagree")
 

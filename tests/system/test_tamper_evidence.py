@@ -14,7 +14,12 @@ import pytest
 from cli_helpers import Cli
 from qemu_helpers import CLUSTER, make_image
 
-from snapledger.adapters.checkpoint.rules import ROW_COLUMNS, row_checksum
+from snapledger.adapters.checkpoint.rules import (
+    ROW_COLUMNS,
+    Tracking,
+    row_checksum,
+    tracking_checksum,
+)
 
 assert shutil.which("sqlite3"), "the sqlite3 command is needed (.ci/setup installs it)"
 
@@ -207,11 +212,11 @@ def forge_vm_row(cli: Cli, old: str, new: str) -> None:
         rows = con.execute(f"SELECT {', '.join(ROW_COLUMNS)} FROM snapledger_checkpoint").fetchall()
         forged = [r for r in rows if old.encode() in r[4]]
         assert len(forged) == 1
-        oid, version, born, topic, state, _ = forged[0]
+        oid, version, born, topic, state, _, live = forged[0]
         state = state.replace(old.encode(), new.encode())
         con.execute(
             "UPDATE snapledger_checkpoint SET state = ?, checksum = ? WHERE originator_id = ?",
-            (state, row_checksum(oid, version, born, topic, state), oid),
+            (state, row_checksum(oid, version, born, topic, state, bool(live)), oid),
         )
     con.close()
 
@@ -240,3 +245,68 @@ def test_a_checkpoint_edited_without_its_checksum_is_never_acted_on(cli: Cli) ->
     cli.run("delete", "vm", "snap2")  # acts on the events' state (snap1 current), not the edit
     assert cli.json("show", "vm")["current"] == "snap1"
     assert verify(cli, expect=0)["ok"]
+
+
+def recount_live_rows(cli: Cli) -> None:
+    """Make the tracking row agree with the rows' live marks again (as a forger would)."""
+    con = sqlite3.connect(cli.dir / "ledger.sqlite")
+    with con:
+        found = con.execute(
+            "SELECT position, fingerprint, aggregates, archived, anchor FROM snapledger_projection"
+        ).fetchone()
+        live = con.execute("SELECT COUNT(*) FROM snapledger_checkpoint WHERE live = 1").fetchone()[0]
+        tracking = Tracking(*found, live)
+        con.execute("UPDATE snapledger_projection SET live_rows = ?, checksum = ?",
+                    (live, tracking_checksum(tracking)))
+    con.close()
+
+
+@pytest.mark.parametrize("mark", ["2", "0"])
+def test_a_vm_hidden_from_a_processs_load_is_found_by_verify(cli: Cli, mark: str) -> None:
+    """A VM's row marked not live (with its checksum left as it was, or recomputed) would keep it
+    from what a process loads: verify reads every row and refuses a mark its aggregate belies."""
+    truth = cli.json("show", "vm")
+    oid = sql(cli, "SELECT originator_id FROM snapledger_checkpoint WHERE CAST(state AS TEXT) LIKE '%\"disks\"%'")
+    sql(cli, f"UPDATE snapledger_checkpoint SET live = {mark} WHERE originator_id = '{oid}'")
+    if mark == "0":
+        con = sqlite3.connect(cli.dir / "ledger.sqlite")
+        with con:
+            row = con.execute(f"SELECT {', '.join(ROW_COLUMNS)} FROM snapledger_checkpoint WHERE originator_id = ?", (oid,)).fetchone()
+            con.execute("UPDATE snapledger_checkpoint SET checksum = ? WHERE originator_id = ?",
+                        (row_checksum(*row[:5], False), oid))
+        con.close()
+    recount_live_rows(cli)
+    report = verify(cli, expect=3)
+    found = report["chain"][0]
+    assert "persisted projection" in found and ("marked not live" in found or "is damaged" in found)
+    assert cli.json("show", "vm") == truth and cli.json("list")[0]["vm"] == "vm"
+    assert verify(cli, expect=0)["ok"]
+
+
+def test_a_checkpoint_column_edited_into_another_type_is_rebuilt_not_a_crash(cli: Cli) -> None:
+    truth = cli.json("show", "vm")
+    sql(cli, "UPDATE snapledger_checkpoint SET state = replace(state, 'snap2', 'snap9'), born = 'x'")
+    sql(cli, "DELETE FROM snapledger_show_docs")
+    assert cli.json("show", "vm") == truth  # folded from the events, no TypeError
+    sql(cli, "UPDATE snapledger_projection SET position = 'abc'")
+    cli.run("snapshot", "vm", "after")
+    assert "after" in [snapshot["name"] for snapshot in cli.json("show", "vm")["snapshots"]]
+    assert verify(cli, expect=0)["ok"]
+
+
+def test_a_forged_birth_that_would_swap_a_readopted_vm_for_its_retired_one_is_found(cli: Cli) -> None:
+    cli.run("retire", "vm")
+    fresh = make_image(cli.path("fresh.qcow2"), 16 * CLUSTER, {0: 0x20})
+    cli.run("adopt", "vm", "--disk", f"vda={fresh}")
+    top = int(sql(cli, "SELECT position FROM snapledger_projection"))
+    con = sqlite3.connect(cli.dir / "ledger.sqlite")
+    with con:
+        rows = con.execute(f"SELECT {', '.join(ROW_COLUMNS)} FROM snapledger_checkpoint ORDER BY born DESC").fetchall()
+        newest = next(r for r in rows if b'"generation":2' in r[4] or b'"generation": 2' in r[4])
+        oid, version, _, topic, state, _, live = newest
+        con.execute("UPDATE snapledger_checkpoint SET born = ?, checksum = ? WHERE originator_id = ?",
+                    (top + 1000, row_checksum(oid, version, top + 1000, topic, state, bool(live)), oid))
+    con.close()
+    report = verify(cli, expect=3)
+    assert "was born differs" in report["chain"][0] or "damaged" in report["chain"][0], report["chain"]
+    assert cli.json("list")[0]["snapshots"] == 0  # the new VM, as the events say
