@@ -147,6 +147,16 @@ class LibvirtOnFirstUse:
         self._adapter: Hypervisor | None = None
 
     def __getattr__(self, name: str) -> Any:
+        return getattr(self._made(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # the service sets the adapter's hooks (`on_pivot`): they must reach the adapter
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._made(), name, value)
+
+    def _made(self) -> Hypervisor:
         if self._adapter is None:
             from snapledger.adapters.libvirt.hypervisor import (
                 LibvirtHypervisor,
@@ -158,4 +168,4 @@ class LibvirtOnFirstUse:
                 job_bandwidth=job_bandwidth_from_env(os.environ),
                 pause_after_pivot=pause_after_pivot_from_env(os.environ),
             )
-        return getattr(self._adapter, name)
+        return self._adapter

@@ -83,11 +83,14 @@ def chain_hash_at(con: sqlite3.Connection, position: int) -> str:
 
 def _ensure_schema(con: sqlite3.Connection) -> None:
     """Inside a write transaction: the tables exist, with the columns this code uses."""
-    # The shape first: an index of this code's can't be made on an older code's table.
+    # The shape first: an index of this code's can't be made on an older code's table. A table
+    # of another shape means another code's projection: start afresh; a missing one is made.
+    present = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     try:
         for table, columns in COLUMNS.items():
-            con.execute(f"SELECT {', '.join(columns)} FROM {table} LIMIT 0")
-    except sqlite3.OperationalError:  # a table missing, or of another shape: start afresh
+            if table in present:
+                con.execute(f"SELECT {', '.join(columns)} FROM {table} LIMIT 0")
+    except sqlite3.OperationalError:
         for table in PROJECTION_TABLES:
             con.execute(f"DROP TABLE IF EXISTS {table}")
     for statement in SCHEMA:

@@ -620,3 +620,20 @@ def test_shaping_is_pure_and_reads_the_definition_only_when_a_step_needs_it() ->
     revert = shape_plan(vm, Plan("revert", ()), DOM, running=True, persistent=False,
                         definition=definition, start=True)
     assert actions(revert) == ["stop-domain", "define-domain", "start-domain"]
+
+
+def test_the_adapter_made_on_first_use_gets_the_hooks_the_service_sets() -> None:
+    """compose.open_ledger gives the service a stand-in that makes the libvirt adapter when it
+    is first used; a hook set on the stand-in (the pivot recorder) must be the adapter's."""
+    from snapledger.adapters.compose import LibvirtOnFirstUse
+    from snapledger.adapters.libvirt.hypervisor import LibvirtHypervisor
+
+    def hook(disk: str, base: str) -> None:
+        return None
+
+    stand_in = LibvirtOnFirstUse()
+    stand_in.on_pivot = hook
+    made = stand_in._made()
+    assert isinstance(made, LibvirtHypervisor) and made.on_pivot is hook
+    stand_in.on_pivot = None
+    assert made.on_pivot is None
