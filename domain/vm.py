@@ -205,6 +205,8 @@ class VirtualMachine(Aggregate):
         """Snapshot -> the disks whose frozen image, or an image below it, is recorded gone."""
         gone = self.missing_images()
         broken: dict[str, list[str]] = {}
+        if not gone:
+            return broken  # the usual case: nothing to walk (a walk per snapshot is n x depth)
         for snap in self.snapshots.values():
             for disk, path in sorted(snap.disks.items()):
                 if gone & set(self.chain_of(path)):
@@ -214,9 +216,11 @@ class VirtualMachine(Aggregate):
     def chain_of(self, path: str) -> list[str]:
         """`path` and the images below it, as this VM recorded them."""
         chain: list[str] = []
+        seen: set[str] = set()
         current: str | None = path
-        while current is not None and current in self.images and current not in chain:
+        while current is not None and current in self.images and current not in seen:
             chain.append(current)
+            seen.add(current)
             current = self.images[current].backing
         return chain
 
