@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -78,7 +79,8 @@ class QemuImgAnswers:
     def _remembered(self, what: str, path: str, fmt: str | None, ask: Callable[[], Any]) -> Any:
         """qemu-img's answer about `path`, asked again only if the file changed (settled.py);
         the file is checked first, every time."""
-        return self._answers.answer((what, path, fmt), self._check_file(path), ask)
+        looked_at = time.time_ns()  # before the look: see settled.py
+        return self._answers.answer((what, path, fmt), self._check_file(path), ask, looked_at)
 
     def _info(self, path: str, fmt: str | None) -> dict[str, Any]:
         """`qemu-img info` of one file (never opens its backing), under resource limits, opened
