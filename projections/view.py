@@ -98,10 +98,17 @@ class LedgerView:
             self.add_registration(aggregate)
 
     def add_registration(self, registration: ImageRegistration) -> None:
-        if registration.id not in self.registrations:
-            self.registrations[registration.id] = registration
-            self.registered.setdefault(registration.path, []).append(registration)
-            self._index_use(registration)
+        held = self.registrations.get(registration.id)
+        if held is registration:
+            return
+        # A registration a `replacing` copy looked up sits in the shared dicts but not in this
+        # view's _by_id: looked up again (newer), it replaces the one held, never beside it.
+        self.registrations[registration.id] = registration
+        same_path = self.registered.setdefault(registration.path, [])
+        if held is not None:
+            same_path[:] = [r for r in same_path if r.id != registration.id]
+        same_path.append(registration)
+        self._index_use(registration)
 
     def _index_use(self, registration: ImageRegistration) -> None:
         if registration.users:
@@ -219,7 +226,6 @@ def private_copy(aggregate: _A) -> _A:
         for key, value in aggregate.__dict__.items()
     )
     return clone
-
 
 
 def replacing(view: LedgerView, vm: VirtualMachine) -> LedgerView:

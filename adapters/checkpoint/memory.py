@@ -146,5 +146,3 @@ class MemoryProjectionStore:
 
     def put_tracking(self, tracking: Tracking) -> None:
         self.tracking = tracking
-
-    # chain_hash_at, the anchor: the constructor's argument

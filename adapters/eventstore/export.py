@@ -224,6 +224,5 @@ class NoDependants:
     def dependants(self, image: str, known: Collection[str]) -> list[str]:
         return []
 
-
     def dependants_of(self, images: Iterable[str], known: Collection[str]) -> dict[str, list[str]]:
         return {image: [] for image in images}

@@ -117,7 +117,7 @@ def unknown_dependants(
         known |= {path for path in other.images if ours or is_shared(path, shared)}
     known |= {
         reg.path for reg in now.in_use.values()
-        if reg.users and (home is None or reg.host in (home, *NO_HOST) or is_shared(reg.path, shared))
+        if (home is None or reg.host in (home, *NO_HOST) or is_shared(reg.path, shared))
     }
     known |= set(view.vms[vm.name].images) if vm.name in view.vms else set()
     found = scan.dependants_of(sorted(vm.images), known)

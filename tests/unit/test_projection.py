@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from projection_helpers import rebuilt, same_ledger, spy_reads
@@ -43,8 +44,11 @@ from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedCrash, SimulatedStorage
 from snapledger.domain.errors import StorageError
+from snapledger.domain.image_registry import ImageRegistration
 from snapledger.domain.images import Origin
+from snapledger.domain.vm import VirtualMachine
 from snapledger.projections.documents import json_text, vm_document
+from snapledger.projections.view import LedgerView, replacing
 
 A_DISK = "/images/a.qcow2"
 B_DISK = "/images/b.qcow2"
@@ -424,3 +428,31 @@ def test_the_fast_path_connects_as_the_store_does(url: str) -> None:
     assert params.get("password", "") == env["POSTGRES_PASSWORD"]
 
 
+
+
+def test_a_registration_a_commands_copy_looked_up_is_kept_current_in_the_view() -> None:
+    """A command plans on `replacing(view, vm)`; a lazy lookup there lands in the dicts the
+    copy shares with the view. When the view later applies an event of that registration (it
+    looks it up again, newer), the one it answers with must be the newer one, not the copy's."""
+    registration = ImageRegistration(path="/images/p", vm="a")
+    registration.end_use("a", deleted=True)
+    recorded = registration.collect_events()
+
+    def folded() -> ImageRegistration:
+        found: Any = None
+        for event in recorded:
+            found = event.mutate(found)
+        return found  # type: ignore[no-any-return]
+
+    view = LedgerView()
+    view.lookup = lambda wanted: folded() if wanted == registration.id else None
+    view.position = len(recorded)
+    vm = VirtualMachine(name="a", disks={}, images=[], pools=[], domain_xml=None, at="2026-12-07T00:00:00+00:00")
+    copy = replacing(view, vm)
+    assert copy.users_of("/images/p") == set()  # looked up through the copy
+    later = folded()
+    later.add_user("b")  # another process starts using the path
+    recorded.extend(later.collect_events())
+    view.apply(recorded[-1], len(recorded))
+    assert view.users_of("/images/p") == {"b"}
+    assert [r.users for r in view.registered["/images/p"]] == [{"b"}]
