@@ -42,7 +42,8 @@ class LedgerView:
         # looks those up by id when it needs one: `lookup` gives an aggregate as recorded now,
         # possibly a few events ahead of `position`; applying those events again is skipped.
         # None: the view holds every aggregate of the ledger.
-        self.lookup: Callable[[UUID], Aggregate | None] | None = None
+        # With each aggregate, the position of its first event (where it was born).
+        self.lookup: Callable[[UUID], tuple[Aggregate, int] | None] | None = None
         self._absent: set[UUID] = set()  # looked up and not recorded (until an event makes it)
         self._looked_up: set[UUID] = set()
 
@@ -138,16 +139,19 @@ class LedgerView:
         if found is None:
             self._absent.add(aggregate_id)
             return None
-        self._looked_up.add(found.id)
-        self._add(found, self.position)  # born: not known, and only orders checkpoint rows
-        return found
+        aggregate, born = found
+        self._looked_up.add(aggregate.id)
+        self._add(aggregate, born)
+        return aggregate
 
     def registrations_of(self, path: str, host: str | None = None) -> list[ImageRegistration]:
         """The registrations of `path` the view holds. A lazy view first looks up the ones a
-        question about `host`'s view of `path` needs: the path's own (shared storage, or made
-        before hosts) and `host`'s (its own storage), by their ids."""
+        question about `host`'s view of `path` needs, by their ids: the path's own (shared
+        storage, or made before hosts) and `host`'s (its own storage); with no host, every
+        host's that some VM lives on (a registration is only ever made for a VM)."""
         if self.lookup is not None:
-            for wanted in {image_id(path), *([image_id(path, host)] if host else [])}:
+            hosts = [host] if host else sorted({vm.home for vm in self.vms.values()} - {"", UNKNOWN_HOST})
+            for wanted in {image_id(path), *(image_id(path, h) for h in hosts)}:
                 if wanted not in self._by_id:
                     self._looked_up_now(wanted)
         return self.registered.get(path, [])

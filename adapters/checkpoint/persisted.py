@@ -152,11 +152,13 @@ class PersistedProjection:
         self.base = tracking.position
         return view
 
-    def recorded(self, aggregate_id: UUID) -> Aggregate | None:
-        """An aggregate as its events fold it now (a lazy view's lookup: a registration no VM
-        uses, replayed from its few events), None if nothing was recorded of it."""
+    def recorded(self, aggregate_id: UUID) -> tuple[Aggregate, int] | None:
+        """An aggregate as its events fold it now, with the position of its first event (a
+        lazy view's lookup: a registration no VM uses, replayed from its few events), None if
+        nothing was recorded of it."""
         try:
-            return self.app.load(aggregate_id)
+            aggregate = self.app.load(aggregate_id)
+            born = None if aggregate is None else self.app.recorded_position(aggregate_id)
         except Exception as error:  # a stored fact that can't be read or applied was changed
             if isinstance(error, self.app.errors):  # the store's own trouble, not damage
                 raise
@@ -164,6 +166,11 @@ class PersistedProjection:
                 f"the events of aggregate {aggregate_id} can't be read back "
                 f"({type(error).__name__}: {error}); run `snapledger verify`"
             ) from error
+        if aggregate is None:
+            return None
+        if born is None:  # an event store that can't say where (not one of the chained ones)
+            raise LedgerDamaged(f"the first event of aggregate {aggregate_id} has no ledger position")
+        return aggregate, born
 
     def _dropped(self, tracking: Tracking | None) -> LedgerView:
         try:

@@ -113,6 +113,11 @@ class LedgerApplication(Application[UUID]):
         recorded_host = getattr(self.recorder, "recorded_host", None)  # the chained recorders'
         return recorded_host(originator_id, version) if recorded_host is not None else None
 
+    def recorded_position(self, originator_id: UUID, version: int = 1) -> int | None:
+        """The ledger position of an aggregate's event (its first: where it was born)."""
+        recorded_position = getattr(self.recorder, "recorded_position", None)
+        return recorded_position(originator_id, version) if recorded_position is not None else None
+
     def save(self, *objs: Any, **kwargs: Any) -> Any:
         if self.read_only:
             raise BadInput("this ledger is a replay and read-only: nothing can be recorded")

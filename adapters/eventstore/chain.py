@@ -119,6 +119,17 @@ class ChainedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
             found = c.fetchone()
         return str(found[0]) if found else None
 
+    def recorded_position(self, originator_id: UUID, version: int) -> int | None:
+        """The ledger position of that event (None: no such event)."""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                f"SELECT rowid FROM {self.events_table_name} "
+                "WHERE originator_id = ? AND originator_version = ?",
+                (originator_id.hex, version),
+            )
+            found = c.fetchone()
+        return int(found[0]) if found else None
+
 
 class ChainedPOPOApplicationRecorder(POPOApplicationRecorder):
     def __init__(self) -> None:
@@ -154,6 +165,11 @@ class ChainedPOPOApplicationRecorder(POPOApplicationRecorder):
             position = None if index is None else index + 1
             found = [r.host for r in self._chain if r.position == position]
         return found[0] if found else None
+
+    def recorded_position(self, originator_id: UUID, version: int) -> int | None:
+        with self._database_lock:
+            index = self._stored_events_index[str(originator_id)].get(version)
+        return None if index is None else index + 1
 
 
 class ChainedSQLiteFactory(SQLiteFactory):

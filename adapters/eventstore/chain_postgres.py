@@ -231,6 +231,18 @@ class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
             found = curs.fetchone()
         return str(found["host"]) if found else None
 
+    def recorded_position(self, originator_id: UUID, version: int) -> int | None:
+        """The ledger position of that event (None: no such event)."""
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL(
+                    "SELECT notification_id FROM {} WHERE originator_id = %s AND originator_version = %s"
+                ).format(Identifier(self.datastore.schema, self.events_table_name)),
+                (originator_id, version),
+            )
+            found = curs.fetchone()
+        return int(found["notification_id"]) if found else None
+
 
 class ChainedPostgresFactory(PostgresFactory):
     application_recorder_class = ChainedPostgresApplicationRecorder

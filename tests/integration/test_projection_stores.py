@@ -526,3 +526,25 @@ def test_on_postgresql_a_save_held_up_past_the_lock_timeout_fails_harmlessly(pos
         assert store.read_current()[1] == saved
     later = open_ledger(url, storage).view
     assert same_ledger(later, rebuilt(app))
+
+
+
+
+def test_an_aggregate_looked_up_by_a_lazy_view_is_born_where_its_first_event_is(url: str) -> None:
+    # A lazy view's lookup must give the position of the aggregate's first event, as a fold
+    # does: a looked-up registration that then changes is written into the checkpoint with it.
+    assert_lookups_are_born_where_folds_are(url)
+
+
+def test_in_memory_too_a_looked_up_aggregate_is_born_where_its_first_event_is() -> None:
+    assert_lookups_are_born_where_folds_are("memory://")
+
+
+def assert_lookups_are_born_where_folds_are(url: str) -> None:
+    app = with_history(url)[0].app  # its delete of s1 left a registration no VM uses
+    whole = rebuilt(app)
+    assert any(not r.live for r in whole.registrations.values())
+    projection = PersistedProjection(app, every=EVERY)
+    for aggregate_id, born in whole.born.items():
+        found = projection.recorded(aggregate_id)
+        assert found is not None and found[1] == born

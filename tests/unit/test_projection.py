@@ -445,7 +445,7 @@ def test_a_registration_a_commands_copy_looked_up_is_kept_current_in_the_view() 
         return found  # type: ignore[no-any-return]
 
     view = LedgerView()
-    view.lookup = lambda wanted: folded() if wanted == registration.id else None
+    view.lookup = lambda wanted: (folded(), 1) if wanted == registration.id else None
     view.position = len(recorded)
     vm = VirtualMachine(name="a", disks={}, images=[], pools=[], domain_xml=None, at="2026-12-07T00:00:00+00:00")
     copy = replacing(view, vm)
