@@ -6,12 +6,14 @@ Derived entirely from a LedgerView; nothing here is stored.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from snapledger.domain.images import ImageFacts, Origin, OwnerClass
+from snapledger.domain.images import ImageFacts, ImageRecord, Origin, OwnerClass
 from snapledger.domain.steps import CreateOverlay, touched_paths
+from snapledger.domain.vm import VirtualMachine
 
+from .dag_index import index_of
 from .scope import in_scope, is_shared, registration_scope, shared_dirs
 from .view import LedgerView
 
@@ -66,7 +68,12 @@ class ImageDag:
 
     `home`: the host whose view this is (scope.py): the images of the VMs living there, and the
     images other hosts' VMs hold on shared storage, each of which needs to stay (`elsewhere`).
-    None: every image of the ledger, as on one host."""
+    None: every image of the ledger, as on one host.
+
+    Read lazily (issue 13): a node is made when asked for, from the VMs holding the image and
+    each VM's index of children and frozen images (dag_index.py), so a planner pays for the
+    images it touches. An image is needed if something holds it directly or an image resting on
+    it is needed; that is found by walking up from it, and remembered."""
 
     def __init__(
         self,
@@ -75,92 +82,164 @@ class ImageDag:
         dependants: Mapping[str, Sequence[str]] | None = None,
         home: str | None = None,
     ) -> None:
-        self.nodes: dict[str, ImageNode] = {}
-        self.children: dict[str, list[str]] = defaultdict(list)
-        holders: dict[str, list[tuple[str, Origin, bool]]] = defaultdict(list)
-        facts: dict[str, ImageFacts] = {}
-        shared = shared_dirs(view)
-        live = view.live_vms()  # a retired VM holds nothing
-        local = {name: vm for name, vm in live.items() if in_scope(vm, home)}
-        elsewhere: list[tuple[str, Need]] = []  # other hosts' VMs' holds on shared images
-        for vm in live.values():
-            for record in vm.images.values():
-                if vm.name not in local:
-                    if not is_shared(record.path, shared):
-                        continue  # another host's own file, whatever its path here
-                    elsewhere.append((record.path, Need("elsewhere", vm.name, vm.home)))
-                holders[record.path].append((vm.name, record.origin, record.detached))
-                if record.path not in facts or record.origin is Origin.MANAGED:
-                    facts[record.path] = record.facts
-        for path, held in holders.items():
-            users = view.users_of(path, registration_scope(path, home, shared))
-            users |= {name for name, _, _ in held}
-            origins = {origin for _, origin, _ in held}
+        self._view = view
+        self._ignore_detached_of = ignore_detached_of
+        self._dependants = dependants or {}
+        self._shared = shared_dirs(view)
+        self._live = list(view.live_vms().values())  # a retired VM holds nothing
+        self._local = {vm.name for vm in self._live if in_scope(vm, home)}
+        self._home = home
+        self._operation_needs = self._operations()
+        self._held: dict[str, list[tuple[VirtualMachine, ImageRecord]]] = {}
+        self._every_path_held = False
+        self._nodes: dict[str, ImageNode | None] = {}
+        self._needed: dict[str, bool] = {}
+        self._children: dict[str, list[str]] = {}
+        self.nodes: Mapping[str, ImageNode] = _Nodes(self)
+        self.children: Mapping[str, list[str]] = _Children(self)
+
+    def _operations(self) -> dict[str, list[Need]]:
+        needs: dict[str, list[Need]] = defaultdict(list)
+        for vm in self._live:
+            if vm.name in self._local and vm.operation is not None:
+                for step in vm.operation.steps[vm.operation.done :]:
+                    paths = (step.path,) if isinstance(step, CreateOverlay) else ()
+                    for path in paths + touched_paths(step):
+                        needs[path].append(Need("operation", vm.name, vm.operation.op_id))
+        return needs
+
+    def _holders(self, path: str) -> list[tuple[VirtualMachine, ImageRecord]]:
+        """The VMs whose ledger holds `path` in this view, with their records of it."""
+        held = self._held.get(path)
+        if held is None:
+            held = self._held[path] = [] if self._every_path_held else [
+                (vm, record) for vm in self._live
+                if (record := vm.images.get(path)) is not None
+                and (vm.name in self._local or is_shared(path, self._shared))
+            ]
+        return held
+
+    def paths(self) -> list[str]:
+        """Every image of this view (one pass over the VMs, which also answers `_holders`)."""
+        if not self._every_path_held:
+            held: dict[str, list[tuple[VirtualMachine, ImageRecord]]] = {}
+            for vm in self._live:
+                local = vm.name in self._local
+                for path, record in vm.images.items():
+                    if local or is_shared(path, self._shared):
+                        held.setdefault(path, []).append((vm, record))
+            self._held, self._every_path_held = held, True
+        return list(self._held)
+
+    def node(self, path: str) -> ImageNode | None:
+        if path in self._nodes:
+            return self._nodes[path]
+        holders = self._holders(path)
+        facts = self.node_facts(path)
+        made = None
+        if facts is not None:
+            users = self._view.users_of(path, registration_scope(path, self._home, self._shared))
+            users |= {vm.name for vm, _ in holders}
+            origins = {record.origin for _, record in holders}
             if len(users) > 1 or Origin.FOUND in origins:
                 owner = OwnerClass.READ_ONLY
             elif Origin.ADOPTED in origins:
                 owner = OwnerClass.ADOPTED
             else:
                 owner = OwnerClass.MANAGED
-            self.nodes[path] = ImageNode(
-                facts[path],
-                owner,
-                tuple(sorted(users)),
-                detached=any(d for _, _, d in held),
+            made = ImageNode(
+                facts, owner, tuple(sorted(users)), detached=any(r.detached for _, r in holders)
             )
-            backing = facts[path].backing
-            if backing is not None:
-                self.children[backing].append(path)
-        for kids in self.children.values():
-            kids.sort()
+            made.needs.extend(self._direct_needs(path, holders))
+            made.needs.extend(Need("below", "", c) for c in self.children_of(path) if self.needed(c))
+        self._nodes[path] = made
+        return made
 
-        roots: list[tuple[str, Need]] = elsewhere
-        for vm in local.values():
-            for disk, path in vm.disks.items():
-                roots.append((path, Need("active", vm.name, disk)))
-            for snap in vm.snapshots.values():
-                for path in snap.disks.values():
-                    roots.append((path, Need("frozen", vm.name, snap.name)))
-            for record in vm.images.values():
-                if record.detached and vm.name != ignore_detached_of:
-                    roots.append((record.path, Need("detached", vm.name, record.path)))
-            for path in vm.images:
-                for dependant in (dependants or {}).get(path, ()):
-                    roots.append((path, Need("dependant", vm.name, dependant)))
-            if vm.operation is not None:
-                for step in vm.operation.steps[vm.operation.done :]:
-                    paths = (step.path,) if isinstance(step, CreateOverlay) else ()
-                    for path in paths + touched_paths(step):
-                        roots.append((path, Need("operation", vm.name, vm.operation.op_id)))
-        for path, need in roots:
-            node = self.nodes.get(path)
-            if node is None:
+    def _direct_needs(self, path: str, holders: list[tuple[VirtualMachine, ImageRecord]]) -> list[Need]:
+        needs = [Need("elsewhere", vm.name, vm.home) for vm, _ in holders if vm.name not in self._local]
+        for vm, record in holders:
+            if vm.name not in self._local:
                 continue
-            already = node.needed
-            node.needs.append(need)
-            if not already:
-                self._mark_below(path)
+            needs += [Need("active", vm.name, disk) for disk, p in vm.disks.items() if p == path]
+            needs += [Need("frozen", vm.name, snap) for snap, _ in index_of(vm).frozen.get(path, ())]
+            if record.detached and vm.name != self._ignore_detached_of:
+                needs.append(Need("detached", vm.name, path))
+            needs += [Need("dependant", vm.name, d) for d in self._dependants.get(path, ())]
+        return needs + self._operation_needs.get(path, [])
 
-    def _mark_below(self, path: str) -> None:
-        """Everything below a needed image is needed (iteratively: chains can be long)."""
+    def children_of(self, path: str) -> list[str]:
+        """The images resting on `path` (their backing file is `path`), sorted."""
+        found = self._children.get(path)
+        if found is None:
+            kids = {c for vm, _ in self._holders(path) for c in index_of(vm).children.get(path, ())}
+            found = self._children[path] = sorted(
+                c for c in kids if (n := self.node_facts(c)) is not None and n.backing == path
+            )
+        return found
+
+    def node_facts(self, path: str) -> ImageFacts | None:
+        """The facts of `path`'s node, without working out what needs it."""
+        holders = self._holders(path)
+        if not holders:
+            return None
+        facts = holders[0][1].facts
+        for _, record in holders:
+            if record.origin is Origin.MANAGED:
+                facts = record.facts  # the VM that made it knows it best
+        return facts
+
+    def needed(self, path: str) -> bool:
+        """Whether something needs `path` to stay: directly, or an image resting on it does
+        (walked upwards without recursion: chains can be long)."""
+        known = self._needed.get(path)
+        if known is not None:
+            return known
+        # Depth first over the images above `path`; an image is needed if held directly or if
+        # one above it is. Each image is settled once.
+        stack: list[tuple[str, list[str]]] = []
+        visiting: set[str] = set()  # a loop of backing files (never made by qemu-img) ends here
         current = path
         while True:
-            backing = self.nodes[current].facts.backing
-            node = self.nodes.get(backing) if backing is not None else None
-            if node is None:
-                return
-            already = node.needed
-            node.needs.append(Need("below", "", current))
-            if already:
-                return
-            current = backing  # type: ignore[assignment]
+            visiting.add(current)
+            holders = self._holders(current)
+            if holders and self._direct_needs(current, holders):
+                self._needed[current] = True
+            else:
+                pending = [
+                    c for c in self.children_of(current)
+                    if c not in visiting and (c not in self._needed or self._needed[c])
+                ]
+                if any(self._needed.get(c) for c in pending):
+                    self._needed[current] = True
+                elif pending:
+                    stack.append((current, pending))
+                else:
+                    self._needed[current] = False
+            # settle what can be settled, then descend into the next child waiting
+            while stack:
+                top, waiting = stack[-1]
+                while waiting and waiting[-1] in self._needed:
+                    if self._needed[waiting.pop()]:
+                        self._needed[top] = True
+                        break
+                if self._needed.get(top):
+                    stack.pop()
+                    continue
+                if not waiting:
+                    self._needed[top] = False
+                    stack.pop()
+                    continue
+                break
+            if not stack:
+                return self._needed[path]
+            current = stack[-1][1][-1]
 
     def dependants(self, path: str) -> list[str]:
         """Files the ledger does not know that rest on `path` (as the storage scan found)."""
         return [n.detail for n in self.nodes[path].needs if n.kind == "dependant"]
 
     def needed_children(self, path: str) -> list[str]:
-        return [c for c in self.children.get(path, []) if self.nodes[c].needed]
+        return [c for c in self.children_of(path) if self.needed(c)]
 
     def may_write(self, path: str, vm: str, *, ignoring_snapshot: str | None = None) -> bool:
         """May `path` be a commit target for `vm`: owned by it alone and nothing else reads it.
@@ -178,9 +257,55 @@ class ImageDag:
 
     def chain(self, path: str) -> list[str]:
         chain = [path]
-        while (backing := self.nodes[chain[-1]].facts.backing) is not None and backing in self.nodes:
-            chain.append(backing)
+        while (facts := self.node_facts(chain[-1])) is not None and facts.backing is not None:
+            if self.node_facts(facts.backing) is None:
+                break
+            chain.append(facts.backing)
         return chain
 
     def depth(self, path: str) -> int:
         return len(self.chain(path))
+
+
+class _Nodes(Mapping[str, ImageNode]):
+    """The DAG's nodes by path, each made when first asked for."""
+
+    def __init__(self, dag: ImageDag) -> None:
+        self._dag = dag
+
+    def __getitem__(self, path: str) -> ImageNode:
+        node = self._dag.node(path)
+        if node is None:
+            raise KeyError(path)
+        return node
+
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, str) and self._dag.node_facts(path) is not None
+
+    def _paths(self) -> list[str]:
+        return self._dag.paths()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths())
+
+    def __len__(self) -> int:
+        return len(self._paths())
+
+
+class _Children(Mapping[str, list[str]]):
+    """The images resting on each image, by its path (only images with some)."""
+
+    def __init__(self, dag: ImageDag) -> None:
+        self._dag = dag
+
+    def __getitem__(self, path: str) -> list[str]:
+        found = self._dag.children_of(path)
+        if not found:
+            raise KeyError(path)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([p for p in self._dag.nodes if self._dag.children_of(p)])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)

@@ -36,13 +36,13 @@ def resting_on(dag: ImageDag, path: str, repointed: Iterable[str] = ()) -> list[
     """The images whose chain reaches `path`, deepest first, leaving out the subtrees of the
     `repointed` ones (a plan gives them another backing before `path` goes)."""
     skip = set(repointed)
-    found: list[str] = []
-    stack = [c for c in dag.children.get(path, []) if c not in skip]
+    found: list[tuple[int, str]] = []  # (how far above `path`, image): deeper is further up
+    stack = [(1, c) for c in dag.children.get(path, []) if c not in skip]
     while stack:
-        current = stack.pop()
-        found.append(current)
-        stack.extend(c for c in dag.children.get(current, []) if c not in skip)
-    return sorted(found, key=lambda p: (-dag.depth(p), p))
+        height, current = stack.pop()
+        found.append((height, current))
+        stack.extend((height + 1, c) for c in dag.children.get(current, []) if c not in skip)
+    return [p for _, p in sorted(found, key=lambda hp: (-hp[0], hp[1]))]
 
 
 def with_leftovers_first(dag: ImageDag, vm: VirtualMachine, steps: Sequence[Step]) -> tuple[Step, ...]:

@@ -38,6 +38,7 @@ from snapledger.domain.vm import VirtualMachine
 
 from .cost import CostModel
 from .dag import ImageDag
+from .dag_index import index_of
 from .leftovers import plan_gc as plan_gc
 from .leftovers import rests_on_managed, with_leftovers_first
 from .scope import in_scope, is_shared, registration_scope, shared_dirs
@@ -280,7 +281,7 @@ def _plan_disk_delete(
     if other_holds:
         return metadata_only("; ".join(n.describe() for n in other_holds))
     gone = [p for p in [frozen_path, *kept, *dag.chain(frozen_path)] if vm.images.get(p) is not None
-            and vm.images[p].missing]
+            and vm.images[p].missing] if vm.missing_images() else []
     if gone:  # a broken snapshot (reconcile recorded a file gone): nothing on disk can move
         return metadata_only(f"{', '.join(dict.fromkeys(gone))} is gone")
     if frozen.owner is OwnerClass.READ_ONLY:
@@ -346,10 +347,7 @@ def _commit_steps(dag: ImageDag, vm: VirtualMachine, base: str, top: str) -> tup
     steps: list[Step] = [Commit(top, base, dag.nodes[top].facts.allocated)]
     steps += [RebaseUnsafe(child, base, base_format) for child in dag.children.get(top, [])]
     steps += [SetActive(disk, base) for disk, path in sorted(vm.disks.items()) if path == top]
-    holders = vm.frozen_images()
-    if top in holders:
-        snap, disk = holders[top]
-        steps.append(MoveFrozen(snap, disk, base))
+    steps += [MoveFrozen(snap, disk, base) for snap, disk in index_of(vm).frozen.get(top, ())]
     steps.append(DeleteFile(top))
     return tuple(steps)
 

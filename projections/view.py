@@ -20,6 +20,8 @@ from snapledger.domain.ledger_hash import UNKNOWN_HOST
 from snapledger.domain.names import is_within
 from snapledger.domain.vm import VirtualMachine
 
+from .dag_index import changes_before, share_index
+
 
 class LedgerView:
     def __init__(self) -> None:
@@ -58,6 +60,7 @@ class LedgerView:
         ):
             self.position = position  # looked up after this event was recorded: already in it
             return
+        change = changes_before(aggregate, event) if isinstance(aggregate, VirtualMachine) else None
         try:
             aggregate = event.mutate(aggregate)  # type: ignore[attr-defined]
         except Exception as error:  # a stored fact that can't be applied was changed under us
@@ -65,6 +68,8 @@ class LedgerView:
                 f"the event at ledger position {position} can't be applied "
                 f"({type(error).__name__}: {error}); run `snapledger verify`"
             ) from error
+        if change is not None and isinstance(aggregate, VirtualMachine):
+            change.after(aggregate)
         if aggregate is not None:
             self.dirty.add(aggregate.id)
             if aggregate.id not in self._by_id:
@@ -229,6 +234,8 @@ def private_copy(aggregate: _A) -> _A:
         (key, value.copy() if type(value) in _CONTAINERS else value)
         for key, value in aggregate.__dict__.items()
     )
+    if isinstance(aggregate, VirtualMachine):
+        share_index(aggregate, clone)  # type: ignore[arg-type]
     return clone
 
 

@@ -12,6 +12,7 @@ import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dag_reference import eager_dag, lazy_dag
 from hypothesis import assume, event, note
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -47,6 +48,7 @@ from snapledger.domain.errors import (
 from snapledger.domain.images import OwnerClass
 from snapledger.domain.steps import Plan
 from snapledger.projections.dag import ImageDag
+from snapledger.projections.dag_index import VmImageIndex, kept_index
 from snapledger.projections.documents import json_text, vm_document
 from snapledger.projections.view import LedgerView, private_copy
 
@@ -545,6 +547,24 @@ class LedgerMachine(WorldActors, RuleBasedStateMachine):
             self.storage.read_all(path)  # its whole chain is still there (raises if not)
         for path, content in self.frozen_files.items():
             assert self.storage.files[path].clusters == content, f"{path} was written"
+
+    @invariant()
+    def the_lazy_dag_is_the_one_built_at_once(self) -> None:
+        view = self.ledger.view
+        for vm in view.vms.values():
+            kept = kept_index(vm)  # kept up to date as the view applied the VM's events
+            if kept is not None:
+                assert kept == VmImageIndex.built(vm), vm.name
+        for home in [None, *sorted({vm.home for vm in view.vms.values()})]:
+            for ignoring in [None, *sorted(view.live_vms())[:1]]:
+                options = {"home": home, "ignore_detached_of": ignoring}
+                assert lazy_dag(view, **options) == eager_dag(view, **options), options
+        # asked in another order (a planner's: one image first, deepest first), the same
+        whole = eager_dag(view)
+        for path in sorted(whole, reverse=True)[:4]:
+            one = ImageDag(view)
+            assert one.needed(path) == bool(whole[path]["needs"]), path
+            assert sorted(one.nodes[path].needs, key=repr) == whole[path]["needs"], path
 
     @invariant()
     def read_only_images_are_never_written(self) -> None:
