@@ -93,6 +93,8 @@ class ImageDag:
         self._held: dict[str, list[tuple[VirtualMachine, ImageRecord]]] = {}
         self._every_path_held = False
         self._nodes: dict[str, ImageNode | None] = {}
+        self._facts: dict[str, ImageFacts | None] = {}
+        self._direct: dict[str, list[Need]] = {}
         self._needed: dict[str, bool] = {}
         self._children: dict[str, list[str]] = {}
         self.nodes: Mapping[str, ImageNode] = _Nodes(self)
@@ -156,6 +158,11 @@ class ImageDag:
         return made
 
     def _direct_needs(self, path: str, holders: list[tuple[VirtualMachine, ImageRecord]]) -> list[Need]:
+        if path not in self._direct:
+            self._direct[path] = self._needs_held(path, holders)
+        return self._direct[path]
+
+    def _needs_held(self, path: str, holders: list[tuple[VirtualMachine, ImageRecord]]) -> list[Need]:
         needs = [Need("elsewhere", vm.name, vm.home) for vm, _ in holders if vm.name not in self._local]
         for vm, record in holders:
             if vm.name not in self._local:
@@ -179,13 +186,14 @@ class ImageDag:
 
     def node_facts(self, path: str) -> ImageFacts | None:
         """The facts of `path`'s node, without working out what needs it."""
+        if path in self._facts:
+            return self._facts[path]
         holders = self._holders(path)
-        if not holders:
-            return None
-        facts = holders[0][1].facts
-        for _, record in holders:
+        facts = holders[0][1].facts if holders else None
+        for _, record in holders[1:]:
             if record.origin is Origin.MANAGED:
                 facts = record.facts  # the VM that made it knows it best
+        self._facts[path] = facts
         return facts
 
     def needed(self, path: str) -> bool:
