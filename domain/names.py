@@ -101,5 +101,9 @@ def confinement(
 
 
 def is_within(path: str, directories: Iterable[str]) -> bool:
-    """`path` is one of `directories` or lies below one (both given resolved and normalised)."""
-    return any(posixpath.commonpath([path, d]) == d for d in directories)
+    """`path` is one of `directories` or lies below one (both given resolved and normalised,
+    so a prefix ending at a `/` is a common path; "/a/bc" is not within "/a/b")."""
+    for directory in directories:
+        if path == directory or path.startswith(directory if directory.endswith("/") else directory + "/"):
+            return True
+    return False

@@ -12,7 +12,6 @@ that an index read equals one built afresh (tests/unit/test_ledger_state_machine
 
 from __future__ import annotations
 
-import bisect
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -33,31 +32,30 @@ Frozen = tuple[str, str]  # (snapshot, disk)
 @dataclass
 class VmImageIndex:
     version: int
-    children: dict[str, list[str]]  # backing path -> this VM's images on it, sorted
-    frozen: dict[str, list[Frozen]]  # image path -> the snapshots freezing it, sorted
+    # Entries are tuples, replaced on change and never changed in place, so that a copy of an
+    # index is a copy of its two dicts (a command's private copy of a VM with 10,000 images)
+    children: dict[str, tuple[str, ...]]  # backing path -> this VM's images on it, sorted
+    frozen: dict[str, tuple[Frozen, ...]]  # image path -> the snapshots freezing it, sorted
 
     @classmethod
     def built(cls, vm: VirtualMachine) -> VmImageIndex:
-        index = cls(vm.version, {}, {})
+        children: dict[str, list[str]] = {}
         for record in vm.images.values():
             backing = record.facts.backing
             if backing is not None:
-                index.children.setdefault(backing, []).append(record.facts.path)
+                children.setdefault(backing, []).append(record.facts.path)
+        frozen: dict[str, list[Frozen]] = {}
         for snap in vm.snapshots.values():
             for disk, path in snap.disks.items():
-                index.frozen.setdefault(path, []).append((snap.name, disk))
-        for kids in index.children.values():
-            kids.sort()
-        for holds in index.frozen.values():
-            holds.sort()
-        return index
+                frozen.setdefault(path, []).append((snap.name, disk))
+        return cls(
+            vm.version,
+            {k: tuple(sorted(v)) for k, v in children.items()},
+            {k: tuple(sorted(v)) for k, v in frozen.items()},
+        )
 
     def copied(self) -> VmImageIndex:
-        return VmImageIndex(
-            self.version,
-            {k: v.copy() for k, v in self.children.items()},
-            {k: v.copy() for k, v in self.frozen.items()},
-        )
+        return VmImageIndex(self.version, self.children.copy(), self.frozen.copy())
 
     def unlink(self, path: str, backing: str | None) -> None:
         if backing is not None:
@@ -76,18 +74,20 @@ class VmImageIndex:
             _insert(self.frozen, path, (snapshot, disk))
 
 
-def _remove(table: dict[str, list[Any]], key: str, item: Any) -> None:
-    listed = table.get(key)
-    if listed is not None and item in listed:
-        listed.remove(item)
-        if not listed:
+def _remove(table: dict[str, tuple[Any, ...]], key: str, item: Any) -> None:
+    listed = table.get(key, ())
+    if item in listed:
+        rest = tuple(x for x in listed if x != item)
+        if rest:
+            table[key] = rest
+        else:
             del table[key]
 
 
-def _insert(table: dict[str, list[Any]], key: str, item: Any) -> None:
-    listed = table.setdefault(key, [])
+def _insert(table: dict[str, tuple[Any, ...]], key: str, item: Any) -> None:
+    listed = table.get(key, ())
     if item not in listed:
-        bisect.insort(listed, item)
+        table[key] = tuple(sorted((*listed, item)))
 
 
 # The indexes by VM object (aggregates are not hashable; the weak reference tells a reused id).

@@ -17,6 +17,7 @@ only where a document is computed from a view.
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -59,13 +60,15 @@ def snapshot_json(snap: SnapshotRecord, broken: list[str] | None = None) -> dict
     return out
 
 
-def vm_document(view: LedgerView, name: str, dag: ImageDag | None = None) -> dict[str, Any]:
-    """`dag`: the view's ImageDag, when the caller already has it (it is built over every image
-    of the ledger, the costly part)."""
+def vm_document(
+    view: LedgerView, name: str, dag: ImageDag | None = None, snapshots: bool = True
+) -> dict[str, Any]:
+    """`dag`: the view's ImageDag, when the caller already has it. `snapshots`: False leaves
+    the snapshots out (vm_document_text puts their kept texts in)."""
     from .dag import ImageDag
 
     vm = view.vms[name]
-    broken = vm.broken_snapshots()
+    broken = vm.broken_snapshots() if snapshots else {}
     document: dict[str, Any] = {
         "vm": name,
         "host": vm.home or None,
@@ -75,7 +78,7 @@ def vm_document(view: LedgerView, name: str, dag: ImageDag | None = None) -> dic
         "snapshots": [
             snapshot_json(snap, broken.get(snap.name))
             for snap in sorted(vm.snapshots.values(), key=lambda s: (s.created, s.name))
-        ],
+        ] if snapshots else [],
         "operation": None
         if vm.operation is None
         else {
@@ -230,3 +233,43 @@ def image_dag_document(picture: ImagePicture, vm: str) -> dict[str, Any]:
 def json_text(value: Any) -> str:
     """JSON as the command line prints it (`output.emit_json`, without the final newline)."""
     return json.dumps(value, indent=2, sort_keys=False)
+
+
+# Stands for the snapshots in the document's text until they are put in: a real newline and
+# two spaces only ever start a key of the top level (a string's newlines are escaped).
+_SNAPSHOTS_HERE = '\n  "snapshots": "\\u0000"'
+# The text of each snapshot's part, kept while its record lives (records are replaced, never
+# changed in place): a VM with 10,000 snapshots is not encoded whole at every save.
+_SNAPSHOT_TEXTS: dict[int, tuple[weakref.ref[SnapshotRecord], str]] = {}
+
+
+def vm_document_text(view: LedgerView, name: str, dag: ImageDag | None = None) -> str:
+    """`json_text(vm_document(view, name, dag))`, put together from parts (the state
+    machine and `verify` hold it to that)."""
+    vm = view.vms[name]
+    document = vm_document(view, name, dag, snapshots=False)
+    document["snapshots"] = "\0"
+    head = json_text(document)
+    broken = vm.broken_snapshots()
+    parts = [
+        _snapshot_text(snap, broken.get(snap.name))
+        for snap in sorted(vm.snapshots.values(), key=lambda s: (s.created, s.name))
+    ]
+    listed = "[\n" + ",\n".join(parts) + "\n  ]" if parts else "[]"
+    return head.replace(_SNAPSHOTS_HERE, '\n  "snapshots": ' + listed, 1)
+
+
+def _snapshot_text(snap: SnapshotRecord, broken: list[str] | None) -> str:
+    if broken:
+        return _indented(json_text(snapshot_json(snap, broken)))
+    kept = _SNAPSHOT_TEXTS.get(id(snap))
+    if kept is not None and kept[0]() is snap:
+        return kept[1]
+    text = _indented(json_text(snapshot_json(snap)))
+    key = id(snap)
+    _SNAPSHOT_TEXTS[key] = (weakref.ref(snap, lambda _: _SNAPSHOT_TEXTS.pop(key, None)), text)
+    return text
+
+
+def _indented(text: str) -> str:
+    return "\n".join("    " + line for line in text.split("\n"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import importlib
 import json
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields, is_dataclass
@@ -37,6 +38,9 @@ class ProjectionDamaged(Exception):
     """A checkpoint row that can't be what this code wrote."""
 
 
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 class CheckpointTranscoder(Transcoder):
     """JSON that gives back exactly the Python values aggregate state holds.
 
@@ -52,6 +56,7 @@ class CheckpointTranscoder(Transcoder):
         self._classes: dict[str, Any] = {}
         self._fields: dict[type, tuple[str, ...]] = {}
         self._decoder = json.JSONDecoder(object_hook=self._untag)
+        self._texts: dict[int, tuple[weakref.ref[Any], str]] = {}
         self._untaggers: dict[str, Callable[[Any], Any]] = {
             "tuple": tuple,
             "set": set,
@@ -64,7 +69,38 @@ class CheckpointTranscoder(Transcoder):
         }
 
     def encode(self, obj: Any) -> bytes:
-        return json.dumps(self._tag(obj), separators=(",", ":"), ensure_ascii=False).encode()
+        return self._text(obj).encode()
+
+    def _text(self, o: Any) -> str:
+        """`json.dumps(self._tag(o))`, compact, put together from parts: the text of a frozen
+        record of the domain is kept while the record lives (records are replaced, never
+        changed), so a VM with 10,000 snapshots is not tagged and encoded whole at every save."""
+        t = type(o)
+        if t is dict:
+            for key in o:
+                if type(key) is not str:
+                    raise TypeError(f"a checkpoint holds str keys only, not {key!r}")
+            if len(o) == 2 and "_type_" in o:  # would read as a tag: as pairs instead
+                pairs = ",".join(f"[{_dumps(k)},{self._text(v)}]" for k, v in o.items())
+                return f'{{"_type_":"dict","_data_":[{pairs}]}}'
+            texts, parts = self._texts, []
+            for k, v in o.items():
+                kept = texts.get(id(v))  # the common case inlined: a VM's records
+                parts.append(_dumps(k) + ":" + (kept[1] if kept is not None and kept[0]() is v else self._text(v)))
+            return "{" + ",".join(parts) + "}"
+        if t is list:
+            return "[" + ",".join([self._text(v) for v in o]) + "]"
+        if t is tuple:
+            return '{"_type_":"tuple","_data_":[' + ",".join([self._text(v) for v in o]) + "]}"
+        if is_dataclass(o) and t.__module__.startswith(DOMAIN) and t.__dataclass_params__.frozen:
+            kept = self._texts.get(id(o))
+            if kept is not None and kept[0]() is o:
+                return kept[1]
+            text = _dumps(self._tag(o))
+            key = id(o)
+            self._texts[key] = (weakref.ref(o, lambda _: self._texts.pop(key, None)), text)
+            return text
+        return _dumps(self._tag(o))
 
     def decode(self, data: bytes) -> Any:
         return self._decoder.decode(data.decode())

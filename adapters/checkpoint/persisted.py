@@ -55,7 +55,7 @@ from snapledger.adapters.eventstore.chain import ChainedPOPOApplicationRecorder
 from snapledger.domain.errors import LedgerDamaged
 from snapledger.domain.vm import VirtualMachine
 from snapledger.projections.dag import ImageDag
-from snapledger.projections.documents import disk_chains, json_text, vm_document
+from snapledger.projections.documents import disk_chains, vm_document_text
 from snapledger.projections.view import LedgerView
 
 CHECKPOINT_EVERY = 5_000  # positions between archive points (time travel replays fewer)
@@ -272,7 +272,7 @@ class PersistedProjection:
                 chains = json.dumps(disk_chains(vm, dag), separators=(",", ":"))
                 if name in stored and (only_missing or (name not in changed and stored[name] == chains)):
                     continue
-                text = json_text(vm_document(view, name, dag))
+                text = vm_document_text(view, name, dag)
                 out.append(Doc(name, chains, text, doc_checksum(name, chains, text)))
             return out
 

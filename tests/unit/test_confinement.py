@@ -3,7 +3,11 @@ another process holds is a conflict that records nothing. Over simulated storage
 
 from __future__ import annotations
 
+import posixpath
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
@@ -11,6 +15,7 @@ from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedCrash, SimulatedStorage
 from snapledger.domain.errors import BadPath, DriftFound, ImageInUse, StorageError
 from snapledger.domain.image_registry import ImageRegistration
+from snapledger.domain.names import is_within
 from snapledger.domain.vm import VirtualMachine
 
 SIZE = 16 * CLUSTER
@@ -188,3 +193,14 @@ def test_the_root_directory_is_a_normalised_pool() -> None:
     assert ledger.vm("a").allowed_dirs() == {"/vms/a", "/"}
     with pytest.raises(BadPath, match="not normalised"):
         world()[1].adopt("b", {"vda": DISK}, pools=["//"])
+
+
+_parts = st.lists(st.sampled_from(["a", "b", "ab", "a.b", "..a", "-"]), max_size=4)
+
+
+@given(path=_parts, directory=_parts)
+def test_within_is_a_common_path_never_a_common_prefix(path: list[str], directory: list[str]) -> None:
+    # is_within is a string comparison for speed; it must mean what posixpath.commonpath means
+    # for resolved, normalised paths ("/a/bc" is not within "/a/b").
+    p, d = "/" + "/".join(path), "/" + "/".join(directory)
+    assert is_within(p, [d]) == (posixpath.commonpath([p, d]) == d)
