@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -224,5 +224,5 @@ class NoDependants:
     def dependants(self, image: str, known: Collection[str]) -> list[str]:
         return []
 
-    def dependants_of(self, images: Iterable[str], known: Collection[str]) -> dict[str, list[str]]:
+    def dependants_of(self, images: Iterable[str], known: Collection[str]) -> Mapping[str, list[str]]:
         return {image: [] for image in images}

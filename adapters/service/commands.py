@@ -292,7 +292,7 @@ class Snapledger:
         vm.check_idle()
         return vm
 
-    def unknown_dependants(self, vm_name: str) -> dict[str, list[str]] | None:
+    def unknown_dependants(self, vm_name: str) -> Mapping[str, list[str]] | None:
         """For each image of VM `vm_name`, the files in its directories that the ledger does not
         know and that rest on it (what `explain` names); read-only. None for a VM of another
         host: its directories are on its home host, not here."""
@@ -391,7 +391,7 @@ class Snapledger:
             raise DriftDuringOperation(f"the disk disagrees with the ledger: {'; '.join(findings)}")
         checks.refuse_in_use(vm, Plan(OperationKind.STEP, (step,)))
 
-    def dependants(self, vm: VirtualMachine, view: LedgerView) -> dict[str, list[str]]:
+    def dependants(self, vm: VirtualMachine, view: LedgerView) -> Mapping[str, list[str]]:
         return preconditions.unknown_dependants(self.operations.storage_for(vm), vm, view, self.refresh)
 
     def checks(self, vm: VirtualMachine) -> DiskChecks:

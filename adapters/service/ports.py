@@ -7,7 +7,7 @@ checkpoint/: the ledger and its projection; host/: the runners) and compose.py p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,9 +41,35 @@ class Dependants(Protocol):
         """Every file found whose backing chain reaches `image` through files that are not in
         `known` (the images a ledger holds): nearest first. Compared by resolved path."""
 
-    def dependants_of(self, images: Iterable[str], known: Collection[str]) -> dict[str, list[str]]:
+    def dependants_of(self, images: Iterable[str], known: Collection[str]) -> Mapping[str, list[str]]:
         """`dependants` of each image, with `known` resolved once (a VM of 10,000 images asked
-        one by one resolved it 10,000 times)."""
+        one by one resolved it 10,000 times), each worked out when first read (OnDemand):
+        a planner reads the few images it touches."""
+
+
+class OnDemand(Mapping[str, list[str]]):
+    """Image -> its dependants, each worked out by `one` when first read, then kept. Only the
+    `images` given are keys; reading them all (iterating) works every one out."""
+
+    def __init__(self, images: Iterable[str], one: Callable[[str], list[str]]) -> None:
+        self._images = list(dict.fromkeys(images))
+        self._wanted = set(self._images)
+        self._one = one
+        self._found: dict[str, list[str]] = {}
+
+    def __getitem__(self, image: str) -> list[str]:
+        if image not in self._wanted:
+            raise KeyError(image)
+        found = self._found.get(image)
+        if found is None:
+            found = self._found[image] = self._one(image)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._images)
+
+    def __len__(self) -> int:
+        return len(self._images)
 
 
 class StoragePort(Protocol):

@@ -8,7 +8,7 @@ find (DriftDetected) and refuses.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from snapledger.adapters.service.drift import DiskChecks, changed_paths, written_paths
 from snapledger.adapters.service.ports import StoragePort
@@ -92,7 +92,7 @@ def user_overlays(
 
 def unknown_dependants(
     storage: StoragePort, vm: VirtualMachine, view: LedgerView, latest: Callable[[], LedgerView]
-) -> dict[str, list[str]]:
+) -> Mapping[str, list[str]]:
     """For each of `vm`'s images, the files in its directories that the ledger does not
     know and whose backing chain reaches it (a user's own overlays): they make it stay.
     The directories of every VM tracked on `vm`'s host are looked in, not only `vm`'s: a user's
@@ -120,8 +120,27 @@ def unknown_dependants(
         if (home is None or reg.host in (home, *NO_HOST) or is_shared(reg.path, shared))
     }
     known |= set(view.vms[vm.name].images) if vm.name in view.vms else set()
-    found = scan.dependants_of(sorted(vm.images), known)
-    return {path: files for path, files in found.items() if files}
+    return _NonEmpty(scan.dependants_of(sorted(vm.images), known))
+
+
+class _NonEmpty(Mapping[str, list[str]]):
+    """The images some file the ledger does not know rests on: `found`'s keys whose list is
+    not empty (each worked out when first read)."""
+
+    def __init__(self, found: Mapping[str, list[str]]) -> None:
+        self._found = found
+
+    def __getitem__(self, path: str) -> list[str]:
+        files = self._found[path]
+        if not files:
+            raise KeyError(path)
+        return files
+
+    def __iter__(self) -> Iterator[str]:
+        return (path for path, files in self._found.items() if files)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def plan_findings(checks: DiskChecks, vm: VirtualMachine, plan: Plan) -> tuple[list[str], list[str]]:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import TypeAlias
 
 from snapledger.adapters.host.processes import files_open_here
+from snapledger.adapters.service.ports import OnDemand
 from snapledger.domain.errors import Refused
 
 QCOW2_MAGIC = b"QFI\xfb"
@@ -196,11 +197,11 @@ class DependantIndex:
         than a symlink's, then the smallest."""
         return self.dependants_of([image], known)[image]
 
-    def dependants_of(self, images: Iterable[str], known: Collection[str]) -> dict[str, list[str]]:
-        """`dependants` of each image, `known` resolved once."""
+    def dependants_of(self, images: Iterable[str], known: Collection[str]) -> OnDemand:
+        """`dependants` of each image, `known` resolved once, each image's when first read."""
         known_nodes = {self._node(path) for path in known}
         unresolved = sorted(node for node in self._missing_backing if node not in known_nodes)
-        return {image: self._dependants(image, known_nodes, unresolved) for image in images}
+        return OnDemand(images, lambda image: self._dependants(image, known_nodes, unresolved))
 
     def _dependants(
         self, image: str, known_nodes: set[Node], unresolved: list[tuple[int, int]]

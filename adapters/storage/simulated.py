@@ -25,7 +25,7 @@ import posixpath
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
-from snapledger.adapters.service.ports import Sharing
+from snapledger.adapters.service.ports import OnDemand, Sharing
 from snapledger.domain.errors import ImageInUse, StorageError, ToolMissing
 from snapledger.domain.images import ImageFacts
 from snapledger.domain.names import confinement, is_within
@@ -73,13 +73,13 @@ class SimulatedScan:
     def dependants(self, image: str, known: Collection[str]) -> list[str]:
         return self.dependants_of([image], known)[image]
 
-    def dependants_of(self, images: Iterable[str], known: Collection[str]) -> dict[str, list[str]]:
+    def dependants_of(self, images: Iterable[str], known: Collection[str]) -> OnDemand:
         ours = {self.resolve(k) for k in known}
         above_of: dict[str, list[str]] = {}  # backing -> the files naming it, once per scan
         for file, backing in self.backings.items():
             above_of.setdefault(backing, []).append(file)
         resting_on_missing = sorted(f for f, b in self.backings.items() if b in self.missing)
-        return {image: self._dependants(image, ours, above_of, resting_on_missing) for image in images}
+        return OnDemand(images, lambda image: self._dependants(image, ours, above_of, resting_on_missing))
 
     def _dependants(
         self, image: str, ours: set[str], above_of: dict[str, list[str]], resting_on_missing: list[str]
