@@ -84,7 +84,7 @@ class ImageDag:
     ) -> None:
         self._view = view
         self._ignore_detached_of = ignore_detached_of
-        self._dependants = dependants or {}
+        self._dependants = dependants if dependants is not None else {}  # not bool(): that reads them all
         self._shared = shared_dirs(view)
         self._live = list(view.live_vms().values())  # a retired VM holds nothing
         self._local = {vm.name for vm in self._live if in_scope(vm, home)}

@@ -17,6 +17,7 @@ only where a document is computed from a view.
 from __future__ import annotations
 
 import json
+import operator
 import weakref
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -44,6 +45,9 @@ def disk_chains(vm: VirtualMachine, dag: ImageDag) -> dict[str, dict[str, Any]]:
         }
         for disk, active in sorted(vm.disks.items())
     }
+
+
+_BY_CREATION = operator.attrgetter("created", "name")
 
 
 def snapshot_json(snap: SnapshotRecord, broken: list[str] | None = None) -> dict[str, Any]:
@@ -77,7 +81,7 @@ def vm_document(
         "disks": disk_chains(vm, dag if dag is not None else ImageDag(view, home=vm.home)),
         "snapshots": [
             snapshot_json(snap, broken.get(snap.name))
-            for snap in sorted(vm.snapshots.values(), key=lambda s: (s.created, s.name))
+            for snap in sorted(vm.snapshots.values(), key=_BY_CREATION)
         ] if snapshots else [],
         "operation": None
         if vm.operation is None
@@ -253,7 +257,7 @@ def vm_document_text(view: LedgerView, name: str, dag: ImageDag | None = None) -
     broken = vm.broken_snapshots()
     parts = [
         _snapshot_text(snap, broken.get(snap.name))
-        for snap in sorted(vm.snapshots.values(), key=lambda s: (s.created, s.name))
+        for snap in sorted(vm.snapshots.values(), key=_BY_CREATION)
     ]
     listed = "[\n" + ",\n".join(parts) + "\n  ]" if parts else "[]"
     return head.replace(_SNAPSHOTS_HERE, '\n  "snapshots": ' + listed, 1)

@@ -57,6 +57,7 @@ class CheckpointTranscoder(Transcoder):
         self._fields: dict[type, tuple[str, ...]] = {}
         self._decoder = json.JSONDecoder(object_hook=self._untag)
         self._texts: dict[int, tuple[weakref.ref[Any], str]] = {}
+        self._pairs: dict[int, tuple[weakref.ref[Any], str, str]] = {}  # a record's `"key":text`
         self._untaggers: dict[str, Callable[[Any], Any]] = {
             "tuple": tuple,
             "set": set,
@@ -83,10 +84,17 @@ class CheckpointTranscoder(Transcoder):
             if len(o) == 2 and "_type_" in o:  # would read as a tag: as pairs instead
                 pairs = ",".join(f"[{_dumps(k)},{self._text(v)}]" for k, v in o.items())
                 return f'{{"_type_":"dict","_data_":[{pairs}]}}'
-            texts, parts = self._texts, []
+            pairs, parts = self._pairs, []
             for k, v in o.items():
-                kept = texts.get(id(v))  # the common case inlined: a VM's records
-                parts.append(_dumps(k) + ":" + (kept[1] if kept is not None and kept[0]() is v else self._text(v)))
+                kept = pairs.get(id(v))  # the common case inlined: a VM's records, by key
+                if kept is not None and kept[0]() is v and kept[1] == k:
+                    parts.append(kept[2])
+                    continue
+                pair = _dumps(k) + ":" + self._text(v)
+                parts.append(pair)
+                if id(v) in self._texts:  # a kept record: keep its pair as well
+                    key = id(v)
+                    pairs[key] = (weakref.ref(v, lambda _: pairs.pop(key, None)), k, pair)
             return "{" + ",".join(parts) + "}"
         if t is list:
             return "[" + ",".join([self._text(v) for v in o]) + "]"
