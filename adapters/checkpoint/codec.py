@@ -94,7 +94,7 @@ class CheckpointTranscoder(Transcoder):
                 parts.append(pair)
                 if id(v) in self._texts:  # a kept record: keep its pair as well
                     key = id(v)
-                    pairs[key] = (weakref.ref(v, lambda _: pairs.pop(key, None)), k, pair)
+                    pairs[key] = (weakref.ref(v, lambda _, key=key: pairs.pop(key, None)), k, pair)
             return "{" + ",".join(parts) + "}"
         if t is list:
             return "[" + ",".join([self._text(v) for v in o]) + "]"

@@ -72,6 +72,7 @@ class QemuImgStorage(QemuImgAnswers):
         probe_address_space: int = 1 * GIB,
         max_chain: int = 1000,
         file_mode: int = 0o644,
+        read_in_process: bool = True,
     ) -> None:
         self.allowed_dirs: tuple[str, ...] | None = None
         if allowed_dirs is not None:
@@ -90,6 +91,9 @@ class QemuImgStorage(QemuImgAnswers):
         )
         self.max_chain = max_chain
         self.file_mode = file_mode
+        # A plain qcow2 layer's info and map read in process (qcow2_layer.py); False: qemu-img
+        # is asked about every file, as before issue 13 (tests that stage qemu-img's own doings).
+        self.read_in_process = read_in_process
         # Told the fraction done of a running merge (the CLI draws a progress bar with it).
         self.progress: Progress | None = None
         # qemu-img's answers about files that have not changed since: see _remembered.

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from snapledger.adapters.storage.qcow2_layer import read_layer
 from snapledger.adapters.storage.qemu_img_runner import QemuImgRunner
 from snapledger.adapters.storage.settled import SettledAnswers
 from snapledger.domain.errors import StorageError
@@ -43,6 +44,7 @@ class QemuImgAnswers:
     allowed_dirs: tuple[str, ...] | None
     qemu_img: QemuImgRunner
     max_chain: int
+    read_in_process: bool
     _answers: SettledAnswers
 
     def _check_path(self, path: str) -> None:
@@ -92,6 +94,14 @@ class QemuImgAnswers:
         self._check_file(path)
         if fmt is not None and fmt not in FORMATS:
             raise StorageError(f"{path}: format {fmt!r} is not one of {sorted(FORMATS)}")
+        layer = read_layer(path) if fmt == "qcow2" and self.read_in_process else None
+        if layer is not None:  # a plain qcow2 layer, read in process: what qemu-img would say
+            info: dict[str, Any] = {"format": "qcow2", "virtual-size": layer.virtual_size}
+            if layer.backing_name is not None:
+                info["backing-filename"] = layer.backing_name
+                if layer.backing_format is not None:
+                    info["backing-filename-format"] = layer.backing_format
+            return info
         args = ["--output=json", "-U"] + (["-f", fmt] if fmt else []) + [path]
         _, out = self.qemu_img.run("info", path, args, limited=True)
         try:
@@ -151,6 +161,10 @@ class QemuImgAnswers:
         return allocated
 
     def _ask_allocated(self, path: str, fmt: str) -> int:
+        # read again, not kept from `info`: the file may have changed in between
+        layer = read_layer(path) if fmt == "qcow2" and self.read_in_process else None
+        if layer is not None:
+            return layer.allocated
         spec: dict[str, Any] = {"driver": fmt, "file": {"driver": "file", "filename": path}}
         if fmt == "qcow2":
             spec["backing"] = None

@@ -378,7 +378,7 @@ def test_create_overlay_is_exclusive_even_when_the_path_appears_after_the_check(
         'exec qemu-img "$@"\n'
     )
     wrapper.chmod(0o755)
-    racing = QemuImgStorage(qemu_img=str(wrapper))
+    racing = QemuImgStorage(qemu_img=str(wrapper), read_in_process=False)  # `info` runs qemu-img
     with pytest.raises(StorageError, match="exclusively"):
         racing.create_overlay(str(path), top, "qcow2", VSIZE)
     assert victim.read_bytes() == b"precious"
@@ -554,7 +554,7 @@ def test_every_call_is_an_argument_list_with_a_timeout(
 
     monkeypatch.setattr(subprocess, "run", spy)
     monkeypatch.setattr(subprocess, "Popen", spy_popen)
-    storage = QemuImgStorage(timeout=17, merge_timeout=99)
+    storage = QemuImgStorage(timeout=17, merge_timeout=99, read_in_process=False)
     base, mid, top = chain
     storage.inspect_chain(top)
     storage.create_overlay(str(tmp_path / "new"), top, "qcow2", VSIZE)
@@ -632,12 +632,13 @@ def test_a_hung_qemu_img_times_out(tmp_path: Path) -> None:
 def test_a_missing_binary_is_the_tools_environment_not_a_storage_error(tmp_path: Path) -> None:
     """qemu-img missing is the tool's own trouble (exit 1), never a finding about the disks."""
     image = make_image(tmp_path / "a.qcow2", VSIZE)
+    top = make_image(tmp_path / "top.qcow2", VSIZE, backing=image)
     missing = QemuImgStorage(qemu_img=str(tmp_path / "no-such-qemu-img"))
     with pytest.raises(ToolMissing, match="can't run .*qemu-utils") as caught:
-        missing.inspect(image)
+        missing.inspect(image)  # the format probed: only qemu-img can
     assert not isinstance(caught.value, StorageError) and caught.value.exit_code == 1
     with pytest.raises(ToolMissing):
-        missing.commit(image, image, fmt="qcow2")
+        missing.commit(top, image, fmt="qcow2")
 
 
 def test_writes_by_qemu_io_are_seen(storage: QemuImgStorage, tmp_path: Path) -> None:
@@ -651,14 +652,20 @@ def test_writes_by_qemu_io_are_seen(storage: QemuImgStorage, tmp_path: Path) -> 
 
 
 def qemu_img_calls(storage: QemuImgStorage, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Each answer asked for (of qemu-img, or read in process), as "info NAME" or "map NAME"."""
     calls: list[str] = []
-    real = storage.qemu_img.run
+    real_info, real_map = storage._ask_info, storage._ask_allocated
 
-    def run(command: str, path: str, *args: Any, **kwargs: Any) -> Any:
-        calls.append(f"{command} {Path(path).name}")
-        return real(command, path, *args, **kwargs)
+    def ask_info(path: str, fmt: str | None) -> Any:
+        calls.append(f"info {Path(path).name}")
+        return real_info(path, fmt)
 
-    monkeypatch.setattr(storage.qemu_img, "run", run)
+    def ask_map(path: str, fmt: str) -> Any:
+        calls.append(f"map {Path(path).name}")
+        return real_map(path, fmt)
+
+    monkeypatch.setattr(storage, "_ask_info", ask_info)
+    monkeypatch.setattr(storage, "_ask_allocated", ask_map)
     return calls
 
 
