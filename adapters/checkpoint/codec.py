@@ -82,19 +82,15 @@ class CheckpointTranscoder(Transcoder):
                 if type(key) is not str:
                     raise TypeError(f"a checkpoint holds str keys only, not {key!r}")
             if len(o) == 2 and "_type_" in o:  # would read as a tag: as pairs instead
-                pairs = ",".join(f"[{_dumps(k)},{self._text(v)}]" for k, v in o.items())
-                return f'{{"_type_":"dict","_data_":[{pairs}]}}'
-            pairs, parts = self._pairs, []
+                listed = ",".join(f"[{_dumps(k)},{self._text(v)}]" for k, v in o.items())
+                return f'{{"_type_":"dict","_data_":[{listed}]}}'
+            parts = []
             for k, v in o.items():
-                kept = pairs.get(id(v))  # the common case inlined: a VM's records, by key
-                if kept is not None and kept[0]() is v and kept[1] == k:
-                    parts.append(kept[2])
-                    continue
-                pair = _dumps(k) + ":" + self._text(v)
-                parts.append(pair)
-                if id(v) in self._texts:  # a kept record: keep its pair as well
-                    key = id(v)
-                    pairs[key] = (weakref.ref(v, lambda _, key=key: pairs.pop(key, None)), k, pair)
+                pair = self._pairs.get(id(v))  # the common case first: a VM's records, by key
+                if pair is not None and pair[0]() is v and pair[1] == k:
+                    parts.append(pair[2])
+                else:
+                    parts.append(self._pair(k, v))
             return "{" + ",".join(parts) + "}"
         if t is list:
             return "[" + ",".join([self._text(v) for v in o]) + "]"
@@ -105,13 +101,25 @@ class CheckpointTranscoder(Transcoder):
             if kept is not None and kept[0]() is o:
                 return kept[1]
             text = _dumps(self._tag(o))
-            key = id(o)
-            self._texts[key] = (weakref.ref(o, lambda _: self._texts.pop(key, None)), text)
+            self._texts[id(o)] = (weakref.ref(o, self._forget(self._texts, id(o))), text)
             return text
         return _dumps(self._tag(o))
 
     def decode(self, data: bytes) -> Any:
         return self._decoder.decode(data.decode())
+
+    def _pair(self, key: str, value: Any) -> str:
+        pair = _dumps(key) + ":" + self._text(value)
+        if id(value) in self._texts:  # a kept record: its pair is kept as well
+            self._pairs[id(value)] = (weakref.ref(value, self._forget(self._pairs, id(value))), key, pair)
+        return pair
+
+    @staticmethod
+    def _forget(kept: dict[int, Any], key: int) -> Callable[[object], None]:
+        def forget(_: object) -> None:
+            kept.pop(key, None)
+
+        return forget
 
     def _tag(self, o: Any) -> Any:
         t = type(o)

@@ -207,7 +207,7 @@ class RecordedFactsStorage:
     def _refuse(self, *_: object, **__: object) -> None:
         raise BadInput("replay is read-only: use show, tree, log, explain, diff or --dry-run")
 
-    create_overlay = commit = pull = rebase_unsafe = delete = repair = _refuse
+    create_overlay = commit = pull = rebase_unsafe = delete = repair = check_tools = _refuse
 
     def remove_unfinished(self, path: str) -> bool:
         self._refuse()

@@ -46,6 +46,9 @@ class LibvirtStorage:
 
     # ---- passed through --------------------------------------------------------------
 
+    def check_tools(self) -> None:
+        self.inner.check_tools()
+
     def exists(self, path: str) -> bool:
         return self.inner.exists(path)
 

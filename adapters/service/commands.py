@@ -349,6 +349,7 @@ class Snapledger:
         self._check_plan(vm, plan, record=not dry_run)
         if dry_run:
             return plan
+        self.operations.storage_for(vm).check_tools()  # a missing qemu-img: before anything is recorded
         op_id = uuid.uuid4().hex
         self.operations.start(vm, op_id, plan, target, details)
         self.execute(vm)

@@ -52,8 +52,8 @@ class OnDemand(Mapping[str, list[str]]):
     `images` given are keys; reading them all (iterating) works every one out."""
 
     def __init__(self, images: Iterable[str], one: Callable[[str], list[str]]) -> None:
-        self._images = list(dict.fromkeys(images))
-        self._wanted = set(self._images)
+        # kept as given when it can answer `in` (a VM's images: its dict's keys), not copied
+        self._wanted: Collection[str] = images if isinstance(images, Collection) else set(images)
         self._one = one
         self._found: dict[str, list[str]] = {}
 
@@ -66,10 +66,10 @@ class OnDemand(Mapping[str, list[str]]):
         return found
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._images)
+        return iter(sorted(set(self._wanted)))
 
     def __len__(self) -> int:
-        return len(self._images)
+        return len(set(self._wanted))
 
 
 class StoragePort(Protocol):
@@ -82,6 +82,10 @@ class StoragePort(Protocol):
     `inspect_chain` of a file the ledger does not know yet take `fmt=None` (probed)."""
 
     def exists(self, path: str) -> bool: ...
+
+    def check_tools(self) -> None:
+        """Raise ToolMissing if a tool the storage steps need can't be run: checked before an
+        operation is recorded (reading plain qcow2 files needs none, so a dry run works)."""
 
     def resolve(self, path: str) -> str:
         """`path` with every symlink resolved (realpath); the file need not exist."""

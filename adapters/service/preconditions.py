@@ -120,7 +120,7 @@ def unknown_dependants(
         if (home is None or reg.host in (home, *NO_HOST) or is_shared(reg.path, shared))
     }
     known |= set(view.vms[vm.name].images) if vm.name in view.vms else set()
-    return _NonEmpty(scan.dependants_of(sorted(vm.images), known))
+    return _NonEmpty(scan.dependants_of(frozenset(vm.images), known))
 
 
 class _NonEmpty(Mapping[str, list[str]]):

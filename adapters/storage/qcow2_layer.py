@@ -89,7 +89,7 @@ def _read(fd: int, file_size: int) -> Qcow2Layer | None:
     if extensions is None or DATA_FILE_EXTENSION in extensions:
         return None
     backing_name = _backing_name(fd, backing_offset, backing_size, file_size)
-    if backing_name is False:
+    if not isinstance(backing_name, str | None):
         return None
     backing_format = None
     if backing_name is not None and BACKING_FORMAT_EXTENSION in extensions:

@@ -104,6 +104,9 @@ class QemuImgStorage(QemuImgAnswers):
     def exists(self, path: str) -> bool:
         return os.path.lexists(path)
 
+    def check_tools(self) -> None:
+        self.qemu_img.check_available()
+
     def resolve(self, path: str) -> str:
         return os.path.realpath(path)
 

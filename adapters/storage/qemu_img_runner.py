@@ -7,10 +7,12 @@ What the calls mean, and the safety rules around them, are qemu_img.py's busines
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import resource
 import select
+import shutil
 import signal
 import subprocess
 import time
@@ -156,6 +158,11 @@ class QemuImgRunner:
             code = child.wait(max(deadline - time.monotonic(), 1.0))
         if code != 0:
             raise _failure(command, path, _how(code), stderr)
+
+    def check_available(self) -> None:
+        """ToolMissing if the binary can't be found as running it would look for it."""
+        if shutil.which(self.binary) is None:
+            raise self._missing(FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT)))
 
     def _missing(self, error: OSError) -> ToolMissing:
         return ToolMissing(

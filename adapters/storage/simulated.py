@@ -395,6 +395,9 @@ class SimulatedStorage:
         self.files[path] = image
         self.modified(image)
 
+    def check_tools(self) -> None:
+        self._tool()
+
     def _tool(self) -> None:
         if self.tool_missing:
             raise ToolMissing("can't run qemu-img: No such file or directory (simulated)")

@@ -338,6 +338,9 @@ class CrashingStorage:
     def exists(self, path: str) -> bool:
         return self.real.exists(path)
 
+    def check_tools(self) -> None:
+        self.real.check_tools()
+
     def inspect(self, path: str, fmt: str | None = None) -> ImageFacts:
         return self.real.inspect(path, fmt)
 

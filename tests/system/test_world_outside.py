@@ -196,10 +196,12 @@ def test_qemu_img_missing_is_the_tools_trouble_not_drift(cli: Cli, tmp_path: Pat
     empty = tmp_path / "no-tools"
     empty.mkdir()
     cli.env["PATH"] = str(empty)
-    for command in (["snapshot", "vm", "s4"], ["delete", "vm", "s2", "--dry-run"],
-                    ["delete", "vm", "s2"], ["revert", "vm", "s1"], ["gc"], ["verify"]):
+    for command in (["snapshot", "vm", "s4"], ["delete", "vm", "s2"], ["revert", "vm", "s1"]):
         refused = cli.run(*command, expect=1)
         assert "qemu-img" in one_line(refused) and "qemu-utils" in one_line(refused)
+    # What only reads plain qcow2 files reads them in process (adapters/storage/qcow2_layer.py)
+    cli.run("delete", "vm", "s2", "--dry-run")
+    cli.run("verify")
     del cli.env["PATH"]
     cli.env["PATH"] = os.environ["PATH"]
     assert cli.state() == before  # nothing recorded, no DriftDetected
