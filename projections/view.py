@@ -149,6 +149,10 @@ class LedgerView:
         self._add(aggregate, born)
         return aggregate
 
+    def look_up(self, aggregate_id: UUID) -> Aggregate | None:
+        """The aggregate of that id: held, or (a lazy view) looked up and held from then on."""
+        return self._by_id.get(aggregate_id) or self._looked_up_now(aggregate_id)
+
     def registrations_of(self, path: str, host: str | None = None) -> list[ImageRegistration]:
         """The registrations of `path` the view holds. A lazy view first looks up the ones a
         question about `host`'s view of `path` needs, by their ids: the path's own (shared

@@ -52,8 +52,8 @@ from snapledger.adapters.checkpoint.rules import (
 from snapledger.adapters.checkpoint.sqlite import SQLiteProjectionStore
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.eventstore.chain import ChainedPOPOApplicationRecorder
-from snapledger.domain.errors import LedgerDamaged
-from snapledger.domain.vm import VirtualMachine
+from snapledger.domain.errors import LedgerDamaged, UnknownVm
+from snapledger.domain.vm import VirtualMachine, vm_id
 from snapledger.projections.dag import ImageDag
 from snapledger.projections.documents import disk_chains, vm_document_text
 from snapledger.projections.view import LedgerView
@@ -171,6 +171,49 @@ class PersistedProjection:
         if born is None:  # an event store that can't say where (not one of the chained ones)
             raise LedgerDamaged(f"the first event of aggregate {aggregate_id} has no ledger position")
         return aggregate, born
+
+    # A `show` with no checkpoint this close to the ledger's end reads the VM's own events
+    # rather than folding the ledger (issue 13: a first `show` on a 1,000,000-event ledger).
+    far = 20_000
+
+    def view_of_one(self, name: str) -> LedgerView | None:
+        """The view `show NAME` needs, from events alone, if no checkpoint of this code is within
+        `far` events of the ledger's end (else None: catching up is cheaper). It holds the VM
+        (its newest generation) and every VM that holds one of its images (found through the
+        images' registrations), each folded from its own events, and looks up registrations
+        when asked; what `show` says of a VM depends on nothing else (the state machine checks
+        the document equals the folded ledger's). Never saved: the next command that reads
+        the whole ledger folds it and writes the checkpoint."""
+        try:
+            tracking = self.store.read_tracking()
+        except STORE_ERRORS:
+            tracking = None
+        top = self.app.last_position()
+        near = tracking is not None and tracking.fingerprint == self.fingerprint
+        if top - (tracking.position if near and tracking is not None else 0) <= self.far:
+            return None
+        view = LedgerView()
+        view.lookup = self.recorded
+        vm = self._newest_vm(view, name)
+        if vm is None:
+            raise UnknownVm(f"no VM named {name!r} in the ledger")
+        holders = {
+            user for path in vm.images for registration in view.registrations_of(path, vm.home or None)
+            for user in registration.users
+        }
+        for other in sorted(holders - {name}):
+            self._newest_vm(view, other)
+        view.position = top
+        return view
+
+    def _newest_vm(self, view: LedgerView, name: str) -> VirtualMachine | None:
+        """The VM of that name with the highest generation recorded (a name adopted again
+        after `retire` is a new stream), looked up into `view`."""
+        generation = 1
+        while self.app.recorded_position(vm_id(name, generation + 1)) is not None:
+            generation += 1
+        found = view.look_up(vm_id(name, generation))
+        return found if isinstance(found, VirtualMachine) else None
 
     def _dropped(self, tracking: Tracking | None) -> LedgerView:
         try:

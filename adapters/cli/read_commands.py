@@ -47,8 +47,7 @@ def show(c: Context, vm: str, at_event: int | None, at_time: str | None) -> None
     elif (stored := c.stored_show_text(vm)) is not None:
         data = json.loads(stored)  # the persisted document: nothing folded (entry.py prints it as is)
     else:
-        c.ledger.vm(vm)  # unknown VM: a clear error
-        data = vm_document(c.ledger.refresh(), vm)
+        data = vm_document(c.ledger.view_of_one(vm), vm)
     output.emit_json(data) if c.as_json else output.show_vm(data)
 
 

@@ -151,6 +151,18 @@ class Snapledger:
         """The position of the last event whose time is at or before `when` (0 if none)."""
         return self.app.position_at(when)
 
+    def view_of_one(self, name: str) -> LedgerView:
+        """The view `show NAME` reads: the ledger caught up; or, on a long ledger with no
+        checkpoint near its end (a first start, an upgrade), the VM and the VMs sharing its
+        images, each from its own events (persisted.py), so that the first `show` does not
+        wait for the whole ledger to be folded."""
+        if self._view is None:
+            alone = self.projection.view_of_one(name)
+            if alone is not None:
+                return alone
+        self.vm(name)  # an unknown VM: a clear error
+        return self.view
+
     def vm(self, name: str) -> VirtualMachine:
         """The VM of that name as the ledger holds it now: the view caught up with every event
         recorded (by anyone), and a private copy of its VM, which the command may change. Its

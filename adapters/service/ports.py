@@ -191,6 +191,10 @@ class ViewProjection(Protocol):
 
     def view_at(self, position: int) -> LedgerView: ...
 
+    def view_of_one(self, name: str) -> LedgerView | None:
+        """What `show NAME` needs, from the VM's own events, when no checkpoint is near the
+        ledger's end (None: catching up is cheaper)."""
+
     def close(self) -> None:
         """Let go of the connections it holds of its own."""
 

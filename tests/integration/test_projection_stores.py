@@ -58,7 +58,7 @@ from snapledger.adapters.checkpoint.rules import (
 )
 from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
-from snapledger.domain.errors import Refused
+from snapledger.domain.errors import Refused, UnknownVm
 from snapledger.projections.documents import json_text, vm_document
 
 
@@ -548,3 +548,27 @@ def assert_lookups_are_born_where_folds_are(url: str) -> None:
     for aggregate_id, born in whole.born.items():
         found = projection.recorded(aggregate_id)
         assert found is not None and found[1] == born
+
+
+def test_a_show_far_from_any_checkpoint_reads_the_vm_alone(
+    backend: Backend, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a long ledger with no checkpoint near its end (a first start, an upgrade), `show`
+    reads the VM and the VMs sharing its images from their own events instead of folding
+    every event; what it says is what the folded ledger says."""
+    with_history(url)
+    backend.sql(url, f"DROP TABLE {TRACKING}")  # as before any checkpoint was written
+    app = LedgerApplication(url)
+    whole = rebuilt(app)
+    projection = PersistedProjection(app, every=EVERY)
+    projection.far = 0
+    starts = spy_reads(app, monkeypatch)
+    for name in whole.vms:
+        one = projection.view_of_one(name)
+        assert one is not None and vm_document(one, name) == vm_document(whole, name)
+        assert set(one.vms) <= set(whole.vms)
+    assert starts == []  # no event was read in order: each aggregate from its own stream
+    with pytest.raises(UnknownVm):
+        projection.view_of_one("nobody")
+    projection.far = 20_000  # a short ledger: catching up is cheaper
+    assert projection.view_of_one("a") is None
