@@ -9,24 +9,19 @@ filesystem or randomness runs while an event is applied.
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
-from uuid import NAMESPACE_URL, UUID, uuid5
+from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
 from .errors import (
     BadInput,
-    DuplicateName,
-    HomeElsewhere,
     OperationInProgress,
     Refused,
-    UnknownDisk,
-    UnknownSnapshot,
 )
 from .images import ImageFacts, ImageRecord, Origin
-from .ledger_hash import UNKNOWN_HOST
-from .names import check_disk_target, check_name, is_within
+from .names import check_name, is_within
 from .steps import (
     DOMAIN_STEPS,
     Commit,
@@ -42,61 +37,18 @@ from .steps import (
     Step,
     step_from_dict,
 )
-
-LEDGER_NAMESPACE = uuid5(NAMESPACE_URL, "https://snapledger.invalid/")
-
-
-def vm_id(name: str, generation: int = 1) -> UUID:
-    """A VM's stream: a name adopted again after `retire` is a new VM with a history of its own."""
-    suffix = "" if generation == 1 else f"#{generation}"
-    return uuid5(LEDGER_NAMESPACE, f"vm:{name}{suffix}")
-
-
-@dataclass(frozen=True)
-class SnapshotRecord:
-    name: str
-    parent: str | None
-    disks: dict[str, str]  # target -> frozen image
-    created: str
-    domain_xml: str | None = None
-    description: str | None = None
+from .vm_queries import VmQueries
+from .vm_records import (
+    LEDGER_NAMESPACE,
+    OperationRecord,
+    SnapshotRecord,
+    image_record_to_dict,
+    record_from_dict,
+    vm_id,
+)
 
 
-@dataclass(frozen=True)
-class OperationRecord:
-    """An operation whose intent is recorded; `done` steps are finished on disk."""
-
-    op_id: str
-    kind: str
-    target: str | None  # the snapshot it is about, if any
-    steps: tuple[Step, ...]
-    done: int = 0
-    failure: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def started_destruction(self) -> bool:
-        return any(s.destructive for s in self.steps[: self.done])
-
-    def pivot_requested(self, index: int, disk: str) -> str | None:
-        """The base snapledger asked libvirt to pivot `disk` onto during step `index`, if any."""
-        pivots = self.details.get("pivots", {})
-        asked = pivots.get(str(index), {}) if isinstance(pivots, dict) else {}
-        base = asked.get(disk) if isinstance(asked, dict) else None
-        return str(base) if base is not None else None
-
-    def pivot_vouched(self, index: int) -> bool:
-        """The operator vouched that step `index`'s pivot happened (recover --pivoted)."""
-        return index in self.details.get("pivots_vouched", [])
-
-    @property
-    def runner(self) -> dict[str, Any] | None:
-        """The process carrying it out, as recorded when it started or was resumed."""
-        runner = self.details.get("runner")
-        return dict(runner) if isinstance(runner, dict) else None
-
-
-class VirtualMachine(Aggregate):
+class VirtualMachine(VmQueries, Aggregate):
     # The libvirt domain this VM is (`uri`, `domain`), once `LibvirtBound` says so; None for a
     # VM known only by its disk files. A class default: VMs recorded before it stay as they were.
     libvirt: dict[str, str] | None = None
@@ -139,7 +91,7 @@ class VirtualMachine(Aggregate):
         self.disks: dict[str, str] = dict(disks)
         self.images: dict[str, ImageRecord] = {}
         for item in images:
-            record = _record_from_dict(item)
+            record = record_from_dict(item)
             self.images[record.path] = record
         self.pools: list[str] = list(pools)
         # Directories of every disk image the VM has adopted (at adopt or by swap-disk); with
@@ -155,96 +107,6 @@ class VirtualMachine(Aggregate):
         self.operation: OperationRecord | None = None
         self.adopted_at = at
         self.drift_findings: list[str] = []
-
-    # ---- queries -------------------------------------------------------------------------
-
-    def lives_on(self, host: str) -> bool:
-        """Whether `host` may change this VM: its home host. A VM recorded without any host
-        (a ledger written through the library with no recording context) is anyone's."""
-        return self.home in ("", UNKNOWN_HOST) or self.home == host
-
-    def check_home(self, host: str) -> None:
-        if not self.lives_on(host):
-            raise HomeElsewhere(
-                f"VM {self.name!r} lives on host {self.home!r}, not on this host ({host!r}): "
-                "only its home host changes it or looks at its disks; run the command there"
-            )
-
-    def snapshot(self, name: str) -> SnapshotRecord:
-        try:
-            return self.snapshots[name]
-        except KeyError:
-            raise UnknownSnapshot(f"VM {self.name!r} has no snapshot {name!r}") from None
-
-    def check_disk(self, target: str) -> str:
-        check_disk_target(target)
-        if target not in self.disks:
-            raise UnknownDisk(f"VM {self.name!r} has no disk {target!r}")
-        return target
-
-    def check_idle(self) -> None:
-        self.check_tracked()
-        if self.operation is not None:
-            op = self.operation
-            raise OperationInProgress(
-                f"VM {self.name!r} has an unfinished {op.kind} operation {op.op_id}"
-                f"{' (failed: ' + op.failure + ')' if op.failure else ''}; run 'snapledger recover'"
-            )
-
-    def check_tracked(self) -> None:
-        if self.retired is not None:
-            raise BadInput(
-                f"VM {self.name!r} was retired at {self.retired}: it is no longer tracked (its "
-                "history stays readable; adopt it again to track it anew)"
-            )
-
-    def missing_images(self) -> set[str]:
-        return {path for path, record in self.images.items() if record.missing}
-
-    def broken_snapshots(self) -> dict[str, list[str]]:
-        """Snapshot -> the disks whose frozen image, or an image below it, is recorded gone."""
-        gone = self.missing_images()
-        broken: dict[str, list[str]] = {}
-        if not gone:
-            return broken  # the usual case: nothing to walk (a walk per snapshot is n x depth)
-        for snap in self.snapshots.values():
-            for disk, path in sorted(snap.disks.items()):
-                if gone & set(self.chain_of(path)):
-                    broken.setdefault(snap.name, []).append(disk)
-        return broken
-
-    def chain_of(self, path: str) -> list[str]:
-        """`path` and the images below it, as this VM recorded them."""
-        chain: list[str] = []
-        seen: set[str] = set()
-        current: str | None = path
-        while current is not None and current in self.images and current not in seen:
-            chain.append(current)
-            seen.add(current)
-            current = self.images[current].backing
-        return chain
-
-    def check_new_snapshot_name(self, name: str) -> None:
-        check_name("snapshot", name)
-        if name in self.snapshots:
-            raise DuplicateName(f"VM {self.name!r} already has a snapshot {name!r}")
-
-    def frozen_images(self) -> dict[str, tuple[str, str]]:
-        """Frozen image path -> (snapshot, disk)."""
-        return {
-            path: (snap.name, disk)
-            for snap in self.snapshots.values()
-            for disk, path in snap.disks.items()
-        }
-
-    def children_of(self, snapshot: str | None) -> list[str]:
-        return sorted(s.name for s in self.snapshots.values() if s.parent == snapshot)
-
-    def allowed_dirs(self) -> set[str]:
-        """Where this VM's files may be: the directories of its adopted disks, its pools and its
-        shared directories. Every file of every chain must resolve inside one of them (or below
-        one)."""
-        return set(self.adopted_dirs) | set(self.pools) | set(self.shared)
 
     # ---- operations ----------------------------------------------------------------------
 
@@ -503,7 +365,7 @@ class VirtualMachine(Aggregate):
         self, disk: str, path: str, previous: str, images: list[dict[str, Any]], at: str
     ) -> None:
         for item in images:
-            record = _record_from_dict(item)
+            record = record_from_dict(item)
             self.images[record.path] = record
         old = self.images[previous]
         self.images[previous] = replace(old, detached=True)
@@ -642,7 +504,7 @@ class VirtualMachine(Aggregate):
         for path in disowned:
             self.images[path] = replace(self.images[path], origin=Origin.ADOPTED)
         for item in found:
-            record = _record_from_dict(item)
+            record = record_from_dict(item)
             self.images[record.path] = record
         for path in gone:
             self.images[path] = replace(self.images[path], missing=True)
@@ -694,22 +556,8 @@ class VirtualMachine(Aggregate):
         self.drift_findings = list(findings)
 
 
-def _record_from_dict(item: dict[str, Any]) -> ImageRecord:
-    values = dict(item)
-    origin = Origin(values.pop("origin"))
-    detached = bool(values.pop("detached", False))
-    missing = bool(values.pop("missing", False))
-    return ImageRecord(ImageFacts.from_dict(values), origin, detached, missing)
-
-
-def image_record_to_dict(record: ImageRecord) -> dict[str, Any]:
-    return {
-        **record.facts.to_dict(), "origin": record.origin.value, "detached": record.detached,
-        "missing": record.missing,
-    }
-
-
 __all__ = [
+    "LEDGER_NAMESPACE",
     "OperationRecord",
     "SnapshotRecord",
     "VirtualMachine",
