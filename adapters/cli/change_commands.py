@@ -16,8 +16,7 @@ from snapledger.adapters.cli.options import (
     pass_context,
 )
 from snapledger.adapters.cli.session import Context
-from snapledger.adapters.libvirt.hypervisor import DEFAULT_URI
-from snapledger.adapters.libvirt.xml_input import domain_xml, revert_overlays, snapshot_request
+from snapledger.adapters.libvirt import DEFAULT_URI
 from snapledger.adapters.service.adopt_libvirt import adopt_libvirt
 from snapledger.domain.errors import BadInput
 from snapledger.domain.steps import Plan
@@ -78,7 +77,11 @@ def adopt(
         for line in [f"left alone: {r}" for r in found.left_alone] + [f"note: {n}" for n in found.notes]:
             output.say(line)
         return
-    xml = domain_xml(read_file(xml_path, "domain XML")) if xml_path else None
+    xml = None
+    if xml_path:
+        from snapledger.adapters.libvirt.xml_input import domain_xml  # lxml: only for --xml
+
+        xml = domain_xml(read_file(xml_path, "domain XML"))
     c.ledger.adopt(vm, pairs(disks, "--disk"), pools, xml, shared=shared)
     _show_vm(c, vm)
 
@@ -101,6 +104,8 @@ def snapshot(
     chosen = pairs(overlays, "--overlay")
     skip = set(excluded)
     if xml_path:
+        from snapledger.adapters.libvirt.xml_input import snapshot_request  # lxml: only for --xml
+
         request = snapshot_request(read_file(xml_path, "snapshot XML"))
         if request.name is not None and request.name != name:
             raise BadInput(f"snapshot XML names {request.name!r}, the command {name!r}")
@@ -128,7 +133,12 @@ def revert(
     """Revert to a snapshot on new overlays; the abandoned present goes if nothing needs it."""
     if overlays and xml_path:
         raise BadInput("give either --overlay or --xml, not both")
-    chosen = revert_overlays(read_file(xml_path, "revert XML")) if xml_path else pairs(overlays, "--overlay")
+    if xml_path:
+        from snapledger.adapters.libvirt.xml_input import revert_overlays  # lxml: only for --xml
+
+        chosen = revert_overlays(read_file(xml_path, "revert XML"))
+    else:
+        chosen = pairs(overlays, "--overlay")
     plan = c.ledger.revert(vm, name, chosen, dry_run=dry_run, running=running)
     report(c, plan, dry_run, f"revert to {name}")
 

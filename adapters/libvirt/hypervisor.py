@@ -69,7 +69,7 @@ TEST_JOB_BANDWIDTH_ENV = "SNAPLEDGER_TEST_JOB_BANDWIDTH"
 TEST_PAUSE_AFTER_PIVOT_ENV = "SNAPLEDGER_TEST_PAUSE_AFTER_PIVOT"
 
 
-DEFAULT_URI = "qemu:///system"  # libvirt's system connection: where `adopt --libvirt` looks
+from snapledger.adapters.libvirt import DEFAULT_URI as DEFAULT_URI  # noqa: E402 (defined with the package)
 
 
 def job_bandwidth_from_env(environ: Mapping[str, str]) -> int:
