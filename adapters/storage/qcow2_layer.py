@@ -1,10 +1,13 @@
 """What `qemu-img info` and `qemu-img map` say about one plain qcow2 layer, read in process
 (issue 13: a chain of 200 layers cost 400 qemu-img processes per look).
 
-Only the common case is answered here: version 2 or 3, no encryption, no external data file,
-standard (not extended) L2 entries, no incompatible feature but "dirty" and "compression type",
-every table inside the file and aligned. Anything else gives None, and the caller asks qemu-img,
-whose answer (or refusal) stays the reference. A test holds this module to qemu-img's answers on
+Only the common case is answered here: version 2 or 3, no encryption, no external data file, no
+internal snapshot, no bitmap, standard (not extended) L2 entries, no incompatible feature but
+"dirty" and "compression type", no autoclear feature, every table aligned, inside the file and
+read once, and what QEMU checks when it opens a file (the refcount table's place and size, the
+compression type, the header extensions, the backing name's place) as QEMU would have it;
+names in printable ASCII. Anything else gives None, and the caller asks qemu-img, whose answer
+(or refusal) stays the reference; a fuzzer held it to qemu-img on about 11,700 damaged files. A test holds this module to qemu-img's answers on
 images written every way qemu-io and qemu-img can (tests/integration/test_qcow2_layer.py).
 
 The answers, as QEMU computes them:
@@ -31,7 +34,13 @@ BACKING_FORMAT_EXTENSION = 0xE2792ACA
 DATA_FILE_EXTENSION = 0x44415441
 # Incompatible features this reader understands: dirty (refcounts may be stale, the L2 tables
 # are not) and the compression type (a compressed cluster holds data whatever its codec).
-_UNDERSTOOD_INCOMPATIBLE = (1 << 0) | (1 << 3)
+_COMPRESSION_TYPE = 1 << 3
+_UNDERSTOOD_INCOMPATIBLE = (1 << 0) | _COMPRESSION_TYPE
+# Extensions QEMU checks against tables this reader does not read: such a file goes to qemu-img.
+BITMAPS_EXTENSION = 0x23852875
+CRYPTO_EXTENSION = 0x0537BE77
+_LEFT_TO_QEMU_IMG = (DATA_FILE_EXTENSION, BITMAPS_EXTENSION, CRYPTO_EXTENSION)
+_MAX_REFCOUNT_TABLE = 8 << 20  # QEMU's limit on the refcount table it reads
 _OFFSET_MASK = 0x00FF_FFFF_FFFF_FE00
 _L1_OFFSET_MASK = 0x00FF_FFFF_FFFF_FE00
 _COMPRESSED = 1 << 62
@@ -72,32 +81,53 @@ def _read(fd: int, file_size: int) -> Qcow2Layer | None:
     if len(head) < _V2.size:
         return None
     (magic, version, backing_offset, backing_size, cluster_bits, size, crypt, l1_size,
-     l1_offset, _refcount_offset, _refcount_clusters, _snapshots, _snapshots_offset) = _V2.unpack_from(head)
+     l1_offset, refcount_offset, refcount_clusters, snapshots, snapshots_offset) = _V2.unpack_from(head)
     if magic != MAGIC or version not in (2, 3) or crypt != 0 or not 9 <= cluster_bits <= 21:
         return None
+    cluster = 1 << cluster_bits
     header_length = 72
     if version == 3:
         if len(head) < _V2.size + _V3.size:
             return None
-        incompatible, _compatible, _autoclear, _order, header_length = _V3.unpack_from(head, _V2.size)
-        if incompatible & ~_UNDERSTOOD_INCOMPATIBLE or header_length < 104 or header_length % 8:
+        incompatible, _compatible, autoclear, refcount_order, header_length = _V3.unpack_from(head, _V2.size)
+        if incompatible & ~_UNDERSTOOD_INCOMPATIBLE or autoclear or refcount_order > 6:
             return None
-    cluster = 1 << cluster_bits
-    if header_length > cluster or size % 512 or size <= 0:
+        if header_length < 104 or header_length % 8 or header_length > len(head):
+            return None
+        # the compression type: zlib without the feature bit, zstd with it (QEMU's own rule)
+        kind = head[104] if header_length > 104 else 0
+        if (kind, bool(incompatible & _COMPRESSION_TYPE)) not in ((0, False), (1, True)):
+            return None
+    # What QEMU checks of the tables it does not need here, checked all the same: a file it
+    # refuses to open is never answered for. Internal snapshots are left to qemu-img.
+    if header_length > cluster or size % 512 or size <= 0 or snapshots:
+        return None
+    if refcount_clusters == 0 or refcount_offset % cluster or snapshots_offset % cluster:
+        return None
+    if refcount_clusters * cluster > _MAX_REFCOUNT_TABLE:
         return None
     extensions = _extensions(fd, head, header_length, cluster, backing_offset)
-    if extensions is None or DATA_FILE_EXTENSION in extensions:
+    if extensions is None or any(kind in extensions for kind in _LEFT_TO_QEMU_IMG):
         return None
-    backing_name = _backing_name(fd, backing_offset, backing_size, file_size)
+    backing_name = _backing_name(fd, backing_offset, backing_size, cluster)
     if not isinstance(backing_name, str | None):
         return None
     backing_format = None
-    if backing_name is not None and BACKING_FORMAT_EXTENSION in extensions:
-        backing_format = extensions[BACKING_FORMAT_EXTENSION].split(b"\0", 1)[0].decode("utf-8")
-    allocated = _allocated(fd, file_size, cluster, size, l1_size, l1_offset)
+    if BACKING_FORMAT_EXTENSION in extensions:
+        spelled = extensions[BACKING_FORMAT_EXTENSION]
+        if not 0 < len(spelled) < 16 or not _plain(spelled):
+            return None
+        backing_format = spelled.decode("ascii") if backing_name is not None else None
+    allocated = _allocated(fd, file_size, cluster, size, l1_size, l1_offset, zero_flag=version == 3)
     if allocated is None:
         return None
     return Qcow2Layer(size, backing_name, backing_format, allocated)
+
+
+def _plain(spelled: bytes) -> bool:
+    """Printable ASCII only: anything else (a NUL, UTF-8, a noncharacter) is left to qemu-img,
+    which has its own ways with such names."""
+    return all(0x20 <= byte < 0x7F for byte in spelled)
 
 
 def _extensions(
@@ -114,7 +144,7 @@ def _extensions(
             return None
         kind, length = _EXTENSION.unpack_from(data, offset)
         if kind == 0:
-            return found
+            return found if length == 0 else None
         offset += _EXTENSION.size
         if offset + length > end or kind in found:
             return None
@@ -122,23 +152,23 @@ def _extensions(
         offset += (length + 7) & ~7
 
 
-def _backing_name(fd: int, offset: int, length: int, file_size: int) -> str | None | bool:
-    """The backing name as spelled; None: no backing; False: left to qemu-img."""
+def _backing_name(fd: int, offset: int, length: int, cluster: int) -> str | None | bool:
+    """The backing name as spelled; None: no backing; False: left to qemu-img. QEMU wants the
+    name within the first cluster and at most 1023 bytes long."""
     if offset == 0 or length == 0:
-        return None
-    if length > 1023 or offset + length > file_size:
+        return None if offset == 0 or offset <= cluster else False
+    if length > 1023 or offset + length > cluster:
         return False
     raw = os.pread(fd, length, offset)
-    if len(raw) != length or b"\0" in raw:
+    if len(raw) != length or not _plain(raw):
         return False
-    try:
-        name = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
+    name = raw.decode("ascii")
     return False if ":" in name else name
 
 
-def _allocated(fd: int, file_size: int, cluster: int, size: int, l1_size: int, l1_offset: int) -> int | None:
+def _allocated(
+    fd: int, file_size: int, cluster: int, size: int, l1_size: int, l1_offset: int, *, zero_flag: bool
+) -> int | None:
     entries_per_l2 = cluster // 8
     guest_clusters = (size + cluster - 1) // cluster
     needed_l1 = (guest_clusters + entries_per_l2 - 1) // entries_per_l2
@@ -170,7 +200,7 @@ def _allocated(fd: int, file_size: int, cluster: int, size: int, l1_size: int, l
                 continue
             if entry & _COMPRESSED:
                 holds_data = True
-            elif entry & _RESERVED or (entry & _OFFSET_MASK) % cluster:
+            elif entry & _RESERVED or (entry & _OFFSET_MASK) % cluster or (entry & _ZERO and not zero_flag):
                 return None  # QEMU calls such an entry corrupt: its own words, through qemu-img
             else:
                 holds_data = bool(entry & _OFFSET_MASK) and not entry & _ZERO

@@ -130,3 +130,52 @@ def test_damaged_tables_are_left_to_qemu_img(tmp_path: Path) -> None:
         else:
             target.write_bytes(b"\0" * 4096)
         assert read_layer(str(target)) is None
+
+
+# Files qemu-img refuses to open (found by a fuzzer held against qemu-img): never answered for.
+REFUSED_BY_QEMU = {
+    "unknown compression type": [(104, b"\x07")],
+    "zstd without its feature bit": [(104, b"\x01")],
+    "the compression feature bit with zlib": [(79, b"\x08")],
+    "refcount entries too wide": [(99, b"\x07")],
+    "no refcount table": [(56, b"\0\0\0\0")],
+    "refcount table unaligned": [(55, b"\x08")],
+    "snapshot table unaligned": [(71, b"\x08")],
+    "an autoclear feature without its data file": [(95, b"\x02")],
+    "backing name offset past the first cluster": [(12, b"\x00\x01\x11\x70")],
+}
+
+
+@pytest.mark.parametrize("damage", sorted(REFUSED_BY_QEMU))
+def test_a_file_qemu_img_refuses_is_not_answered_for(tmp_path: Path, damage: str) -> None:
+    image = tmp_path / "image.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(image), "1M")
+    qemu_io(image, ["write -P 5 0 64k"])
+    raw = bytearray(image.read_bytes())
+    for offset, data in REFUSED_BY_QEMU[damage]:
+        raw[offset : offset + len(data)] = data
+    image.write_bytes(bytes(raw))
+    refused = subprocess.run(["qemu-img", "info", "-U", "-f", "qcow2", str(image)], capture_output=True)
+    spec = {"driver": "qcow2", "file": {"driver": "file", "filename": str(image)}, "backing": None}
+    mapped = subprocess.run(["qemu-img", "map", "-U", "json:" + json.dumps(spec)], capture_output=True)
+    assert refused.returncode != 0 or mapped.returncode != 0  # the case is still one qemu-img refuses
+    assert read_layer(str(image)) is None
+
+
+def test_a_zero_flag_in_a_version_2_file_is_not_answered_for(tmp_path: Path) -> None:
+    image = tmp_path / "image.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "compat=0.10", str(image), "1M")
+    qemu_io(image, ["write -P 5 0 64k"])
+    raw = bytearray(image.read_bytes())
+    l1_offset = int.from_bytes(raw[40:48], "big")
+    l2_offset = int.from_bytes(raw[l1_offset : l1_offset + 8], "big") & 0x00FF_FFFF_FFFF_FE00
+    raw[l2_offset + 7] |= 1  # "reads as zeros" exists from version 3 on
+    image.write_bytes(bytes(raw))
+    assert read_layer(str(image)) is None
+
+
+def test_a_file_with_bitmaps_is_left_to_qemu_img(tmp_path: Path) -> None:
+    image = tmp_path / "image.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", str(image), "1M")
+    qemu_img("bitmap", "--add", str(image), "bm0")
+    assert read_layer(str(image)) is None
