@@ -145,7 +145,7 @@ from snapledger.adapters.checkpoint.rules import BEHIND
 
 class NothingKept:
     persistent = False
-    def read_current(self): return 0, None, []
+    def read_current(self, live_only=False): return 0, None, []
     def read_tracking(self): return None
     def read_at(self, position, fingerprint): return None
     def commit(self, update, docs_for): return BEHIND

@@ -5,6 +5,7 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Callable, Container, Iterable
+from datetime import UTC, datetime
 
 from .errors import BadName, BadPath, OutsideAllowedDirs
 
@@ -50,6 +51,20 @@ def stem(path: str) -> str:
     directory, file_name = posixpath.split(path)
     base, dot, _suffix = file_name.rpartition(".")
     return posixpath.join(directory, base if dot and base else file_name)
+
+
+def time_snapshot_name(at: str, is_taken: Callable[[str], bool]) -> str:
+    """`snapshot VM` without a name (semantics.md): the UTC time of `at` (ISO 8601) as
+    `YYYYmmdd-HHMMSS`, then `-2`, `-3`, ... while that name is taken."""
+    moment = datetime.fromisoformat(at)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    base = moment.strftime("%Y%m%d-%H%M%S")
+    name, n = base, 1
+    while is_taken(name):
+        n += 1
+        name = f"{base}-{n}"
+    return name
 
 
 def snapshot_overlay_path(active: str, snapshot: str) -> str:

@@ -88,7 +88,7 @@ def adopt(
 
 @command()
 @click.argument("vm")
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option("--overlay", "overlays", multiple=True, metavar="vda=PATH")
 @click.option("--exclude", "excluded", multiple=True, metavar="DISK")
 @click.option("--xml", "xml_path", metavar="SNAPSHOT.xml", help="libvirt <domainsnapshot> XML.")
@@ -97,23 +97,26 @@ def adopt(
 @after_command_options
 @pass_context
 def snapshot(
-    c: Context, vm: str, name: str, overlays: tuple[str, ...], excluded: tuple[str, ...],
+    c: Context, vm: str, name: str | None, overlays: tuple[str, ...], excluded: tuple[str, ...],
     xml_path: str | None, description: str | None, dry_run: bool,
 ) -> None:
-    """Take an external disk snapshot."""
+    """Take an external disk snapshot. Without NAME: the UTC time, YYYYmmdd-HHMMSS."""
     chosen = pairs(overlays, "--overlay")
     skip = set(excluded)
     if xml_path:
         from snapledger.adapters.libvirt.xml_input import snapshot_request  # lxml: only for --xml
 
         request = snapshot_request(read_file(xml_path, "snapshot XML"))
-        if request.name is not None and request.name != name:
+        if request.name is not None and name is not None and request.name != name:
             raise BadInput(f"snapshot XML names {request.name!r}, the command {name!r}")
+        name = name or request.name
         if set(request.overlays) & set(chosen):
             raise BadInput("a disk's overlay is given both in --xml and --overlay")
         chosen.update(request.overlays)
         skip |= request.excluded
         description = description or request.description
+    if name is None:
+        name = c.ledger.new_snapshot_name(vm)
     plan = c.ledger.snapshot(vm, name, chosen, skip, description, dry_run=dry_run)
     report(c, plan, dry_run, f"snapshot {name}")
 

@@ -42,6 +42,7 @@ from snapledger.domain.errors import (
     UnknownVm,
 )
 from snapledger.domain.images import ImageFacts
+from snapledger.domain.names import time_snapshot_name
 from snapledger.domain.steps import BranchOption, OperationKind, Plan, SetActive, Step, Strategy
 from snapledger.domain.vm import VirtualMachine
 from snapledger.projections import planners
@@ -150,6 +151,13 @@ class Snapledger:
     def position_at(self, when: datetime) -> int:
         """The position of the last event whose time is at or before `when` (0 if none)."""
         return self.app.position_at(when)
+
+    def new_snapshot_name(self, vm_name: str) -> str:
+        """A name for `snapshot VM` without one: the UTC time now, suffixed if the VM already
+        has a snapshot of that name (two processes in the same second: the second one's
+        snapshot is refused as a duplicate, nothing recorded)."""
+        vm = self.vm(vm_name)
+        return time_snapshot_name(self.clock(), lambda name: name in vm.snapshots)
 
     def view_of_one(self, name: str) -> LedgerView:
         """The view `show NAME` reads: the ledger caught up; or, on a long ledger with no

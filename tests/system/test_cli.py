@@ -106,6 +106,17 @@ def test_json_contract_of_show_log_and_tree(cli: Cli) -> None:
     assert [vm["vm"] for vm in cli.json("list")] == ["vm"]
 
 
+def test_a_snapshot_without_a_name_gets_the_utc_time(cli: Cli) -> None:
+    base = make_image(cli.path("base.qcow2"), SIZE, {0: 0x10})
+    cli.run("adopt", "vm", "--disk", f"vda={base}")
+    said = cli.run("snapshot", "vm")
+    name = cli.json("show", "vm")["current"]
+    assert len(name) == 15 and name[8] == "-" and name.replace("-", "").isdigit()
+    assert name in said.stdout
+    again = cli.run("snapshot", "vm")  # in the same second, or the next: a new name either way
+    assert len({s["name"] for s in cli.json("show", "vm")["snapshots"]}) == 2, again.stdout
+
+
 def test_dry_runs_change_no_file_and_record_nothing(cli: Cli) -> None:
     rfc_story(cli)
     cli.run("snapshot", "vm", "snap4")

@@ -25,7 +25,12 @@ from snapledger.domain.errors import (
     UnknownSnapshot,
     UnknownVm,
 )
-from snapledger.domain.names import check_name, revert_overlay_path, snapshot_overlay_path
+from snapledger.domain.names import (
+    check_name,
+    revert_overlay_path,
+    snapshot_overlay_path,
+    time_snapshot_name,
+)
 from snapledger.domain.steps import Commit, DeleteFile, Plan, Pull, ReleaseImage
 from snapledger.projections.view import LedgerView
 
@@ -84,6 +89,21 @@ def test_invalid_names_are_bad_input(name: str) -> None:
     with pytest.raises(BadName) as caught:
         check_name("snapshot", name)
     assert caught.value.exit_code == 2
+
+
+def test_a_snapshot_without_a_name_is_named_by_the_utc_time() -> None:
+    at = "2026-12-07T09:05:03.123456+01:00"  # the clock's ISO time, here not in UTC
+    assert time_snapshot_name(at, lambda name: False) == "20261207-080503"
+    taken = {"20261207-080503", "20261207-080503-2"}
+    assert time_snapshot_name(at, taken.__contains__) == "20261207-080503-3"
+    check_name("snapshot", time_snapshot_name(at, taken.__contains__))
+    _, ledger = make(snapshots=0)
+    ledger.clock = lambda: at
+    for expected in ("20261207-080503", "20261207-080503-2"):  # two in the same second
+        name = ledger.new_snapshot_name(VM)
+        assert name == expected
+        ledger.snapshot(VM, name)
+    assert set(ledger.vm(VM).snapshots) == {"20261207-080503", "20261207-080503-2"}
 
 
 def test_overlay_names_follow_libvirt() -> None:
