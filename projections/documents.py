@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import operator
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from snapledger.domain.steps import Plan, step_to_dict
@@ -118,6 +118,26 @@ def plan_document(plan: Plan, done: bool) -> dict[str, Any]:
         "steps": [step_to_dict(step) for step in plan.steps],
         "bytes_moved": plan.bytes_moved,
         "notes": list(plan.notes),
+    }
+
+
+def prune_document(
+    vm: str, kept: Mapping[str, Sequence[str]], deleted: Sequence[tuple[str, Plan, int]], done: bool
+) -> dict[str, Any]:
+    """`prune`: what goes (each deletion's plan, in the order done or to be done, with the bytes
+    it moves and frees) and what stays, with the rules that keep it."""
+    return {
+        "vm": vm,
+        "done": done,
+        "deleted": [name for name, _, _ in deleted],
+        "kept": sorted(kept),
+        "kept_because": {name: list(why) for name, why in sorted(kept.items())},
+        "deletions": [
+            {**plan_document(plan, done), "snapshot": name, "bytes_freed": freed}
+            for name, plan, freed in deleted
+        ],
+        "bytes_moved": sum(plan.bytes_moved for _, plan, _ in deleted),
+        "bytes_freed": sum(freed for _, _, freed in deleted),
     }
 
 

@@ -55,7 +55,7 @@ def _effect(plan: Plan, path: str) -> str:
     return "deleted: nothing needs it any more"
 
 
-def _simulated(view: LedgerView, vm_name: str, target: str | None, plan: Plan) -> LedgerView:
+def simulated(view: LedgerView, vm_name: str, target: str | None, plan: Plan) -> LedgerView:
     """The view as it would be once `plan` (a delete or a gc) ran: the VM aggregate's own
     methods applied to a copy, so no rule is re-derived here."""
     vm = copy.deepcopy(view.vms[vm_name])
@@ -126,7 +126,7 @@ def _after_discarding_detached(
         return [Route((command,), "discarded with the detached images: nothing else needs it", gc.bytes_moved)]
     if have_routes:
         return []
-    after = _simulated(view, vm.name, None, gc)
+    after = simulated(view, vm.name, None, gc)
     dag_after = ImageDag(after, home=vm.home)
     routes = _single_deletes(after, dag_after, after.vms[vm.name], path, cost)
     every, _ = _every_hold_released(after, dag_after, after.vms[vm.name], path, cost)
@@ -200,7 +200,7 @@ def _every_hold_released(
         commands.append(delete_command(vm.name, snapshot, "auto", "forbid"))
         moved += plan.bytes_moved
         freed = _deletes(plan, path)
-        current = _simulated(current, vm.name, snapshot, plan)
+        current = simulated(current, vm.name, snapshot, plan)
         if freed:
             return Route(tuple(commands), "deleted by the last of these deletions", moved), ""
     after = ImageDag(current, home=vm.home)

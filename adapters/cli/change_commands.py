@@ -23,11 +23,13 @@ from snapledger.domain.steps import Plan
 from snapledger.projections.documents import (
     adopted_domain_document,
     plan_document,
+    prune_document,
     reconcile_document,
     recover_document,
     retire_document,
     vm_document,
 )
+from snapledger.projections.retention import KeepRules, parse_duration
 
 
 def _show_vm(c: Context, vm: str) -> None:
@@ -252,6 +254,41 @@ def report(c: Context, plan: Plan, dry_run: bool, title: str) -> None:
 
 @command()
 @click.argument("vm")
+@click.option("--keep-last", type=click.IntRange(0), default=0, metavar="N", help="The N newest.")
+@click.option("--keep-hourly", type=click.IntRange(0), default=0, metavar="N",
+              help="The newest of each of the last N hours that have one (UTC).")
+@click.option("--keep-daily", type=click.IntRange(0), default=0, metavar="N")
+@click.option("--keep-weekly", type=click.IntRange(0), default=0, metavar="N", help="ISO weeks.")
+@click.option("--keep-monthly", type=click.IntRange(0), default=0, metavar="N")
+@click.option("--keep-yearly", type=click.IntRange(0), default=0, metavar="N")
+@click.option("--keep-within", metavar="DURATION", help="Every snapshot within DURATION of the newest (36h, 7d).")
+@click.option("--match", metavar="GLOB", help="Only these snapshots are candidates.")
+@click.option("--branches", type=click.Choice(["forbid", "pull", "keep"]), default="forbid",
+              help="A branch point is kept (forbid), pulled into its branches, or its metadata deleted (keep).")
+@dry_run_option
+@after_command_options
+@pass_context
+def prune(
+    c: Context, vm: str, keep_last: int, keep_hourly: int, keep_daily: int, keep_weekly: int,
+    keep_monthly: int, keep_yearly: int, keep_within: str | None, match: str | None,
+    branches: str, dry_run: bool,
+) -> None:
+    """Delete the snapshots no keep rule holds (restic's rules); the current one always stays."""
+    periods = {"hourly": keep_hourly, "daily": keep_daily, "weekly": keep_weekly,
+               "monthly": keep_monthly, "yearly": keep_yearly}
+    rules = KeepRules(
+        last=keep_last, periods={k: n for k, n in periods.items() if n},
+        within=parse_duration(keep_within) if keep_within is not None else None, match=match,
+    )
+    pruned = c.ledger.prune(vm, rules, branches, dry_run=dry_run)
+    document = prune_document(
+        vm, pruned.kept, [(s.snapshot, s.plan, s.bytes_freed) for s in pruned.deleted], pruned.done
+    )
+    output.emit_json(document) if c.as_json else output.show_prune(document)
+
+
+@command()
+@click.argument("vm")
 @click.option("--to", "to", required=True, metavar="HOST", help="The VM's new home host.")
 @click.option("--take-over", is_flag=True, help=(
     "Run on the new host: take the VM from its home, which is dead (you vouch for that: fence "
@@ -264,4 +301,4 @@ def move(c: Context, vm: str, to: str, take_over: bool) -> None:
     _show_vm(c, vm)
 
 
-CHANGE_COMMANDS = (adopt, snapshot, revert, swap_disk, delete, gc, recover, reconcile, retire, move)
+CHANGE_COMMANDS = (adopt, snapshot, revert, swap_disk, delete, gc, prune, recover, reconcile, retire, move)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from rich import filesize
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -254,6 +255,22 @@ def show_rows(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]])
     for cell_row in cells:
         table.add_row(*(Text(cell) for cell in cell_row))
     console.print(table)
+
+
+def show_prune(data: Mapping[str, Any]) -> None:
+    """What `prune` deleted (or would), in order, and what it kept and why."""
+    rows: list[list[Any]] = [
+        [d["snapshot"], "deleted" if data["done"] else "would delete", d["strategy"],
+         filesize.decimal(d["bytes_moved"]), filesize.decimal(d["bytes_freed"])]
+        for d in data["deletions"]
+    ]
+    rows += [[name, "kept", ", ".join(why), "", ""] for name, why in data["kept_because"].items()]
+    show_rows(f"prune {data['vm']}", ["snapshot", "verdict", "how / why", "moved", "freed"], rows)
+    say(
+        f"{'' if data['done'] else 'dry run, nothing changed; '}{len(data['deleted'])} deleted, "
+        f"{len(data['kept'])} kept; moved {filesize.decimal(data['bytes_moved'])}, "
+        f"freed {filesize.decimal(data['bytes_freed'])}"
+    )
 
 
 def say(text: str) -> None:

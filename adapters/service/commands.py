@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Concatenate, ParamSpec, TypeVar
 
-from snapledger.adapters.service import hosts, images, preconditions, queries, recovery
+from snapledger.adapters.service import hosts, images, preconditions, pruning, queries, recovery
 from snapledger.adapters.service.drift import DiskChecks
 from snapledger.adapters.service.operation import DriftDuringOperation, Operations
 from snapledger.adapters.service.ports import (
@@ -28,6 +28,7 @@ from snapledger.adapters.service.ports import (
     StoragePort,
     ViewProjection,
 )
+from snapledger.adapters.service.pruning import Pruned
 from snapledger.adapters.service.reconcile import Reconciliation, reconcile
 from snapledger.adapters.service.registrations import Registry
 from snapledger.domain.errors import (
@@ -47,6 +48,7 @@ from snapledger.domain.steps import BranchOption, OperationKind, Plan, SetActive
 from snapledger.domain.vm import VirtualMachine
 from snapledger.projections import planners
 from snapledger.projections.cost import CostModel
+from snapledger.projections.retention import KeepRules
 from snapledger.projections.scope import NO_HOST, shared_dirs
 from snapledger.projections.view import LedgerView, private_copy, replacing
 
@@ -151,6 +153,13 @@ class Snapledger:
     def position_at(self, when: datetime) -> int:
         """The position of the last event whose time is at or before `when` (0 if none)."""
         return self.app.position_at(when)
+
+    @_checkpointed
+    def prune(
+        self, vm_name: str, rules: KeepRules, branches: str = BranchOption.FORBID, dry_run: bool = False
+    ) -> Pruned:
+        """Delete the snapshots no keep rule holds (pruning.py)."""
+        return pruning.prune(self, vm_name, rules, branches, dry_run)
 
     def new_snapshot_name(self, vm_name: str) -> str:
         """A name for `snapshot VM` without one: the UTC time now, suffixed if the VM already

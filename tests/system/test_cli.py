@@ -117,6 +117,32 @@ def test_a_snapshot_without_a_name_gets_the_utc_time(cli: Cli) -> None:
     assert len({s["name"] for s in cli.json("show", "vm")["snapshots"]}) == 2, again.stdout
 
 
+def test_prune_keeps_the_newest_and_every_kept_snapshot_reads_as_before(cli: Cli) -> None:
+    base = make_image(cli.path("base.qcow2"), SIZE, {0: 0x10})
+    cli.run("adopt", "vm", "--disk", f"vda={base}")
+    content = {0: 0x10}
+    expected: dict[str, dict[int, int]] = {}
+    for n in range(1, 6):
+        write_clusters(cli.json("show", "vm")["disks"]["vda"]["active"], {n: 0x20 + n})
+        content[n] = 0x20 + n
+        cli.run("snapshot", "vm", f"s{n}")
+        expected[f"s{n}"] = dict(content)
+    refused = cli.run("prune", "vm", expect=2)
+    assert "at least one keep rule" in refused.stderr
+    before = cli.state()
+    dry = cli.json("prune", "vm", "--keep-last", "2", "--dry-run")
+    assert cli.state() == before and dry["deleted"] == ["s1", "s2", "s3"] and not dry["done"]
+    assert dry["kept_because"] == {"s4": ["last"], "s5": ["last", "current"]}
+    done = cli.json("prune", "vm", "--keep-last", "2")
+    assert done["deleted"] == ["s1", "s2", "s3"] and done["bytes_moved"] == dry["bytes_moved"] > 0
+    state = cli.json("show", "vm")
+    assert [s["name"] for s in state["snapshots"]] == ["s4", "s5"]
+    for snap in state["snapshots"]:
+        assert_reads(snap["disks"]["vda"], expected[snap["name"]], CLUSTERS)
+    assert_reads(state["disks"]["vda"]["active"], content, CLUSTERS)
+    cli.run("verify")
+
+
 def test_dry_runs_change_no_file_and_record_nothing(cli: Cli) -> None:
     rfc_story(cli)
     cli.run("snapshot", "vm", "snap4")
