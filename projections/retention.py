@@ -14,11 +14,12 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from snapledger.domain.errors import BadInput, BranchPointRefused, SnapledgerError
-from snapledger.domain.steps import DeleteFile, Plan
+from snapledger.domain.images import ImageFacts
+from snapledger.domain.steps import Commit, DeleteFile, Plan, Pull
 from snapledger.domain.vm import SnapshotRecord
 
 from .cost import CostModel
@@ -142,8 +143,24 @@ def route(
             kept.append(name)
             continue
         steps.append(PruneStep(name, chosen, bytes_freed(view, vm_name, chosen)))
-        view = simulated(view, vm_name, name, chosen)
+        view = after(view, vm_name, name, chosen)
     return Route(tuple(steps), tuple(kept))
+
+
+def after(view: LedgerView, vm_name: str, name: str, plan: Plan) -> LedgerView:
+    """The view once `plan` ran (simulated on a copy of the VM), with the sizes the merges
+    give: what a commit or pull moves into an image is added to it (at most its virtual size;
+    an upper bound where the layers overlap), so the next deletion is costed on them."""
+    state = simulated(view, vm_name, name, plan)
+    vm = state.vms[vm_name]
+    grown: dict[str, ImageFacts] = {}
+    for step in plan.steps:
+        target = step.base if isinstance(step, Commit) else step.image if isinstance(step, Pull) else None
+        if target is not None and target in vm.images:
+            facts = grown.get(target, vm.images[target].facts)
+            grown[target] = replace(facts, allocated=min(facts.virtual_size, facts.allocated + step.bytes))
+    vm.observe_images(list(grown.values()))
+    return state
 
 
 def cheapest_route(
@@ -164,7 +181,7 @@ def cheapest_route(
                 options.append((chosen.bytes_moved, names.index(name), name, chosen))
             _, _, name, chosen = min(options, key=lambda o: (o[0], o[1]))
             greedy.append(PruneStep(name, chosen, bytes_freed(state, vm_name, chosen)))
-            state = simulated(state, vm_name, name, chosen)
+            state = after(state, vm_name, name, chosen)
             left.remove(name)
     except SnapledgerError:  # an order the planner refuses somewhere: oldest first stands
         return oldest_first
