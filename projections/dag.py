@@ -59,6 +59,16 @@ class ImageNode:
         return [n for n in self.needs if n.kind != "below"]
 
 
+def owner_class(users: set[str], origins: set[Origin]) -> OwnerClass:
+    """Read-only if two or more VMs use it or it was found below an adopted disk; else adopted
+    if any holder adopted it; else managed (semantics.md, "Who owns an image")."""
+    if len(users) > 1 or Origin.FOUND in origins:
+        return OwnerClass.READ_ONLY
+    if Origin.ADOPTED in origins:
+        return OwnerClass.ADOPTED
+    return OwnerClass.MANAGED
+
+
 class ImageDag:
     """Nodes are images, edges point from an image to its backing file.
 
@@ -142,13 +152,7 @@ class ImageDag:
         if facts is not None:
             users = self._view.users_of(path, registration_scope(path, self._home, self._shared))
             users |= {vm.name for vm, _ in holders}
-            origins = {record.origin for _, record in holders}
-            if len(users) > 1 or Origin.FOUND in origins:
-                owner = OwnerClass.READ_ONLY
-            elif Origin.ADOPTED in origins:
-                owner = OwnerClass.ADOPTED
-            else:
-                owner = OwnerClass.MANAGED
+            owner = owner_class(users, {record.origin for _, record in holders})
             made = ImageNode(
                 facts, owner, tuple(sorted(users)), detached=any(r.detached for _, r in holders)
             )

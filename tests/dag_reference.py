@@ -8,9 +8,9 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from snapledger.domain.images import ImageFacts, Origin, OwnerClass
+from snapledger.domain.images import ImageFacts, Origin
 from snapledger.domain.steps import CreateOverlay, touched_paths
-from snapledger.projections.dag import Need
+from snapledger.projections.dag import Need, owner_class
 from snapledger.projections.scope import in_scope, is_shared, registration_scope, shared_dirs
 from snapledger.projections.view import LedgerView
 
@@ -41,13 +41,7 @@ def eager_dag(
                 facts[record.path] = record.facts
     for path, held in holders.items():
         users = view.users_of(path, registration_scope(path, home, shared)) | {n for n, _, _ in held}
-        origins = {origin for _, origin, _ in held}
-        if len(users) > 1 or Origin.FOUND in origins:
-            owner = OwnerClass.READ_ONLY
-        elif Origin.ADOPTED in origins:
-            owner = OwnerClass.ADOPTED
-        else:
-            owner = OwnerClass.MANAGED
+        owner = owner_class(users, {origin for _, origin, _ in held})
         nodes[path] = {"facts": facts[path], "owner": owner, "vms": tuple(sorted(users)),
                        "detached": any(d for _, _, d in held), "needs": []}
         if facts[path].backing is not None:

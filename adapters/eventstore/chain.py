@@ -110,25 +110,25 @@ class ChainedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
 
     def recorded_host(self, originator_id: UUID, version: int) -> str | None:
         """The host the chain record of that event names (None: no such event or record)."""
-        with self.datastore.transaction(commit=False) as c:
-            c.execute(
-                f"SELECT c.host FROM {self.events_table_name} e JOIN {CHAIN_TABLE} c "
-                "ON c.position = e.rowid WHERE e.originator_id = ? AND e.originator_version = ?",
-                (originator_id.hex, version),
-            )
-            found = c.fetchone()
-        return str(found[0]) if found else None
+        found = self._of_event(
+            f"SELECT c.host FROM {self.events_table_name} e JOIN {CHAIN_TABLE} c ON c.position = e.rowid "
+            "WHERE e.originator_id = ? AND e.originator_version = ?", originator_id, version,
+        )
+        return None if found is None else str(found)
 
     def recorded_position(self, originator_id: UUID, version: int) -> int | None:
         """The ledger position of that event (None: no such event)."""
+        found = self._of_event(
+            f"SELECT rowid FROM {self.events_table_name} WHERE originator_id = ? AND originator_version = ?",
+            originator_id, version,
+        )
+        return None if found is None else int(found)
+
+    def _of_event(self, query: str, originator_id: UUID, version: int) -> Any:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(
-                f"SELECT rowid FROM {self.events_table_name} "
-                "WHERE originator_id = ? AND originator_version = ?",
-                (originator_id.hex, version),
-            )
+            c.execute(query, (originator_id.hex, version))
             found = c.fetchone()
-        return int(found[0]) if found else None
+        return None if found is None else found[0]
 
 
 class ChainedPOPOApplicationRecorder(POPOApplicationRecorder):

@@ -25,9 +25,9 @@ import json
 import os
 import stat
 import struct
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import TypeAlias, TypeVar
 
 from snapledger.adapters.host.processes import files_open_here
 from snapledger.adapters.service.ports import OnDemand
@@ -128,19 +128,31 @@ def _read_reference(fd: int, size: int) -> BackingReference | None:
     return _reference_in(head[offset : offset + length] if in_head else os.pread(fd, length, offset))
 
 
-def read_backing_reference(path: str) -> BackingReference | None:
-    """None if `path` is not a readable qcow2 file (raw, truncated, FIFO, device...)."""
+_T = TypeVar("_T")
+
+
+def read_regular_file(
+    path: str, read: Callable[[int, int], _T | None], failures: tuple[type[Exception], ...] = (OSError,)
+) -> _T | None:
+    """`read(fd, size)` on `path` opened for reading without blocking, if it is a regular file
+    (fstat must agree: a FIFO or device that replaced it is never read); None if it can't be
+    opened, is not regular, or `read` fails with one of `failures`."""
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except (OSError, ValueError):
         return None
     try:
         seen = os.fstat(fd)
-        return _read_reference(fd, seen.st_size) if stat.S_ISREG(seen.st_mode) else None
-    except OSError:
+        return read(fd, seen.st_size) if stat.S_ISREG(seen.st_mode) else None
+    except failures:
         return None
     finally:
         os.close(fd)
+
+
+def read_backing_reference(path: str) -> BackingReference | None:
+    """None if `path` is not a readable qcow2 file (raw, truncated, FIFO, device...)."""
+    return read_regular_file(path, _read_reference)
 
 
 def read_backing_names(path: str) -> list[str] | None:

@@ -22,9 +22,10 @@ The answers, as QEMU computes them:
 from __future__ import annotations
 
 import os
-import stat
 import struct
 from dataclasses import dataclass
+
+from snapledger.adapters.storage.qcow2_headers import read_regular_file
 
 MAGIC = b"QFI\xfb"
 _V2 = struct.Struct(">4sIQIIQIIQQIIQ")  # the 72 bytes every version has
@@ -47,7 +48,6 @@ _COMPRESSED = 1 << 62
 _RESERVED = 0x3F00_0000_0000_01FE  # a standard entry's bits 1-8 and 56-61
 _ZERO = 1
 _MAX_L1_BYTES = 32 << 20  # QEMU's own limit on an L1 table it will read
-_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 
 
 @dataclass(frozen=True)
@@ -61,19 +61,7 @@ class Qcow2Layer:
 def read_layer(path: str) -> Qcow2Layer | None:
     """The layer's answers, or None: not a plain qcow2 file this reader understands (the
     caller asks qemu-img). Only a regular file is read, and only its tables."""
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except (OSError, ValueError):
-        return None
-    try:
-        seen = os.fstat(fd)
-        if not stat.S_ISREG(seen.st_mode):
-            return None
-        return _read(fd, seen.st_size)
-    except (OSError, struct.error, ValueError, OverflowError):
-        return None
-    finally:
-        os.close(fd)
+    return read_regular_file(path, _read, (OSError, struct.error, ValueError, OverflowError))
 
 
 def _read(fd: int, file_size: int) -> Qcow2Layer | None:
