@@ -11,6 +11,8 @@ RecordedBy(...))` passes who/where/why down.
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -174,6 +176,34 @@ class ChainedPOPOApplicationRecorder(POPOApplicationRecorder):
 
 class ChainedSQLiteFactory(SQLiteFactory):
     application_recorder_class = ChainedSQLiteApplicationRecorder
+
+    def __init__(self, env: Any) -> None:
+        super().__init__(env)
+        pool = self.datastore.pool
+        if not pool.is_sqlite_memory_mode:
+            in_wal_mode(pool.db_name, float(pool.lock_timeout or 5))
+
+
+def in_wal_mode(db_name: str, timeout: float) -> None:
+    """Put the ledger file in WAL mode before eventsourcing's pool opens it. The library switches
+    a file to WAL on its first connection, and SQLite refuses that switch at once ("database is
+    locked", no busy wait) while another process is switching it or writing: several processes
+    starting on a new ledger together failed one time in a few runs. Here the switch is retried
+    until `timeout`; once the file is in WAL mode the library has nothing to switch."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            con = sqlite3.connect(db_name, uri=True, timeout=timeout, isolation_level=None)
+            try:
+                if str(con.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                    con.execute("PRAGMA journal_mode=WAL")
+                return
+            finally:
+                con.close()
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 class ChainedPOPOFactory(POPOFactory):
