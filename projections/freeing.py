@@ -4,7 +4,6 @@ the VM aggregate with its own methods (explain.py shows the answer)."""
 
 from __future__ import annotations
 
-import copy
 import shlex
 from collections.abc import Callable
 from typing import Any
@@ -18,7 +17,7 @@ from .cost import CostModel
 from .dag import ImageDag
 from .holds import Hold, Route, holds_of, read_only_because, resting_on
 from .planners import plan_delete, plan_gc, plan_revert
-from .view import LedgerView, replacing
+from .view import LedgerView, private_copy, replacing
 
 # Routes of more deletions than this are not simulated (each step copies the VM aggregate).
 LONGEST_CHECKED_ROUTE = 32
@@ -57,8 +56,10 @@ def _effect(plan: Plan, path: str) -> str:
 
 def simulated(view: LedgerView, vm_name: str, target: str | None, plan: Plan) -> LedgerView:
     """The view as it would be once `plan` (a delete or a gc) ran: the VM aggregate's own
-    methods applied to a copy, so no rule is re-derived here."""
-    vm = copy.deepcopy(view.vms[vm_name])
+    methods applied to a copy, so no rule is re-derived here. A private copy is enough (the
+    domain replaces its records, never changes one in place: view.private_copy); a deep copy
+    cost a prune of 150 snapshots 3 s."""
+    vm = private_copy(view.vms[vm_name])
     op = "explain-simulation"
     vm.start_operation(op, plan.kind, target, plan, [], {"previous_active": dict(vm.disks)}, at="")
     for index in range(len(plan.steps)):

@@ -32,7 +32,8 @@ class Pruned:
 def prune(ledger: Snapledger, vm_name: str, rules: KeepRules, branches: str, dry_run: bool) -> Pruned:
     """Plan every deletion first (nothing is done if one can't be planned), then run each as an
     ordinary delete, which plans again on the disks as they are then and checks everything a
-    delete checks. A failure part way leaves the deletions before it done and recorded."""
+    delete checks. A snapshot that became the current one meanwhile (another process reverted
+    to it) is kept. A failure part way leaves the deletions before it done and recorded."""
     vm, view = ledger.prepare(vm_name, dry_run)
     decision = retention.decide(vm.snapshots.values(), rules, vm.current)
     planned = retention.cheapest_route(
@@ -43,6 +44,9 @@ def prune(ledger: Snapledger, vm_name: str, rules: KeepRules, branches: str, dry
         return Pruned(kept, planned.steps, done=False)
     done = []
     for step in planned.steps:
+        if ledger.vm(vm_name).current == step.snapshot:  # another process reverted to it meanwhile
+            kept[step.snapshot] = ("current",)
+            continue
         plan = ledger.delete(vm_name, step.snapshot, branches=branches)
         done.append(PruneStep(step.snapshot, plan, step.bytes_freed))
     return Pruned(kept, tuple(done), done=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -129,3 +130,20 @@ def test_the_order_chosen_never_moves_more_bytes_than_oldest_first(seed: int) ->
     chosen = retention.cheapest_route(view, VM, names, "forbid")
     assert chosen.bytes_moved <= oldest_first.bytes_moved
     assert sorted(s.snapshot for s in chosen.steps) == sorted(s.snapshot for s in oldest_first.steps)
+
+
+def test_a_snapshot_reverted_to_while_prune_runs_is_kept_as_the_current_one() -> None:
+    storage, ledger = make(snapshots=4)
+    real_delete = ledger.delete
+    reverted = []
+
+    def delete_after_another_process_reverts(vm: str, name: str, **options: Any) -> Any:
+        if not reverted:  # between prune's planning and its first delete
+            reverted.append(ledger.revert(VM, "s2"))
+        return real_delete(vm, name, **options)
+
+    ledger.delete = delete_after_another_process_reverts  # type: ignore[method-assign]
+    pruned = ledger.prune(VM, KeepRules(last=1))
+    assert pruned.kept["s2"] == ("current",)
+    assert "s2" in ledger.vm(VM).snapshots and ledger.vm(VM).current == "s2"
+    assert "s2" not in [s.snapshot for s in pruned.deleted]
