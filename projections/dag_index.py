@@ -26,6 +26,8 @@ from snapledger.domain.steps import (
 )
 from snapledger.domain.vm import VirtualMachine
 
+from .kept import KeptPerObject
+
 Frozen = tuple[str, str]  # (snapshot, disk)
 
 
@@ -90,30 +92,13 @@ def _insert(table: dict[str, tuple[Any, ...]], key: str, item: Any) -> None:
         table[key] = tuple(sorted((*listed, item)))
 
 
-# The indexes by VM object (aggregates are not hashable; the weak reference tells a reused id).
-_INDEXES: dict[int, tuple[weakref.ref[VirtualMachine], VmImageIndex]] = {}
-
-
-def _forget(key: int) -> Any:
-    def forget(_: object) -> None:
-        _INDEXES.pop(key, None)
-    return forget
-
-
-def _held(vm: VirtualMachine) -> VmImageIndex | None:
-    found = _INDEXES.get(id(vm))
-    if found is None or found[0]() is not vm:
-        return None
-    return found[1]
-
-
-def _keep(vm: VirtualMachine, index: VmImageIndex) -> None:
-    _INDEXES[id(vm)] = (weakref.ref(vm, _forget(id(vm))), index)
+# The indexes by VM object (kept.py), each checked against the VM's version before use.
+_INDEXES: KeptPerObject[VmImageIndex] = KeptPerObject()
 
 
 def kept_index(vm: VirtualMachine) -> VmImageIndex | None:
     """The index kept for `vm` as it is now, if any (none is built)."""
-    held = _held(vm)
+    held = _INDEXES.get(vm)
     return held if held is not None and held.version == vm.version else None
 
 
@@ -124,18 +109,18 @@ def index_of(vm: VirtualMachine) -> VmImageIndex:
     held = kept_index(vm)
     if held is not None:
         return held
-    link = _ORIGINALS.pop(id(vm), None)
-    original = link[1]() if link is not None and link[0]() is vm else None
+    link = _ORIGINALS.pop(vm)
+    original = link() if link is not None else None
     if original is not None and original.version == vm.version:
         index = index_of(original).copied()
     else:
         index = VmImageIndex.built(vm)
-    _keep(vm, index)
+    _INDEXES.put(vm, index)
     return index
 
 
 # A private copy and the view's VM it was copied from, until the copy's index is first read.
-_ORIGINALS: dict[int, tuple[weakref.ref[VirtualMachine], weakref.ref[VirtualMachine]]] = {}
+_ORIGINALS: KeptPerObject[weakref.ref[VirtualMachine]] = KeptPerObject()
 
 
 def share_index(original: VirtualMachine, copy: VirtualMachine) -> None:
@@ -143,10 +128,9 @@ def share_index(original: VirtualMachine, copy: VirtualMachine) -> None:
     there), when first read."""
     held = kept_index(original)
     if held is not None and original.version == copy.version:
-        _keep(copy, held.copied())
+        _INDEXES.put(copy, held.copied())
     else:
-        key = id(copy)
-        _ORIGINALS[key] = (weakref.ref(copy, lambda _: _ORIGINALS.pop(key, None)), weakref.ref(original))
+        _ORIGINALS.put(copy, weakref.ref(original))
 
 
 # ---- keeping an index up to date as events apply ------------------------------------------------
@@ -181,15 +165,15 @@ class IndexChange:
             if snap is not None:
                 self.index.freeze(name, snap.disks)
         self.index.version = vm.version
-        _keep(vm, self.index)
+        _INDEXES.put(vm, self.index)
 
 
 def changes_before(vm: VirtualMachine, event: object) -> IndexChange | None:
     """Called before `event` is applied to `vm`: how to bring `vm`'s kept index up to date
     after it, or None (no index kept, or an event this does not follow: the index is dropped
     and built again when next read)."""
-    held = _held(vm)
-    if held is None or held.version != vm.version:
+    held = kept_index(vm)
+    if held is None:
         return None
     kind = type(event).__name__
     paths: list[str] | None = []
@@ -212,7 +196,7 @@ def changes_before(vm: VirtualMachine, event: object) -> IndexChange | None:
     else:
         paths = None
     if paths is None:
-        _INDEXES.pop(id(vm), None)
+        _INDEXES.pop(vm)
         return None
     before = {p: (r.facts.backing if (r := vm.images.get(p)) is not None else None) for p in paths}
     frozen = {n: dict(s.disks) if (s := vm.snapshots.get(n)) is not None else {} for n in snapshots}

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import json
 import operator
-import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from snapledger.domain.steps import Plan, step_to_dict
+
+from .kept import KeptPerObject
 
 if TYPE_CHECKING:
     from snapledger.domain.images import ImageFacts
@@ -264,7 +265,7 @@ def json_text(value: Any) -> str:
 _SNAPSHOTS_HERE = '\n  "snapshots": "\\u0000"'
 # The text of each snapshot's part, kept while its record lives (records are replaced, never
 # changed in place): a VM with 10,000 snapshots is not encoded whole at every save.
-_SNAPSHOT_TEXTS: dict[int, tuple[weakref.ref[SnapshotRecord], str]] = {}
+_SNAPSHOT_TEXTS: KeptPerObject[str] = KeptPerObject()
 
 
 def vm_document_text(view: LedgerView, name: str, dag: ImageDag | None = None) -> str:
@@ -286,12 +287,10 @@ def vm_document_text(view: LedgerView, name: str, dag: ImageDag | None = None) -
 def _snapshot_text(snap: SnapshotRecord, broken: list[str] | None) -> str:
     if broken:
         return _indented(json_text(snapshot_json(snap, broken)))
-    kept = _SNAPSHOT_TEXTS.get(id(snap))
-    if kept is not None and kept[0]() is snap:
-        return kept[1]
-    text = _indented(json_text(snapshot_json(snap)))
-    key = id(snap)
-    _SNAPSHOT_TEXTS[key] = (weakref.ref(snap, lambda _: _SNAPSHOT_TEXTS.pop(key, None)), text)
+    text = _SNAPSHOT_TEXTS.get(snap)
+    if text is None:
+        text = _indented(json_text(snapshot_json(snap)))
+        _SNAPSHOT_TEXTS.put(snap, text)
     return text
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import importlib
 import json
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields, is_dataclass
@@ -27,6 +26,7 @@ from eventsourcing.utils import get_topic
 from snapledger.adapters.checkpoint.rules import Row, row_checksum, row_well_typed
 from snapledger.domain.image_registry import ImageRegistration
 from snapledger.domain.vm import VirtualMachine
+from snapledger.projections.kept import KeptPerObject
 from snapledger.projections.view import LedgerView
 
 SNAPSHOT_TOPIC = get_topic(Snapshot)
@@ -56,8 +56,8 @@ class CheckpointTranscoder(Transcoder):
         self._classes: dict[str, Any] = {}
         self._fields: dict[type, tuple[str, ...]] = {}
         self._decoder = json.JSONDecoder(object_hook=self._untag)
-        self._texts: dict[int, tuple[weakref.ref[Any], str]] = {}
-        self._pairs: dict[int, tuple[weakref.ref[Any], str, str]] = {}  # a record's `"key":text`
+        self._texts: KeptPerObject[str] = KeptPerObject()  # a frozen record's text
+        self._pairs: KeptPerObject[tuple[str, str]] = KeptPerObject()  # its key and `"key":text`
         self._untaggers: dict[str, Callable[[Any], Any]] = {
             "tuple": tuple,
             "set": set,
@@ -86,9 +86,9 @@ class CheckpointTranscoder(Transcoder):
                 return f'{{"_type_":"dict","_data_":[{listed}]}}'
             parts = []
             for k, v in o.items():
-                pair = self._pairs.get(id(v))  # the common case first: a VM's records, by key
-                if pair is not None and pair[0]() is v and pair[1] == k:
-                    parts.append(pair[2])
+                pair = self._pairs.get(v)  # the common case first: a VM's records, by key
+                if pair is not None and pair[0] == k:
+                    parts.append(pair[1])
                 else:
                     parts.append(self._pair(k, v))
             return "{" + ",".join(parts) + "}"
@@ -97,11 +97,10 @@ class CheckpointTranscoder(Transcoder):
         if t is tuple:
             return '{"_type_":"tuple","_data_":[' + ",".join([self._text(v) for v in o]) + "]}"
         if is_dataclass(o) and t.__module__.startswith(DOMAIN) and t.__dataclass_params__.frozen:
-            kept = self._texts.get(id(o))
-            if kept is not None and kept[0]() is o:
-                return kept[1]
-            text = _dumps(self._tag(o))
-            self._texts[id(o)] = (weakref.ref(o, self._forget(self._texts, id(o))), text)
+            text = self._texts.get(o)
+            if text is None:
+                text = _dumps(self._tag(o))
+                self._texts.put(o, text)
             return text
         return _dumps(self._tag(o))
 
@@ -110,16 +109,9 @@ class CheckpointTranscoder(Transcoder):
 
     def _pair(self, key: str, value: Any) -> str:
         pair = _dumps(key) + ":" + self._text(value)
-        if id(value) in self._texts:  # a kept record: its pair is kept as well
-            self._pairs[id(value)] = (weakref.ref(value, self._forget(self._pairs, id(value))), key, pair)
+        if self._texts.get(value) is not None:  # a kept record: its pair is kept as well
+            self._pairs.put(value, (key, pair))
         return pair
-
-    @staticmethod
-    def _forget(kept: dict[int, Any], key: int) -> Callable[[object], None]:
-        def forget(_: object) -> None:
-            kept.pop(key, None)
-
-        return forget
 
     def _tag(self, o: Any) -> Any:
         t = type(o)
