@@ -375,7 +375,7 @@ class Snapledger:
                     f"{gone}: the domain went away while the {plan.kind} was planned (destroyed? "
                     "a transient domain is gone once stopped); nothing was done"
                 ) from None
-        self._check_plan(vm, plan, record=not dry_run)
+        self.check_plan(vm, plan, record=not dry_run)
         if dry_run:
             return plan
         self.operations.storage_for(vm).check_tools()  # a missing qemu-img: before anything is recorded
@@ -397,7 +397,7 @@ class Snapledger:
         except ConcurrentUpdate:
             recovery.after_conflict(self, vm.name, op_id)
 
-    def _check_plan(self, vm: VirtualMachine, plan: Plan, record: bool) -> None:
+    def check_plan(self, vm: VirtualMachine, plan: Plan, record: bool) -> None:
         """Before anything is recorded (and in a dry run, which records nothing): every image a
         destructive step touches is the file the ledger knows, size included; the chain below
         each merge is whole and in the VM's directories; nothing written or deleted has another

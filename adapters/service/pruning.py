@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from snapledger.domain.steps import OperationKind, Plan
 from snapledger.projections import retention
 from snapledger.projections.retention import KeepRules, PruneStep
 
@@ -40,6 +41,11 @@ def prune(ledger: Snapledger, vm_name: str, rules: KeepRules, branches: str, dry
         view, vm_name, decision.remove, branches, ledger.cost, ledger.dependants(vm, view)
     )
     kept = dict(decision.keep) | {name: ("branch point",) for name in planned.branch_points}
+    # Every file any of the deletions touches is checked against the disks now, as one
+    # delete's plan is: drift or a file another process holds refuses the whole prune before
+    # anything is done (a dry run says so too, recording nothing).
+    every_step = tuple(s for step in planned.steps for s in step.plan.steps)
+    ledger.check_plan(vm, Plan(OperationKind.DELETE, every_step, "prune"), record=not dry_run)
     if dry_run:
         return Pruned(kept, planned.steps, done=False)
     done = []

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_planners import VM, contents, make, write
 
-from snapledger.domain.errors import BadInput
+from snapledger.domain.errors import BadInput, DriftFound
 from snapledger.domain.vm import SnapshotRecord
 from snapledger.projections import retention
 from snapledger.projections.retention import KeepRules, decide, parse_duration
@@ -147,3 +147,16 @@ def test_a_snapshot_reverted_to_while_prune_runs_is_kept_as_the_current_one() ->
     assert pruned.kept["s2"] == ("current",)
     assert "s2" in ledger.vm(VM).snapshots and ledger.vm(VM).current == "s2"
     assert "s2" not in [s.snapshot for s in pruned.deleted]
+
+
+def test_a_prune_whose_files_drifted_is_refused_whole_dry_run_or_not() -> None:
+    # Every file any deletion touches is checked before the first one: a hard link made to a
+    # frozen image refuses the dry run as the real run (exit 3), and nothing is deleted.
+    storage, ledger = make(snapshots=4)
+    before = contents(storage, ledger)
+    storage.hard_link(ledger.vm(VM).snapshots["s2"].disks["vda"])
+    for dry_run in (True, False):
+        with pytest.raises(DriftFound):
+            ledger.prune(VM, KeepRules(last=1), dry_run=dry_run)
+    assert sorted(ledger.vm(VM).snapshots) == ["s1", "s2", "s3", "s4"]
+    assert contents(storage, ledger) == before
