@@ -33,6 +33,9 @@ class RecordedBy:
     host: str
     tool_version: str
     reason: str | None = None
+    # The operation (one command's change, semantics.md "The trail") its events belong to; None
+    # in records made before operations were recorded, and by a library user who began none.
+    operation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,16 +76,17 @@ class ChainRecord:
     host: str
     tool_version: str
     reason: str | None
+    operation: str | None = None  # a column added later: last, so older rows read as None
 
     @property
     def recorded_by(self) -> RecordedBy:
-        return RecordedBy(self.actor, self.host, self.tool_version, self.reason)
+        return RecordedBy(self.actor, self.host, self.tool_version, self.reason, self.operation)
 
-    def as_row(self) -> tuple[int, str, str, str, str, str, str, str | None]:
+    def as_row(self) -> tuple[int, str, str, str, str, str, str, str | None, str | None]:
         """The columns of the chain table, in order."""
         return (
             self.position, self.event_digest, self.prev_hash, self.hash,
-            self.actor, self.host, self.tool_version, self.reason,
+            self.actor, self.host, self.tool_version, self.reason, self.operation,
         )
 
 
@@ -95,11 +99,15 @@ def row_digest(row: StoredEventRow) -> str:
     return event_digest(row.originator_id, row.originator_version, row.topic, row.state)
 
 
+def hashed_context(by: RecordedBy) -> list[str | None]:
+    """What of the recording context a record's hash covers: the operation only when there is
+    one, so records made before operations were recorded keep the hash they were given."""
+    fields = [by.actor, by.host, by.tool_version, by.reason]
+    return fields if by.operation is None else [*fields, by.operation]
+
+
 def chain_hash(prev_hash: str, position: int, digest: str, by: RecordedBy) -> str:
-    body = json.dumps(
-        [prev_hash, position, digest, by.actor, by.host, by.tool_version, by.reason],
-        separators=(",", ":"),
-    )
+    body = json.dumps([prev_hash, position, digest, *hashed_context(by)], separators=(",", ":"))
     return hashlib.sha256(body.encode()).hexdigest()
 
 
@@ -114,7 +122,7 @@ def chain_records(
         records.append(
             ChainRecord(
                 row.position, digest, prev_hash, record_hash,
-                by.actor, by.host, by.tool_version, by.reason,
+                by.actor, by.host, by.tool_version, by.reason, by.operation,
             )
         )
         prev_hash = record_hash

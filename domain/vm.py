@@ -555,6 +555,15 @@ class VirtualMachine(VmQueries, Aggregate):
     def _drift_detected(self, findings: list[str], at: str) -> None:
         self.drift_findings = list(findings)
 
+    def record_refusal(self, kind: str, target: str | None, why: str, at: str) -> None:
+        """An attempt refused because it would lose data or the disks disagree (exit 3): the
+        trail keeps attempts too (semantics.md). Changes nothing else."""
+        self._operation_refused(kind=kind, target=target, why=why, at=at)
+
+    @event("OperationRefused")
+    def _operation_refused(self, kind: str, target: str | None, why: str, at: str) -> None:
+        pass
+
 
 __all__ = [
     "LEDGER_NAMESPACE",

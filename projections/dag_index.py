@@ -139,6 +139,7 @@ def share_index(original: VirtualMachine, copy: VirtualMachine) -> None:
 _NO_EFFECT = frozenset({
     "OperationResumed", "OperationFailed", "Reverted", "ImagesDiscarded",
     "LibvirtBound", "PivotRequested", "DefinitionRecorded", "DriftDetected", "HomeMoved",
+    "OperationRefused",
     "Retired",
 })
 

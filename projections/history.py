@@ -7,8 +7,9 @@ for JSON, comes out. The keys are documented in docs/time-travel.md.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -40,6 +41,35 @@ def parse_time(text: str) -> datetime:
             f"bad time {text!r}: use ISO 8601, e.g. 2026-11-25T21:00:00Z or 2026-11-25T22:00:00+01:00"
         ) from None
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)  # keeps its offset
+
+
+_AGO = re.compile(r"(?P<span>(?:\d+[smhdwy])+)(?: ago)?")
+
+
+def parse_when(text: str, now: datetime) -> datetime:
+    """A time as people write it in `log --since`: ISO 8601 (parse_time), `now`, `today`,
+    `yesterday` (midnight in `now`'s zone: local time) or a span back from now (`2h`, `90m`,
+    `7d`, `1w2d`, `2h ago`)."""
+    word = text.strip().lower()
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if word == "now":
+        return now
+    if word == "today":
+        return midnight
+    if word == "yesterday":
+        return midnight - timedelta(days=1)
+    span = _AGO.fullmatch(word)
+    if span is not None:
+        from .retention import parse_duration
+
+        return now - parse_duration(span.group("span"))
+    try:
+        return parse_time(text)
+    except BadInput:
+        raise BadInput(
+            f"bad time {text!r}: use ISO 8601 (2026-11-25T21:00:00Z), today, yesterday, now, "
+            "or a span back from now such as 2h, 90m or 7d"
+        ) from None
 
 
 def as_utc(when: datetime) -> datetime:

@@ -27,6 +27,8 @@ class TrailEntry:
     summary: str
     recorded_by: RecordedBy | None = None  # None only if the chain record is missing
     hash: str | None = None
+    # What the event tells of its operation (operation_facts), for `log --operations`
+    facts: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         by = self.recorded_by
@@ -40,6 +42,7 @@ class TrailEntry:
             "host": by.host if by else None,
             "tool_version": by.tool_version if by else None,
             "reason": by.reason if by else None,
+            "operation": by.operation if by else None,
             "summary": self.summary,
             "hash": self.hash,
         }
@@ -97,6 +100,8 @@ def _summary(kind: str, data: dict[str, Any]) -> str:
         return f"resumed by process {runner.get('pid')} on {runner.get('host')}"
     if kind == "OperationRolledBack":
         return f"rolled back: {data['reason']}"
+    if kind == "OperationRefused":
+        return f"{data['kind']} {data['target'] or ''} refused: {data['why']}".replace("  ", " ")
     if kind == "DriftDetected":
         return "; ".join(data["findings"])
     if kind == "ImagesDiscarded":
@@ -104,6 +109,33 @@ def _summary(kind: str, data: dict[str, Any]) -> str:
     if kind in ("FirstUsed", "UseAdded", "UseEnded", "ChangeReserved", "ChangeFinished"):
         return f"{kind} by {data.get('vm')}"
     return kind
+
+
+def operation_facts(kind: str, data: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What an event says about the operation it belongs to (projections/operations.py): the
+    command's kind and target, the bytes it planned to move, its result, and the VM operation
+    (`op`) it starts or ends. None: bookkeeping that says nothing of its own."""
+    if kind == "OperationStarted":
+        return {"kind": data["kind"], "target": data["target"], "op": data["op_id"],
+                "bytes_moved": data["plan"]["bytes_moved"]}
+    if kind in ("SnapshotTaken", "Reverted", "SnapshotDeleted", "ImagesDiscarded"):
+        return {"op": data["op_id"], "result": "done"}
+    if kind == "OperationFailed":
+        return {"op": data["op_id"], "result": "failed", "why": data["error"]}
+    if kind == "OperationRolledBack":
+        return {"op": data["op_id"], "result": "rolled-back", "why": data["reason"]}
+    if kind == "OperationResumed":
+        return {"kind": "recover", "resumes": data["op_id"]}
+    if kind == "OperationRefused":
+        return {"kind": data["kind"], "target": data["target"], "result": "refused", "why": data["why"]}
+    if kind == "DriftDetected":
+        return {"drift": "; ".join(data["findings"])}
+    simple = {"Adopted": "adopt", "SnapshotsImported": "adopt", "Reconciled": "reconcile",
+              "Retired": "retire", "HomeMoved": "move", "DiskSwapped": "swap-disk"}
+    if kind in simple:
+        target = data.get("to") if kind == "HomeMoved" else data.get("disk") if kind == "DiskSwapped" else None
+        return {"kind": simple[kind], "target": target}
+    return {"op": data["op_id"]} if "op_id" in data else None
 
 
 def trail(
@@ -135,6 +167,7 @@ def trail(
                 _summary(kind, data),
                 chain[position].recorded_by if position in chain else None,
                 chain[position].hash if position in chain else None,
+                operation_facts(kind, data),
             )
         )
     return entries

@@ -35,10 +35,12 @@ class Cli:
         return str(self.dir / name)
 
     def state(self) -> tuple[int, dict[str, tuple[str, int]]]:
-        """Events recorded, and every file's checksum and mtime: what must not change."""
+        """Events recorded, and every file's checksum and mtime: what must not change. A
+        refusal's record (the trail keeps attempts, semantics.md) is not a change."""
         files = {
             p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
             for p in sorted(self.dir.iterdir())
             if p.name != "ledger.sqlite" and p.is_file()
         }
-        return len(self.json("log")), files
+        changes = [e for e in self.json("log") if e["type"] != "VirtualMachine.OperationRefused"]
+        return len(changes), files

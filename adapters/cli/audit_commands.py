@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import re
 import sys
+from datetime import datetime
+from typing import TypeVar
 
 import click
+from click.core import ParameterSource
 
 from snapledger.adapters.cli import output
 from snapledger.adapters.cli.arguments import replay_command
 from snapledger.adapters.cli.options import after_command_options, command, pass_context
 from snapledger.adapters.cli.session import Context
 from snapledger.adapters.compose import ledger_service
+from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.eventstore.export import (
     RecordedFactsStorage,
     export_jsonl,
@@ -23,9 +27,12 @@ from snapledger.adapters.eventstore.trail_index import trail_index_for
 from snapledger.domain.errors import BadInput, LedgerDamaged, Refused, TamperFound, UnknownVm
 from snapledger.domain.ledger_hash import BEFORE_CHAIN
 from snapledger.projections.documents import verify_document
-from snapledger.projections.history import parse_time
+from snapledger.projections.history import parse_when
+from snapledger.projections.operations import KINDS, chosen, operations
 from snapledger.projections.pictures import image_dag_dot
-from snapledger.projections.trail import EVENT_TYPES, select, trail
+from snapledger.projections.trail import EVENT_TYPES, TrailEntry, select, trail
+
+T = TypeVar("T")
 
 
 class DriftReported(Refused):
@@ -34,40 +41,77 @@ class DriftReported(Refused):
 
 @command()
 @click.argument("vm", required=False)
-@click.option("--since", metavar="TIME", help="Only events recorded at or after TIME (ISO 8601).")
-@click.option("--until", metavar="TIME", help="Only events recorded at or before TIME.")
-@click.option("--type", "types", multiple=True, metavar="TYPE", help="Only events of TYPE (e.g. SnapshotTaken).")
+@click.option("--since", metavar="TIME", help="Only what began at or after TIME: ISO 8601, today, yesterday, or a span back from now (2h, 7d).")
+@click.option("--until", metavar="TIME", help="Only what began at or before TIME (as --since).")
+@click.option("--type", "types", multiple=True, metavar="TYPE",
+              help="Only operations of kind TYPE (delete, snapshot, ...); with --events, events of TYPE (SnapshotTaken).")
+@click.option("--by", "by", metavar="WHO", help="Only what WHO did: an actor, or actor@host.")
+@click.option("--operations", "mode", flag_value="operations", help="One entry per operation (people's default).")
+@click.option("--events", "mode", flag_value="events", help="Every event (--json's default).")
+@click.option("-n", "--max-count", "count", type=click.IntRange(1), metavar="N", help="Only the last N.")
+@click.option("--reverse", is_flag=True, help="Newest first.")
+@click.option("--no-pager", is_flag=True, help="Never page, even on a terminal.")
 @after_command_options
 @pass_context
-def log(c: Context, vm: str | None, since: str | None, until: str | None, types: tuple[str, ...]) -> None:
-    """The audit trail: who did what, where, when and why."""
+def log(
+    c: Context, vm: str | None, since: str | None, until: str | None, types: tuple[str, ...],
+    by: str | None, mode: str | None, count: int | None, reverse: bool, no_pager: bool,
+) -> None:
+    """The audit trail: who did what, where, when and why; one line per operation."""
+    ctx = click.get_current_context()
+    if ParameterSource.COMMANDLINE in (ctx.get_parameter_source("actor"), ctx.find_root().get_parameter_source("actor")):
+        raise BadInput("log records nothing, so --actor (who acts) means nothing here; to see what someone did: log --by NAME")
+    if mode is None:  # people read operations; scripts' --json keeps the event list (cli.md)
+        mode = "events" if c.as_json or (types and all(_is_event_type(t) for t in types)) else "operations"
+    if mode == "operations":
+        unknown = [t for t in types if t not in KINDS]
+        if unknown:
+            raise BadInput(f"unknown operation kind {unknown[0]!r}; one of: {', '.join(sorted(KINDS))} (event types go with --events)")
+    else:
+        unknown = [t for t in types if not _is_event_type(t)]
+        if unknown:
+            raise BadInput(f"unknown event type {unknown[0]!r}; one of: {', '.join(sorted(EVENT_TYPES))}")
+    now = datetime.now().astimezone()
+    low = parse_when(since, now) if since else None
+    high = parse_when(until, now) if until else None
     app = c.ledger_app
     if vm is not None and not app.has_vm(vm):
         raise UnknownVm(f"no VM named {vm!r} in the ledger")
-    unknown = [t for t in types if t not in EVENT_TYPES and t.rpartition(".")[2] not in EVENT_TYPES]
-    if unknown:
-        raise BadInput(f"unknown event type {unknown[0]!r}; one of: {', '.join(sorted(EVENT_TYPES))}")
-    low = parse_time(since) if since else None
-    high = parse_time(until) if until else None
     index = trail_index_for(app)
-    if index is not None:
-        entries = index.select(vm, low, high, types)
-    else:
-        chain = {record.position: record for record in app.chain()}
-        entries = select(trail(app.events_after(0), chain), vm, low, high, types)
+    if mode == "events":
+        if index is not None:
+            entries = index.select(vm, low, high, types)
+        else:
+            entries = select(_whole_trail(app), vm, low, high, types)
+        if by is not None:
+            entries = [e for e in entries if e.recorded_by and by in (e.recorded_by.actor, f"{e.recorded_by.actor}@{e.recorded_by.host}")]
+        entries = _last(entries, count, reverse)
+        if c.as_json:
+            output.emit_json_list([e.to_json() for e in entries])
+        else:
+            output.show_events([e.to_json() for e in entries], paged=not no_pager)
+        return
+    whole = index.select() if index is not None else _whole_trail(app)
+    found = _last(chosen(operations(whole), vm, low, high, types, by), count, reverse)
     if c.as_json:
-        output.emit_json_list([e.to_json() for e in entries])
+        output.emit_json_list([op.to_json() for op in found])
     else:
-        output.show_rows(
-            "audit trail", ["#", "time", "vm", "event", "actor", "host", "reason", "summary"],
-            [
-                [e.position, e.time, e.vm or e.image, e.type,
-                 e.recorded_by.actor if e.recorded_by else "?",
-                 e.recorded_by.host if e.recorded_by else "?",
-                 (e.recorded_by.reason if e.recorded_by else None) or "", e.summary]
-                for e in entries
-            ],
-        )
+        output.show_operations([op.to_json() for op in found], paged=not no_pager)
+
+
+def _is_event_type(name: str) -> bool:
+    return name in EVENT_TYPES or name.rpartition(".")[2] in EVENT_TYPES
+
+
+def _whole_trail(app: LedgerApplication) -> list[TrailEntry]:
+    chain = {record.position: record for record in app.chain()}
+    return trail(app.events_after(0), chain)
+
+
+def _last(items: list[T], count: int | None, reverse: bool) -> list[T]:
+    """The last `count` (all: None), oldest first, or newest first with `reverse`."""
+    kept = items[-count:] if count is not None else items
+    return kept[::-1] if reverse else kept
 
 
 @command()

@@ -4,6 +4,7 @@ reconcile and retire (with --dry-run, the plan only)."""
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import click
 
@@ -35,7 +36,15 @@ from snapledger.projections.retention import KeepRules, parse_duration
 def _show_vm(c: Context, vm: str) -> None:
     """What a command that changed a VM prints: the VM as `show` gives it."""
     data = vm_document(c.ledger.view, vm)
-    output.emit_json(data) if c.as_json else output.show_vm(data)
+    output.emit_json(recorded(c, data)) if c.as_json else output.show_vm(data)
+
+
+def recorded(c: Context, document: dict[str, Any]) -> dict[str, Any]:
+    """A changing command's JSON with its operation's id and the ledger position of its last
+    event (cli.md); both null when it recorded nothing (a dry run)."""
+    done = c.ledger.recorded_operations()
+    operation, position = done[-1] if done else (None, None)
+    return {**document, "operation_id": operation, "position": position}
 
 
 @command()
@@ -73,7 +82,7 @@ def adopt(
         )
         data = vm_document(ledger.view, vm)
         if c.as_json:
-            output.emit_json(adopted_domain_document(data, found.left_alone, found.imported, found.notes))
+            output.emit_json(recorded(c, adopted_domain_document(data, found.left_alone, found.imported, found.notes)))
             return
         output.show_vm(data)
         for line in [f"left alone: {r}" for r in found.left_alone] + [f"note: {n}" for n in found.notes]:
@@ -184,7 +193,9 @@ def gc(c: Context, vm: str | None, include_detached: bool, dry_run: bool) -> Non
     """Delete managed images nothing needs."""
     plans = [plan_document(plan, not dry_run) for plan in c.ledger.gc(vm, include_detached, dry_run)]
     if c.as_json:
-        output.emit_json(plans)
+        done = c.ledger.recorded_operations()  # one per VM collected, in the same order
+        ids = done if len(done) == len(plans) else [(None, None)] * len(plans)
+        output.emit_json([{**plan, "operation_id": op, "position": at} for plan, (op, at) in zip(plans, ids, strict=True)])
         return
     if not plans:
         output.say("nothing to collect")
@@ -205,7 +216,8 @@ def recover(c: Context, vm: str | None, pivoted: bool) -> None:
         raise BadInput("--pivoted vouches for one VM's operation: name the VM")
     finished = c.ledger.recover(vm, pivoted=pivoted)
     if c.as_json:
-        output.emit_json(recover_document(finished))
+        done = c.ledger.recorded_operations()  # one per VM recovered
+        output.emit_json({**recorded(c, recover_document(finished)), "operations": [op for op, _ in done]})
     else:
         output.say("\n".join(finished) if finished else "nothing to recover")
 
@@ -219,9 +231,10 @@ def reconcile(c: Context, vm: str, dry_run: bool) -> None:
     """Record the disks' reality after drift (new identities, backings, files found or gone),
     writing and deleting no image."""
     found = c.ledger.reconcile(vm, dry_run=dry_run)
-    position = c.ledger.last_position()
+    done = c.ledger.recorded_operations()
+    position = done[-1][1] if done else c.ledger.last_position()
     if c.as_json:
-        output.emit_json(reconcile_document(vm, dry_run, found, position))
+        output.emit_json({**reconcile_document(vm, dry_run, found, position), "operation_id": done[-1][0] if done else None})
         return
     if not found.changes:
         output.say(f"{vm}: the disks agree with the ledger; nothing to record")
@@ -239,7 +252,7 @@ def retire(c: Context, vm: str) -> None:
     """End tracking of a VM: its history stays, its images are let go, nothing is deleted."""
     left_behind = c.ledger.retire(vm)
     if c.as_json:
-        output.emit_json(retire_document(vm, left_behind, c.ledger.last_position()))
+        output.emit_json(recorded(c, retire_document(vm, left_behind, c.ledger.last_position())))
         return
     output.say(f"{vm} is retired: no longer tracked; its history stays (snapledger log {vm})")
     for path in left_behind:
@@ -249,7 +262,7 @@ def retire(c: Context, vm: str) -> None:
 def report(c: Context, plan: Plan, dry_run: bool, title: str) -> None:
     """A plan carried out (or, dry_run, only made)."""
     document = plan_document(plan, not dry_run)
-    output.emit_json(document) if c.as_json else output.show_plan(document, title)
+    output.emit_json(recorded(c, document)) if c.as_json else output.show_plan(document, title)
 
 
 @command()
@@ -284,6 +297,8 @@ def prune(
     document = prune_document(
         vm, pruned.kept, [(s.snapshot, s.plan, s.bytes_freed) for s in pruned.deleted], pruned.done
     )
+    done = c.ledger.recorded_operations()  # each deletion is an operation of its own
+    document.update(operations=[op for op, _ in done], position=done[-1][1] if done else None)
     output.emit_json(document) if c.as_json else output.show_prune(document)
 
 

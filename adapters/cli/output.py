@@ -257,6 +257,70 @@ def show_rows(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]])
     console.print(table)
 
 
+def local_time(utc_iso: str | None) -> str:
+    """A recorded time (UTC in JSON) as people read it: local, to the second, with the zone."""
+    if not utc_iso:
+        return "-"
+    from datetime import datetime
+
+    return datetime.fromisoformat(utc_iso).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def _paged(lines: list[Text], paged: bool) -> None:
+    """Lines for people; through a pager ($PAGER, else less) when on a terminal and longer than
+    it; each cut at the terminal's width (on a pipe, whole)."""
+    for line in lines:
+        line.no_wrap, line.overflow = console.is_terminal, "ellipsis"
+    if paged and console.is_terminal and len(lines) > console.height - 2:
+        with console.pager(styles=False):
+            for line in lines:
+                console.print(line)
+        return
+    for line in lines:
+        console.print(line)
+
+
+def show_operations(operations: list[Mapping[str, Any]], paged: bool = True) -> None:
+    """`log`: one line per operation, what, on what, result, bytes, who@where, why."""
+    if not operations:
+        say("no operations recorded")
+        return
+    lines = []
+    for op in operations:
+        what = " ".join(str(p) for p in (op["kind"], op["vm"], op["target"]) if p)
+        moved = f"  moved {filesize.decimal(op['bytes_moved'])}" if op["bytes_moved"] else ""
+        words = [w for w in (op["why"], op["reason"]) if w]
+        why = "  " + "; ".join(f'"{w}"' if w == op["reason"] else w for w in words) if words else ""
+        who = f"{op['actor'] or '?'}@{op['host'] or '?'}"
+        lines.append(Text(visible(
+            f"{local_time(op['started'])}  {op['result']:<11} {what}{moved}  {who}{why}"
+        )))
+    _paged(lines, paged)
+
+
+def _event_line(event: Mapping[str, Any]) -> str:
+    """`Type: summary`, the type said once (a summary may begin with it)."""
+    kind, summary = str(event["type"]).rpartition(".")[2], str(event["summary"])
+    rest = summary[len(kind):].strip() if summary.startswith(kind) else summary
+    return f"{kind}: {rest}" if rest else kind
+
+
+def show_events(events: list[Mapping[str, Any]], paged: bool = True) -> None:
+    """`log --events`: every event, one line each, with its ledger position."""
+    if not events:
+        say("no events recorded")
+        return
+    lines = [
+        Text(visible(
+            f"{e['position']:>6}  {local_time(e['time'])}  {e['vm'] or e['image'] or '-'}  "
+            f"{_event_line(e)}  {e['actor'] or '?'}@{e['host'] or '?'}"
+            + (f'  "{e["reason"]}"' if e["reason"] else "")
+        ))
+        for e in events
+    ]
+    _paged(lines, paged)
+
+
 def show_prune(data: Mapping[str, Any]) -> None:
     """What `prune` deleted (or would), in order, and what it kept and why."""
     rows: list[list[Any]] = [

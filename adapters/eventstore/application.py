@@ -6,7 +6,9 @@ speak the service's terms, so that eventsourcing's own exceptions stay in this r
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
+import uuid
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
@@ -99,6 +101,7 @@ class LedgerApplication(Application[UUID]):
         self.store_url = store_url
         self.recorded_by = recorded_by  # who/where/why, chained with every event saved
         self.read_only = False  # a replayed history
+        self.operation_positions: dict[str, int] = {}  # operation id -> its last saved position
         super().__init__(env={**persistence_env(store_url), **(env or {})})
 
     def construct_mapper(self) -> Mapper[UUID]:
@@ -122,7 +125,32 @@ class LedgerApplication(Application[UUID]):
         if self.read_only:
             raise BadInput("this ledger is a replay and read-only: nothing can be recorded")
         kwargs.setdefault("recorded_by", self.recorded_by)
-        return super().save(*objs, **kwargs)
+        recordings = super().save(*objs, **kwargs)
+        operation = kwargs["recorded_by"].operation
+        if recordings and operation is not None:
+            self.operation_positions[operation] = max(r.notification.id for r in recordings)
+        return recordings
+
+    # ---- operations: every event a command records carries its operation's id ---------
+
+    def begin_operation(self) -> str:
+        """A new operation: the events saved from now on carry its id (in their chain records).
+        Returns the id; `operation` is the one being recorded."""
+        operation = uuid.uuid4().hex
+        self.recorded_by = dataclasses.replace(self.recorded_by, operation=operation)
+        return operation
+
+    @property
+    def operation(self) -> str | None:
+        return self.recorded_by.operation
+
+    def continue_operation(self, operation: str | None) -> None:
+        """Record under `operation` again (an enclosing operation, once a nested one is done)."""
+        self.recorded_by = dataclasses.replace(self.recorded_by, operation=operation)
+
+    def operation_position(self, operation: str) -> int | None:
+        """The position of the last event this process saved for `operation` (None: none)."""
+        return self.operation_positions.get(operation)
 
     # ---- the service's LedgerStore port -----------------------------------------------
 

@@ -27,6 +27,7 @@ from snapledger.domain.ledger_hash import (
     ChainRecord,
     RecordedBy,
     chain_records,
+    hashed_context,
     row_digest,
     stored_event_row,
 )
@@ -35,7 +36,8 @@ CHAIN_TABLE = "snapledger_chain"
 UNKNOWN = RecordedBy(actor="unknown", host=UNKNOWN_HOST, tool_version="unknown")
 
 
-# chain_hash's text, JSON of [prev_hash, position, digest, actor, host, tool_version, reason],
+# chain_hash's text, JSON of [prev_hash, position, digest, actor, host, tool_version, reason(,
+# operation)],
 # cut around what only the writer holding the lock knows (the previous hash and the position):
 # HASH_HEAD + prev_hash + HASH_MID + str(position) + HASH_SEP + digest + chain_hash_tail(by).
 HASH_HEAD, HASH_MID, HASH_SEP = '["', '",', ',"'
@@ -43,7 +45,7 @@ HASH_HEAD, HASH_MID, HASH_SEP = '["', '",', ',"'
 
 def chain_hash_tail(by: RecordedBy) -> str:
     """The end of chain_hash's text after the digest: ASCII (non-ASCII is escaped)."""
-    return '",' + json.dumps([by.actor, by.host, by.tool_version, by.reason], separators=(",", ":"))[1:]
+    return '",' + json.dumps(hashed_context(by), separators=(",", ":"))[1:]
 
 
 def chain_hash_text(prev_hash: str, position: int, digest: str, tail: str) -> str:
@@ -78,8 +80,12 @@ class ChainedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
             f"CREATE TABLE IF NOT EXISTS {CHAIN_TABLE} ("
             "position INTEGER PRIMARY KEY, event_digest TEXT NOT NULL, prev_hash TEXT NOT NULL, "
             "hash TEXT NOT NULL, actor TEXT NOT NULL, host TEXT NOT NULL, "
-            "tool_version TEXT NOT NULL, reason TEXT)",
+            "tool_version TEXT NOT NULL, reason TEXT, operation TEXT)",
         ]
+
+    def _create_table(self, c: SQLiteCursor) -> None:
+        super()._create_table(c)
+        add_operation_column(c)
 
     def _insert_events(
         self, c: SQLiteCursor, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -96,7 +102,7 @@ class ChainedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
         prev_hash = found[0] if found else GENESIS
         records = new_records(prev_hash, stored_events, positions, kwargs)
         c.executemany(
-            f"INSERT INTO {CHAIN_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [r.as_row() for r in records]
+            f"INSERT INTO {CHAIN_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [r.as_row() for r in records]
         )
         return positions
 
@@ -131,6 +137,14 @@ class ChainedSQLiteApplicationRecorder(SQLiteApplicationRecorder):
             c.execute(query, (originator_id.hex, version))
             found = c.fetchone()
         return None if found is None else found[0]
+
+
+def add_operation_column(c: Any) -> None:
+    """A ledger made before operations were recorded gets the chain's `operation` column (its
+    older records read as None, and hash as they always did)."""
+    c.execute(f"PRAGMA table_info({CHAIN_TABLE})")
+    if "operation" not in {row[1] for row in c.fetchall()}:
+        c.execute(f"ALTER TABLE {CHAIN_TABLE} ADD COLUMN operation TEXT")
 
 
 class ChainedPOPOApplicationRecorder(POPOApplicationRecorder):

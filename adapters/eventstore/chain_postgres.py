@@ -44,7 +44,7 @@ from snapledger.domain.ledger_hash import GENESIS, ChainRecord
 CREATE_LOCK_CLASS = 0x5A1ED6E6
 # The save's function; a new body gets a new name, so writers of two versions never replace
 # each other's definition.
-SAVE_FUNCTION = "snapledger_save_v1"
+SAVE_FUNCTION = "snapledger_save_v2"  # v2: the operation column
 
 # plpgsql. The text hashed for record i is chain.chain_hash_text's: chain_hash's JSON with its
 # two holes filled here, the previous hash (hex) and the position (bigint as text, as Python
@@ -54,7 +54,7 @@ SAVE_FUNCTION = "snapledger_save_v1"
 SAVE_FUNCTION_BODY = """
 CREATE OR REPLACE FUNCTION {function}(
     p_events {event_type}[], p_digests text[], p_tail text, p_actor text, p_host text,
-    p_tool_version text, p_reason text, p_lock_timeout text
+    p_tool_version text, p_reason text, p_operation text, p_lock_timeout text
 ) RETURNS SETOF bigint LANGUAGE plpgsql AS $body$
 DECLARE
     v_positions bigint[];
@@ -80,7 +80,8 @@ BEGIN
             {head} || v_prev || {mid} || v_positions[i] || {sep} || p_digests[i] || p_tail,
             'UTF8')), 'hex');
         INSERT INTO {chain} VALUES
-            (v_positions[i], p_digests[i], v_prev, v_hash, p_actor, p_host, p_tool_version, p_reason);
+            (v_positions[i], p_digests[i], v_prev, v_hash, p_actor, p_host, p_tool_version, p_reason,
+             p_operation);
         v_prev := v_hash;
     END LOOP;
     RETURN QUERY SELECT unnest(v_positions);
@@ -105,9 +106,10 @@ class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
                 "CREATE TABLE IF NOT EXISTS {} ("
                 "position bigint PRIMARY KEY, event_digest text NOT NULL, "
                 "prev_hash text NOT NULL, hash text NOT NULL, actor text NOT NULL, "
-                "host text NOT NULL, tool_version text NOT NULL, reason text)"
+                "host text NOT NULL, tool_version text NOT NULL, reason text, operation text)"
             ).format(self._chain_table)
         )
+
         schema = self.datastore.schema
         function = Identifier(schema, SAVE_FUNCTION)
         event_type = Identifier(schema, self.stored_event_type_name)
@@ -123,7 +125,7 @@ class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
             sep=Literal(HASH_SEP),
         )
         self._save_statement = SQL(
-            "SELECT position FROM {}(%s::{}[], %s::text[], %s, %s, %s, %s, %s, %s) AS saved(position)"
+            "SELECT position FROM {}(%s::{}[], %s::text[], %s, %s, %s, %s, %s, %s, %s) AS saved(position)"
         ).format(function, event_type)
 
     def create_table(self) -> None:
@@ -145,6 +147,7 @@ class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
                     except (DuplicateObject, DuplicateTable):
                         pass
             self._create_table(curs)
+            self._add_operation_column(curs)
             # Made once, not replaced at every start (a replaced function is a catalog write,
             # and a commit, under this lock, for every writer that starts).
             curs.execute(
@@ -157,6 +160,21 @@ class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
             if found is not None and found["missing"]:
                 curs.execute(self._create_save_function, prepare=False)
         self.datastore.register_type_adapters()
+
+    def _add_operation_column(self, curs: Cursor[DictRow]) -> None:
+        """A ledger made before operations were recorded gets the chain's `operation` column:
+        its older records read as NULL, and a writer of that version, inserting one value
+        fewer, still fills the rest. Looked up first: an ALTER at every start would lock the
+        table against every reader."""
+        curs.execute(
+            "SELECT NOT EXISTS (SELECT FROM information_schema.columns WHERE table_schema = %s "
+            "AND table_name = %s AND column_name = 'operation') AS missing",
+            (self.datastore.schema, CHAIN_TABLE),
+            prepare=False,
+        )
+        found = curs.fetchone()
+        if found is not None and found["missing"]:
+            curs.execute(SQL("ALTER TABLE {} ADD COLUMN operation text").format(self._chain_table), prepare=False)
 
     def _lock_schema(self, curs: Cursor[DictRow]) -> None:
         curs.execute(
@@ -182,7 +200,7 @@ class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
             for s in stored_events
         ]
         params = (
-            events, digests, tail, by.actor, by.host, by.tool_version, by.reason,
+            events, digests, tail, by.actor, by.host, by.tool_version, by.reason, by.operation,
             f"{self.datastore.lock_timeout}s",
         )
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -213,6 +231,7 @@ class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
                 ChainRecord(
                     row["position"], row["event_digest"], row["prev_hash"], row["hash"],
                     row["actor"], row["host"], row["tool_version"], row["reason"],
+                    row.get("operation"),
                 )
                 for row in curs.fetchall()
             ]

@@ -122,7 +122,7 @@ def _read_event(item: dict[str, Any], rows: list[StoredEventRow], records: list[
     if item.get("hash") is not None:
         records.append(ChainRecord(
             item["position"], item["event_digest"], item["prev_hash"], item["hash"],
-            item["actor"], item["host"], item["tool_version"], item["reason"],
+            item["actor"], item["host"], item["tool_version"], item["reason"], item.get("operation"),
         ))
 
 
@@ -150,7 +150,7 @@ def replay_store(history: ExportedHistory, until: int | None = None) -> LedgerAp
             [(r.position, r.originator_id, r.originator_version, r.topic, r.state) for r in keep],
         )
         c.executemany(
-            f"INSERT INTO {CHAIN_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO {CHAIN_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [r.as_row() for r in history.records if r.position in kept],
         )
     app.read_only = True

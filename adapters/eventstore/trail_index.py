@@ -9,6 +9,7 @@ any row that disagrees (then rebuilds it), so it never says anything the events 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Collection, Iterable
 from datetime import UTC, datetime
@@ -16,15 +17,16 @@ from typing import Any
 from uuid import UUID
 
 from snapledger.adapters.eventstore.application import LedgerApplication
-from snapledger.adapters.eventstore.chain import CHAIN_TABLE
+from snapledger.adapters.eventstore.chain import CHAIN_TABLE, add_operation_column
 from snapledger.domain.ledger_hash import RecordedBy
 from snapledger.projections.trail import TrailEntry, trail
 
-TRAIL = "snapledger_trail"
+# v2: with each event's operation facts (an index of the first version is left, unused)
+TRAIL = "snapledger_trail_v2"
 NAMES = "snapledger_trail_names"
 SCHEMA = (
     f"CREATE TABLE IF NOT EXISTS {TRAIL} (position INTEGER PRIMARY KEY, time TEXT NOT NULL, "
-    "vm TEXT, image TEXT, type TEXT NOT NULL, summary TEXT NOT NULL)",
+    "vm TEXT, image TEXT, type TEXT NOT NULL, summary TEXT NOT NULL, facts TEXT)",
     f"CREATE INDEX IF NOT EXISTS {TRAIL}_vm ON {TRAIL} (vm, position)",
     f"CREATE TABLE IF NOT EXISTS {NAMES} (originator_id TEXT PRIMARY KEY, vm TEXT, image TEXT)",
 )
@@ -55,6 +57,7 @@ class TrailIndex:
         self.con = sqlite3.connect(path, timeout=10, isolation_level=None)
         for statement in SCHEMA:
             self.con.execute(statement)
+        add_operation_column(self.con.cursor())  # a ledger no writer of this version opened yet
 
     def close(self) -> None:
         self.con.close()
@@ -84,8 +87,8 @@ class TrailIndex:
         try:
             # OR IGNORE: another process may have indexed the same positions meanwhile.
             self.con.executemany(
-                f"INSERT OR IGNORE INTO {TRAIL} VALUES (?, ?, ?, ?, ?, ?)",
-                [(e.position, e.time, e.vm, e.image, e.type, e.summary) for e in entries],
+                f"INSERT OR IGNORE INTO {TRAIL} VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [_columns(e) for e in entries],
             )
             self.con.executemany(
                 f"INSERT OR IGNORE INTO {NAMES} VALUES (?, ?, ?)",
@@ -119,8 +122,8 @@ class TrailIndex:
             for name in types:
                 params += [name, f"%.{name}"]
         query = (
-            f"SELECT t.position, t.time, t.vm, t.image, t.type, t.summary, "
-            f"c.actor, c.host, c.tool_version, c.reason, c.hash "
+            f"SELECT t.position, t.time, t.vm, t.image, t.type, t.summary, t.facts, "
+            f"c.actor, c.host, c.tool_version, c.reason, c.operation, c.hash "
             f"FROM {TRAIL} t LEFT JOIN {CHAIN_TABLE} c ON c.position = t.position"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY t.position"
@@ -142,21 +145,24 @@ class TrailIndex:
         the index is then rebuilt from scratch."""
         stored = {
             row[0]: tuple(row)
-            for row in self.con.execute(f"SELECT position, time, vm, image, type, summary FROM {TRAIL}")
+            for row in self.con.execute(f"SELECT position, time, vm, image, type, summary, facts FROM {TRAIL}")
         }
-        wrong = [
-            e.position
-            for e in truth
-            if e.position in stored and stored[e.position] != (e.position, e.time, e.vm, e.image, e.type, e.summary)
-        ]
+        wrong = [e.position for e in truth if e.position in stored and stored[e.position] != _columns(e)]
         if wrong:
             self.con.execute(f"DELETE FROM {TRAIL}")
             self.con.execute(f"DELETE FROM {NAMES}")
         return wrong
 
 
+def _columns(e: TrailEntry) -> tuple[Any, ...]:
+    facts = None if e.facts is None else json.dumps(e.facts, sort_keys=True, separators=(",", ":"))
+    return (e.position, e.time, e.vm, e.image, e.type, e.summary, facts)
+
+
 def _entry(row: tuple[Any, ...]) -> TrailEntry:
     # The columns come back as the types they were written with (sqlite3 keeps TEXT as str).
-    position, time, vm, image, kind, summary, actor, host, version, reason, record_hash = row
-    by = RecordedBy(actor, host, version, reason) if actor is not None else None
-    return TrailEntry(position, time, vm, image, kind, summary, by, record_hash)
+    position, time, vm, image, kind, summary, facts, actor, host, version, reason, operation, record_hash = row
+    by = RecordedBy(actor, host, version, reason, operation) if actor is not None else None
+    return TrailEntry(
+        position, time, vm, image, kind, summary, by, record_hash, None if facts is None else json.loads(facts)
+    )

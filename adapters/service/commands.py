@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping
@@ -37,9 +38,13 @@ from snapledger.domain.errors import (
     DomainGone,
     DriftFound,
     ImageInUse,
+    LedgerDamaged,
     LedgerUnwritable,
     LiveStepImpossible,
     OperationInProgress,
+    Refused,
+    SnapledgerError,
+    TamperFound,
     UnknownVm,
 )
 from snapledger.domain.images import ImageFacts
@@ -54,6 +59,36 @@ from snapledger.projections.view import LedgerView, private_copy, replacing
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+
+
+def _operation(
+    kind: str, target: str | None = None, vm: str = "vm_name"
+) -> Callable[[Callable[Concatenate[Snapledger, _P], _R]], Callable[Concatenate[Snapledger, _P], _R]]:
+    """A command that changes the ledger: one operation (semantics.md, "The trail"). The events
+    it records carry a new operation id; a refusal (exit 3) of a real run is recorded too, with
+    who, where and why. `target`, `vm`: the parameters naming what it acts on."""
+
+    def wrap(command: Callable[Concatenate[Snapledger, _P], _R]) -> Callable[Concatenate[Snapledger, _P], _R]:
+        signature = inspect.signature(command)
+
+        def run(self: Snapledger, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+            enclosing = self.app.operation  # prune's deletions are operations of their own
+            self.next_operation()
+            try:
+                return command(self, *args, **kwargs)
+            except Refused as refused:
+                bound = signature.bind(self, *args, **kwargs).arguments
+                if not bound.get("dry_run"):
+                    named = bound.get(target) if target is not None else None
+                    self._record_refusal(kind, bound.get(vm), None if named is None else str(named), refused)
+                raise
+            finally:
+                self.app.continue_operation(enclosing)
+
+        functools.update_wrapper(run, command)
+        return _checkpointed(run)
+
+    return wrap
 
 
 def _checkpointed(
@@ -100,6 +135,8 @@ class Snapledger:
         back = _ServiceSeenByOperations(self)
         self.operations = Operations(back, storage, clock, runners, hypervisor, back.guard)
         self._view: LedgerView | None = None
+        self.begun: list[str] = []  # the operations this service began, oldest first
+        self._started: set[str] = set()  # the VM operations' ids it used
 
     def close(self) -> None:
         """Let go of the ledger's connections now: the projection's and the store's (dropping
@@ -154,7 +191,7 @@ class Snapledger:
         """The position of the last event whose time is at or before `when` (0 if none)."""
         return self.app.position_at(when)
 
-    @_checkpointed
+    @_operation("prune", vm="vm_name")
     def prune(
         self, vm_name: str, rules: KeepRules, branches: str = BranchOption.FORBID, dry_run: bool = False
     ) -> Pruned:
@@ -206,9 +243,9 @@ class Snapledger:
 
     # Start tracking a VM over its disks and the chains below them: images.adopt, whose
     # signature and docstring it takes (one copy of the parameters).
-    adopt = _checkpointed(images.adopt)
+    adopt = _operation("adopt", vm="name")(images.adopt)
 
-    @_checkpointed
+    @_operation("snapshot", target="name")
     def snapshot(
         self,
         vm_name: str,
@@ -230,7 +267,7 @@ class Snapledger:
         details: dict[str, object] = {"frozen": frozen, "description": description, "domain_xml": domain_xml or vm.domain_xml}
         return self._run(vm, plan, name, details, dry_run)
 
-    @_checkpointed
+    @_operation("revert", target="name")
     def revert(
         self,
         vm_name: str,
@@ -249,7 +286,7 @@ class Snapledger:
         )
         return self._run(vm, plan, name, {}, dry_run, start=running)
 
-    @_checkpointed
+    @_operation("delete", target="name")
     def delete(
         self,
         vm_name: str,
@@ -270,13 +307,15 @@ class Snapledger:
                 )
         return self._run(vm, plan, name, {}, dry_run)
 
-    @_checkpointed
+    @_operation("gc")
     def gc(
         self, vm_name: str | None = None, include_detached: bool = False, dry_run: bool = False
     ) -> list[Plan]:
         names = [vm_name] if vm_name is not None else self.home_vms()
         plans = []
-        for name in names:
+        for number, name in enumerate(names):
+            if number:
+                self.next_operation()  # each VM's collection is an operation of its own
             vm, view = self.prepare(name, dry_run)
             plan = planners.plan_gc(view, name, include_detached, self.dependants(vm, view))
             if plan.steps:
@@ -284,27 +323,27 @@ class Snapledger:
         return plans
 
     # Give a VM a new home host: hosts.move, whose signature and docstring it takes.
-    move = _checkpointed(hosts.move)
+    move = _operation("move", target="to")(hosts.move)
 
-    @_checkpointed
+    @_operation("swap-disk", target="disk")
     def swap_disk(self, vm_name: str, disk: str, path: str) -> None:
         """Record that `disk` now uses the image at `path`, which the user put in place."""
         images.swap_disk(self, vm_name, disk, path)
 
-    @_checkpointed
+    @_operation("recover")
     def recover(self, vm_name: str | None = None, pivoted: bool = False) -> list[str]:
         """Finish every operation a crash or failure left open (all steps are safe to redo).
         `pivoted`: the operator vouches that the live active commit `vm_name`'s operation was
         at pivoted onto its base (by hand) and the domain ran there since (recorded first)."""
         return recovery.recover(self, vm_name, pivoted)
 
-    @_checkpointed
+    @_operation("reconcile")
     def reconcile(self, vm_name: str, dry_run: bool = False) -> Reconciliation:
         """Record the disks' reality where it differs from the ledger, writing and deleting no
         image (reconcile.py)."""
         return reconcile(self, vm_name, dry_run)
 
-    @_checkpointed
+    @_operation("retire")
     def retire(self, vm_name: str) -> list[str]:
         """End tracking of `vm_name`: its history stays, its images are let go (nothing is
         deleted). Returns the files snapledger made that are left on disk."""
@@ -379,7 +418,12 @@ class Snapledger:
         if dry_run:
             return plan
         self.operations.storage_for(vm).check_tools()  # a missing qemu-img: before anything is recorded
-        op_id = uuid.uuid4().hex
+        # the VM's operation has the command's id (`show`'s open operation is `log`'s), unless
+        # one command starts two (a caller that began no operation)
+        op_id = self.app.operation or uuid.uuid4().hex
+        if op_id in self._started:
+            op_id = uuid.uuid4().hex
+        self._started.add(op_id)
         self.operations.start(vm, op_id, plan, target, details)
         self.execute(vm)
         if (hypervisor := self.operations.hypervisor_of(vm)) is not None:
@@ -448,6 +492,35 @@ class Snapledger:
         return lambda path: view.ever_used(path, host, shared) or self.storage.exists(path)
 
     # ---- recording -------------------------------------------------------------------
+
+    def next_operation(self) -> str:
+        """Record what follows as a new operation; its id."""
+        operation = self.app.begin_operation()
+        self.begun.append(operation)
+        return operation
+
+    def recorded_operations(self, since: int = 0) -> list[tuple[str, int]]:
+        """The operations begun since `since` (an index into `begun`) that recorded something,
+        each with the ledger position of its last event."""
+        found = ((op, self.app.operation_position(op)) for op in self.begun[since:])
+        return [(op, position) for op, position in found if position is not None]
+
+    def _record_refusal(self, kind: str, vm_name: object, target: str | None, refused: Refused) -> None:
+        """Keep the attempt in the trail: on the VM, if it lives here (another host's VM is
+        not ours to write, and a write could make its own operation fail). Best effort: the
+        refusal is what the user hears, whatever happens here."""
+        if getattr(refused, "recorded", False) or isinstance(refused, (LedgerDamaged, TamperFound)) or not isinstance(vm_name, str):
+            return
+        refused.recorded = True  # type: ignore[attr-defined]  # an enclosing operation's too
+        unrecordable: tuple[type[BaseException], ...] = (SnapledgerError, *self.app.errors)
+        try:
+            vm = self.vm(vm_name)
+            if self.host is not None and not vm.lives_on(self.host):
+                return
+            vm.record_refusal(kind, target, " ".join(str(refused).split()), self.clock())
+            self.save(vm)
+        except unrecordable:
+            pass
 
     def save(self, *aggregates: object, unrecorded: str = "nothing was done") -> None:
         """Record the aggregates' new events atomically. A store that can't take them (its

@@ -178,6 +178,19 @@ class LedgerStore(Protocol):
     def close(self) -> None:
         """Let go of the store's connections."""
 
+    def begin_operation(self) -> str:
+        """Record what follows under a new operation id (returned)."""
+
+    @property
+    def operation(self) -> str | None:
+        """The operation being recorded (None: none begun)."""
+
+    def continue_operation(self, operation: str | None) -> None:
+        """Record under `operation` again."""
+
+    def operation_position(self, operation: str) -> int | None:
+        """The last position this process saved for `operation` (None: it saved nothing)."""
+
 
 class ViewProjection(Protocol):
     """The LedgerView kept up to date, with checkpoints (checkpoint/persisted.py)."""

@@ -108,7 +108,7 @@ def reconcile(ledger: Snapledger, vm_name: str, dry_run: bool = False) -> Reconc
     if found.unresolvable:
         raise DriftFound(
             f"reconcile can't record this: {'; '.join(found.unresolvable)}; put the files "
-            "right (or swap-disk the disk), then run it again. Nothing was recorded"
+            "right (or swap-disk the disk), then run it again. Nothing was changed"
         )
     hypervisor = ledger.operations.hypervisor_of(vm)
     stale = hypervisor.stale_definition(vm) if hypervisor is not None else None
@@ -122,7 +122,7 @@ def reconcile(ledger: Snapledger, vm_name: str, dry_run: bool = False) -> Reconc
                 f"reconcile can't redefine the domain: its persistent definition names "
                 f"{', '.join(changed)}, which changed on disk since the ledger recorded it "
                 "(the domain may have run on it); put the definition right by hand, or "
-                "retire the VM and adopt it again. Nothing was recorded"
+                "retire the VM and adopt it again. Nothing was changed"
             )
     if not dry_run and (found.changes or found.observed):
         vm.reconcile(found.observed, found.found, found.gone, found.disowned, ledger.clock())

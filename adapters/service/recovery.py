@@ -37,11 +37,15 @@ def recover(ledger: Snapledger, vm_name: str | None = None, pivoted: bool = Fals
     finished: list[str] = []
     left_alone: list[str] = []
     operations = ledger.operations
+    handled = 0
     for name in names:
         vm = ledger.own(name)
         op = vm.operation
         if op is None:
             continue
+        if handled:
+            ledger.next_operation()  # each VM's recovery is an operation of its own
+        handled += 1
         busy = still_running(ledger.runners, op, vm.taken_over_from)
         if busy is not None:
             left_alone.append(f"{name}: {busy}")

@@ -232,3 +232,26 @@ def test_a_service_dropped_without_close_lets_go_of_the_ledger_at_once(
             con.close()
     finally:
         gc.enable()
+
+
+def test_a_ledger_made_before_operations_gets_the_column_and_still_verifies(url: str, storage: SimulatedStorage, tmp_path: Path) -> None:
+    """An older ledger: the chain table has no `operation` column and its records none. The
+    first writer adds the column; the old records keep their hashes, new ones carry their ids."""
+    path = tmp_path / "l.sqlite"
+    con = sqlite3.connect(path)
+    con.execute(  # the chain table as the version before operations made it
+        "CREATE TABLE snapledger_chain (position INTEGER PRIMARY KEY, event_digest TEXT NOT NULL, "
+        "prev_hash TEXT NOT NULL, hash TEXT NOT NULL, actor TEXT NOT NULL, host TEXT NOT NULL, "
+        "tool_version TEXT NOT NULL, reason TEXT)"
+    )
+    con.close()
+    app = LedgerApplication(url)
+    ledger = ledger_service(app, storage)
+    columns = [row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(snapledger_chain)")]
+    assert columns[-1] == "operation"
+    ledger.adopt(VM, {"vda": BASE})
+    ledger.snapshot(VM, "s1")
+    assert not app.check_chain()
+    operations = [record.operation for record in app.chain()]
+    assert all(op is not None for op in operations) and len(set(operations)) == 2
+    assert ledger.recorded_operations()[-1] == (operations[-1], app.last_position())

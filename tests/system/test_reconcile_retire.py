@@ -159,7 +159,7 @@ def test_reconcile_refuses_what_it_cannot_record(h: History, tmp_path: Path) -> 
                     h.frozen("s2")], check=True, timeout=60)
     before = h.cli.state()
     refused = h.cli.run("reconcile", "vm", expect=3)
-    assert "outside" in refused.stderr and "Nothing was recorded" in refused.stderr
+    assert "outside" in refused.stderr and "Nothing was changed" in refused.stderr
     assert h.cli.state() == before
 
 

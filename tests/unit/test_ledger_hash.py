@@ -148,3 +148,22 @@ def test_digests_computed_before_the_positions_are_known_are_the_rows_digests(n:
         StoredEvent(uuid.UUID(r.originator_id), r.originator_version, r.topic, r.state) for r in rows
     ]
     assert event_digests(stored) == [r.event_digest for r in records]
+
+
+def test_a_record_without_an_operation_hashes_as_records_made_before_operations_did() -> None:
+    """Older ledgers stay verifiable: only a record with an operation hashes one."""
+    digest = "d" * 64
+    old_text = '["' + "0" * 64 + '",7,"' + digest + '","alice","host1","1.0",null]'
+    assert chain_hash("0" * 64, 7, digest, BY) == hashlib.sha256(old_text.encode()).hexdigest()
+    with_op = replace(BY, operation="f" * 32)
+    assert chain_hash("0" * 64, 7, digest, with_op) != chain_hash("0" * 64, 7, digest, BY)
+    rows, records = ledger(4)
+    stripped = [replace(r, operation=None) for r in chain_records("0" * 64, rows, with_op)]
+    assert check_chain(rows, stripped)  # dropping a record's operation is tampering
+
+
+@given(st.text(max_size=40))
+def test_the_postgres_tail_hashes_an_operation_like_chain_hash(operation: str) -> None:
+    by = replace(BY, operation=operation)
+    text = chain_hash_text("0" * 64, 3, "e" * 64, chain_hash_tail(by))
+    assert hashlib.sha256(text.encode()).hexdigest() == chain_hash("0" * 64, 3, "e" * 64, by)
