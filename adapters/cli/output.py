@@ -317,7 +317,7 @@ def show_usage(data: Mapping[str, Any]) -> None:
                 say(f"  {snap['name']}: delete refused now: {snap['delete_refused']}")
         for note in vm["notes"]:
             say(f"  note: {note}")
-    say("freeable: what deleting that one snapshot frees now (deletions change each other's)")
+    say("freeable: what deleting that snapshot alone frees now")
 
 
 def say(text: str) -> None:
