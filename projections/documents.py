@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from snapledger.domain.steps import Plan, step_to_dict
 
 from .kept import KeptPerObject
+from .sizes import frozen_allocated
 
 if TYPE_CHECKING:
     from snapledger.domain.images import ImageFacts
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
     from .dag import ImageDag
     from .pictures import ImagePicture
+    from .space import VmSpace
     from .tree import SnapshotTree
     from .view import LedgerView
 
@@ -51,14 +53,18 @@ def disk_chains(vm: VirtualMachine, dag: ImageDag) -> dict[str, dict[str, Any]]:
 _BY_CREATION = operator.attrgetter("created", "name")
 
 
-def snapshot_json(snap: SnapshotRecord, broken: list[str] | None = None) -> dict[str, Any]:
-    """`broken`: the disks whose frozen image (or an image below it) is recorded gone."""
+def snapshot_json(
+    snap: SnapshotRecord, broken: list[str] | None = None, allocated: int = 0
+) -> dict[str, Any]:
+    """`broken`: the disks whose frozen image (or an image below it) is recorded gone.
+    `allocated`: the bytes allocated in its frozen images as recorded (sizes.py)."""
     out: dict[str, Any] = {
         "name": snap.name,
         "parent": snap.parent,
         "created": snap.created,
         "description": snap.description,
         "disks": dict(snap.disks),
+        "allocated": allocated,
     }
     if broken:
         out["broken"] = list(broken)
@@ -81,7 +87,7 @@ def vm_document(
         "domain_xml": vm.domain_xml,
         "disks": disk_chains(vm, dag if dag is not None else ImageDag(view, home=vm.home)),
         "snapshots": [
-            snapshot_json(snap, broken.get(snap.name))
+            snapshot_json(snap, broken.get(snap.name), frozen_allocated(vm.images, snap.disks))
             for snap in sorted(vm.snapshots.values(), key=_BY_CREATION)
         ] if snapshots else [],
         "operation": None
@@ -110,9 +116,10 @@ def adopted_domain_document(
     return {**document, "left_alone": list(left_alone), "imported": list(imported), "notes": list(notes)}
 
 
-def plan_document(plan: Plan, done: bool) -> dict[str, Any]:
-    """snapshot, revert, delete, and each VM's plan of gc; `done` is false for a dry run."""
-    return {
+def plan_document(plan: Plan, done: bool, bytes_freed: int | None = None) -> dict[str, Any]:
+    """snapshot, revert, delete, and each VM's plan of gc; `done` is false for a dry run.
+    `bytes_freed`: the bytes of the files it deletes (delete: measured before it ran)."""
+    document: dict[str, Any] = {
         "kind": plan.kind,
         "strategy": plan.strategy,
         "done": done,
@@ -120,6 +127,9 @@ def plan_document(plan: Plan, done: bool) -> dict[str, Any]:
         "bytes_moved": plan.bytes_moved,
         "notes": list(plan.notes),
     }
+    if bytes_freed is not None:
+        document["bytes_freed"] = bytes_freed
+    return document
 
 
 def prune_document(
@@ -208,6 +218,44 @@ def vm_rows(view: LedgerView, living_on: str | None = None) -> list[dict[str, An
     ]
 
 
+def usage_document(spaces: Iterable[VmSpace]) -> dict[str, Any]:
+    """`usage [VM]`: per VM its allocated bytes, and per snapshot and image (projections/space.py).
+    A snapshot's `freeable` is null when a delete is refused now (`delete_refused` says why)."""
+    return {
+        "vms": [
+            {
+                "vm": vm.vm,
+                "host": vm.host,
+                "allocated": vm.allocated,
+                "size": vm.size,
+                "measured": vm.measured,
+                "snapshots": [
+                    {
+                        "name": snap.name,
+                        "allocated": snap.allocated,
+                        "freeable": snap.freeable,
+                        "bytes_moved": snap.moves,
+                        **({"delete_refused": snap.refused} if snap.refused is not None else {}),
+                    }
+                    for snap in vm.snapshots
+                ],
+                "images": [
+                    {
+                        "path": image.path,
+                        "owner": image.owner.value,
+                        "allocated": image.allocated,
+                        "size": image.size,
+                        "measured": image.measured,
+                    }
+                    for image in vm.images
+                ],
+                "notes": list(vm.notes),
+            }
+            for vm in spaces
+        ]
+    }
+
+
 def tree_document(tree: SnapshotTree) -> dict[str, Any]:
     """`tree`: the snapshot tree, the present, and each line of history from a root to a leaf."""
     return {
@@ -221,6 +269,7 @@ def tree_document(tree: SnapshotTree) -> dict[str, Any]:
                 "children": list(n.children),
                 "disks": n.frozen,
                 "current": n.current,
+                "allocated": n.allocated,
             }
             for n in tree.nodes.values()
         },
@@ -265,7 +314,7 @@ def json_text(value: Any) -> str:
 _SNAPSHOTS_HERE = '\n  "snapshots": "\\u0000"'
 # The text of each snapshot's part, kept while its record lives (records are replaced, never
 # changed in place): a VM with 10,000 snapshots is not encoded whole at every save.
-_SNAPSHOT_TEXTS: KeptPerObject[str] = KeptPerObject()
+_SNAPSHOT_TEXTS: KeptPerObject[tuple[int, str]] = KeptPerObject()
 
 
 def vm_document_text(view: LedgerView, name: str, dag: ImageDag | None = None) -> str:
@@ -277,21 +326,22 @@ def vm_document_text(view: LedgerView, name: str, dag: ImageDag | None = None) -
     head = json_text(document)
     broken = vm.broken_snapshots()
     parts = [
-        _snapshot_text(snap, broken.get(snap.name))
+        _snapshot_text(snap, broken.get(snap.name), frozen_allocated(vm.images, snap.disks))
         for snap in sorted(vm.snapshots.values(), key=_BY_CREATION)
     ]
     listed = "[\n" + ",\n".join(parts) + "\n  ]" if parts else "[]"
     return head.replace(_SNAPSHOTS_HERE, '\n  "snapshots": ' + listed, 1)
 
 
-def _snapshot_text(snap: SnapshotRecord, broken: list[str] | None) -> str:
+def _snapshot_text(snap: SnapshotRecord, broken: list[str] | None, allocated: int) -> str:
     if broken:
-        return _indented(json_text(snapshot_json(snap, broken)))
-    text = _SNAPSHOT_TEXTS.get(snap)
-    if text is None:
-        text = _indented(json_text(snapshot_json(snap)))
-        _SNAPSHOT_TEXTS.put(snap, text)
-    return text
+        return _indented(json_text(snapshot_json(snap, broken, allocated)))
+    kept = _SNAPSHOT_TEXTS.get(snap)
+    # a merge into its frozen image changes its size, not the record: kept with the size
+    if kept is None or kept[0] != allocated:
+        kept = (allocated, _indented(json_text(snapshot_json(snap, allocated=allocated))))
+        _SNAPSHOT_TEXTS.put(snap, kept)
+    return kept[1]
 
 
 def _indented(text: str) -> str:

@@ -113,10 +113,17 @@ class PruneStep:
     bytes_freed: int
 
 
-def bytes_freed(view: LedgerView, vm_name: str, plan: Plan) -> int:
-    """The bytes on the host of the files a plan deletes, as last observed."""
+def bytes_freed(
+    view: LedgerView, vm_name: str, plan: Plan, measured: Mapping[str, ImageFacts] | None = None
+) -> int:
+    """The bytes on the host of the files a plan deletes: as `measured` on the disks just now
+    where given, else as last observed (recorded)."""
     images = view.vms[vm_name].images
-    return sum(images[s.path].facts.size for s in plan.steps if isinstance(s, DeleteFile) and s.path in images)
+    seen = measured or {}
+    return sum(
+        (seen[s.path] if s.path in seen else images[s.path].facts).size
+        for s in plan.steps if isinstance(s, DeleteFile) and s.path in images
+    )
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from snapledger.domain.images import OwnerClass
 
 from .dag import ImageDag
+from .sizes import frozen_allocated
 from .view import LedgerView
 
 
@@ -18,6 +19,7 @@ class SnapshotNode:
     children: tuple[str, ...]
     frozen: dict[str, str]  # disk -> frozen image
     current: bool
+    allocated: int = 0  # bytes allocated in its frozen images, as recorded (sizes.py)
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ def snapshot_tree(view: LedgerView, vm_name: str) -> SnapshotTree:
             tuple(sorted(children.get(snap.name, []))),
             dict(snap.disks),
             snap.name == vm.current,
+            frozen_allocated(vm.images, snap.disks),
         )
         for snap in vm.snapshots.values()
     }

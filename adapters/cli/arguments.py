@@ -56,7 +56,7 @@ def read_file(path: str, what: str) -> bytes:
         raise BadInput(f"can't read {what} {path}: {error.strerror}") from None
 
 
-REPLAY_COMMANDS = ("show", "tree", "log", "explain", "diff", "list", "export")
+REPLAY_COMMANDS = ("show", "tree", "log", "explain", "diff", "list", "export", "usage")
 REPLAY_DRY_RUN_COMMANDS = ("delete", "revert", "gc", "snapshot")
 
 

@@ -179,8 +179,8 @@ def swap_disk(c: Context, vm: str, disk: str, path: str) -> None:
 @pass_context
 def delete(c: Context, vm: str, name: str, strategy: str, branches: str, dry_run: bool) -> None:
     """Delete a snapshot by the cheapest safe merge."""
-    plan = c.ledger.delete(vm, name, strategy, branches, dry_run=dry_run)
-    report(c, plan, dry_run, f"delete {name}")
+    deletion = c.ledger.deletion(vm, name, strategy, branches, dry_run=dry_run)
+    report(c, deletion.plan, dry_run, f"delete {name}", deletion.bytes_freed)
 
 
 @command()
@@ -259,9 +259,9 @@ def retire(c: Context, vm: str) -> None:
         output.say(f"left on disk (made by snapledger): {path}")
 
 
-def report(c: Context, plan: Plan, dry_run: bool, title: str) -> None:
+def report(c: Context, plan: Plan, dry_run: bool, title: str, bytes_freed: int | None = None) -> None:
     """A plan carried out (or, dry_run, only made)."""
-    document = plan_document(plan, not dry_run)
+    document = plan_document(plan, not dry_run, bytes_freed)
     output.emit_json(recorded(c, document)) if c.as_json else output.show_plan(document, title)
 
 

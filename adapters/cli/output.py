@@ -68,12 +68,15 @@ def show_plan(plan: Mapping[str, Any], title: str) -> None:
         details = {k: v for k, v in step.items() if k not in ("action", "bytes")}
         if "xml" in details:  # a whole domain definition (define-domain): its size only
             details["xml"] = f"<{len(str(details['xml']))} characters>"
-        table.add_row(*_cells(i, step["action"], " ".join(f"{k}={v}" for k, v in details.items()), f"{step['bytes']:,}"))
+        table.add_row(*_cells(i, step["action"], " ".join(f"{k}={v}" for k, v in details.items()),
+                              filesize.decimal(step["bytes"])))
     console.print(table)
     for note in plan["notes"]:
         say(f"note: {visible(note)}")
-    verb = "moved" if done else "would move"
-    say(f"{'done' if done else 'dry run, nothing changed'}; {verb} {plan['bytes_moved']:,} bytes")
+    said = f"{'moved' if done else 'would move'} {filesize.decimal(plan['bytes_moved'])}"
+    if "bytes_freed" in plan:  # delete: the files it deletes
+        said += f", {'freed' if done else 'would free'} {filesize.decimal(plan['bytes_freed'])}"
+    say(f"{'done' if done else 'dry run, nothing changed'}; {said}")
 
 
 def show_vm(data: Mapping[str, Any]) -> None:
@@ -155,6 +158,8 @@ def show_tree(tree: Mapping[str, Any]) -> None:
         label = Text(visible(name), style="bold" if node["current"] else "")
         if node["current"]:
             label.append("  *current")
+        if "allocated" in node:
+            label.append(f"  {filesize.decimal(node['allocated'])}", style="dim")
         branch = parent.add(label)
         if node["current"]:
             branch.add(present)
@@ -223,7 +228,7 @@ def show_explain(data: Mapping[str, Any]) -> None:
         lines.append("  freed by:")
         for route in data["freed_by"]:
             lines.append(f"    $ {' && '.join(route['commands'])}")
-            moved = f" (moves {route['bytes_moved']:,} bytes)" if route["bytes_moved"] else ""
+            moved = f" (moves {filesize.decimal(route['bytes_moved'])})" if route["bytes_moved"] else ""
             lines.append(f"      {route['effect']}{moved}")
     else:
         lines.append(f"  freed by:   {data['nothing_frees_it']}")
@@ -335,6 +340,48 @@ def show_prune(data: Mapping[str, Any]) -> None:
         f"{len(data['kept'])} kept; moved {filesize.decimal(data['bytes_moved'])}, "
         f"freed {filesize.decimal(data['bytes_freed'])}"
     )
+
+
+def show_usage(data: Mapping[str, Any]) -> None:
+    """`usage [VM]` for people (data: documents.usage_document): per VM a table of its
+    snapshots and one of its images, sizes in decimal units (rich's filesize), paths short
+    when a VM's images share one directory, so that it fits 80 columns."""
+    data = visible_data(data)
+    if not data["vms"]:
+        say("no VMs tracked")
+    for vm in data["vms"]:
+        say(f"VM {vm['vm']}  host: {vm['host'] or '-'}  allocated: {filesize.decimal(vm['allocated'])}"
+            f"  on disk: {filesize.decimal(vm['size'])}")
+        snapshots = Table(title="snapshots", title_justify="left")
+        snapshots.add_column("snapshot")
+        for column in ("allocated", "freeable", "moves"):
+            snapshots.add_column(column, justify="right")
+        for snap in vm["snapshots"]:
+            freeable = "refused" if snap["freeable"] is None else filesize.decimal(snap["freeable"])
+            moves = "-" if snap["bytes_moved"] is None else filesize.decimal(snap["bytes_moved"])
+            snapshots.add_row(*_cells(snap["name"], filesize.decimal(snap["allocated"]), freeable, moves))
+        if vm["snapshots"]:
+            console.print(snapshots)
+        directories = {image["path"].rpartition("/")[0] for image in vm["images"]}
+        short = len(directories) == 1
+        title = f"images (in {next(iter(directories)) or '/'})" if short else "images"
+        images = Table(title=Text(title), title_justify="left")
+        images.add_column("image", overflow="fold")
+        images.add_column("owner")
+        images.add_column("allocated", justify="right")
+        images.add_column("on disk", justify="right")
+        for image in vm["images"]:
+            path = image["path"].rpartition("/")[2] if short else image["path"]
+            mark = "" if image["measured"] else " (recorded)"
+            images.add_row(*_cells(path, image["owner"], filesize.decimal(image["allocated"]) + mark,
+                                   filesize.decimal(image["size"])))
+        console.print(images)
+        for snap in vm["snapshots"]:
+            if snap.get("delete_refused"):
+                say(f"  {snap['name']}: delete refused now: {snap['delete_refused']}")
+        for note in vm["notes"]:
+            say(f"  note: {note}")
+    say("freeable: what deleting that snapshot alone frees now")
 
 
 def say(text: str) -> None:

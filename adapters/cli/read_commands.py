@@ -1,4 +1,4 @@
-"""The commands that read the ledger: list, show, diff, tree and explain."""
+"""The commands that read the ledger: list, show, diff, tree, explain and usage."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ from snapledger.adapters.cli.options import after_command_options, command, pass
 from snapledger.adapters.cli.session import Context
 from snapledger.adapters.service.queries import diff as diff_positions
 from snapledger.adapters.service.queries import past_view
-from snapledger.projections.documents import image_dag_document, tree_document, vm_document, vm_rows
+from snapledger.projections.documents import (
+    image_dag_document,
+    tree_document,
+    usage_document,
+    vm_document,
+    vm_rows,
+)
 from snapledger.projections.explain import explain_image
 from snapledger.projections.pictures import image_picture
 from snapledger.projections.tree import snapshot_tree
@@ -92,4 +98,15 @@ def explain(c: Context, vm: str, path: str) -> None:
     output.emit_json(data) if c.as_json else output.show_explain(data)
 
 
-READ_COMMANDS = (list_vms, show, diff, tree, explain)
+@command()
+@click.argument("vm", required=False)
+@after_command_options
+@pass_context
+def usage(c: Context, vm: str | None) -> None:
+    """Space: per snapshot the bytes allocated in its frozen images and those a delete would
+    free now, per image its allocated bytes and owner (measured on the disks)."""
+    data = usage_document(c.ledger.usage(vm))
+    output.emit_json(data) if c.as_json else output.show_usage(data)
+
+
+READ_COMMANDS = (list_vms, show, diff, tree, explain, usage)

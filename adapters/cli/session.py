@@ -12,7 +12,8 @@ from snapledger.domain.errors import SnapledgerError
 
 # Commands that only read: on a store that isn't there they see an empty ledger, and they create
 # nothing (no directory, no file, no table). Any command given --dry-run reads only too.
-READING_COMMANDS = frozenset({"list", "show", "tree", "log", "explain", "export", "verify", "diff", "replay"})
+READING_COMMANDS = frozenset({"list", "show", "tree", "log", "explain", "export", "verify", "diff", "replay",
+                               "usage"})
 
 
 class Context:

@@ -18,7 +18,15 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Concatenate, ParamSpec, TypeVar
 
-from snapledger.adapters.service import hosts, images, preconditions, pruning, queries, recovery
+from snapledger.adapters.service import (
+    hosts,
+    images,
+    preconditions,
+    pruning,
+    queries,
+    recovery,
+    space,
+)
 from snapledger.adapters.service.drift import DiskChecks
 from snapledger.adapters.service.operation import DriftDuringOperation, Operations
 from snapledger.adapters.service.ports import (
@@ -55,6 +63,7 @@ from snapledger.projections import planners
 from snapledger.projections.cost import CostModel
 from snapledger.projections.retention import KeepRules
 from snapledger.projections.scope import NO_HOST, shared_dirs
+from snapledger.projections.space import VmSpace
 from snapledger.projections.view import LedgerView, private_copy, replacing
 
 _P = ParamSpec("_P")
@@ -105,6 +114,12 @@ def _checkpointed(
 
     functools.update_wrapper(run, command)
     return run
+
+
+@dataclasses.dataclass(frozen=True)
+class Deletion:
+    plan: Plan  # as carried out (a dry run: as it would be)
+    bytes_freed: int  # the bytes of the files it deletes, measured on the disks before
 
 
 class Snapledger:
@@ -286,7 +301,6 @@ class Snapledger:
         )
         return self._run(vm, plan, name, {}, dry_run, start=running)
 
-    @_operation("delete", target="name")
     def delete(
         self,
         vm_name: str,
@@ -295,6 +309,18 @@ class Snapledger:
         branches: str = BranchOption.FORBID,
         dry_run: bool = False,
     ) -> Plan:
+        return self.deletion(vm_name, name, strategy, branches, dry_run).plan
+
+    @_operation("delete", target="name")
+    def deletion(
+        self,
+        vm_name: str,
+        name: str,
+        strategy: str = Strategy.AUTO,
+        branches: str = BranchOption.FORBID,
+        dry_run: bool = False,
+    ) -> Deletion:
+        """`delete`, with the bytes of the files it deletes, measured before it ran."""
         vm, view = self.prepare(vm_name, dry_run)
         dependants = self.dependants(vm, view)
         plan = planners.plan_delete(view, vm_name, name, strategy, branches, self.cost, dependants)
@@ -305,7 +331,13 @@ class Snapledger:
                 plan = planners.plan_delete(
                     view, vm_name, name, Strategy.COMMIT, branches, self.cost, dependants
                 )
-        return self._run(vm, plan, name, {}, dry_run)
+        freed = space.freed_by(self, vm, view, plan)
+        return Deletion(self._run(vm, plan, name, {}, dry_run), freed)
+
+    def usage(self, vm_name: str | None = None) -> list[VmSpace]:
+        """Space per snapshot and image of VM `vm_name` (or of every VM tracked), measured on
+        the disks (space.py); read-only."""
+        return space.usage(self, vm_name)
 
     @_operation("gc")
     def gc(
