@@ -96,7 +96,7 @@ def show_vm(data: Mapping[str, Any]) -> None:
 def show_diff(data: Mapping[str, Any]) -> None:
     """`diff VM N M` for people (data: projections.history.diff)."""
     data = visible_data(data)
-    lines = [f"VM {data['vm']}: from position {data['from']} to {data['to']}"]
+    lines = [f"VM {data['vm']}: from {_point(data, 'from')} to {_point(data, 'to')}"]
     if not data["changed"]:
         lines.append("  no changes")
     if data["current"] is not None:
@@ -137,6 +137,51 @@ def show_diff(data: Mapping[str, Any]) -> None:
                 line += f" (position {op['position']})"
             events.append((op["position"] is None, op["position"] or 0, line))
     lines += [line for _, _, line in sorted(events)]
+    for line in lines:
+        say(line)
+
+
+def _point(data: Mapping[str, Any], end: str) -> str:
+    """How `diff` names one end: the position, after the name or time it was given as."""
+    given = data.get("points", {}).get(end)
+    position = f"position {data[end]}"
+    return position if given is None or given in (str(data[end]), f"pos:{data[end]}") else f"{given} ({position})"
+
+
+def local_time(text: str | None) -> str:
+    """A recorded UTC time (ISO 8601) in this machine's zone, to the second, with its offset."""
+    from datetime import UTC, datetime
+
+    if not text:
+        return "-"
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    return when.astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
+
+
+def show_snapshot(data: Mapping[str, Any]) -> None:
+    """`show VM NAME` for people, like `virsh snapshot-info` (data: projections.snapshot_info)."""
+    data = visible_data(data)
+    rows = [
+        ("Name", data["name"]),
+        ("VM", data["vm"]),
+        ("Parent", data["parent"] or "-"),
+        ("Children", ", ".join(data["children"]) or "-"),
+        ("Created", local_time(data["created"])),
+        ("Description", data["description"] or "-"),
+        ("Current", "yes" if data["current"] else "no"),
+        ("State", data["state"] or "-"),
+        ("Position", "-" if data["position"] is None else str(data["position"])),
+        ("Definition", "recorded" if data["has_definition"] else "-"),
+    ]
+    lines = [f"{label + ':':<14}{value}" for label, value in rows]
+    lines.append("Frozen images:" if data["disks"] else "Frozen images: -")
+    lines += [f"  {disk}: {path}" for disk, path in data["disks"].items()]
+    if data.get("broken"):
+        lines.append(f"Broken:       {', '.join(data['broken'])} (a frozen image is gone)")
     for line in lines:
         say(line)
 

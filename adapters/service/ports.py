@@ -175,6 +175,9 @@ class LedgerStore(Protocol):
     def newest_first(self, aggregate_id: UUID) -> Iterator[Any]:
         """One aggregate's events, newest first."""
 
+    def recorded_position(self, originator_id: UUID, version: int = 1) -> int | None:
+        """The ledger position of one aggregate's event (None: no such event)."""
+
     def close(self) -> None:
         """Let go of the store's connections."""
 
