@@ -145,6 +145,21 @@ class StoragePort(Protocol):
         does not know that rest on its images."""
 
 
+class MergeListener(Protocol):
+    """Told how a long merge goes (qemu-img commit or rebase, a libvirt block job), by the storage
+    adapter running it; the command line shows it (adapters/cli/output.py's MergeProgress)."""
+
+    def started(self, step: str, source: str, target: str, total_bytes: int) -> None:
+        """A merge begins: `step` ("commit" or "pull") moves data of `source` into `target`,
+        which it writes; about `total_bytes` (0: not known)."""
+
+    def advanced(self, fraction: float) -> None:
+        """The fraction of the merge done, 0 to 1."""
+
+    def finished(self) -> None:
+        """The merge ended, done or not."""
+
+
 # ---- the ledger ------------------------------------------------------------------------------
 
 
