@@ -92,6 +92,8 @@ def resolve(ledger: Snapledger, vm_name: str, token: str) -> int:
             return taken.position
         if forced == "name":
             raise UnknownSnapshot(f"VM {vm_name!r} has no snapshot {text!r}, nor ever had")
+    if forced == "at":
+        return ledger.position_at(history.parse_time(text))
     try:
         when = history.parse_time(text)
     except BadInput:

@@ -69,6 +69,7 @@ def test_bad_points_are_one_line_exit_2(cli: Cli) -> None:
         ("diff", "web", "s9", "s1"),
         ("diff", "web", "name:nope", "s1"),
         ("diff", "web", "pos:x", "s1"),
+        ("diff", "web", "s1", "at:tomorrow"),
         ("diff", "web", "s2", "s1"),  # the later one first
         ("diff", "nope", "s1", "s2"),
         ("show", "web", "nope"),
