@@ -6,7 +6,6 @@ from __future__ import annotations
 import getpass
 import os
 import socket
-from collections.abc import Callable
 from typing import Any, cast
 
 from snapledger.adapters.checkpoint.persisted import PersistedProjection
@@ -25,6 +24,7 @@ from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.service.ports import (
     Clock,
     Hypervisor,
+    MergeListener,
     Runners,
     StoragePort,
     ViewProjection,
@@ -130,7 +130,7 @@ def ledger_service(
 
 
 def open_ledger(
-    app: LedgerApplication, progress: Callable[[float], None] | None = None
+    app: LedgerApplication, progress: MergeListener | None = None
 ) -> Snapledger:
     """The service over `app`: real disks through qemu-img, libvirt when a VM is bound to it
     (libvirt-python itself is imported only when such a VM is acted on)."""

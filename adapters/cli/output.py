@@ -11,9 +11,10 @@ the exact strings.
 from __future__ import annotations
 
 import json
+import os.path
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from rich import filesize
@@ -99,7 +100,7 @@ def show_vm(data: Mapping[str, Any]) -> None:
 def show_diff(data: Mapping[str, Any]) -> None:
     """`diff VM N M` for people (data: projections.history.diff)."""
     data = visible_data(data)
-    lines = [f"VM {data['vm']}: from position {data['from']} to {data['to']}"]
+    lines = [f"VM {data['vm']}: from {_point(data, 'from')} to {_point(data, 'to')}"]
     if not data["changed"]:
         lines.append("  no changes")
     if data["current"] is not None:
@@ -140,6 +141,51 @@ def show_diff(data: Mapping[str, Any]) -> None:
                 line += f" (position {op['position']})"
             events.append((op["position"] is None, op["position"] or 0, line))
     lines += [line for _, _, line in sorted(events)]
+    for line in lines:
+        say(line)
+
+
+def _point(data: Mapping[str, Any], end: str) -> str:
+    """How `diff` names one end: the position, after the name or time it was given as."""
+    given = data.get("points", {}).get(end)
+    position = f"position {data[end]}"
+    return position if given is None or given in (str(data[end]), f"pos:{data[end]}") else f"{given} ({position})"
+
+
+def local_time(text: str | None) -> str:
+    """A recorded UTC time (ISO 8601) in this machine's zone, to the second, with its offset."""
+    from datetime import UTC, datetime
+
+    if not text:
+        return "-"
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    return when.astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
+
+
+def show_snapshot(data: Mapping[str, Any]) -> None:
+    """`show VM NAME` for people, like `virsh snapshot-info` (data: projections.snapshot_info)."""
+    data = visible_data(data)
+    rows = [
+        ("Name", data["name"]),
+        ("VM", data["vm"]),
+        ("Parent", data["parent"] or "-"),
+        ("Children", ", ".join(data["children"]) or "-"),
+        ("Created", local_time(data["created"])),
+        ("Description", data["description"] or "-"),
+        ("Current", "yes" if data["current"] else "no"),
+        ("State", data["state"] or "-"),
+        ("Position", "-" if data["position"] is None else str(data["position"])),
+        ("Definition", "recorded" if data["has_definition"] else "-"),
+    ]
+    lines = [f"{label + ':':<14}{value}" for label, value in rows]
+    lines.append("Frozen images:" if data["disks"] else "Frozen images: -")
+    lines += [f"  {disk}: {path}" for disk, path in data["disks"].items()]
+    if data.get("broken"):
+        lines.append(f"Broken:       {', '.join(data['broken'])} (a frozen image is gone)")
     for line in lines:
         say(line)
 
@@ -262,15 +308,6 @@ def show_rows(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]])
     console.print(table)
 
 
-def local_time(utc_iso: str | None) -> str:
-    """A recorded time (UTC in JSON) as people read it: local, to the second, with the zone."""
-    if not utc_iso:
-        return "-"
-    from datetime import datetime
-
-    return datetime.fromisoformat(utc_iso).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
-
-
 def _paged(lines: list[Text], paged: bool) -> None:
     """Lines for people; through a pager ($PAGER, else less) when on a terminal and longer than
     it; each cut at the terminal's width (on a pipe, whole)."""
@@ -390,44 +427,121 @@ def say(text: str) -> None:
 
 
 class MergeProgress:
-    """A progress bar for a block operation (commit, pull), drawn on a terminal only and only
-    once the operation has run for a second; fed with the fraction done by the storage adapter."""
+    """How a long merge goes (commit, pull), told by the storage adapter running it (the
+    MergeListener port, adapters/service/ports.py), always on stderr: stdout stays the command's
+    answer (--json). Nothing for a merge done within a second. On a terminal, a rich progress
+    line: the step, the files, the bytes, the rate and the time left. Elsewhere (cron, a log), a
+    plain line each time another 10% is done or 10 s have passed since the last one, whichever
+    comes first, and one when it ends."""
 
-    def __init__(self) -> None:
-        self._bar: Any = None  # rich's Progress, imported when a merge is long enough to show it
+    QUIET_SECONDS = 1.0
+    EVERY_FRACTION = 0.1
+    EVERY_SECONDS = 10.0
+
+    def __init__(self, console: Console | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self._console = console  # None: stderr's, made when a merge first needs it
+        self._clock = clock
+        self._merge: tuple[str, str, str, int] | None = None  # step, source, target, total bytes
+        self._started = self._fraction = 0.0
+        self._said_at = self._said_fraction = 0.0
+        self._said = False
+        self._bar: Any = None  # rich's Progress, made once a merge has run a second
         self._task: Any = None
-        self._started: float | None = None
-        self._last = 0.0
 
-    def __call__(self, fraction: float) -> None:
-        if not console.is_terminal:
+    def started(self, step: str, source: str, target: str, total_bytes: int) -> None:
+        self.finished()
+        self._merge = (step, source, target, max(total_bytes, 0))
+        self._started = self._said_at = self._clock()
+        self._fraction = self._said_fraction = 0.0
+        self._said = False
+
+    def advanced(self, fraction: float) -> None:
+        if self._merge is None:
             return
-        now = time.monotonic()
-        if self._started is None or fraction < self._last:  # a new operation began
-            self.close()
-            self._started = now
-        self._last = fraction
-        if self._bar is None and now - self._started >= 1.0 and fraction < 1.0:
-            from rich.progress import (
-                BarColumn,
-                Progress,
-                TaskProgressColumn,
-                TextColumn,
-                TimeElapsedColumn,
-            )
+        self._fraction = fraction = min(max(fraction, self._fraction), 1.0)
+        now = self._clock()
+        if now - self._started < self.QUIET_SECONDS or fraction >= 1.0:
+            return
+        if self._out().is_terminal:
+            self._draw(fraction)
+            return
+        crossed = int(fraction / self.EVERY_FRACTION + 1e-9) > int(self._said_fraction / self.EVERY_FRACTION + 1e-9)
+        if crossed or now - self._said_at >= self.EVERY_SECONDS:
+            self._say(f"{fraction:.0%} ({self._amounts(now)})")
+            self._said_at, self._said_fraction, self._said = now, fraction, True
 
-            self._bar = Progress(
-                TextColumn("merging"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn(),
-                console=console, transient=True,
-            )
-            self._bar.start()
-            self._task = self._bar.add_task("merge", total=100.0)
-        if self._bar is not None:
-            self._bar.update(self._task, completed=fraction * 100.0)
-        if fraction >= 1.0:
-            self.close()
-
-    def close(self) -> None:
+    def finished(self) -> None:
         if self._bar is not None:
             self._bar.stop()
-        self._bar, self._started, self._last = None, None, 0.0
+            self._bar = self._task = None
+        if self._merge is not None and self._said:
+            elapsed = self._clock() - self._started
+            if self._fraction >= 1.0:
+                total = self._merge[3]
+                moved = f"{filesize.decimal(total)} in " if total else ""
+                rate = f", {filesize.decimal(int(total / elapsed))}/s" if total and elapsed > 0 else ""
+                self._say(f"done, {moved}{_seconds(elapsed)}{rate}")
+            else:
+                self._say(f"stopped at {self._fraction:.0%} after {_seconds(elapsed)}")
+        self._merge = None
+
+    def _out(self) -> Console:
+        if self._console is None:
+            self._console = Console(stderr=True, highlight=False)
+        return self._console
+
+    def _say(self, what: str) -> None:
+        assert self._merge is not None
+        step, source, target, _ = self._merge
+        line = f"snapledger: {step} {source} into {target}: {what}"
+        out = self._out().file
+        out.write(visible(line) + "\n")
+        out.flush()
+
+    def _amounts(self, now: float) -> str:
+        """`400 MB of 1.0 GB, 20 MB/s, 30 s left`, or the time left alone if the size is not known."""
+        assert self._merge is not None
+        total, fraction = self._merge[3], self._fraction
+        elapsed = max(now - self._started, 1e-9)
+        left = f"{_seconds(elapsed * (1.0 - fraction) / fraction)} left" if fraction > 0 else "time left unknown"
+        if not total:
+            return left
+        done = int(total * fraction)
+        rate = filesize.decimal(int(done / elapsed))
+        return f"{filesize.decimal(done)} of {filesize.decimal(total)}, {rate}/s, {left}"
+
+    def _draw(self, fraction: float) -> None:
+        assert self._merge is not None
+        step, source, target, total = self._merge
+        if self._bar is None:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                ProgressColumn,
+                TaskProgressColumn,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            columns: list[ProgressColumn] = [TextColumn("{task.description}", markup=False), BarColumn(), TaskProgressColumn()]
+            if total:
+                columns += [DownloadColumn(), TransferSpeedColumn()]
+            columns.append(TimeRemainingColumn())
+            self._bar = Progress(*columns, console=self._out(), transient=True, get_time=self._clock)
+            self._bar.start()
+            name = os.path.basename
+            what = visible(f"{step} {name(source)} into {name(target)}")
+            self._task = self._bar.add_task(what, total=float(total or 1))
+        self._bar.update(self._task, completed=fraction * float(total or 1))
+
+
+def _seconds(seconds: float) -> str:
+    """`45 s`, `12 min 5 s`, `3 h 20 min`."""
+    whole = int(seconds + 0.5)
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60} min"

@@ -10,7 +10,7 @@ import click
 from snapledger.adapters.cli import output
 from snapledger.adapters.cli.options import after_command_options, command, pass_context
 from snapledger.adapters.cli.session import Context
-from snapledger.adapters.service.queries import diff as diff_positions
+from snapledger.adapters.service.points import diff_points, snapshot_info
 from snapledger.adapters.service.queries import past_view
 from snapledger.projections.documents import (
     image_dag_document,
@@ -42,12 +42,17 @@ def list_vms(c: Context, mine: bool) -> None:
 
 @command()
 @click.argument("vm")
+@click.argument("snapshot", required=False)
 @click.option("--at-event", type=int, metavar="N", help="The state right after ledger position N (log --json).")
 @click.option("--at", "at_time", metavar="TIME", help="The state at TIME (ISO 8601; naive is UTC).")
 @after_command_options
 @pass_context
-def show(c: Context, vm: str, at_event: int | None, at_time: str | None) -> None:
-    """A VM's state now, or in the past."""
+def show(c: Context, vm: str, snapshot: str | None, at_event: int | None, at_time: str | None) -> None:
+    """A VM's state now, or in the past; with SNAPSHOT, that snapshot in detail."""
+    if snapshot is not None:
+        data = snapshot_info(c.ledger, vm, snapshot, at_event, at_time)
+        output.emit_json(data) if c.as_json else output.show_snapshot(data)
+        return
     if at_event is not None or at_time is not None:
         data = vm_document(past_view(c.ledger, vm, at_event, at_time), vm)
     elif (stored := c.stored_show_text(vm)) is not None:
@@ -59,13 +64,14 @@ def show(c: Context, vm: str, at_event: int | None, at_time: str | None) -> None
 
 @command()
 @click.argument("vm")
-@click.argument("start", metavar="N", type=int)
-@click.argument("end", metavar="M", type=int)
+@click.argument("start", metavar="A")
+@click.argument("end", metavar="B")
 @after_command_options
 @pass_context
-def diff(c: Context, vm: str, start: int, end: int) -> None:
-    """What changed for a VM from ledger position N to M (0: the empty ledger)."""
-    data = diff_positions(c.ledger, vm, start, end)
+def diff(c: Context, vm: str, start: str, end: str) -> None:
+    """What changed for a VM from A to B: each a ledger position (0: the empty ledger), a
+    snapshot (where it was taken) or an ISO 8601 time; `pos:`, `name:`, `at:` say which."""
+    data = diff_points(c.ledger, vm, start, end)
     output.emit_json(data) if c.as_json else output.show_diff(data)
 
 

@@ -15,6 +15,7 @@ from typing import Protocol
 from snapledger.adapters.libvirt.errors import DomainStopped, ForeignBlockJob
 from snapledger.adapters.libvirt.port import BlockJob, LibvirtFailure, LibvirtPort, NoSuchDomain
 from snapledger.adapters.libvirt.running import LiveDisk, live_chain, port_running
+from snapledger.adapters.service.ports import MergeListener
 from snapledger.domain.errors import StorageError
 
 COMMIT_KINDS = ("commit", "active-commit")
@@ -59,11 +60,12 @@ class BlockJobs:
     """The block jobs of one connection, run with `knobs`, reporting to `progress`."""
 
     def __init__(
-        self, port: LibvirtPort, knobs: JobKnobs, progress: Callable[[float], None] | None = None
+        self, port: LibvirtPort, knobs: JobKnobs, progress: MergeListener | None = None
     ) -> None:
         self.port = port
         self.knobs = knobs
         self.progress = progress
+        self._told: tuple[str, str, str] | None = None  # the merge `progress` knows of, running
 
     def commit(self, live: LiveDisk, top: str, base: str) -> None:
         """Commit `top` into `base` (its backing file in `live`'s chain) by a block job: an
@@ -80,7 +82,7 @@ class BlockJobs:
                 )
             elif job.kind not in COMMIT_KINDS:
                 raise foreign_job(live.domain, live.disk, job)
-            self.wait(live, pivot=active, base=base)
+            self.wait(live, pivot=active, base=base, merge=("commit", top, base))
             after = live_chain(self.port, live)
         except (LibvirtFailure, NoSuchDomain) as error:
             raise self.stopped(live, error) from None
@@ -106,7 +108,7 @@ class BlockJobs:
                 self.port.block_pull(live.domain, live.disk, new_backing, self.knobs.job_bandwidth)
             elif job.kind != "pull":
                 raise foreign_job(live.domain, live.disk, job)
-            self.wait(live, pivot=False)
+            self.wait(live, pivot=False, merge=("pull", live.chain[1] if len(live.chain) > 1 else image, image))
             after = live_chain(self.port, live)
         except (LibvirtFailure, NoSuchDomain) as error:
             raise self.stopped(live, error) from None
@@ -123,26 +125,47 @@ class BlockJobs:
         if job is not None and job.kind in ("commit", "pull"):
             self.wait(live, pivot=False)
 
-    def wait(self, live: LiveDisk, pivot: bool, base: str | None = None) -> None:
+    def wait(
+        self, live: LiveDisk, pivot: bool, base: str | None = None,
+        merge: tuple[str, str, str] | None = None,
+    ) -> None:
         """Until the disk's job ends, or, with `pivot`, until it is ready and pivoted (onto
-        `base`, which `on_pivot` is told first). Cancelled after `job_timeout`."""
+        `base`, which `on_pivot` is told first). Cancelled after `job_timeout`. `merge`: the
+        step, source and target `progress` is told of, once the job says its size."""
+        try:
+            self._wait(live, pivot, base, merge)
+        finally:
+            if self._told is not None and self.progress is not None:
+                self.progress.finished()
+            self._told = None
+
+    def _report(self, merge: tuple[str, str, str] | None, done: int, total: int) -> None:
+        if self.progress is None:
+            return
+        if self._told is None and merge is not None:
+            self._told = merge
+            self.progress.started(*merge, total)
+        if self._told is not None:
+            self.progress.advanced(min(done / total, 1.0) if total else 1.0)
+
+    def _wait(
+        self, live: LiveDisk, pivot: bool, base: str | None, merge: tuple[str, str, str] | None
+    ) -> None:
         deadline = time.monotonic() + self.knobs.job_timeout
         pause = 0.005  # short jobs end in milliseconds: look again soon, then less often
         while True:
             job: BlockJob | None = self.port.block_job(live.domain, live.disk)
             if job is None:
-                if self.progress is not None:
-                    self.progress(1.0)
+                self._report(merge, 1, 1)
                 return  # finished; the caller reads the chain to see how
-            if job.end and self.progress is not None:
-                self.progress(min(job.cur / job.end, 1.0))
+            if job.end:
+                self._report(merge, job.cur, job.end)
             if pivot and job.ready:
                 if self.knobs.on_pivot is not None and base is not None:
                     self.knobs.on_pivot(live.disk, base)  # recorded before it is asked
                 try:
                     self.port.pivot(live.domain, live.disk)
-                    if self.progress is not None:
-                        self.progress(1.0)
+                    self._report(merge, 1, 1)
                     if self.knobs.pause_after_pivot:
                         time.sleep(self.knobs.pause_after_pivot)
                     return

@@ -12,7 +12,7 @@ the guest's writes may be in the top only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from snapledger.adapters.libvirt import definitions
@@ -20,7 +20,7 @@ from snapledger.adapters.libvirt.block_jobs import BlockJobs
 from snapledger.adapters.libvirt.errors import WrongImage
 from snapledger.adapters.libvirt.port import NoSuchDomain
 from snapledger.adapters.libvirt.running import LiveDisk, find_live, port_running
-from snapledger.adapters.service.ports import Dependants, Sharing, StoragePort
+from snapledger.adapters.service.ports import Dependants, MergeListener, Sharing, StoragePort
 from snapledger.domain.errors import Refused, StorageError
 from snapledger.domain.images import ImageFacts
 from snapledger.domain.steps import Commit, Pull, Step
@@ -41,8 +41,9 @@ class LibvirtStorage:
         self.port, self.domain = hypervisor.port(vm)
 
     @property
-    def progress(self) -> Callable[[float], None] | None:
-        return getattr(self.inner, "progress", None)
+    def progress(self) -> MergeListener | None:
+        listener: MergeListener | None = getattr(self.inner, "progress", None)
+        return listener
 
     # ---- passed through --------------------------------------------------------------
 

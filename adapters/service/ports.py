@@ -145,6 +145,21 @@ class StoragePort(Protocol):
         does not know that rest on its images."""
 
 
+class MergeListener(Protocol):
+    """Told how a long merge goes (qemu-img commit or rebase, a libvirt block job), by the storage
+    adapter running it; the command line shows it (adapters/cli/output.py's MergeProgress)."""
+
+    def started(self, step: str, source: str, target: str, total_bytes: int) -> None:
+        """A merge begins: `step` ("commit" or "pull") moves data of `source` into `target`,
+        which it writes; about `total_bytes` (0: not known)."""
+
+    def advanced(self, fraction: float) -> None:
+        """The fraction of the merge done, 0 to 1."""
+
+    def finished(self) -> None:
+        """The merge ended, done or not."""
+
+
 # ---- the ledger ------------------------------------------------------------------------------
 
 
@@ -174,6 +189,9 @@ class LedgerStore(Protocol):
 
     def newest_first(self, aggregate_id: UUID) -> Iterator[Any]:
         """One aggregate's events, newest first."""
+
+    def recorded_position(self, originator_id: UUID, version: int = 1) -> int | None:
+        """The ledger position of one aggregate's event (None: no such event)."""
 
     def close(self) -> None:
         """Let go of the store's connections."""

@@ -36,9 +36,10 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
-from snapledger.adapters.service.ports import Sharing
+from snapledger.adapters.service.ports import MergeListener, Sharing
 from snapledger.adapters.storage import qemu_locks
 from snapledger.adapters.storage.qemu_img_answers import (
     FORMATS,
@@ -94,8 +95,8 @@ class QemuImgStorage(QemuImgAnswers):
         # A plain qcow2 layer's info and map read in process (qcow2_layer.py); False: qemu-img
         # is asked about every file, as before issue 13 (tests that stage qemu-img's own doings).
         self.read_in_process = read_in_process
-        # Told the fraction done of a running merge (the CLI draws a progress bar with it).
-        self.progress: Progress | None = None
+        # Told how a running merge goes (the CLI shows its progress).
+        self.progress: MergeListener | None = None
         # qemu-img's answers about files that have not changed since: see _remembered.
         self._answers = SettledAnswers()
 
@@ -173,23 +174,54 @@ class QemuImgStorage(QemuImgAnswers):
         chain = self._info_chain(top, fmt)
         if len(chain) < 2 or chain[1][0] != base:
             raise StorageError(f"{base} is not the backing file of {top}")
-        self.qemu_img.merge("commit", top, ["-d", "-f", fmt, "-b", base, top], self.progress)
+        with self._told("commit", top, base, lambda: self._allocated_or_0(top, fmt)) as progress:
+            self.qemu_img.merge("commit", top, ["-d", "-f", fmt, "-b", base, top], progress)
 
     def pull(
         self, image: str, new_backing: str | None, new_backing_format: str | None, *, fmt: str
     ) -> None:
         chain = self._info_chain(image, fmt)
+        below = [p for p, _ in chain[1:]]
         if new_backing is None:
             args = ["-b", ""]
         else:
-            below = [p for p, _ in chain[1:]]
             if new_backing not in below:
                 raise StorageError(f"{new_backing} is not below {image}")
             recorded = chain[below.index(new_backing)][1].get("backing-filename-format")
             if new_backing_format is None or new_backing_format != recorded:
                 raise StorageError(f"{new_backing} is {recorded}, not {new_backing_format}")
             args = ["-b", new_backing, "-F", new_backing_format]
-        self.qemu_img.merge("rebase", image, ["-f", fmt, *args, image], self.progress)
+        pulled = chain[1 : 1 + (below.index(new_backing) if new_backing is not None else len(below))]
+
+        def total() -> int:  # at most what the pulled layers hold: qemu-img copies what `image` lacks
+            return sum(self._allocated_or_0(path, str(info.get("format"))) for path, info in pulled)
+
+        source = pulled[0][0] if pulled else image
+        with self._told("pull", source, image, total) as progress:
+            self.qemu_img.merge("rebase", image, ["-f", fmt, *args, image], progress)
+
+    @contextmanager
+    def _told(
+        self, step: str, source: str, target: str, total: Callable[[], int]
+    ) -> Iterator[Progress | None]:
+        """`self.progress`, if any, told that the merge `step` of `source` into `target` starts
+        and ends; what to tell it the fraction done with."""
+        listener = self.progress
+        if listener is None:
+            yield None
+            return
+        listener.started(step, source, target, total())
+        try:
+            yield listener.advanced
+        finally:
+            listener.finished()
+
+    def _allocated_or_0(self, path: str, fmt: str) -> int:
+        """A merge's size, for its progress only: 0 when it can't be told."""
+        try:
+            return self._allocated(path, fmt)
+        except StorageError:
+            return 0
 
     def rebase_unsafe(
         self, image: str, new_backing: str | None, new_backing_format: str | None, *, fmt: str

@@ -575,14 +575,37 @@ def test_every_call_is_an_argument_list_with_a_timeout(
         assert not kwargs.get("shell") and "-p" in args and "-u" not in args
 
 
+class ToldMerges:
+    """A MergeListener (adapters/service/ports.py) that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[object, ...]] = []
+
+    def started(self, step: str, source: str, target: str, total_bytes: int) -> None:
+        self.told.append((step, source, target, total_bytes))
+
+    def advanced(self, fraction: float) -> None:
+        self.told.append(("advanced", fraction))
+
+    def finished(self) -> None:
+        self.told.append(("finished",))
+
+
 def test_merges_report_progress(chain: tuple[str, str, str]) -> None:
     base, mid, top = chain
     storage = QemuImgStorage()
-    seen: list[float] = []
-    storage.progress = seen.append
+    listener = ToldMerges()
+    storage.progress = listener
+    top_bytes = storage.inspect(top, "qcow2").allocated
     storage.commit(top, mid, fmt="qcow2")
+    first, *advanced, last = listener.told
+    assert first == ("commit", top, mid, top_bytes) and last == ("finished",)
+    seen = [float(str(fraction)) for _, fraction in advanced]
     assert seen and all(0.0 <= f <= 1.0 for f in seen) and seen[-1] == 1.0
     assert seen == sorted(seen)
+    listener.told.clear()
+    storage.pull(mid, None, None, fmt="qcow2")  # base's data into mid, which then stands alone
+    assert listener.told[0][:3] == ("pull", base, mid) and listener.told[-1] == ("finished",)
 
 
 def fake_qemu_img(tmp_path: Path, body: str) -> str:
