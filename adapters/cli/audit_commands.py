@@ -3,11 +3,11 @@ disks), export, and replay (an export loaded into a throwaway store, a command r
 
 from __future__ import annotations
 
-import re
 import sys
 
 import click
 
+from snapledger.adapters.audit import log_entries, verify_ledger
 from snapledger.adapters.cli import output
 from snapledger.adapters.cli.arguments import replay_command
 from snapledger.adapters.cli.options import after_command_options, command, pass_context
@@ -19,13 +19,8 @@ from snapledger.adapters.eventstore.export import (
     read_export,
     replay_store,
 )
-from snapledger.adapters.eventstore.trail_index import trail_index_for
-from snapledger.domain.errors import BadInput, LedgerDamaged, Refused, TamperFound, UnknownVm
-from snapledger.domain.ledger_hash import BEFORE_CHAIN
-from snapledger.projections.documents import verify_document
-from snapledger.projections.history import parse_time
+from snapledger.domain.errors import BadInput, Refused, TamperFound, UnknownVm
 from snapledger.projections.pictures import image_dag_dot
-from snapledger.projections.trail import EVENT_TYPES, select, trail
 
 
 class DriftReported(Refused):
@@ -41,20 +36,7 @@ class DriftReported(Refused):
 @pass_context
 def log(c: Context, vm: str | None, since: str | None, until: str | None, types: tuple[str, ...]) -> None:
     """The audit trail: who did what, where, when and why."""
-    app = c.ledger_app
-    if vm is not None and not app.has_vm(vm):
-        raise UnknownVm(f"no VM named {vm!r} in the ledger")
-    unknown = [t for t in types if t not in EVENT_TYPES and t.rpartition(".")[2] not in EVENT_TYPES]
-    if unknown:
-        raise BadInput(f"unknown event type {unknown[0]!r}; one of: {', '.join(sorted(EVENT_TYPES))}")
-    low = parse_time(since) if since else None
-    high = parse_time(until) if until else None
-    index = trail_index_for(app)
-    if index is not None:
-        entries = index.select(vm, low, high, types)
-    else:
-        chain = {record.position: record for record in app.chain()}
-        entries = select(trail(app.events_after(0), chain), vm, low, high, types)
+    entries = log_entries(c.ledger_app, vm, since, until, types)
     if c.as_json:
         output.emit_json_list([e.to_json() for e in entries])
     else:
@@ -78,31 +60,10 @@ def log(c: Context, vm: str | None, since: str | None, until: str | None, types:
 @pass_context
 def verify(c: Context, vm: str | None, show_head: bool, expect_head: str | None) -> None:
     """Check the event hash chain and the ledger against the disks; exit 3 on any finding."""
-    if expect_head is not None and not re.fullmatch(r"[0-9a-f]{64}", expect_head):
-        raise BadInput("--expect-head takes the 64 hex digits `verify --head` printed")
-    app = c.ledger_app
-    app.check_file()  # damage in pages no command read yet: exit 1, as the store's trouble
-    checked = app.check_chain(expect_head)
-    notes = [str(f) for f in checked if f.kind == BEFORE_CHAIN]
-    chain = [str(f) for f in checked if f.kind != BEFORE_CHAIN]
-    position, head_hash = app.head()
-    index = trail_index_for(app) if not chain else None
-    if index is not None:  # a cache must agree with the events just checked
-        wrong = index.disagreements(trail(app.events_after(0)))
-        if wrong:
-            chain.append(f"the trail index (a cache) disagreed with the events at {len(wrong)} "
-                         f"position(s) from {wrong[0]}; it was dropped and will be rebuilt")
-    from snapledger.adapters.checkpoint.audit import projection_findings  # verify's alone
-    from snapledger.adapters.checkpoint.persisted import PersistedProjection
-
-    projection = c.ledger.projection  # before anything loads the view from it
-    if not chain and isinstance(projection, PersistedProjection):
-        chain += projection_findings(projection)  # an edit that kept every checksum right
-    try:
-        disks = c.ledger.verify(vm)
-    except LedgerDamaged as damaged:
-        disks = [f"the disks were not checked: {damaged}"]
-    data = verify_document(chain, disks, notes, position, head_hash)
+    found = verify_ledger(c.ledger_app, lambda: c.ledger, vm, expect_head)
+    chain, disks, notes = found.chain, found.disks, found.notes
+    position, head_hash = found.position, found.head_hash
+    data = found.document()
     if c.as_json:
         output.emit_json(data)
     else:
