@@ -10,7 +10,12 @@ import click
 from snapledger.adapters.audit import log_entries, verify_ledger
 from snapledger.adapters.cli import output
 from snapledger.adapters.cli.arguments import replay_command
-from snapledger.adapters.cli.options import after_command_options, command, pass_context
+from snapledger.adapters.cli.options import (
+    after_command_options,
+    command,
+    pass_context,
+    vm_argument,
+)
 from snapledger.adapters.cli.session import Context
 from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.export import (
@@ -28,7 +33,7 @@ class DriftReported(Refused):
 
 
 @command()
-@click.argument("vm", required=False)
+@vm_argument(required=False)
 @click.option("--since", metavar="TIME", help="Only events recorded at or after TIME (ISO 8601).")
 @click.option("--until", metavar="TIME", help="Only events recorded at or before TIME.")
 @click.option("--type", "types", multiple=True, metavar="TYPE", help="Only events of TYPE (e.g. SnapshotTaken).")
@@ -53,7 +58,7 @@ def log(c: Context, vm: str | None, since: str | None, until: str | None, types:
 
 
 @command()
-@click.argument("vm", required=False)
+@vm_argument(required=False)
 @click.option("--head", "show_head", is_flag=True, help="Print the chain's head hash to keep elsewhere.")
 @click.option("--expect-head", metavar="HASH", help="A head kept earlier: also catches a truncated tail.")
 @after_command_options
@@ -86,7 +91,7 @@ EXPORT_FORMATS = ("jsonl", "dot")
 
 
 @command()
-@click.argument("vm", required=False)
+@vm_argument(required=False)
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="jsonl", show_default=True,
               help="dot: the image DAG for Graphviz (dot -Tsvg); jsonl: the events.")
 @pass_context

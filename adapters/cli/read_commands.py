@@ -8,7 +8,12 @@ import os.path
 import click
 
 from snapledger.adapters.cli import output
-from snapledger.adapters.cli.options import after_command_options, command, pass_context
+from snapledger.adapters.cli.options import (
+    after_command_options,
+    command,
+    pass_context,
+    vm_argument,
+)
 from snapledger.adapters.cli.session import Context
 from snapledger.adapters.service.queries import diff as diff_positions
 from snapledger.adapters.service.queries import past_view
@@ -35,7 +40,7 @@ def list_vms(c: Context, mine: bool) -> None:
 
 
 @command()
-@click.argument("vm")
+@vm_argument()
 @click.option("--at-event", type=int, metavar="N", help="The state right after ledger position N (log --json).")
 @click.option("--at", "at_time", metavar="TIME", help="The state at TIME (ISO 8601; naive is UTC).")
 @after_command_options
@@ -52,7 +57,7 @@ def show(c: Context, vm: str, at_event: int | None, at_time: str | None) -> None
 
 
 @command()
-@click.argument("vm")
+@vm_argument()
 @click.argument("start", metavar="N", type=int)
 @click.argument("end", metavar="M", type=int)
 @after_command_options
@@ -64,7 +69,7 @@ def diff(c: Context, vm: str, start: int, end: int) -> None:
 
 
 @command()
-@click.argument("vm")
+@vm_argument()
 @click.option("--images", is_flag=True, help="Draw the image DAG instead.")
 @after_command_options
 @pass_context
@@ -80,7 +85,7 @@ def tree(c: Context, vm: str, images: bool) -> None:
 
 
 @command()
-@click.argument("vm")
+@vm_argument()
 @click.argument("path")
 @after_command_options
 @pass_context
