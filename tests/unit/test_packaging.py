@@ -140,3 +140,12 @@ def test_the_version_every_event_records_is_the_packages() -> None:
     root = Path(__file__).resolve().parents[2]
     declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
     assert VERSION == declared == importlib.metadata.version("snapledger") == snapledger.__version__
+
+
+def test_the_readme_shows_the_command_ci_runs() -> None:
+    """.ci/run runs "the README's test command": the two must stay the same line."""
+    run = (ROOT / ".ci" / "run").read_text().splitlines()[-1]
+    readme = (ROOT / "README.md").read_text()
+    setup_block = readme.split("```sh\n")[2].split("```")[0].splitlines()
+    assert run in setup_block
+    assert readme.split("```sh\n")[1].startswith("pip install 'snapledger[libvirt,postgres]'")
