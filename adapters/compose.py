@@ -30,15 +30,11 @@ from snapledger.adapters.service.ports import (
     ViewProjection,
 )
 from snapledger.adapters.storage.qemu_img import QemuImgStorage
+from snapledger.adapters.version import VERSION
 from snapledger.domain.errors import BadName
 from snapledger.domain.ledger_hash import UNKNOWN_HOST, RecordedBy
 from snapledger.domain.names import check_host
 from snapledger.projections.cost import CostModel
-
-# What every event records as the tool's version. Kept here rather than asked of the installed
-# package's metadata, which costs each process 10-15 ms of scanning sys.path (issue 13); a test
-# holds it equal to pyproject.toml's.
-VERSION = "0.1.0"
 
 
 def tool_version() -> str:

@@ -15,6 +15,8 @@ from snapledger.adapters.cli.options import (
     command,
     dry_run_option,
     pass_context,
+    snapshot_argument,
+    vm_argument,
 )
 from snapledger.adapters.cli.session import Context
 from snapledger.adapters.libvirt import DEFAULT_URI
@@ -98,7 +100,7 @@ def adopt(
 
 
 @command()
-@click.argument("vm")
+@vm_argument()
 @click.argument("name", required=False)
 @click.option("--overlay", "overlays", multiple=True, metavar="vda=PATH")
 @click.option("--exclude", "excluded", multiple=True, metavar="DISK")
@@ -133,8 +135,8 @@ def snapshot(
 
 
 @command()
-@click.argument("vm")
-@click.argument("name")
+@vm_argument()
+@snapshot_argument()
 @click.option("--overlay", "overlays", multiple=True, metavar="vda=PATH")
 @click.option("--xml", "xml_path", metavar="REVERT.xml", help="The RFC's <domainsnapshotrevert>.")
 @click.option("--running", is_flag=True, help="Start the libvirt domain again afterwards.")
@@ -158,7 +160,7 @@ def revert(
 
 
 @command("swap-disk")
-@click.argument("vm")
+@vm_argument()
 @click.argument("disk")
 @click.argument("path")
 @after_command_options
@@ -170,8 +172,8 @@ def swap_disk(c: Context, vm: str, disk: str, path: str) -> None:
 
 
 @command()
-@click.argument("vm")
-@click.argument("name")
+@vm_argument()
+@snapshot_argument()
 @click.option("--strategy", type=click.Choice(["auto", "commit", "pull"]), default="auto")
 @click.option("--branches", type=click.Choice(["forbid", "pull", "keep"]), default="forbid")
 @dry_run_option
@@ -184,7 +186,7 @@ def delete(c: Context, vm: str, name: str, strategy: str, branches: str, dry_run
 
 
 @command()
-@click.argument("vm", required=False)
+@vm_argument(required=False)
 @click.option("--include-detached", is_flag=True)
 @dry_run_option
 @after_command_options
@@ -204,7 +206,7 @@ def gc(c: Context, vm: str | None, include_detached: bool, dry_run: bool) -> Non
 
 
 @command()
-@click.argument("vm", required=False)
+@vm_argument(required=False)
 @click.option("--pivoted", is_flag=True, help=(
     "Vouch that the live commit VM's open operation was at pivoted (a pivot by hand) and "
     "the domain ran on the commit's base since: the commit is taken as done."))
@@ -223,7 +225,7 @@ def recover(c: Context, vm: str | None, pivoted: bool) -> None:
 
 
 @command()
-@click.argument("vm")
+@vm_argument()
 @click.option("--dry-run", is_flag=True, help="Show what would be recorded; record nothing.")
 @after_command_options
 @pass_context
@@ -245,7 +247,7 @@ def reconcile(c: Context, vm: str, dry_run: bool) -> None:
 
 
 @command()
-@click.argument("vm")
+@vm_argument()
 @after_command_options
 @pass_context
 def retire(c: Context, vm: str) -> None:
@@ -266,7 +268,7 @@ def report(c: Context, plan: Plan, dry_run: bool, title: str, bytes_freed: int |
 
 
 @command()
-@click.argument("vm")
+@vm_argument()
 @click.option("--keep-last", type=click.IntRange(0), default=0, metavar="N", help="The N newest.")
 @click.option("--keep-hourly", type=click.IntRange(0), default=0, metavar="N",
               help="The newest of each of the last N hours that have one (UTC).")
@@ -303,7 +305,7 @@ def prune(
 
 
 @command()
-@click.argument("vm")
+@vm_argument()
 @click.option("--to", "to", required=True, metavar="HOST", help="The VM's new home host.")
 @click.option("--take-over", is_flag=True, help=(
     "Run on the new host: take the VM from its home, which is dead (you vouch for that: fence "

@@ -24,6 +24,7 @@ from snapledger.adapters.cli.options import CheckedGroup
 from snapledger.adapters.cli.read_commands import READ_COMMANDS
 from snapledger.adapters.cli.session import READING_COMMANDS, Context
 from snapledger.adapters.eventstore.failures import describe
+from snapledger.adapters.version import VERSION
 from snapledger.domain.errors import SnapledgerError
 
 
@@ -34,7 +35,7 @@ from snapledger.domain.errors import SnapledgerError
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--actor", envvar="SNAPLEDGER_ACTOR", help="Who acts (recorded with every event).")
 @click.option("--reason", help="Why (recorded with every event).")
-@click.version_option(package_name="snapledger")
+@click.version_option(VERSION, prog_name="snapledger", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(
     ctx: click.Context, store: str | None, host: str | None, as_json: bool, actor: str | None,

@@ -10,7 +10,7 @@ import click
 from click.core import ParameterSource
 
 from snapledger.adapters.cli.arguments import check_text
-from snapledger.adapters.cli.session import Context
+from snapledger.adapters.cli.session import Context, names_to_complete
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -83,3 +83,30 @@ def reads_only(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
 dry_run_option = click.option("--dry-run", is_flag=True, callback=reads_only, help="Show the plan; change nothing.")
 
 pass_context = click.make_pass_decorator(Context)
+
+
+def _store_given(ctx: click.Context) -> str | None:
+    """`--store` (or SNAPLEDGER_STORE, which click reads for it) as given on the line so far."""
+    store = ctx.find_root().params.get("store")
+    return store if isinstance(store, str) else None
+
+
+def _complete_vm(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    return [name for name in names_to_complete(_store_given(ctx)) if name.startswith(incomplete)]
+
+
+def complete_snapshot(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    vm = ctx.params.get("vm")
+    if not isinstance(vm, str):
+        return []
+    return [name for name in names_to_complete(_store_given(ctx), vm) if name.startswith(incomplete)]
+
+
+def vm_argument(required: bool = True) -> Callable[[F], F]:
+    """A VM of the ledger: the shell completes its name (docs/completion.md)."""
+    return click.argument("vm", required=required, shell_complete=_complete_vm)
+
+
+def snapshot_argument() -> Callable[[F], F]:
+    """A snapshot of the VM named before it: the shell completes its name."""
+    return click.argument("name", shell_complete=complete_snapshot)

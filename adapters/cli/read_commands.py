@@ -8,7 +8,13 @@ import os.path
 import click
 
 from snapledger.adapters.cli import output
-from snapledger.adapters.cli.options import after_command_options, command, pass_context
+from snapledger.adapters.cli.options import (
+    after_command_options,
+    command,
+    complete_snapshot,
+    pass_context,
+    vm_argument,
+)
 from snapledger.adapters.cli.session import Context
 from snapledger.adapters.service.points import diff_points, snapshot_info
 from snapledger.adapters.service.queries import past_view
@@ -41,8 +47,8 @@ def list_vms(c: Context, mine: bool) -> None:
 
 
 @command()
-@click.argument("vm")
-@click.argument("snapshot", required=False)
+@vm_argument()
+@click.argument("snapshot", required=False, shell_complete=complete_snapshot)
 @click.option("--at-event", type=int, metavar="N", help="The state right after ledger position N (log --json).")
 @click.option("--at", "at_time", metavar="TIME", help="The state at TIME (ISO 8601; naive is UTC).")
 @after_command_options
@@ -63,9 +69,9 @@ def show(c: Context, vm: str, snapshot: str | None, at_event: int | None, at_tim
 
 
 @command()
-@click.argument("vm")
-@click.argument("start", metavar="A")
-@click.argument("end", metavar="B")
+@vm_argument()
+@click.argument("start", metavar="A", shell_complete=complete_snapshot)
+@click.argument("end", metavar="B", shell_complete=complete_snapshot)
 @after_command_options
 @pass_context
 def diff(c: Context, vm: str, start: str, end: str) -> None:
@@ -76,7 +82,7 @@ def diff(c: Context, vm: str, start: str, end: str) -> None:
 
 
 @command()
-@click.argument("vm")
+@vm_argument()
 @click.option("--images", is_flag=True, help="Draw the image DAG instead.")
 @after_command_options
 @pass_context
@@ -92,7 +98,7 @@ def tree(c: Context, vm: str, images: bool) -> None:
 
 
 @command()
-@click.argument("vm")
+@vm_argument()
 @click.argument("path")
 @after_command_options
 @pass_context

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from snapledger.adapters.checkpoint.fast_show import stored_show_text
 from snapledger.adapters.cli.output import MergeProgress
 from snapledger.adapters.compose import open_ledger, open_store
@@ -9,6 +11,7 @@ from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.eventstore.store_url import chosen_store_url, parse_store_url
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.domain.errors import SnapledgerError
+from snapledger.projections.documents import vm_document, vm_rows
 
 # Commands that only read: on a store that isn't there they see an empty ledger, and they create
 # nothing (no directory, no file, no table). Any command given --dry-run reads only too.
@@ -66,3 +69,22 @@ class Context:
         if self.fixed:  # a ledger given (replay)
             return None
         return stored_show_text(chosen_store_url(self.store), vm)
+
+
+def names_to_complete(store: str | None, vm: str | None = None) -> list[str]:
+    """For shell completion: the VMs in the ledger at `store` (None: SNAPLEDGER_STORE, else the
+    default store), or with `vm` that VM's snapshots. Only reads: a store that isn't there, an
+    unknown VM or any trouble at all gives no names, never an error, and nothing is created."""
+    context = Context()
+    context.store, context.reading = store, True
+    try:
+        if vm is None:
+            return [row["vm"] for row in vm_rows(context.ledger.refresh())]
+        stored = context.stored_show_text(vm)
+        document = json.loads(stored) if stored else vm_document(context.ledger.view_of_one(vm), vm)
+        return [snapshot["name"] for snapshot in document["snapshots"]]
+    except Exception:  # a shell asking: no names is the answer
+        return []
+    finally:
+        if context._ledger is not None:
+            context._ledger.close()
