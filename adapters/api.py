@@ -16,7 +16,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from snapledger.adapters.audit import log_entries, verify_ledger
+from snapledger.adapters import results
+from snapledger.adapters.audit import log_entries, log_operations, verify_ledger
 from snapledger.adapters.checkpoint.fast_show import stored_show_text
 from snapledger.adapters.compose import open_ledger, open_store
 from snapledger.adapters.eventstore.application import LedgerApplication
@@ -26,8 +27,7 @@ from snapledger.adapters.service.queries import past_view
 from snapledger.domain.errors import BadInput
 from snapledger.domain.names import check_disk_target
 from snapledger.domain.steps import BranchOption, Strategy
-from snapledger.projections.documents import plan_document, prune_document, vm_document, vm_rows
-from snapledger.projections.retention import KeepRules, parse_duration
+from snapledger.projections.documents import vm_document, vm_rows
 
 Document = dict[str, Any]
 Documents = list[dict[str, Any]]
@@ -102,10 +102,15 @@ class Ledger:
 
     def log(
         self, vm: str | None = None, *, since: str | None = None, until: str | None = None,
-        types: Iterable[str] = (),
+        types: Iterable[str] = (), by: str | None = None, count: int | None = None,
+        reverse: bool = False, operations: bool = False,
     ) -> Documents:
-        """`log [VM] [--since T] [--until T] [--type TYPE …] --json`."""
-        return [entry.to_json() for entry in log_entries(self._app(), vm, since, until, tuple(types))]
+        """`log [VM] [--since T] [--until T] [--type TYPE …] [--by WHO] [-n N] [--reverse]
+        [--operations] --json`: every event, or with `operations` one entry per operation."""
+        if operations:
+            found = log_operations(self._app(), vm, since, until, tuple(types), by, count, reverse)
+            return [op.to_json() for op in found]
+        return [e.to_json() for e in log_entries(self._app(), vm, since, until, tuple(types), by, count, reverse)]
 
     def verify(self, vm: str | None = None, *, expect_head: str | None = None) -> Document:
         """`verify [VM] [--expect-head HASH] --json`: the document, findings included (the
@@ -124,8 +129,9 @@ class Ledger:
         ledger = self._opened(reading=dry_run)
         if name is None:
             name = ledger.new_snapshot_name(vm)
+        since = len(ledger.begun)
         plan = ledger.snapshot(vm, name, _disks(overlays), set(exclude), description, dry_run=dry_run)
-        return plan_document(plan, not dry_run)
+        return results.plan_result(ledger, plan, dry_run, since)
 
     def revert(
         self, vm: str, name: str, *, overlays: Mapping[str, str] | None = None,
@@ -133,8 +139,9 @@ class Ledger:
     ) -> Document:
         """`revert VM NAME [--overlay DISK=PATH …] [--running] [--dry-run] --json`."""
         ledger = self._opened(reading=dry_run)
+        since = len(ledger.begun)
         plan = ledger.revert(vm, name, _disks(overlays), dry_run=dry_run, running=running)
-        return plan_document(plan, not dry_run)
+        return results.plan_result(ledger, plan, dry_run, since)
 
     def delete(
         self, vm: str, name: str, *, strategy: str = "auto", branches: str = "forbid",
@@ -144,8 +151,10 @@ class Ledger:
         [--dry-run] --json`."""
         _choice("strategy", strategy, Strategy)
         _choice("branches", branches, BranchOption)
-        plan = self._opened(reading=dry_run).delete(vm, name, strategy, branches, dry_run=dry_run)
-        return plan_document(plan, not dry_run)
+        ledger = self._opened(reading=dry_run)
+        since = len(ledger.begun)
+        deletion = ledger.deletion(vm, name, strategy, branches, dry_run=dry_run)
+        return results.plan_result(ledger, deletion.plan, dry_run, since, deletion.bytes_freed)
 
     def prune(
         self, vm: str, *, keep_last: int = 0, keep_hourly: int = 0, keep_daily: int = 0,
@@ -155,16 +164,12 @@ class Ledger:
     ) -> Document:
         """`prune VM --keep-… [--match GLOB] [--branches …] [--dry-run] --json`."""
         _choice("branches", branches, BranchOption)
-        periods = {"hourly": keep_hourly, "daily": keep_daily, "weekly": keep_weekly,
-                   "monthly": keep_monthly, "yearly": keep_yearly}
-        rules = KeepRules(
-            last=keep_last, periods={k: n for k, n in periods.items() if n},
-            within=parse_duration(keep_within) if keep_within is not None else None, match=match,
+        rules = results.keep_rules(
+            keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within, match
         )
-        pruned = self._opened(reading=dry_run).prune(vm, rules, branches, dry_run=dry_run)
-        return prune_document(
-            vm, pruned.kept, [(s.snapshot, s.plan, s.bytes_freed) for s in pruned.deleted], pruned.done
-        )
+        ledger = self._opened(reading=dry_run)
+        since = len(ledger.begun)
+        return results.prune_result(ledger, vm, ledger.prune(vm, rules, branches, dry_run=dry_run), since)
 
 
 def _disks(overlays: Mapping[str, str] | None) -> dict[str, str]:

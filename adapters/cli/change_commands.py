@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from snapledger.adapters import results
 from snapledger.adapters.cli import output
 from snapledger.adapters.cli.arguments import pairs, read_file
 from snapledger.adapters.cli.options import (
@@ -26,13 +27,11 @@ from snapledger.domain.steps import Plan
 from snapledger.projections.documents import (
     adopted_domain_document,
     plan_document,
-    prune_document,
     reconcile_document,
     recover_document,
     retire_document,
     vm_document,
 )
-from snapledger.projections.retention import KeepRules, parse_duration
 
 
 def _show_vm(c: Context, vm: str) -> None:
@@ -42,11 +41,9 @@ def _show_vm(c: Context, vm: str) -> None:
 
 
 def recorded(c: Context, document: dict[str, Any]) -> dict[str, Any]:
-    """A changing command's JSON with its operation's id and the ledger position of its last
-    event (cli.md); both null when it recorded nothing (a dry run)."""
-    done = c.ledger.recorded_operations()
-    operation, position = done[-1] if done else (None, None)
-    return {**document, "operation_id": operation, "position": position}
+    """A changing command's JSON with its operation and position (results.py); one command per
+    process, so every operation the service recorded is this command's."""
+    return results.recorded(c.ledger, document)
 
 
 @command()
@@ -195,9 +192,7 @@ def gc(c: Context, vm: str | None, include_detached: bool, dry_run: bool) -> Non
     """Delete managed images nothing needs."""
     plans = [plan_document(plan, not dry_run) for plan in c.ledger.gc(vm, include_detached, dry_run)]
     if c.as_json:
-        done = c.ledger.recorded_operations()  # one per VM collected, in the same order
-        ids = done if len(done) == len(plans) else [(None, None)] * len(plans)
-        output.emit_json([{**plan, "operation_id": op, "position": at} for plan, (op, at) in zip(plans, ids, strict=True)])
+        output.emit_json(results.operations_of(c.ledger, plans, 0))
         return
     if not plans:
         output.say("nothing to collect")
@@ -263,8 +258,8 @@ def retire(c: Context, vm: str) -> None:
 
 def report(c: Context, plan: Plan, dry_run: bool, title: str, bytes_freed: int | None = None) -> None:
     """A plan carried out (or, dry_run, only made)."""
-    document = plan_document(plan, not dry_run, bytes_freed)
-    output.emit_json(recorded(c, document)) if c.as_json else output.show_plan(document, title)
+    document = results.plan_result(c.ledger, plan, dry_run, 0, bytes_freed)
+    output.emit_json(document) if c.as_json else output.show_plan(document, title)
 
 
 @command()
@@ -289,18 +284,11 @@ def prune(
     branches: str, dry_run: bool,
 ) -> None:
     """Delete the snapshots no keep rule holds (restic's rules); the current one always stays."""
-    periods = {"hourly": keep_hourly, "daily": keep_daily, "weekly": keep_weekly,
-               "monthly": keep_monthly, "yearly": keep_yearly}
-    rules = KeepRules(
-        last=keep_last, periods={k: n for k, n in periods.items() if n},
-        within=parse_duration(keep_within) if keep_within is not None else None, match=match,
+    rules = results.keep_rules(
+        keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within, match
     )
     pruned = c.ledger.prune(vm, rules, branches, dry_run=dry_run)
-    document = prune_document(
-        vm, pruned.kept, [(s.snapshot, s.plan, s.bytes_freed) for s in pruned.deleted], pruned.done
-    )
-    done = c.ledger.recorded_operations()  # each deletion is an operation of its own
-    document.update(operations=[op for op, _ in done], position=done[-1][1] if done else None)
+    document = results.prune_result(c.ledger, vm, pruned, 0)
     output.emit_json(document) if c.as_json else output.show_prune(document)
 
 

@@ -549,6 +549,8 @@ class Snapledger:
             vm = self.vm(vm_name)
             if self.host is not None and not vm.lives_on(self.host):
                 return
+            if vm.operation is not None and recovery.still_running(self.runners, vm.operation, vm.taken_over_from):
+                return  # its runner's next record must not meet ours
             vm.record_refusal(kind, target, " ".join(str(refused).split()), self.clock())
             self.save(vm)
         except unrecordable:

@@ -6,12 +6,14 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 
 import psycopg
 import pytest
 
 from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.eventstore.chain_postgres import SAVE_FUNCTION
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
 from snapledger.domain.errors import ConcurrentUpdate
@@ -140,7 +142,8 @@ def test_the_server_hashes_what_verify_recomputes(url: str) -> None:
         app.recorded_by = by
         ledger.snapshot("a", f"s{n}")  # saves of one event and of several
     records = app.chain()
-    assert {r.recorded_by for r in records} == set(odd)
+    assert {replace(r.recorded_by, operation=None) for r in records} == set(odd)
+    assert all(r.operation for r in records)  # each command's id, hashed on the server too
     assert app.check_chain() == []
     assert [r.position for r in records] == [n for _, n in app.events_after(0)]
 
@@ -224,7 +227,7 @@ def test_a_ledger_made_before_the_save_function_gets_it(url: str) -> None:
     storage.make_image("/images/b.qcow2", 16 * CLUSTER, {0: 2})
     host(url, "host1", storage).adopt("a", {"vda": "/images/a.qcow2"})
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DROP FUNCTION snapledger_save_v1")
+        conn.execute(f"DROP FUNCTION {SAVE_FUNCTION}")
     later = host(url, "host2", storage)
     later.adopt("b", {"vda": "/images/b.qcow2"})  # a host changes its own VMs
     later.snapshot("b", "s1")

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 from cli_helpers import Cli
-from qemu_helpers import SIZE, make_image, write_clusters
+from qemu_helpers import CLUSTER, make_image, write_clusters
+
+SIZE = 16 * CLUSTER
 
 
 @pytest.fixture
@@ -60,9 +62,9 @@ def test_each_changing_command_names_its_operation_and_position(cli: Cli) -> Non
 
 
 def test_a_refusal_is_recorded_with_who_where_and_why_and_changes_nothing(cli: Cli) -> None:
-    cli.run("snapshot", "vm", "s1")
-    cli.run("snapshot", "vm", "s2")
-    cli.run("revert", "vm", "s1")  # s1 is now a branch point
+    for name in ("s0", "s1", "s2"):
+        cli.run("snapshot", "vm", name)
+    cli.run("revert", "vm", "s1")  # s1, its image managed, is now a branch point
     before = cli.state()
     refused = cli.run("delete", "vm", "s1", "--reason", "tidy up", expect=3)
     assert cli.state() == before

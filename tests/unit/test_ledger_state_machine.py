@@ -27,6 +27,7 @@ from hypothesis.stateful import (
 )
 from machine_world import FillableLedger, WorldActors
 from projection_helpers import rebuilt, view_state
+from recorded import changes, last_type
 
 from snapledger.adapters.checkpoint.audit import projection_findings
 from snapledger.adapters.checkpoint.memory import MemoryProjectionStore
@@ -114,7 +115,7 @@ class LedgerMachine(WorldActors, RuleBasedStateMachine):
             path: (img.backing, img.backing_format, tuple(sorted(img.clusters.items())))
             for path, img in self.storage.files.items()
         }
-        return self.app.recorder.max_notification_id() or 0, files
+        return changes(self.app), files
 
     def deleting(
         self, snap: SnapRef, strategy: str, branches: str, crash_at: int | None,
@@ -354,6 +355,7 @@ class LedgerMachine(WorldActors, RuleBasedStateMachine):
         except BranchPointRefused:
             assert branches == "forbid"
             assert self.world() == before, "a refused delete changed something"
+            assert last_type(self.app) == "OperationRefused", "the attempt is not in the trail"
             return
         except StrategyNotAllowed as refusal:  # a branch is a user's file: never written
             assert branches == "pull" and "not managed" in str(refusal)

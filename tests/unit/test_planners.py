@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from recorded import changes
 
 from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
@@ -57,7 +58,7 @@ def write(storage: SimulatedStorage, ledger: Snapledger, cluster: int, pattern: 
 
 
 def events(ledger: Snapledger) -> int:
-    return len(list(ledger.app.events_after(0)))
+    return changes(ledger.app)
 
 
 def contents(storage: SimulatedStorage, ledger: Snapledger, vm: str = VM) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from recorded import changes
 
 from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
@@ -82,7 +83,7 @@ class Rig:
         return set(self.storage.files)
 
     def events(self) -> int:
-        return len(list(self.ledger.app.events_after(0)))
+        return changes(self.ledger.app)
 
     def check_bytes(self) -> None:
         vm = self.ledger.vm(VM)
