@@ -1,55 +1,18 @@
-"""Everything the command line prints: JSON for scripts, rich tables and trees for people.
-
-Printing only: the documents come from projections/documents.py (and the read models' own
-`to_json`), and what people see is drawn from the same documents. The only module that imports
-rich. What users and other programs wrote (reasons, names, paths) reaches the terminal only
-through adapters/cli/visible.py, and always as rich `Text`: its control characters shown as
-escapes, and `[bold]`-style markup or `:emoji:` codes printed as they are. JSON output carries
-the exact strings.
-"""
+"""A VM's state for people: plans, the VM, one snapshot, the tree, the image DAG, explain,
+diff, prune and usage, each drawn from its JSON document."""
 
 from __future__ import annotations
 
-import json
-import os.path
-import sys
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from rich import filesize
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from snapledger.adapters.cli.visible import visible, visible_data, visible_lines
-from snapledger.projections.documents import json_text
-
-console = Console()
-if not console.is_terminal:  # piped or logged: a line is never broken (a path stays greppable)
-    console.width = max(console.width, 200)  # what tables are laid out in
-    console.soft_wrap = True
-errors = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def emit_json(value: Any) -> None:
-    sys.stdout.write(json_text(value) + "\n")
-
-
-def emit_json_list(items: list[Any]) -> None:
-    """A long JSON list (100,000 log entries) on one line: `json.dumps` without indenting runs
-    the C encoder, several times faster than the indenting pure-Python one."""
-    sys.stdout.write(json.dumps(items) + "\n")
-
-
-def error(message: str) -> None:
-    errors.print(Text(f"snapledger: error: {visible(' '.join(message.split()))}"))
-
-
-def _cells(*values: object) -> list[Text]:
-    """Table cells: literal text (rich reads markup in a plain string), each value visible."""
-    return [Text(visible("-" if v is None else str(v))) for v in values]
+from snapledger.adapters.cli.output.base import cells, console, local_time, say, show_rows
+from snapledger.adapters.cli.visible import visible, visible_data
 
 
 def show_plan(plan: Mapping[str, Any], title: str) -> None:
@@ -69,7 +32,7 @@ def show_plan(plan: Mapping[str, Any], title: str) -> None:
         details = {k: v for k, v in step.items() if k not in ("action", "bytes")}
         if "xml" in details:  # a whole domain definition (define-domain): its size only
             details["xml"] = f"<{len(str(details['xml']))} characters>"
-        table.add_row(*_cells(i, step["action"], " ".join(f"{k}={v}" for k, v in details.items()),
+        table.add_row(*cells(i, step["action"], " ".join(f"{k}={v}" for k, v in details.items()),
                               filesize.decimal(step["bytes"])))
     console.print(table)
     for note in plan["notes"]:
@@ -78,7 +41,6 @@ def show_plan(plan: Mapping[str, Any], title: str) -> None:
     if "bytes_freed" in plan:  # delete: the files it deletes
         said += f", {'freed' if done else 'would free'} {filesize.decimal(plan['bytes_freed'])}"
     say(f"{'done' if done else 'dry run, nothing changed'}; {said}")
-
 
 def show_vm(data: Mapping[str, Any]) -> None:
     data = visible_data(data)
@@ -93,9 +55,8 @@ def show_vm(data: Mapping[str, Any]) -> None:
         table.add_column(column)
     for snap in data["snapshots"]:
         frozen = ", ".join(f"{d}={p}" for d, p in snap["disks"].items())
-        table.add_row(*_cells(snap["name"], snap["parent"], snap["created"], frozen))
+        table.add_row(*cells(snap["name"], snap["parent"], snap["created"], frozen))
     console.print(table)
-
 
 def show_diff(data: Mapping[str, Any]) -> None:
     """`diff VM N M` for people (data: projections.history.diff)."""
@@ -144,27 +105,11 @@ def show_diff(data: Mapping[str, Any]) -> None:
     for line in lines:
         say(line)
 
-
 def _point(data: Mapping[str, Any], end: str) -> str:
     """How `diff` names one end: the position, after the name or time it was given as."""
     given = data.get("points", {}).get(end)
     position = f"position {data[end]}"
     return position if given is None or given in (str(data[end]), f"pos:{data[end]}") else f"{given} ({position})"
-
-
-def local_time(text: str | None) -> str:
-    """A recorded UTC time (ISO 8601) in this machine's zone, to the second, with its offset."""
-    from datetime import UTC, datetime
-
-    if not text:
-        return "-"
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        return text
-    when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
-    return when.astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
-
 
 def show_snapshot(data: Mapping[str, Any]) -> None:
     """`show VM NAME` for people, like `virsh snapshot-info` (data: projections.snapshot_info)."""
@@ -188,7 +133,6 @@ def show_snapshot(data: Mapping[str, Any]) -> None:
         lines.append(f"Broken:       {', '.join(data['broken'])} (a frozen image is gone)")
     for line in lines:
         say(line)
-
 
 def show_tree(tree: Mapping[str, Any]) -> None:
     """The tree document (documents.tree_document) like `virsh snapshot-list --tree`, with the
@@ -218,7 +162,6 @@ def show_tree(tree: Mapping[str, Any]) -> None:
         add(root, name)
     console.print(root)
 
-
 def show_image_dag(data: Mapping[str, Any]) -> None:
     """The image DAG as a tree from the bottom image up: each image over its backing file, marked
     with its owner class, the snapshot it freezes and the disk it is the present of."""
@@ -242,7 +185,6 @@ def show_image_dag(data: Mapping[str, Any]) -> None:
     for path in data["roots"]:
         add(root, path)
     console.print(root)
-
 
 def show_explain(data: Mapping[str, Any]) -> None:
     """`explain VM PATH` for people (data: projections.explain.Explanation.to_json())."""
@@ -281,88 +223,6 @@ def show_explain(data: Mapping[str, Any]) -> None:
     for line in lines:
         say(line)
 
-
-def emit_text(text: str) -> None:
-    """Text made elsewhere (an export), exactly as it is."""
-    sys.stdout.write(text)
-
-
-TABLE_ROWS = 500  # beyond this a rich table takes seconds to lay out; plain columns instead
-
-
-def show_rows(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
-    header = list(columns)
-    cells = [[visible("-" if v is None else str(v)) for v in row] for row in rows]
-    if len(cells) > TABLE_ROWS:
-        widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
-        lines = [f"{title} ({len(cells)} rows)"]
-        for line in (header, *cells):
-            lines.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
-        sys.stdout.write("\n".join(lines) + "\n")
-        return
-    table = Table(title=title)
-    for column in header:
-        table.add_column(column)
-    for cell_row in cells:
-        table.add_row(*(Text(cell) for cell in cell_row))
-    console.print(table)
-
-
-def _paged(lines: list[Text], paged: bool) -> None:
-    """Lines for people; through a pager ($PAGER, else less) when on a terminal and longer than
-    it; each cut at the terminal's width (on a pipe, whole)."""
-    for line in lines:
-        line.no_wrap, line.overflow = console.is_terminal, "ellipsis"
-    if paged and console.is_terminal and len(lines) > console.height - 2:
-        with console.pager(styles=False):
-            for line in lines:
-                console.print(line)
-        return
-    for line in lines:
-        console.print(line)
-
-
-def show_operations(operations: list[Mapping[str, Any]], paged: bool = True) -> None:
-    """`log`: one line per operation, what, on what, result, bytes, who@where, why."""
-    if not operations:
-        say("no operations recorded")
-        return
-    lines = []
-    for op in operations:
-        what = " ".join(str(p) for p in (op["kind"], op["vm"], op["target"]) if p)
-        moved = f"  moved {filesize.decimal(op['bytes_moved'])}" if op["bytes_moved"] else ""
-        words = [w for w in (op["why"], op["reason"]) if w]
-        why = "  " + "; ".join(f'"{w}"' if w == op["reason"] else w for w in words) if words else ""
-        who = f"{op['actor'] or '?'}@{op['host'] or '?'}"
-        lines.append(Text(visible(
-            f"{local_time(op['started'])}  {op['result']:<11} {what}{moved}  {who}{why}"
-        )))
-    _paged(lines, paged)
-
-
-def _event_line(event: Mapping[str, Any]) -> str:
-    """`Type: summary`, the type said once (a summary may begin with it)."""
-    kind, summary = str(event["type"]).rpartition(".")[2], str(event["summary"])
-    rest = summary[len(kind):].strip() if summary.startswith(kind) else summary
-    return f"{kind}: {rest}" if rest else kind
-
-
-def show_events(events: list[Mapping[str, Any]], paged: bool = True) -> None:
-    """`log --events`: every event, one line each, with its ledger position."""
-    if not events:
-        say("no events recorded")
-        return
-    lines = [
-        Text(visible(
-            f"{e['position']:>6}  {local_time(e['time'])}  {e['vm'] or e['image'] or '-'}  "
-            f"{_event_line(e)}  {e['actor'] or '?'}@{e['host'] or '?'}"
-            + (f'  "{e["reason"]}"' if e["reason"] else "")
-        ))
-        for e in events
-    ]
-    _paged(lines, paged)
-
-
 def show_prune(data: Mapping[str, Any]) -> None:
     """What `prune` deleted (or would), in order, and what it kept and why."""
     rows: list[list[Any]] = [
@@ -377,7 +237,6 @@ def show_prune(data: Mapping[str, Any]) -> None:
         f"{len(data['kept'])} kept; moved {filesize.decimal(data['bytes_moved'])}, "
         f"freed {filesize.decimal(data['bytes_freed'])}"
     )
-
 
 def show_usage(data: Mapping[str, Any]) -> None:
     """`usage [VM]` for people (data: documents.usage_document): per VM a table of its
@@ -396,7 +255,7 @@ def show_usage(data: Mapping[str, Any]) -> None:
         for snap in vm["snapshots"]:
             freeable = "refused" if snap["freeable"] is None else filesize.decimal(snap["freeable"])
             moves = "-" if snap["bytes_moved"] is None else filesize.decimal(snap["bytes_moved"])
-            snapshots.add_row(*_cells(snap["name"], filesize.decimal(snap["allocated"]), freeable, moves))
+            snapshots.add_row(*cells(snap["name"], filesize.decimal(snap["allocated"]), freeable, moves))
         if vm["snapshots"]:
             console.print(snapshots)
         directories = {image["path"].rpartition("/")[0] for image in vm["images"]}
@@ -410,7 +269,7 @@ def show_usage(data: Mapping[str, Any]) -> None:
         for image in vm["images"]:
             path = image["path"].rpartition("/")[2] if short else image["path"]
             mark = "" if image["measured"] else " (recorded)"
-            images.add_row(*_cells(path, image["owner"], filesize.decimal(image["allocated"]) + mark,
+            images.add_row(*cells(path, image["owner"], filesize.decimal(image["allocated"]) + mark,
                                    filesize.decimal(image["size"])))
         console.print(images)
         for snap in vm["snapshots"]:
@@ -419,129 +278,3 @@ def show_usage(data: Mapping[str, Any]) -> None:
         for note in vm["notes"]:
             say(f"  note: {note}")
     say("freeable: what deleting that snapshot alone frees now")
-
-
-def say(text: str) -> None:
-    """Lines for people, literally (no markup, no emoji codes), nothing in them steering the terminal."""
-    console.print(Text(visible_lines(text)))
-
-
-class MergeProgress:
-    """How a long merge goes (commit, pull), told by the storage adapter running it (the
-    MergeListener port, adapters/service/ports.py), always on stderr: stdout stays the command's
-    answer (--json). Nothing for a merge done within a second. On a terminal, a rich progress
-    line: the step, the files, the bytes, the rate and the time left. Elsewhere (cron, a log), a
-    plain line each time another 10% is done or 10 s have passed since the last one, whichever
-    comes first, and one when it ends."""
-
-    QUIET_SECONDS = 1.0
-    EVERY_FRACTION = 0.1
-    EVERY_SECONDS = 10.0
-
-    def __init__(self, console: Console | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-        self._console = console  # None: stderr's, made when a merge first needs it
-        self._clock = clock
-        self._merge: tuple[str, str, str, int] | None = None  # step, source, target, total bytes
-        self._started = self._fraction = 0.0
-        self._said_at = self._said_fraction = 0.0
-        self._said = False
-        self._bar: Any = None  # rich's Progress, made once a merge has run a second
-        self._task: Any = None
-
-    def started(self, step: str, source: str, target: str, total_bytes: int) -> None:
-        self.finished()
-        self._merge = (step, source, target, max(total_bytes, 0))
-        self._started = self._said_at = self._clock()
-        self._fraction = self._said_fraction = 0.0
-        self._said = False
-
-    def advanced(self, fraction: float) -> None:
-        if self._merge is None:
-            return
-        self._fraction = fraction = min(max(fraction, self._fraction), 1.0)
-        now = self._clock()
-        if now - self._started < self.QUIET_SECONDS or fraction >= 1.0:
-            return
-        if self._out().is_terminal:
-            self._draw(fraction)
-            return
-        crossed = int(fraction / self.EVERY_FRACTION + 1e-9) > int(self._said_fraction / self.EVERY_FRACTION + 1e-9)
-        if crossed or now - self._said_at >= self.EVERY_SECONDS:
-            self._say(f"{fraction:.0%} ({self._amounts(now)})")
-            self._said_at, self._said_fraction, self._said = now, fraction, True
-
-    def finished(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-            self._bar = self._task = None
-        if self._merge is not None and self._said:
-            elapsed = self._clock() - self._started
-            if self._fraction >= 1.0:
-                total = self._merge[3]
-                moved = f"{filesize.decimal(total)} in " if total else ""
-                rate = f", {filesize.decimal(int(total / elapsed))}/s" if total and elapsed > 0 else ""
-                self._say(f"done, {moved}{_seconds(elapsed)}{rate}")
-            else:
-                self._say(f"stopped at {self._fraction:.0%} after {_seconds(elapsed)}")
-        self._merge = None
-
-    def _out(self) -> Console:
-        if self._console is None:
-            self._console = Console(stderr=True, highlight=False)
-        return self._console
-
-    def _say(self, what: str) -> None:
-        assert self._merge is not None
-        step, source, target, _ = self._merge
-        line = f"snapledger: {step} {source} into {target}: {what}"
-        out = self._out().file
-        out.write(visible(line) + "\n")
-        out.flush()
-
-    def _amounts(self, now: float) -> str:
-        """`400 MB of 1.0 GB, 20 MB/s, 30 s left`, or the time left alone if the size is not known."""
-        assert self._merge is not None
-        total, fraction = self._merge[3], self._fraction
-        elapsed = max(now - self._started, 1e-9)
-        left = f"{_seconds(elapsed * (1.0 - fraction) / fraction)} left" if fraction > 0 else "time left unknown"
-        if not total:
-            return left
-        done = int(total * fraction)
-        rate = filesize.decimal(int(done / elapsed))
-        return f"{filesize.decimal(done)} of {filesize.decimal(total)}, {rate}/s, {left}"
-
-    def _draw(self, fraction: float) -> None:
-        assert self._merge is not None
-        step, source, target, total = self._merge
-        if self._bar is None:
-            from rich.progress import (
-                BarColumn,
-                DownloadColumn,
-                Progress,
-                ProgressColumn,
-                TaskProgressColumn,
-                TextColumn,
-                TimeRemainingColumn,
-                TransferSpeedColumn,
-            )
-
-            columns: list[ProgressColumn] = [TextColumn("{task.description}", markup=False), BarColumn(), TaskProgressColumn()]
-            if total:
-                columns += [DownloadColumn(), TransferSpeedColumn()]
-            columns.append(TimeRemainingColumn())
-            self._bar = Progress(*columns, console=self._out(), transient=True, get_time=self._clock)
-            self._bar.start()
-            name = os.path.basename
-            what = visible(f"{step} {name(source)} into {name(target)}")
-            self._task = self._bar.add_task(what, total=float(total or 1))
-        self._bar.update(self._task, completed=fraction * float(total or 1))
-
-
-def _seconds(seconds: float) -> str:
-    """`45 s`, `12 min 5 s`, `3 h 20 min`."""
-    whole = int(seconds + 0.5)
-    if whole < 60:
-        return f"{whole} s"
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60} s"
-    return f"{whole // 3600} h {whole % 3600 // 60} min"

@@ -1,0 +1,91 @@
+"""The command line's printing, the parts every other printing module uses: the consoles, JSON
+for scripts, one-line errors, plain lines and tables for people, times as people read them."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from snapledger.adapters.cli.visible import visible, visible_lines
+from snapledger.projections.documents import json_text
+
+console = Console()
+if not console.is_terminal:  # piped or logged: a line is never broken (a path stays greppable)
+    console.width = max(console.width, 200)  # what tables are laid out in
+    console.soft_wrap = True
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(json_text(value) + "\n")
+
+def emit_json_list(items: list[Any]) -> None:
+    """A long JSON list (100,000 log entries) on one line: `json.dumps` without indenting runs
+    the C encoder, several times faster than the indenting pure-Python one."""
+    sys.stdout.write(json.dumps(items) + "\n")
+
+def error(message: str) -> None:
+    errors.print(Text(f"snapledger: error: {visible(' '.join(message.split()))}"))
+
+def cells(*values: object) -> list[Text]:
+    """Table cells: literal text (rich reads markup in a plain string), each value visible."""
+    return [Text(visible("-" if v is None else str(v))) for v in values]
+
+def local_time(text: str | None) -> str:
+    """A recorded UTC time (ISO 8601) in this machine's zone, to the second, with its offset."""
+    from datetime import UTC, datetime
+
+    if not text:
+        return "-"
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    return when.astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
+
+def emit_text(text: str) -> None:
+    """Text made elsewhere (an export), exactly as it is."""
+    sys.stdout.write(text)
+
+TABLE_ROWS = 500  # beyond this a rich table takes seconds to lay out; plain columns instead
+
+def show_rows(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
+    header = list(columns)
+    cells = [[visible("-" if v is None else str(v)) for v in row] for row in rows]
+    if len(cells) > TABLE_ROWS:
+        widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+        lines = [f"{title} ({len(cells)} rows)"]
+        for line in (header, *cells):
+            lines.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+        sys.stdout.write("\n".join(lines) + "\n")
+        return
+    table = Table(title=title)
+    for column in header:
+        table.add_column(column)
+    for cell_row in cells:
+        table.add_row(*(Text(cell) for cell in cell_row))
+    console.print(table)
+
+def print_paged(lines: list[Text], paged: bool) -> None:
+    """Lines for people; through a pager ($PAGER, else less) when on a terminal and longer than
+    it; each cut at the terminal's width (on a pipe, whole)."""
+    for line in lines:
+        line.no_wrap, line.overflow = console.is_terminal, "ellipsis"
+    if paged and console.is_terminal and len(lines) > console.height - 2:
+        with console.pager(styles=False):
+            for line in lines:
+                console.print(line)
+        return
+    for line in lines:
+        console.print(line)
+
+def say(text: str) -> None:
+    """Lines for people, literally (no markup, no emoji codes), nothing in them steering the terminal."""
+    console.print(Text(visible_lines(text)))
