@@ -270,6 +270,8 @@ def tree_document(tree: SnapshotTree) -> dict[str, Any]:
                 "disks": n.frozen,
                 "current": n.current,
                 "allocated": n.allocated,
+                "created": n.created,
+                "description": n.description,
             }
             for n in tree.nodes.values()
         },

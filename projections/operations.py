@@ -55,7 +55,7 @@ class OperationEntry:
             "result": self.result, "started": self.started,
             "finished": None if self.result == "open" else self.finished,
             "actor": self.actor, "host": self.host, "reason": self.reason,
-            "bytes_moved": self.bytes_moved, "why": self.why,
+            "bytes_moved": self.bytes_moved, "why": self.why, "description": self.description,
             "first_position": self.first_position, "position": self.position,
             "events": len(self.positions),
         }
@@ -110,6 +110,8 @@ def _add(op: OperationEntry, entry: TrailEntry, of_vm_operation: dict[str, Opera
     facts = entry.facts or {}
     if "kind" in facts and (op.kind not in KINDS or facts.get("result") == "refused"):
         op.kind, op.target = facts["kind"], facts.get("target")
+    if "description" in facts:
+        op.description = facts["description"]
     if "bytes_moved" in facts:
         op.bytes_moved = facts["bytes_moved"]
         of_vm_operation[facts["op"]] = op

@@ -337,8 +337,9 @@ def _plan_disk_delete(
     if not options:
         return metadata_only(refusals["commit"])
     chosen = min(options, key=lambda way: (cost.total(options[way]), way))
-    figures = ", ".join(f"{way} {sum(s.bytes for s in options[way])} B" for way in sorted(options))
-    return _DiskMerge(options[chosen], f"{chosen} ({figures})")
+    # the bytes each way moves are in its steps (and `explain`); the text says what was chosen
+    others = sorted(set(options) - {chosen})
+    return _DiskMerge(options[chosen], f"{chosen}, cheaper than {' or '.join(others)}" if others else chosen)
 
 
 def _commit_steps(dag: ImageDag, vm: VirtualMachine, base: str, top: str) -> tuple[Step, ...]:

@@ -116,8 +116,11 @@ def operation_facts(kind: str, data: Mapping[str, Any]) -> dict[str, Any] | None
     command's kind and target, the bytes it planned to move, its result, and the VM operation
     (`op`) it starts or ends. None: bookkeeping that says nothing of its own."""
     if kind == "OperationStarted":
-        return {"kind": data["kind"], "target": data["target"], "op": data["op_id"],
-                "bytes_moved": data["plan"]["bytes_moved"]}
+        facts = {"kind": data["kind"], "target": data["target"], "op": data["op_id"],
+                 "bytes_moved": data["plan"]["bytes_moved"]}
+        if (data.get("details") or {}).get("description"):
+            facts["description"] = data["details"]["description"]
+        return facts
     if kind in ("SnapshotTaken", "Reverted", "SnapshotDeleted", "ImagesDiscarded"):
         return {"op": data["op_id"], "result": "done"}
     if kind == "OperationFailed":

@@ -20,6 +20,8 @@ class SnapshotNode:
     frozen: dict[str, str]  # disk -> frozen image
     current: bool
     allocated: int = 0  # bytes allocated in its frozen images, as recorded (sizes.py)
+    description: str | None = None
+    created: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ def snapshot_tree(view: LedgerView, vm_name: str) -> SnapshotTree:
             dict(snap.disks),
             snap.name == vm.current,
             frozen_allocated(vm.images, snap.disks),
+            snap.description,
+            snap.created,
         )
         for snap in vm.snapshots.values()
     }

@@ -181,4 +181,5 @@ def test_diff_says_what_changed_between_two_positions(story: tuple[Cli, list[Mom
     assert "no changes" in cli.run("diff", "vm", *[str(moments["delete s2"].position)] * 2).stdout
     human = cli.run("diff", "vm", str(moments["snapshot s3"].position),
                     str(moments["revert s1"].position)).stdout
-    assert "current: s3 -> s1" in human and f"+ image {path('base.s1-1')} (managed)" in human
+    assert "current: s3 -> s1" in human and "+ image base.s1-1 (managed)" in human
+    assert f"images in {path('base.s1-1').rpartition('/')[0]}" in human  # named once

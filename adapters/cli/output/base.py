@@ -25,17 +25,21 @@ errors = Console(stderr=True, highlight=False, soft_wrap=True)
 def emit_json(value: Any) -> None:
     sys.stdout.write(json_text(value) + "\n")
 
+
 def emit_json_list(items: list[Any]) -> None:
     """A long JSON list (100,000 log entries) on one line: `json.dumps` without indenting runs
     the C encoder, several times faster than the indenting pure-Python one."""
     sys.stdout.write(json.dumps(items) + "\n")
 
+
 def error(message: str) -> None:
     errors.print(Text(f"snapledger: error: {visible(' '.join(message.split()))}"))
+
 
 def cells(*values: object) -> list[Text]:
     """Table cells: literal text (rich reads markup in a plain string), each value visible."""
     return [Text(visible("-" if v is None else str(v))) for v in values]
+
 
 def local_time(text: str | None) -> str:
     """A recorded UTC time (ISO 8601) in this machine's zone, to the second, with its offset."""
@@ -50,11 +54,14 @@ def local_time(text: str | None) -> str:
     when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
     return when.astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
 
+
 def emit_text(text: str) -> None:
     """Text made elsewhere (an export), exactly as it is."""
     sys.stdout.write(text)
 
+
 TABLE_ROWS = 500  # beyond this a rich table takes seconds to lay out; plain columns instead
+
 
 def show_rows(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
     header = list(columns)
@@ -66,25 +73,40 @@ def show_rows(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]])
             lines.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
         sys.stdout.write("\n".join(lines) + "\n")
         return
-    table = Table(title=title)
+    table = Table(title=title, title_justify="left")
     for column in header:
         table.add_column(column)
     for cell_row in cells:
         table.add_row(*(Text(cell) for cell in cell_row))
     console.print(table)
 
+
+def in_one_directory(paths: Iterable[str]) -> str | None:
+    """The directory every path is in, if there is one: then people read base names under a
+    title that names it once (80 columns hold few absolute paths)."""
+    directories = {str(path).rpartition("/")[0] for path in paths}
+    return next(iter(directories)) or "/" if len(directories) == 1 else None
+
+
+def short(path: str, directory: str | None) -> str:
+    return path.rpartition("/")[2] if directory is not None and path.startswith(directory) else path
+
+
 def print_paged(lines: list[Text], paged: bool) -> None:
     """Lines for people; through a pager ($PAGER, else less) when on a terminal and longer than
     it; each cut at the terminal's width (on a pipe, whole)."""
-    for line in lines:
-        line.no_wrap, line.overflow = console.is_terminal, "ellipsis"
-    if paged and console.is_terminal and len(lines) > console.height - 2:
+    cut = console.is_terminal
+    if paged and cut and len(lines) > console.height - 2:
         with console.pager(styles=False):
             for line in lines:
-                console.print(line)
+                console.print(line, no_wrap=True, overflow="ellipsis")
         return
     for line in lines:
-        console.print(line)
+        if cut:
+            console.print(line, no_wrap=True, overflow="ellipsis")
+        else:  # a pipe: whole lines, never broken
+            console.print(line)
+
 
 def say(text: str) -> None:
     """Lines for people, literally (no markup, no emoji codes), nothing in them steering the terminal."""

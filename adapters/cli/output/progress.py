@@ -123,6 +123,7 @@ class MergeProgress:
             self._task = self._bar.add_task(what, total=float(total or 1))
         self._bar.update(self._task, completed=fraction * float(total or 1))
 
+
 def _seconds(seconds: float) -> str:
     """`45 s`, `12 min 5 s`, `3 h 20 min`."""
     whole = int(seconds + 0.5)
