@@ -87,6 +87,8 @@ class Ledger:
 
     def show(self, vm: str, *, at_event: int | None = None, at: str | None = None) -> Document:
         """`show VM [--at-event N | --at TIME] --json`."""
+        if at_event is not None and (isinstance(at_event, bool) or not isinstance(at_event, int)):
+            raise BadInput(f"at_event is a ledger position (a whole number), not {at_event!r}")
         if at_event is not None or at is not None:
             ledger = self._opened(reading=True)
             return vm_document(past_view(ledger, vm, at_event, at), vm)
@@ -107,6 +109,8 @@ class Ledger:
     ) -> Documents:
         """`log [VM] [--since T] [--until T] [--type TYPE …] [--by WHO] [-n N] [--reverse]
         [--operations] --json`: every event, or with `operations` one entry per operation."""
+        if isinstance(types, str):  # one type, not its letters
+            types = [types]
         if operations:
             found = log_operations(self._app(), vm, since, until, tuple(types), by, count, reverse)
             return [op.to_json() for op in found]

@@ -33,6 +33,7 @@ def log_entries(
     if unknown:
         raise BadInput(f"unknown event type {unknown[0]!r}; one of: {', '.join(sorted(EVENT_TYPES))}")
     low, high = _times(since, until)
+    _check_filters(by, count)
     _check_vm(app, vm)
     index = trail_index_for(app)
     if index is not None:
@@ -56,6 +57,7 @@ def log_operations(
             f"unknown operation kind {unknown[0]!r}; one of: {', '.join(sorted(KINDS))} (event types go with --events)"
         )
     low, high = _times(since, until)
+    _check_filters(by, count)
     _check_vm(app, vm)
     index = trail_index_for(app)
     whole = index.select() if index is not None else whole_trail(app)
@@ -79,7 +81,17 @@ def last(items: list[T], count: int | None, reverse: bool) -> list[T]:
 
 def _times(since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
     now = datetime.now().astimezone()  # relative times and "today" are the local day's
-    return (parse_when(since, now) if since else None, parse_when(until, now) if until else None)
+    low, high = (parse_when(since, now) if since else None, parse_when(until, now) if until else None)
+    if low is not None and high is not None and low > high:
+        raise BadInput(f"--since {since} is after --until {until}: nothing could match")
+    return low, high
+
+
+def _check_filters(by: str | None, count: int | None) -> None:
+    if by is not None and (not by.strip() or by.startswith("@") or by.endswith("@")):
+        raise BadInput(f"--by {by!r}: give an actor, or actor@host")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise BadInput(f"the count of entries is a whole number from 1, not {count!r}")
 
 
 def _check_vm(app: LedgerApplication, vm: str | None) -> None:

@@ -62,7 +62,10 @@ def parse_when(text: str, now: datetime) -> datetime:
     if span is not None:
         from .retention import parse_duration
 
-        return now - parse_duration(span.group("span"))
+        try:
+            return now - parse_duration(span.group("span"))
+        except OverflowError:
+            raise BadInput(f"bad time {text!r}: that is before the year 1") from None
     try:
         return parse_time(text)
     except BadInput:

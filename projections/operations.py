@@ -48,6 +48,8 @@ class OperationEntry:
     position: int  # its last event's
     positions: list[int] = field(default_factory=list)
     description: str | None = None
+    ended_by: str | None = None  # the operation (a recover) that recorded its ending, if another
+
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,7 +59,7 @@ class OperationEntry:
             "actor": self.actor, "host": self.host, "reason": self.reason,
             "bytes_moved": self.bytes_moved, "why": self.why, "description": self.description,
             "first_position": self.first_position, "position": self.position,
-            "events": len(self.positions),
+            "events": len(self.positions), "ended_by": self.ended_by,
         }
 
 
@@ -118,13 +120,17 @@ def _add(op: OperationEntry, entry: TrailEntry, of_vm_operation: dict[str, Opera
         op.result = "open"
     if "drift" in facts:  # a refusal on drift (its OperationRefused follows, since ids)
         op.result, op.why = "refused", facts["drift"]
+    if "resumes" in facts and facts["resumes"] in of_vm_operation:  # recover: of what
+        resumed = of_vm_operation[facts["resumes"]]
+        op.target = " ".join(str(p) for p in (resumed.kind, resumed.target) if p)
     if "result" in facts:
         started = of_vm_operation.get(facts["op"], op) if "op" in facts else op
         started.result = facts["result"]
-        if "why" in facts:
-            started.why = facts["why"]
-        if started is not op and op.result == "open":
-            op.result = "done"  # a recover that ended another operation
+        # a failure's words stay only while it is the ending; a recover that finished it
+        # supersedes them
+        started.why = facts.get("why") if facts["result"] != "done" or started is op else None
+        if started is not op:
+            started.finished, started.ended_by = entry.time, op.operation
 
 
 def chosen(

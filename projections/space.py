@@ -18,12 +18,12 @@ means nothing (`prune --dry-run` plans a whole set of them).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from snapledger.domain.errors import SnapledgerError
 from snapledger.domain.images import ImageFacts, OwnerClass
-from snapledger.domain.steps import BranchOption, Strategy
+from snapledger.domain.steps import BranchOption, DeleteFile, Step, Strategy, touched_paths
 
 from .cost import CostModel
 from .dag import ImageDag, owner_class
@@ -88,9 +88,12 @@ def vm_space(
     cost: CostModel | None = None,
     dependants: Mapping[str, Sequence[str]] | None = None,
     notes: Sequence[str] = (),
+    unreadable: Collection[str] = (),
 ) -> VmSpace:
     """`measured`: path -> the facts read on the disk now, for the images that could be read;
-    every other image of the VM counts as the ledger last recorded it."""
+    every other image of the VM counts as the ledger last recorded it. `unreadable`: images
+    that should be there and could not be read; a delete touching one would be refused (drift),
+    so it frees nothing now."""
     view = with_measured(view, vm_name, measured)
     vm = view.vms[vm_name]
     dag = ImageDag(view, home=vm.home)
@@ -113,6 +116,15 @@ def vm_space(
         except SnapledgerError as refused:
             snapshots.append(SnapshotSpace(snap.name, allocated, None, None, str(refused)))
             continue
+        touched = {p for step in plan.steps for p in (*touched_paths(step), *_deleted(step))}
+        if blocked := sorted(touched & set(unreadable)):
+            why = f"{', '.join(blocked)} can't be read now (drift: see verify)"
+            snapshots.append(SnapshotSpace(snap.name, allocated, None, None, why))
+            continue
         freed = bytes_freed(view, vm_name, plan)
         snapshots.append(SnapshotSpace(snap.name, allocated, freed, plan.bytes_moved))
     return VmSpace(vm_name, vm.home or None, tuple(snapshots), tuple(images), tuple(notes))
+
+
+def _deleted(step: Step) -> tuple[str, ...]:
+    return (step.path,) if isinstance(step, DeleteFile) else ()

@@ -105,7 +105,8 @@ def _summary(kind: str, data: dict[str, Any]) -> str:
     if kind == "DriftDetected":
         return "; ".join(data["findings"])
     if kind == "ImagesDiscarded":
-        return f"discarded {len(data['paths'])} images"
+        count = len(data["paths"])
+        return f"discarded {count} image{'' if count == 1 else 's'}"
     if kind in ("FirstUsed", "UseAdded", "UseEnded", "ChangeReserved", "ChangeFinished"):
         return f"{kind} by {data.get('vm')}"
     return kind

@@ -53,8 +53,14 @@ def log(
 ) -> None:
     """The audit trail: who did what, where, when and why; one line per operation."""
     ctx = click.get_current_context()
-    if ParameterSource.COMMANDLINE in (ctx.get_parameter_source("actor"), ctx.find_root().get_parameter_source("actor")):
+    said = {name for name in ("actor", "reason") if ParameterSource.COMMANDLINE in (
+        ctx.get_parameter_source(name), ctx.find_root().get_parameter_source(name))}
+    if "actor" in said:
         raise BadInput("log records nothing, so --actor (who acts) means nothing here; to see what someone did: log --by NAME")
+    if "reason" in said:
+        raise BadInput("log records nothing, so --reason (why) means nothing here")
+    if ctx.get_parameter_source("mode") == ParameterSource.COMMANDLINE and {"--operations", "--events"} <= set(sys.argv):
+        raise BadInput("give --operations or --events, not both")
     if mode is None:  # people read operations; scripts' --json keeps the event list (cli.md)
         mode = "events" if c.as_json or (types and all(is_event_type(t) for t in types)) else "operations"
     if mode == "events":

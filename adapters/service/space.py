@@ -25,10 +25,10 @@ if TYPE_CHECKING:
 
 
 def measure(
-    storage: StoragePort, vm: VirtualMachine, paths: Iterable[str]
+    storage: StoragePort, vm: VirtualMachine, paths: Iterable[str], unreadable: list[str] | None = None
 ) -> tuple[dict[str, ImageFacts], list[str]]:
     """The facts on the disk now of each of `paths` the VM's ledger holds (opened with its
-    recorded format), and a note for each that could not be read."""
+    recorded format), and a note for each that could not be read (added to `unreadable`)."""
     measured: dict[str, ImageFacts] = {}
     notes: list[str] = []
     for path in paths:
@@ -39,6 +39,8 @@ def measure(
             measured[path] = storage.inspect(path, record.facts.format)
         except StorageError as error:
             notes.append(f"{path}: not measured ({error}); its recorded size is shown")
+            if unreadable is not None:
+                unreadable.append(path)
     return measured, notes
 
 
@@ -62,8 +64,9 @@ def _vm_usage(ledger: Snapledger, view: LedgerView, name: str) -> space.VmSpace:
             view, name, {}, ledger.cost, None,
             [f"not measured ({where}): sizes as the ledger last recorded them"],
         )
-    measured, notes = measure(ledger.storage, vm, sorted(vm.images))
-    return space.vm_space(view, name, measured, ledger.cost, ledger.dependants(vm, view), notes)
+    unreadable: list[str] = []
+    measured, notes = measure(ledger.storage, vm, sorted(vm.images), unreadable)
+    return space.vm_space(view, name, measured, ledger.cost, ledger.dependants(vm, view), notes, unreadable)
 
 
 def freed_by(ledger: Snapledger, vm: VirtualMachine, view: LedgerView, plan: Plan) -> int:

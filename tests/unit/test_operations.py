@@ -52,13 +52,17 @@ def test_an_operation_a_recover_finished_reads_done_and_an_open_one_open() -> No
     found = operations([
         started(1, "B", "delete", "s1", "B"),
         entry(2, "StorageStepCompleted", {"op": "B"}, "B"),
-        started(3, "C", "snapshot", "s2", "C"),  # another VM's, never finished
-        entry(4, "OperationResumed", {"kind": "recover", "resumes": "B"}, "R"),
-        entry(5, "SnapshotDeleted", {"op": "B", "result": "done"}, "R"),
+        entry(3, "OperationFailed", {"op": "B", "result": "failed", "why": "killed"}, "B"),
+        started(4, "C", "snapshot", "s2", "C"),  # another VM's, never finished
+        entry(5, "OperationResumed", {"kind": "recover", "resumes": "B"}, "R"),
+        entry(6, "SnapshotDeleted", {"op": "B", "result": "done"}, "R"),
     ])
-    assert [(o.operation, o.kind, o.result) for o in found] == [
-        ("B", "delete", "done"), ("C", "snapshot", "open"), ("R", "recover", "done"),
+    assert [(o.operation, o.kind, o.target, o.result) for o in found] == [
+        ("B", "delete", "s1", "done"), ("C", "snapshot", "s2", "open"), ("R", "recover", "delete s1", "done"),
     ]
+    deleted = found[0].to_json()
+    assert deleted["why"] is None and deleted["ended_by"] == "R" and deleted["position"] == 3
+    assert deleted["finished"] == found[2].finished  # when the recover ended it
     assert found[1].to_json()["finished"] is None
 
 

@@ -108,6 +108,17 @@ def test_a_refused_delete_has_no_freeable_bytes_but_says_why() -> None:
         assert shown[name]["freeable"] is None and shown[name]["delete_refused"] == snap.refused
 
 
+def test_a_delete_touching_an_image_gone_from_the_disk_frees_nothing_now() -> None:
+    """Found by a hostile test: a managed image removed by hand. Every delete touching it is
+    refused (drift), so usage must not promise its bytes."""
+    storage, ledger = make(snapshots=3)
+    frozen = ledger.vm(VM).snapshot("s2").disks["vda"]
+    storage.delete(frozen)
+    shown = {s.name: s for s in only(ledger).snapshots}
+    assert shown["s2"].freeable is None and frozen in (shown["s2"].refused or "")
+    assert any(frozen in note for note in only(ledger).notes)
+
+
 def test_unknown_and_retired_vms_are_bad_input() -> None:
     _, ledger = make(snapshots=1)
     try:

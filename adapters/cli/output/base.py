@@ -75,7 +75,7 @@ def show_rows(title: str, columns: Iterable[str], rows: Iterable[Iterable[Any]])
         return
     table = Table(title=title, title_justify="left")
     for column in header:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # a long name wraps; it is never cut
     for cell_row in cells:
         table.add_row(*(Text(cell) for cell in cell_row))
     console.print(table)
@@ -92,20 +92,48 @@ def short(path: str, directory: str | None) -> str:
     return path.rpartition("/")[2] if directory is not None and path.startswith(directory) else path
 
 
-def print_paged(lines: list[Text], paged: bool) -> None:
-    """Lines for people; through a pager ($PAGER, else less) when on a terminal and longer than
-    it; each cut at the terminal's width (on a pipe, whole)."""
-    cut = console.is_terminal
-    if paged and cut and len(lines) > console.height - 2:
-        with console.pager(styles=False):
-            for line in lines:
-                console.print(line, no_wrap=True, overflow="ellipsis")
+def print_paged(rows: list[list[str]], paged: bool) -> None:
+    """Entries for people, one per row. On a pipe, each row is one line, whole (grep, wc -l).
+    On a terminal, the last column wraps under itself and the others stay put, so nothing is
+    cut at 80 columns; longer than the terminal, it goes through the pager."""
+    if not console.is_terminal:
+        for row in rows:
+            console.print(Text(visible("  ".join(cell for cell in row if cell))))
         return
-    for line in lines:
-        if cut:
-            console.print(line, no_wrap=True, overflow="ellipsis")
-        else:  # a pipe: whole lines, never broken
-            console.print(line)
+    grid = Table.grid(padding=(0, 2))
+    for _ in rows[0][:-1]:
+        grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    for row in rows:
+        grid.add_row(*(Text(visible(cell)) for cell in row))
+    if not paged:
+        console.print(grid)
+        return
+    with console.capture() as captured:
+        console.print(grid)
+    shown = captured.get()
+    if shown.count("\n") > console.height - 2:
+        page(shown)
+    else:
+        sys.stdout.write(shown)
+
+
+def page(text: str) -> None:
+    """`text` through $PAGER (else `less -FRX`, if there is one); a pager that can't be run or
+    fails shows nothing, so then the text is written as it is."""
+    import os
+    import shlex
+    import shutil
+    import subprocess
+
+    command = shlex.split(os.environ.get("PAGER", "")) or (["less", "-FRX"] if shutil.which("less") else [])
+    if command:
+        try:
+            if subprocess.run(command, input=text, text=True, check=False).returncode == 0:
+                return
+        except OSError:
+            pass
+    sys.stdout.write(text)
 
 
 def say(text: str) -> None:

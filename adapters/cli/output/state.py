@@ -32,7 +32,7 @@ def show_plan(plan: Mapping[str, Any], title: str) -> None:
     said = f"{title}: {strategy}" if strategy and strategy != title else title
     if not plan["steps"]:
         say(f"{said}" if strategy else f"{title}: nothing to do")
-        say("no storage steps; the ledger only" + (" recorded it" if done else " would record it"))
+        say("no storage steps; " + ("the ledger only recorded it" if done else "only the ledger would record it"))
         return
     paths = [v for step in plan["steps"] for k, v in step.items() if isinstance(v, str) and v.startswith("/")]
     directory = in_one_directory(paths)
@@ -94,7 +94,8 @@ def show_vm(data: Mapping[str, Any]) -> None:
         return
     table = Table(title="snapshots", title_justify="left")
     for column in ("name", "created", "size", "frozen", "description"):  # parents: `tree`
-        table.add_column(column, justify="right" if column == "size" else "left", no_wrap=column == "created")
+        table.add_column(column, justify="right" if column == "size" else "left", no_wrap=column == "created",
+                         overflow="fold")  # a long name wraps; it is never cut
     for snap in data["snapshots"]:
         frozen = ", ".join(f"{d}={short(p, directory)}" for d, p in snap["disks"].items())
         size = filesize.decimal(snap["allocated"]) if snap.get("allocated") is not None else None
@@ -315,9 +316,9 @@ def show_usage(data: Mapping[str, Any]) -> None:
         say("no VMs tracked")
     for vm in data["vms"]:
         say(f"VM {vm['vm']}  host: {vm['host'] or '-'}  allocated: {filesize.decimal(vm['allocated'])}"
-            f"  on disk: {filesize.decimal(vm['size'])}")
+            f"  files: {filesize.decimal(vm['size'])}")
         snapshots = Table(title="snapshots", title_justify="left")
-        snapshots.add_column("snapshot")
+        snapshots.add_column("snapshot", overflow="fold")
         for column in ("allocated", "freeable", "moves"):
             snapshots.add_column(column, justify="right")
         for snap in vm["snapshots"]:
@@ -332,7 +333,7 @@ def show_usage(data: Mapping[str, Any]) -> None:
         images.add_column("image", overflow="fold")
         images.add_column("owner")
         images.add_column("allocated", justify="right")
-        images.add_column("on disk", justify="right")
+        images.add_column("file size", justify="right")
         for image in vm["images"]:
             mark = "" if image["measured"] else " (recorded)"
             images.add_row(*cells(short(image["path"], directory), image["owner"],
@@ -344,4 +345,6 @@ def show_usage(data: Mapping[str, Any]) -> None:
                 say(f"  {snap['name']}: delete refused now: {why}")
         for note in vm["notes"]:
             say(f"  note: {note}")
-    say("freeable: what deleting that snapshot alone frees now")
+    if data["vms"]:
+        say("freeable: the files deleting that snapshot alone removes now; it first writes "
+            "'moves' into the images that stay")

@@ -6,10 +6,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from rich import filesize
-from rich.text import Text
 
 from snapledger.adapters.cli.output.base import local_time, print_paged, say
-from snapledger.adapters.cli.visible import visible
 
 
 def show_operations(operations: list[Mapping[str, Any]], paged: bool = True) -> None:
@@ -17,19 +15,20 @@ def show_operations(operations: list[Mapping[str, Any]], paged: bool = True) -> 
     if not operations:
         say("no operations recorded")
         return
-    lines = []
+    rows: list[list[str]] = []
     for op in operations:
         what = " ".join(str(p) for p in (op["kind"], op["vm"], op["target"]) if p)
         if op.get("description"):
             what += f" ({op['description']})"
-        moved = f"  moved {filesize.decimal(op['bytes_moved'])}" if op["bytes_moved"] else ""
+        # what a finished operation moved (its plan's figure); not claimed for one that failed
+        moved = f"  moved {filesize.decimal(op['bytes_moved'])}" if op["bytes_moved"] and op["result"] == "done" else ""
+        if op.get("ended_by"):
+            what += f", finished by recover {op['ended_by'][:8]}"
         words = [f'"{op["reason"]}"' if op["reason"] else "", op["why"] or ""]
         why = "".join(f"  {w}" for w in words if w)
         who = f"{op['actor'] or '?'}@{op['host'] or '?'}"
-        lines.append(Text(visible(
-            f"{local_time(op['started'])}  {op['result']:<7}  {who}  {what}{moved}{why}"
-        )))
-    print_paged(lines, paged)
+        rows.append([local_time(op["started"]), f"{op['result']:<7}", who, f"{what}{moved}{why}"])
+    print_paged(rows, paged)
 
 
 def _event_line(event: Mapping[str, Any]) -> str:
@@ -44,11 +43,9 @@ def show_events(events: list[Mapping[str, Any]], paged: bool = True) -> None:
     if not events:
         say("no events recorded")
         return
-    lines = [
-        Text(visible(
-            f"{e['position']:>6}  {local_time(e['time'])}  {e['actor'] or '?'}@{e['host'] or '?'}  "
-            f"{e['vm'] or e['image'] or '-'}  {_event_line(e)}" + (f'  "{e["reason"]}"' if e["reason"] else "")
-        ))
+    rows = [
+        [f"{e['position']:>6}", local_time(e["time"]), f"{e['actor'] or '?'}@{e['host'] or '?'}",
+         f"{e['vm'] or e['image'] or '-'}  {_event_line(e)}" + (f'  "{e["reason"]}"' if e["reason"] else "")]
         for e in events
     ]
-    print_paged(lines, paged)
+    print_paged(rows, paged)
