@@ -97,6 +97,14 @@ def schema_lock_key(schema: str) -> int:
     return key - (1 << 32) if key >= 1 << 31 else key
 
 
+def _missing(curs: Cursor[DictRow], where: str, params: tuple[str, ...]) -> bool:
+    """Whether no catalog row is `FROM where` (a lookup: creating or altering at every start
+    would be a catalog write, and a lock, for every writer that starts)."""
+    curs.execute(f"SELECT NOT EXISTS (SELECT FROM {where}) AS missing", params, prepare=False)
+    found = curs.fetchone()
+    return bool(found is not None and found["missing"])
+
+
 class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -150,14 +158,9 @@ class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
             self._add_operation_column(curs)
             # Made once, not replaced at every start (a replaced function is a catalog write,
             # and a commit, under this lock, for every writer that starts).
-            curs.execute(
-                "SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n "
-                "ON n.oid = p.pronamespace WHERE n.nspname = %s AND p.proname = %s) AS missing",
-                (self.datastore.schema, SAVE_FUNCTION),
-                prepare=False,
-            )
-            found = curs.fetchone()
-            if found is not None and found["missing"]:
+            if _missing(curs, "pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = "
+                        "p.pronamespace WHERE n.nspname = %s AND p.proname = %s",
+                        (self.datastore.schema, SAVE_FUNCTION)):
                 curs.execute(self._create_save_function, prepare=False)
         self.datastore.register_type_adapters()
 
@@ -166,14 +169,8 @@ class ChainedPostgresApplicationRecorder(PostgresApplicationRecorder):
         its older records read as NULL, and a writer of that version, inserting one value
         fewer, still fills the rest. Looked up first: an ALTER at every start would lock the
         table against every reader."""
-        curs.execute(
-            "SELECT NOT EXISTS (SELECT FROM information_schema.columns WHERE table_schema = %s "
-            "AND table_name = %s AND column_name = 'operation') AS missing",
-            (self.datastore.schema, CHAIN_TABLE),
-            prepare=False,
-        )
-        found = curs.fetchone()
-        if found is not None and found["missing"]:
+        if _missing(curs, "information_schema.columns WHERE table_schema = %s AND table_name = %s "
+                    "AND column_name = 'operation'", (self.datastore.schema, CHAIN_TABLE)):
             curs.execute(SQL("ALTER TABLE {} ADD COLUMN operation text").format(self._chain_table), prepare=False)
 
     def _lock_schema(self, curs: Cursor[DictRow]) -> None:

@@ -17,6 +17,7 @@ Anything else is bad input (exit 2).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from snapledger.adapters.service.queries import diff, position_for, view_of
@@ -92,14 +93,15 @@ def resolve(ledger: Snapledger, vm_name: str, token: str) -> int:
             return taken.position
         if forced == "name":
             raise UnknownSnapshot(f"VM {vm_name!r} has no snapshot {text!r}, nor ever had")
+    now = datetime.now().astimezone()  # relative times and "yesterday" are the local day's
     if forced == "at":
-        return ledger.position_at(history.parse_time(text))
+        return ledger.position_at(history.parse_when(text, now))
     try:
-        when = history.parse_time(text)
+        when = history.parse_when(text, now)
     except BadInput:
         raise UnknownSnapshot(
-            f"{token!r} is neither a snapshot of VM {vm_name!r}, a ledger position, nor an "
-            "ISO 8601 time"
+            f"{token!r} is neither a snapshot of VM {vm_name!r}, a ledger position, nor a time "
+            "(ISO 8601, today, yesterday, or a span back such as 2h)"
         ) from None
     return ledger.position_at(when)
 

@@ -346,5 +346,4 @@ def show_usage(data: Mapping[str, Any]) -> None:
         for note in vm["notes"]:
             say(f"  note: {note}")
     if data["vms"]:
-        say("freeable: the files deleting that snapshot alone removes now; it first writes "
-            "'moves' into the images that stay")
+        say("freeable: what deleting it alone removes now, after writing 'moves' elsewhere")
