@@ -10,13 +10,9 @@ any disk is touched, runs its steps one by one recording each, and closes the op
 from __future__ import annotations
 
 import dataclasses
-import functools
-import inspect
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
-from typing import Concatenate, ParamSpec, TypeVar
 
 from snapledger.adapters.service import (
     hosts,
@@ -24,6 +20,7 @@ from snapledger.adapters.service import (
     preconditions,
     pruning,
     queries,
+    recording,
     recovery,
     space,
 )
@@ -38,6 +35,7 @@ from snapledger.adapters.service.ports import (
     ViewProjection,
 )
 from snapledger.adapters.service.pruning import Pruned
+from snapledger.adapters.service.reading import LedgerReading
 from snapledger.adapters.service.reconcile import Reconciliation, reconcile
 from snapledger.adapters.service.registrations import Registry
 from snapledger.domain.errors import (
@@ -46,17 +44,11 @@ from snapledger.domain.errors import (
     DomainGone,
     DriftFound,
     ImageInUse,
-    LedgerDamaged,
     LedgerUnwritable,
     LiveStepImpossible,
     OperationInProgress,
-    Refused,
-    SnapledgerError,
-    TamperFound,
-    UnknownVm,
 )
 from snapledger.domain.images import ImageFacts
-from snapledger.domain.names import time_snapshot_name
 from snapledger.domain.steps import BranchOption, OperationKind, Plan, SetActive, Step, Strategy
 from snapledger.domain.vm import VirtualMachine
 from snapledger.projections import planners
@@ -64,56 +56,7 @@ from snapledger.projections.cost import CostModel
 from snapledger.projections.retention import KeepRules
 from snapledger.projections.scope import NO_HOST, shared_dirs
 from snapledger.projections.space import VmSpace
-from snapledger.projections.view import LedgerView, private_copy, replacing
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def _operation(
-    kind: str, target: str | None = None, vm: str = "vm_name"
-) -> Callable[[Callable[Concatenate[Snapledger, _P], _R]], Callable[Concatenate[Snapledger, _P], _R]]:
-    """A command that changes the ledger: one operation (semantics.md, "The trail"). The events
-    it records carry a new operation id; a refusal (exit 3) of a real run is recorded too, with
-    who, where and why. `target`, `vm`: the parameters naming what it acts on."""
-
-    def wrap(command: Callable[Concatenate[Snapledger, _P], _R]) -> Callable[Concatenate[Snapledger, _P], _R]:
-        signature = inspect.signature(command)
-
-        def run(self: Snapledger, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-            enclosing = self.app.operation  # prune's deletions are operations of their own
-            self.next_operation()
-            try:
-                return command(self, *args, **kwargs)
-            except Refused as refused:
-                bound = signature.bind(self, *args, **kwargs).arguments
-                if not bound.get("dry_run"):
-                    named = bound.get(target) if target is not None else None
-                    self._record_refusal(kind, bound.get(vm), None if named is None else str(named), refused)
-                raise
-            finally:
-                self.app.continue_operation(enclosing)
-
-        functools.update_wrapper(run, command)
-        return _checkpointed(run)
-
-    return wrap
-
-
-def _checkpointed(
-    command: Callable[Concatenate[Snapledger, _P], _R],
-) -> Callable[Concatenate[Snapledger, _P], _R]:
-    """A command ends by bringing the persisted projection up to date, also when it fails
-    part way (what it saved is folded in)."""
-
-    def run(self: Snapledger, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return command(self, *args, **kwargs)
-        finally:
-            self.checkpoint()
-
-    functools.update_wrapper(run, command)
-    return run
+from snapledger.projections.view import LedgerView, replacing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +65,7 @@ class Deletion:
     bytes_freed: int  # the bytes of the files it deletes, measured on the disks before
 
 
-class Snapledger:
+class Snapledger(LedgerReading):
     def __init__(
         self,
         app: LedgerStore,
@@ -167,80 +110,12 @@ class Snapledger:
 
     # ---- reading ---------------------------------------------------------------------
 
-    @property
-    def view(self) -> LedgerView:
-        """Every aggregate of the ledger, as of the last refresh. Made on first use from the
-        persisted projection's newest checkpoint and the events after it, never by folding
-        the whole ledger (unless there is no checkpoint yet); the projection is then saved."""
-        if self._view is None:
-            self._view = self.projection.present()
-        return self._view
-
-    @view.setter
-    def view(self, view: LedgerView) -> None:
-        self._view = view
-
-    def refresh(self) -> LedgerView:
-        """Catch the view up with everything recorded since it last looked (by anyone)."""
-        return self.projection.catch_up(self.view)
-
-    def checkpoint(self) -> None:
-        """Bring the persisted projection up to the view (cheap: only what changed). Every
-        command ends with it; a crash before it only leaves the next reader more to catch up."""
-        if self._view is not None:
-            self.projection.save(self._view)
-
-    def last_position(self) -> int:
-        """The ledger position of the last event recorded (0 for an empty ledger)."""
-        return self.app.last_position()
-
-    def view_at(self, position: int) -> LedgerView:
-        """The whole ledger's state right after the event at `position` (0: before the first
-        event): the state `show` gave at that moment. The one way into the past."""
-        last = self.last_position()
-        if not 0 <= position <= last:
-            raise BadInput(f"position {position} is not in the ledger (it runs from 1 to {last})")
-        return self.projection.view_at(position)  # the nearest checkpoint, then the events
-
-    def position_at(self, when: datetime) -> int:
-        """The position of the last event whose time is at or before `when` (0 if none)."""
-        return self.app.position_at(when)
-
-    @_operation("prune", vm="vm_name")
+    @recording.operation("prune", vm="vm_name")
     def prune(
         self, vm_name: str, rules: KeepRules, branches: str = BranchOption.FORBID, dry_run: bool = False
     ) -> Pruned:
         """Delete the snapshots no keep rule holds (pruning.py)."""
         return pruning.prune(self, vm_name, rules, branches, dry_run)
-
-    def new_snapshot_name(self, vm_name: str) -> str:
-        """A name for `snapshot VM` without one: the UTC time now, suffixed if the VM already
-        has a snapshot of that name (two processes in the same second: the second one's
-        snapshot is refused as a duplicate, nothing recorded)."""
-        vm = self.vm(vm_name)
-        return time_snapshot_name(self.clock(), lambda name: name in vm.snapshots)
-
-    def view_of_one(self, name: str) -> LedgerView:
-        """The view `show NAME` reads: the ledger caught up; or, on a long ledger with no
-        checkpoint near its end (a first start, an upgrade), the VM and the VMs sharing its
-        images, each from its own events (persisted.py), so that the first `show` does not
-        wait for the whole ledger to be folded."""
-        if self._view is None:
-            alone = self.projection.view_of_one(name)
-            if alone is not None:
-                return alone
-        self.vm(name)  # an unknown VM: a clear error
-        return self.view
-
-    def vm(self, name: str) -> VirtualMachine:
-        """The VM of that name as the ledger holds it now: the view caught up with every event
-        recorded (by anyone), and a private copy of its VM, which the command may change. Its
-        cost does not grow with the VM's history (no replay of its events); saving it is still
-        refused if another writer got there first (the store's optimistic concurrency)."""
-        known = self.refresh().vms.get(name)  # the newest VM of that name (after a retire)
-        if known is None:
-            raise UnknownVm(f"no VM named {name!r} in the ledger")
-        return private_copy(known)
 
     def own(self, name: str) -> VirtualMachine:
         """The VM of that name, loaded fresh, if it lives on this host (hosts.py)."""
@@ -258,9 +133,9 @@ class Snapledger:
 
     # Start tracking a VM over its disks and the chains below them: images.adopt, whose
     # signature and docstring it takes (one copy of the parameters).
-    adopt = _operation("adopt", vm="name")(images.adopt)
+    adopt = recording.operation("adopt", vm="name")(images.adopt)
 
-    @_operation("snapshot", target="name")
+    @recording.operation("snapshot", target="name")
     def snapshot(
         self,
         vm_name: str,
@@ -282,7 +157,7 @@ class Snapledger:
         details: dict[str, object] = {"frozen": frozen, "description": description, "domain_xml": domain_xml or vm.domain_xml}
         return self._run(vm, plan, name, details, dry_run)
 
-    @_operation("revert", target="name")
+    @recording.operation("revert", target="name")
     def revert(
         self,
         vm_name: str,
@@ -311,7 +186,7 @@ class Snapledger:
     ) -> Plan:
         return self.deletion(vm_name, name, strategy, branches, dry_run).plan
 
-    @_operation("delete", target="name")
+    @recording.operation("delete", target="name")
     def deletion(
         self,
         vm_name: str,
@@ -339,7 +214,7 @@ class Snapledger:
         the disks (space.py); read-only."""
         return space.usage(self, vm_name)
 
-    @_operation("gc")
+    @recording.operation("gc")
     def gc(
         self, vm_name: str | None = None, include_detached: bool = False, dry_run: bool = False
     ) -> list[Plan]:
@@ -355,27 +230,27 @@ class Snapledger:
         return plans
 
     # Give a VM a new home host: hosts.move, whose signature and docstring it takes.
-    move = _operation("move", target="to")(hosts.move)
+    move = recording.operation("move", target="to")(hosts.move)
 
-    @_operation("swap-disk", target="disk")
+    @recording.operation("swap-disk", target="disk")
     def swap_disk(self, vm_name: str, disk: str, path: str) -> None:
         """Record that `disk` now uses the image at `path`, which the user put in place."""
         images.swap_disk(self, vm_name, disk, path)
 
-    @_operation("recover")
+    @recording.operation("recover")
     def recover(self, vm_name: str | None = None, pivoted: bool = False) -> list[str]:
         """Finish every operation a crash or failure left open (all steps are safe to redo).
         `pivoted`: the operator vouches that the live active commit `vm_name`'s operation was
         at pivoted onto its base (by hand) and the domain ran there since (recorded first)."""
         return recovery.recover(self, vm_name, pivoted)
 
-    @_operation("reconcile")
+    @recording.operation("reconcile")
     def reconcile(self, vm_name: str, dry_run: bool = False) -> Reconciliation:
         """Record the disks' reality where it differs from the ledger, writing and deleting no
         image (reconcile.py)."""
         return reconcile(self, vm_name, dry_run)
 
-    @_operation("retire")
+    @recording.operation("retire")
     def retire(self, vm_name: str) -> list[str]:
         """End tracking of `vm_name`: its history stays, its images are let go (nothing is
         deleted). Returns the files snapledger made that are left on disk."""
@@ -536,25 +411,6 @@ class Snapledger:
         each with the ledger position of its last event."""
         found = ((op, self.app.operation_position(op)) for op in self.begun[since:])
         return [(op, position) for op, position in found if position is not None]
-
-    def _record_refusal(self, kind: str, vm_name: object, target: str | None, refused: Refused) -> None:
-        """Keep the attempt in the trail: on the VM, if it lives here (another host's VM is
-        not ours to write, and a write could make its own operation fail). Best effort: the
-        refusal is what the user hears, whatever happens here."""
-        if getattr(refused, "recorded", False) or isinstance(refused, (LedgerDamaged, TamperFound)) or not isinstance(vm_name, str):
-            return
-        refused.recorded = True  # type: ignore[attr-defined]  # an enclosing operation's too
-        unrecordable: tuple[type[BaseException], ...] = (SnapledgerError, *self.app.errors)
-        try:
-            vm = self.vm(vm_name)
-            if self.host is not None and not vm.lives_on(self.host):
-                return
-            if vm.operation is not None and recovery.still_running(self.runners, vm.operation, vm.taken_over_from):
-                return  # its runner's next record must not meet ours
-            vm.record_refusal(kind, target, " ".join(str(refused).split()), self.clock())
-            self.save(vm)
-        except unrecordable:
-            pass
 
     def save(self, *aggregates: object, unrecorded: str = "nothing was done") -> None:
         """Record the aggregates' new events atomically. A store that can't take them (its
