@@ -28,6 +28,6 @@ def test_without_the_bug_the_same_run_passes() -> None:
     adapter, run = python_blocks()
     namespace: dict[str, object] = {"__name__": "tutorial"}
     exec(compile(adapter, f"{DOC}:adapter", "exec"), namespace)
-    storage = namespace["ForgetfulStorage"]
+    storage = namespace["OffByOneStorage"]
     del storage.commit  # type: ignore[attr-defined]
     exec(compile(run.replace("max_examples=500", "max_examples=8"), f"{DOC}:run", "exec"), namespace)
