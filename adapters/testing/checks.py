@@ -19,6 +19,14 @@ def changes(app: Any) -> int:
     return sum(1 for event, _ in app.events_after(0) if type(event).__name__ != "OperationRefused")
 
 
+def last_type(app: Any) -> str:
+    """The type of the last event recorded (its short name)."""
+    last = None
+    for event, _ in app.events_after(0):
+        last = event
+    return type(last).__name__
+
+
 def files_state(storage: ByteStorage) -> dict[str, tuple[object, ...]]:
     """Every file, as what it names below it and what it reads: equal before and after a
     refusal, which changes nothing."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import posixpath
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from hypothesis import assume, event, note
 from hypothesis import strategies as st
@@ -48,6 +48,7 @@ from snapledger.domain.errors import (
     Refused,
     StrategyNotAllowed,
 )
+from snapledger.domain.steps import Plan
 from snapledger.testing import checks
 from snapledger.testing.faults import FaultyPort, SimulatedCrash
 from snapledger.testing.model import CLUSTER, ByteModel, ByteStorage, Content, SnapRef
@@ -147,12 +148,10 @@ class ConformanceMachine(OperationRules, RuleBasedStateMachine):
     def deleting(
         self, snap: SnapRef, strategy: str, branches: str, crash_at: int | None,
         busy_at: int | None = None, after: bool = False,
-    ) -> Any:
+    ) -> Plan:
         """Delete, maybe dying at the `crash_at`-th storage call (a new process then recovers),
         or finding the image held by another process at the `busy_at`-th merge (nothing recorded
         as failed; once the holder is gone, recover or a retry finishes the job)."""
-        from snapledger.domain.steps import Plan
-
         self.inject(crash_at=crash_at, busy_at=busy_at, after=after)
         files = self.files_state()
         try:
@@ -178,35 +177,6 @@ class ConformanceMachine(OperationRules, RuleBasedStateMachine):
             return Plan("delete", op.steps)
         finally:
             self.inject()
-
-    def snapshots_where(self, wanted: str) -> list[SnapRef]:
-        """Model snapshots whose frozen image is a managed image with 1 (`middle`) or 2+ children
-        (and, for a branch point, no file of a user's resting on it: that makes it stay)."""
-        from snapledger.domain.images import OwnerClass
-        from snapledger.projections.dag import ImageDag
-
-        dependants = {
-            path: files for name in self.ledger.view.live_vms()
-            for path, files in (self.ledger.unknown_dependants(name) or {}).items()
-        }
-        dag = ImageDag(self.ledger.view, dependants=dependants)
-        found = []
-        for ref in sorted(self.model.taken):
-            vm = self.ledger.view.vms[ref.vm]
-            if vm.operation is not None:
-                continue
-            for path in vm.snapshots[ref.name].disks.values():
-                kids = dag.needed_children(path)
-                managed = dag.nodes[path].owner is OwnerClass.MANAGED
-                # A detached child makes any delete metadata only (semantics.md), so skip those.
-                attached = not any(dag.nodes[k].detached for k in kids)
-                attached = attached and not dag.dependants(path)
-                if (wanted == "middle" and len(kids) == 1) or (
-                    wanted == "branch point" and managed and attached and len(kids) > 1
-                ):
-                    found.append(ref)
-                    break
-        return found
 
     # ---- the world the histories start from --------------------------------------------------
 
@@ -328,7 +298,7 @@ class ConformanceMachine(OperationRules, RuleBasedStateMachine):
         except BranchPointRefused:
             assert branches == "forbid"
             assert self.world() == before, "a refused delete changed something"
-            assert _last_type(self.app) == "OperationRefused", "the attempt is not in the trail"
+            assert checks.last_type(self.app) == "OperationRefused", "the attempt is not in the trail"
             return
         except StrategyNotAllowed as refusal:  # a branch is a user's file: never written
             assert branches == "pull" and "not managed" in str(refusal)
@@ -396,10 +366,3 @@ class ConformanceMachine(OperationRules, RuleBasedStateMachine):
     def the_view_is_the_fold_of_the_events(self) -> None:
         checks.view_is_the_fold(self.ledger)
 
-
-def _last_type(app: Any) -> str:
-    """The type of the last event recorded (its short name)."""
-    last = None
-    for each, _ in app.events_after(0):
-        last = each
-    return type(last).__name__

@@ -18,7 +18,9 @@ from snapledger.domain.errors import (
     StorageError,
     ToolMissing,
 )
+from snapledger.domain.images import OwnerClass
 from snapledger.domain.steps import Plan
+from snapledger.projections.dag import ImageDag
 from snapledger.projections.retention import KeepRules
 from snapledger.testing import checks
 from snapledger.testing.faults import FaultyPort, SimulatedCrash
@@ -60,6 +62,32 @@ class OperationRules:
         def refused_and_nothing_changed(
             self, command: Callable[[], object], accepted: str, refusal: type[Exception] = Refused
         ) -> None: ...
+
+    def snapshots_where(self, wanted: str) -> list[SnapRef]:
+        """Model snapshots whose frozen image is a managed image with 1 (`middle`) or 2+ children
+        (and, for a branch point, no file of a user's resting on it: that makes it stay)."""
+        dependants = {
+            path: files for name in self.ledger.view.live_vms()
+            for path, files in (self.ledger.unknown_dependants(name) or {}).items()
+        }
+        dag = ImageDag(self.ledger.view, dependants=dependants)
+        found = []
+        for ref in sorted(self.model.taken):
+            vm = self.ledger.view.vms[ref.vm]
+            if vm.operation is not None:
+                continue
+            for path in vm.snapshots[ref.name].disks.values():
+                kids = dag.needed_children(path)
+                managed = dag.nodes[path].owner is OwnerClass.MANAGED
+                # A detached child makes any delete metadata only (semantics.md), so skip those.
+                attached = not any(dag.nodes[k].detached for k in kids)
+                attached = attached and not dag.dependants(path)
+                if (wanted == "middle" and len(kids) == 1) or (
+                    wanted == "branch point" and managed and attached and len(kids) > 1
+                ):
+                    found.append(ref)
+                    break
+        return found
 
     @rule(vm=vms, content=contents, data=st.data())
     def swap_disk(self, vm: str, content: Content, data: st.DataObject) -> None:

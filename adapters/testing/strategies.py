@@ -93,9 +93,9 @@ def layouts(draw: st.DrawFn, vm: str = "vm", max_disks: int = 2, max_sharing: in
 
 def histories(
     vm: str | None = "vm", max_ops: int = 20, disks: tuple[str, ...] = ("vda",),
-    starting_from: World | None = None,
+    starting_from: World | None = None, min_ops: int = 0,
 ) -> st.SearchStrategy[list[Op]]:
-    """Lists of up to `max_ops` operations on `vm`'s `disks`; `starting_from` a World (a replayed
+    """Lists of `min_ops` to `max_ops` operations on `vm`'s `disks`; `starting_from` a World (a replayed
     history, say), on its VMs (`vm` None: any of them) and their disks."""
     targets: list[tuple[str, tuple[str, ...]]] = [(vm or "vm", disks)]
     if starting_from is not None:
@@ -104,7 +104,7 @@ def histories(
         targets = [(n, tuple(sorted(live[n].disks))) for n in names if n in live]
         if not targets:
             raise ValueError(f"no VM {vm!r} in the state histories start from")
-    return st.lists(operations(targets), max_size=max_ops)
+    return st.lists(operations(targets), min_size=min_ops, max_size=max_ops)
 
 
 @st.composite
@@ -112,7 +112,8 @@ def operations(draw: st.DrawFn, targets: list[tuple[str, tuple[str, ...]]]) -> O
     """One operation on one of `targets` (a VM and its disks)."""
     vm, disks = draw(st.sampled_from(targets))
     kind = draw(st.sampled_from(
-        ["write", "write", "snapshot", "snapshot", "revert", "delete", "delete", "swap", "gc", "prune"]
+        ["write", "write", "write", "snapshot", "snapshot", "snapshot", "revert", "delete", "delete",
+         "swap", "gc", "prune"]
     ))
     disk = draw(st.sampled_from(disks))
     index = draw(st.integers(0, 7))

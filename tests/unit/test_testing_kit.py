@@ -37,7 +37,7 @@ TestSimulatedConformance.settings = settings(
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(layouts(max_disks=2), histories(vm="vm", max_ops=12, disks=("vda", "vdb")))
+@given(layouts(max_disks=2), histories(vm="vm", min_ops=6, max_ops=16, disks=("vda", "vdb")))
 def test_histories_over_layouts_keep_every_invariant(layout: Layout, ops: list[Op]) -> None:
     world = World()
     world.lay_out(layout)
