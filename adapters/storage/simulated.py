@@ -104,6 +104,7 @@ class SimulatedScan:
 
 class SimulatedStorage:
     device = 4242
+    root = ""  # every path is absolute in one simulated filesystem (snapledger.testing's ByteStorage)
 
     def __init__(self) -> None:
         self.files: dict[str, SimImage] = {}
@@ -206,6 +207,10 @@ class SimulatedStorage:
         image.forged_backing = backing
         image.clusters[0] = 0x51  # the header's bytes are the guest's data in cluster 0
         self.modified(image)
+
+    def paths(self) -> list[str]:
+        """Every file there is."""
+        return sorted(self.files)
 
     def symlink(self, link: str, target: str) -> None:
         """`link` (a file or directory name) now leads to `target`."""

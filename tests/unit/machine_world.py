@@ -30,12 +30,10 @@ from snapledger.domain.errors import (
     StrategyNotAllowed,
     ToolMissing,
 )
+from snapledger.testing.model import ByteModel
+from snapledger.testing.rules import closed_since
 
 Content = dict[int, int]
-CLOSERS = {
-    "snapshot": "SnapshotTaken", "revert": "Reverted", "delete": "SnapshotDeleted",
-    "gc": "ImagesDiscarded",
-}
 WORLDS = ["hard link", "held for writing", "held for reading", "gone", "qemu-img missing",
           "ledger full"]
 
@@ -58,14 +56,13 @@ class FillableLedger(LedgerApplication):
 
 
 class WorldActors:
-    """Rules for LedgerMachine (which provides storage, ledger, app, the byte model...)."""
+    """Rules for LedgerMachine (a snapledger.testing ConformanceMachine: storage, ledger, app,
+    the byte model `model`, `an_operation`...)."""
 
     storage: Any
     ledger: Any
     app: FillableLedger
-    present: dict[tuple[str, str], Content]
-    taken: dict[Any, dict[str, Content]]
-    user_files: set[str]
+    model: ByteModel
     names: Any
 
     def init_world(self) -> None:
@@ -94,7 +91,7 @@ class WorldActors:
         path = f"{directory}/hand{next(self.names)}.qcow2"
         self.base_reads.setdefault(base, self.storage.read_all(base))
         self.storage.make_image(path, self.storage.files[base].virtual_size, content, backing=base)
-        self.user_files.add(path)
+        self.model.user_file(path, content)
         self.hand_made[path] = (base, dict(content))
         self.base_reads[path] = self.expected_reads(path)
         event("user made an overlay" + (" on their own file" if base in self.hand_made else ""))
@@ -139,7 +136,7 @@ class WorldActors:
         victim = data.draw(st.sampled_from(others)) if others else None
         active = self.ledger.view.vms[vm].disks[disk]
         self.storage.forge_header(active, victim)
-        self.present[(vm, disk)][0] = 0x51
+        self.model.wrote(vm, disk, {0: 0x51})
         self.guest_wrote(active, {0: 0x51})
         event("guest wrote a qcow2 header into its raw disk")
 
@@ -235,36 +232,7 @@ class WorldActors:
             assert outcome in ("LedgerUnwritable", "ImageInUse"), outcome
             assert open_op.failure is None or outcome == "LedgerUnwritable"
             self.ledger.recover(vm)
-        elif outcome != "done" and not self.closed_since(before, vm):
+        elif outcome != "done" and not closed_since(self.app, self.ledger, before, vm):
             assert self.world()[1] == files_before, f"{outcome} changed a file, nothing recorded"
-        if outcome == "done" or self.closed_since(before, vm):
+        if outcome == "done" or closed_since(self.app, self.ledger, before, vm):
             expect()
-
-    def closed_since(self, before: int, vm: str) -> bool:
-        vm_id = self.ledger.view.vms[vm].id
-        for ev, _ in self.app.events_after(before):
-            if ev.originator_id == vm_id and type(ev).__name__ in CLOSERS.values():
-                return True
-        return False
-
-    def an_operation(self, data: st.DataObject, vm: str) -> tuple[Callable[[], object], Callable[[], None]]:
-        """One operation on `vm`, and what the model learns if it is done."""
-        refs = sorted((r for r in self.taken if r.vm == vm), key=lambda r: r.name)
-        kinds = ["snapshot", "gc"] + (["revert", "delete"] if refs else [])
-        kind = data.draw(st.sampled_from(kinds))
-        if kind == "snapshot":
-            name = f"s{next(self.names)}"
-            return (lambda: self.ledger.snapshot(vm, name),
-                    lambda: self._expect_snapshot(vm, name, frozenset()))
-        if kind == "gc":
-            detached = data.draw(st.booleans())
-            return (lambda: self.ledger.gc(vm, detached)), lambda: None
-        snap = data.draw(st.sampled_from(refs))
-        if kind == "revert":
-            return (lambda: self.ledger.revert(vm, snap.name)), lambda: self._expect_revert(snap)
-        branches = data.draw(st.sampled_from(["forbid", "pull", "keep"]))
-
-        def deleted() -> None:
-            del self.taken[snap]
-
-        return (lambda: self.ledger.delete(vm, snap.name, "auto", branches)), deleted

@@ -22,6 +22,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("domain", "projections", "adapters")
 TOPLEVEL = "adapters/toplevel"  # the package snapledger itself (pyproject.toml's package-dir)
+KIT = "adapters/testing"  # snapledger.testing, the test kit (snapledger[testing])
 SKIP = shutil.ignore_patterns(
     ".git", "build", "dist", ".venv", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis",
     "*.sqlite", "tests", "bench",
@@ -32,6 +33,8 @@ def in_wheel(source: str) -> str:
     """Where a file of the checkout lies in the wheel."""
     if source.startswith(TOPLEVEL + "/"):
         return "snapledger/" + source.removeprefix(TOPLEVEL + "/")
+    if source.startswith(KIT + "/"):
+        return "snapledger/testing/" + source.removeprefix(KIT + "/")
     return f"snapledger/{source}"
 
 
@@ -72,6 +75,8 @@ def test_wheel_holds_every_source_package_under_snapledger(wheel: Path) -> None:
     assert missing == []
     assert "snapledger/__init__.py" in names and "snapledger/py.typed" in names
     assert not any(name.startswith("snapledger/adapters/toplevel") for name in names)
+    assert not any(name.startswith("snapledger/adapters/testing") for name in names)
+    assert "snapledger/testing/py.typed" in names
     tops = {name.split("/", 1)[0] for name in names}
     assert not tops & set(SOURCES)
     assert {t for t in tops if not t.endswith(".dist-info")} == {"snapledger"}
@@ -83,6 +88,7 @@ lazy = "snapledger.adapters.api" not in sys.modules and "snapledger.adapters.com
 import snapledger.domain, snapledger.projections, snapledger.adapters, snapledger.adapters.cli.main
 import snapledger.adapters.service, snapledger.adapters.eventstore, snapledger.adapters.checkpoint
 import snapledger.adapters.storage, snapledger.adapters.host, snapledger.adapters.libvirt
+import snapledger.testing, snapledger.testing.plugin, snapledger.testing.machine
 files = {name: module.__file__ for name, module in sys.modules.items()
          if name == "snapledger" or name.startswith("snapledger.")}
 print(json.dumps({"lazy": lazy, "version": snapledger.__version__,
@@ -107,6 +113,7 @@ def test_the_wheel_imports_every_package_from_itself(wheel: Path, tmp_path: Path
     found = imported(sys.executable, tmp_path, {**os.environ, "PYTHONPATH": str(unpacked)})
     assert found["lazy"] is True and found["version"] == "0.1.0"
     assert found["open"] == "snapledger.adapters.api"
+    assert "snapledger.adapters.testing" not in found["files"]  # type: ignore[operator]
     files = found["files"]
     assert isinstance(files, dict) and len(files) > 20
     assert all(str(f).startswith(str(unpacked)) for f in files.values() if f), files
@@ -140,6 +147,17 @@ def test_the_version_every_event_records_is_the_packages() -> None:
     root = Path(__file__).resolve().parents[2]
     declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["version"]
     assert VERSION == declared == importlib.metadata.version("snapledger") == snapledger.__version__
+
+
+def test_the_test_kit_is_an_extra_and_a_pytest_plugin() -> None:
+    """`snapledger[testing]` brings hypothesis; pytest finds the plugin by its entry point."""
+    import importlib.metadata
+
+    dist = importlib.metadata.distribution("snapledger")
+    requires = dist.requires or []
+    assert any(r.startswith("hypothesis") and 'extra == "testing"' in r for r in requires), requires
+    plugins = [e for e in dist.entry_points if e.group == "pytest11"]
+    assert [(e.name, e.value) for e in plugins] == [("snapledger", "snapledger.testing.plugin")]
 
 
 def test_the_readme_shows_the_command_ci_runs() -> None:

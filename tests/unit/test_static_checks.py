@@ -19,6 +19,7 @@ def test_mypy_strict_on_the_package(tmp_path: Path) -> None:
         (package / part).symlink_to(ROOT / part)
     for part in ("__init__.py", "py.typed"):  # the package itself (pyproject.toml's package-dir)
         (package / part).symlink_to(ROOT / "adapters" / "toplevel" / part)
+    (package / "testing").symlink_to(ROOT / "adapters" / "testing")  # snapledger.testing, the kit
     done = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--config-file", str(ROOT / "pyproject.toml"),
          "--cache-dir", str(tmp_path / "cache"), "-p", "snapledger"],
@@ -43,9 +44,10 @@ def installed_layout(tmp_path: Path) -> Path:
     package whose own folder (adapters/toplevel) holds none of its subpackages."""
     site = tmp_path / "site"
     package = site / "snapledger"
-    skip = shutil.ignore_patterns("__pycache__", "toplevel")
+    skip = shutil.ignore_patterns("__pycache__", "toplevel", "testing")
     for part in ("domain", "projections", "adapters"):
         shutil.copytree(ROOT / part, package / part, ignore=skip)
+    shutil.copytree(ROOT / "adapters" / "testing", package / "testing", ignore=skip)
     shutil.copy(ROOT / "adapters" / "toplevel" / "__init__.py", package / "__init__.py")
     return site
 
