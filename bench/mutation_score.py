@@ -123,12 +123,30 @@ def set_aside(session: Path) -> tuple[int, int]:
     return annotation_only, not_python
 
 
+def sample(session: Path, size: int, seed: int) -> int:
+    """Keep `size` of the mutants still to test, drawn at random; mark the rest not sampled."""
+    import random
+
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    with use_db(str(session), mode=WorkDB.Mode.open) as db:
+        pending = sorted(item.job_id for item in db.pending_work_items)
+        kept = set(random.Random(seed).sample(pending, min(size, len(pending))))
+        for job_id in pending:
+            if job_id not in kept:
+                db.set_result(
+                    job_id, WorkResult(output="not sampled", worker_outcome=WorkerOutcome.SKIPPED)
+                )
+    return len(kept)
+
+
 def report(session: Path, module: str) -> dict[str, int]:
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import TestOutcome, WorkerOutcome
 
     counts = dict.fromkeys(
-        ["mutants", "annotation only", "not Python", "killed", "timeout", "survived", "pending"], 0
+        ["mutants", "annotation only", "not Python", "not sampled", "killed", "timeout", "survived", "pending"], 0
     )
     survivors = []
     with use_db(str(session), mode=WorkDB.Mode.open) as db:
@@ -161,6 +179,9 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per mutant's tests")
     parser.add_argument("--fresh", action="store_true", help="start every session over")
     parser.add_argument("--report", action="store_true", help="only print the counts")
+    parser.add_argument("--sample", type=int, help="test only this many mutants, drawn at random")
+    parser.add_argument("--seed", type=int, default=15, help="the draw's seed")
+    parser.add_argument("--init-only", action="store_true", help="make the sessions, test none")
     args = parser.parse_args()
     args.out.mkdir(exist_ok=True)
     for folder in ("domain", "projections"):
@@ -174,6 +195,10 @@ def main() -> int:
                 session.unlink(missing_ok=True)
                 subprocess.run([CR, "init", str(config), str(session)], check=True)
                 print(f"{module}: set aside (annotation only, not Python): {set_aside(session)}")
+                if args.sample:
+                    print(f"{module}: sampled {sample(session, args.sample, args.seed)}")
+            if args.init_only:
+                continue
             started = time.monotonic()
             subprocess.run([CR, "exec", str(config), str(session)], check=True)
             print(f"{module}: {time.monotonic() - started:.0f} s")

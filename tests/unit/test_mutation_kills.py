@@ -7,8 +7,20 @@ import dataclasses
 
 import pytest
 
+from snapledger.adapters.compose import ledger_service
+from snapledger.adapters.eventstore.application import LedgerApplication
+from snapledger.adapters.service.commands import Snapledger
+from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
+from snapledger.domain.errors import (
+    BadInput,
+    BadPath,
+    Refused,
+    StrategyNotAllowed,
+    UnknownDisk,
+)
 from snapledger.domain.steps import Commit, CreateOverlay, DeleteFile, Pull, SetActive
 from snapledger.projections.cost import CostModel
+from snapledger.projections.planners import plan_swap
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -68,3 +80,211 @@ def test_a_cost_model_is_a_value_that_cannot_be_changed_in_place() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         model.per_step_seconds = 0.0  # type: ignore[misc]
     assert model == CostModel(per_step_seconds=0.5)
+
+
+# --- a new disk's chain (projections/planners.py, check_new_disk_chain) ---------------------------
+
+
+def _two_vms() -> tuple[SimulatedStorage, Snapledger]:
+    storage = SimulatedStorage()
+    storage.make_image("/vms/a/vda.qcow2", 16 * CLUSTER, {0: 0x11})
+    ledger = ledger_service(LedgerApplication("memory:"), storage)
+    ledger.adopt("a", {"vda": "/vms/a/vda.qcow2"})
+    return storage, ledger
+
+
+def test_no_vm_may_start_on_an_image_backed_by_the_image_another_vm_writes() -> None:
+    storage, ledger = _two_vms()
+    storage.make_image("/vms/b/vda.qcow2", 16 * CLUSTER, {1: 0x22}, backing="/vms/a/vda.qcow2")
+    with pytest.raises(Refused, match="active image of a/vda"):
+        ledger.adopt("b", {"vda": "/vms/b/vda.qcow2"}, pools=["/vms/a"])
+    assert "b" not in ledger.view.vms
+    storage.make_image("/vms/b/own.qcow2", 16 * CLUSTER, {})
+    ledger.adopt("b", {"vda": "/vms/b/own.qcow2"}, pools=["/vms/a"])
+    with pytest.raises(Refused, match="active image of a/vda"):
+        ledger.swap_disk("b", "vda", "/vms/b/vda.qcow2")
+    assert ledger.vm("b").disks["vda"] == "/vms/b/own.qcow2"
+
+
+def test_a_swap_may_put_an_overlay_over_the_image_it_takes_out_of_use() -> None:
+    storage, ledger = _two_vms()
+    storage.make_image("/vms/a/over.qcow2", 16 * CLUSTER, {2: 0x33}, backing="/vms/a/vda.qcow2")
+    ledger.swap_disk("a", "vda", "/vms/a/over.qcow2")
+    assert ledger.vm("a").disks["vda"] == "/vms/a/over.qcow2"
+    assert storage.read_all("/vms/a/over.qcow2") == {0: 0x11, 2: 0x33}
+
+
+# --- snapshot and delete plans (projections/planners.py) ------------------------------------------
+
+IMG = "/images"
+BASE = f"{IMG}/base.qcow2"
+VSIZE = 16 * CLUSTER
+
+
+def _vm(*, snapshots: int, disks: tuple[str, ...] = ("vda",)) -> tuple[SimulatedStorage, Snapledger]:
+    """VM `vm` on base images in /images with snapshots s1..sN, each layer written."""
+    storage = SimulatedStorage()
+    paths = {}
+    for disk in disks:
+        paths[disk] = BASE if disk == "vda" else f"{IMG}/{disk}.qcow2"
+        storage.make_image(paths[disk], VSIZE, {0: 0x10})
+    ledger = ledger_service(LedgerApplication("memory:"), storage)
+    ledger.adopt("vm", paths)
+    for n in range(1, snapshots + 1):
+        ledger.snapshot("vm", f"s{n}")
+        storage.write(ledger.vm("vm").disks["vda"], n, 0x20 + n)
+    return storage, ledger
+
+
+def test_two_disks_may_not_be_given_the_same_overlay() -> None:
+    storage, ledger = _vm(snapshots=0, disks=("vda", "vdb"))
+    files = dict(storage.files)
+    with pytest.raises(BadPath, match="same overlay"):
+        ledger.snapshot("vm", "s1", overlays={"vda": f"{IMG}/x.qcow2", "vdb": f"{IMG}/x.qcow2"})
+    assert dict(storage.files) == files and ledger.vm("vm").snapshots == {}
+
+
+def _user_overlay_over_frozen_s2() -> tuple[SimulatedStorage, Snapledger, str]:
+    """s2's frozen image (managed) has one child left: the user's own overlay, the active disk."""
+    storage, ledger = _vm(snapshots=2)
+    frozen = ledger.vm("vm").snapshots["s2"].disks["vda"]
+    own = f"{IMG}/own.qcow2"
+    storage.make_image(own, VSIZE, {9: 0x99}, backing=frozen)
+    ledger.swap_disk("vm", "vda", own)
+    ledger.gc("vm", include_detached=True)  # the managed present it replaced goes
+    assert [c for c in storage.files if storage.files[c].backing == frozen] == [own]
+    return storage, ledger, own
+
+
+def test_a_snapshot_whose_only_child_is_the_users_file_is_deleted_without_writing_it() -> None:
+    storage, ledger, own = _user_overlay_over_frozen_s2()
+    before = storage.read_all(own)
+    with pytest.raises(StrategyNotAllowed, match="not managed"):
+        ledger.delete("vm", "s2", strategy="pull")
+    plan = ledger.delete("vm", "s2")
+    assert plan.steps == () and "metadata only" in plan.strategy
+    assert storage.read_all(own) == before
+
+
+def test_pulling_into_branches_refuses_a_branch_that_is_the_users_file() -> None:
+    """s2's frozen image is the base of two branches, s3's frozen image and the user's overlay."""
+    storage, ledger = _vm(snapshots=2)
+    ledger.snapshot("vm", "s3")
+    ledger.revert("vm", "s2")
+    frozen = ledger.vm("vm").snapshots["s2"].disks["vda"]
+    own = f"{IMG}/own.qcow2"
+    storage.make_image(own, VSIZE, {9: 0x99}, backing=frozen)
+    ledger.swap_disk("vm", "vda", own)
+    ledger.gc("vm", include_detached=True)
+    assert len([c for c in storage.files if storage.files[c].backing == frozen]) == 2
+    before = storage.read_all(own)
+    with pytest.raises(StrategyNotAllowed, match="not managed"):
+        ledger.delete("vm", "s2", branches="pull")
+    assert storage.read_all(own) == before and "s2" in ledger.vm("vm").snapshots
+
+
+def test_a_hosts_own_file_at_a_path_another_host_uses_is_its_own_even_over_a_shared_base() -> None:
+    """Host a's VM uses its local /a/w.qcow2 over the shared template; host b's own file at the
+    same path (over the same shared template) is another file: b may adopt it."""
+    storage = SimulatedStorage()
+    storage.make_image("/shared/t.qcow2", VSIZE, {0: 0x10})
+    storage.make_image("/a/w.qcow2", VSIZE, {1: 0x11}, backing="/shared/t.qcow2")
+    app = LedgerApplication("memory:")
+    a = ledger_service(app, storage, host="hosta")
+    b = ledger_service(app, storage, host="hostb")
+    a.adopt("va", {"vda": "/a/w.qcow2"}, shared=["/shared"])
+    b.adopt("vb", {"vda": "/a/w.qcow2"}, shared=["/shared"])
+    assert b.vm("vb").home == "hostb" and b.vm("vb").disks["vda"] == "/a/w.qcow2"
+
+
+def test_an_overlay_may_only_be_chosen_for_a_disk_the_snapshot_captures() -> None:
+    storage, ledger = _vm(snapshots=0, disks=("vda", "vdb"))
+    files = dict(storage.files)
+    with pytest.raises(UnknownDisk):
+        ledger.snapshot("vm", "s1", overlays={"vdz": f"{IMG}/x.qcow2"})
+    with pytest.raises(BadInput, match="not captured"):
+        ledger.snapshot("vm", "s1", overlays={"vdb": f"{IMG}/x.qcow2"}, exclude=["vdb"])
+    assert dict(storage.files) == files and ledger.vm("vm").snapshots == {}
+
+
+def test_a_refusal_of_a_new_disk_names_the_new_image_and_the_image_it_rests_on() -> None:
+    storage, ledger = _vm(snapshots=2)
+    frozen = ledger.vm("vm").snapshots["s2"].disks["vda"]  # base.s1, over base.qcow2
+    with pytest.raises(Refused) as caught:
+        ledger.adopt("vm2", {"vda": frozen})
+    assert str(caught.value).startswith(f"{frozen} is used by VM vm")
+    active = ledger.vm("vm").disks["vda"]
+    storage.make_image("/vms/vm2/d.qcow2", VSIZE, {}, backing=active)
+    with pytest.raises(Refused) as caught:
+        ledger.adopt("vm2", {"vda": "/vms/vm2/d.qcow2"}, pools=[IMG])
+    assert str(caught.value).startswith(f"/vms/vm2/d.qcow2 is backed by {active}, the active image")
+
+
+def test_another_hosts_active_image_at_a_path_is_not_this_hosts_file_at_that_path() -> None:
+    storage = SimulatedStorage()
+    storage.make_image("/a/w.qcow2", VSIZE, {0: 0x10})
+    storage.make_image("/b/x.qcow2", VSIZE, {1: 0x11}, backing="/a/w.qcow2")
+    app = LedgerApplication("memory:")
+    a = ledger_service(app, storage, host="hosta")
+    b = ledger_service(app, storage, host="hostb")
+    a.adopt("va", {"vda": "/a/w.qcow2"})
+    b.adopt("vb", {"vda": "/b/x.qcow2"}, pools=["/a"])  # hostb's own /a/w.qcow2
+    assert b.vm("vb").disks["vda"] == "/b/x.qcow2"
+
+
+def test_a_users_frozen_image_no_snapshot_or_child_needs_is_released_not_deleted() -> None:
+    storage, ledger = _vm(snapshots=1)  # s1 freezes the adopted base.qcow2
+    storage.make_image(f"{IMG}/fresh.qcow2", VSIZE, {})
+    ledger.swap_disk("vm", "vda", f"{IMG}/fresh.qcow2")
+    ledger.gc("vm", include_detached=True)  # base.s1, the overlay over base.qcow2, goes
+    plan = ledger.delete("vm", "s1")
+    assert not any(isinstance(s, DeleteFile) for s in plan.steps)
+    assert storage.read_all(BASE) == {0: 0x10}
+
+
+def test_the_strategy_says_which_way_was_chosen_over_which() -> None:
+    storage, ledger = _vm(snapshots=2)
+    plan = ledger.delete("vm", "s2", dry_run=True)
+    chosen, _, other = plan.strategy.partition(", cheaper than ")
+    assert {chosen.removeprefix("vda: "), other} == {"commit", "pull"}
+
+
+def test_a_file_gone_from_one_disk_does_not_stop_a_merge_on_another() -> None:
+    storage, ledger = _vm(snapshots=2, disks=("vda", "vdb"))
+    gone = ledger.vm("vm").snapshots["s1"].disks["vdb"]
+    storage.delete(gone)
+    ledger.reconcile("vm")
+    assert ledger.vm("vm").missing_images()
+    plan = ledger.delete("vm", "s2", dry_run=True)
+    assert any(isinstance(s, Commit | Pull) for s in plan.steps), plan.strategy
+
+
+def test_a_swap_plan_makes_the_new_image_active() -> None:
+    storage, ledger = _two_vms()
+    storage.make_image("/vms/a/over.qcow2", 16 * CLUSTER, {}, backing="/vms/a/vda.qcow2")
+    plan = plan_swap(ledger.view, "a", "vda", ["/vms/a/over.qcow2", "/vms/a/vda.qcow2"])
+    assert plan.steps == (SetActive("vda", "/vms/a/over.qcow2"),)
+
+
+def test_a_taken_overlay_path_is_refused_with_the_way_out_only_when_it_was_not_chosen() -> None:
+    storage, ledger = _vm(snapshots=0)
+    storage.make_image(f"{IMG}/base.s1", VSIZE, {})  # where s1's overlay would go
+    with pytest.raises(BadPath, match="choose another with --overlay vda=PATH"):
+        ledger.snapshot("vm", "s1")
+    with pytest.raises(BadPath) as caught:
+        ledger.snapshot("vm", "s1", overlays={"vda": f"{IMG}/base.s1"})
+    assert "--overlay" not in str(caught.value)
+
+
+def test_another_hosts_vm_does_not_end_the_check_of_this_hosts_vms() -> None:
+    storage = SimulatedStorage()
+    storage.make_image("/a/w.qcow2", VSIZE, {})
+    storage.make_image("/b/y.qcow2", VSIZE, {})
+    storage.make_image("/b/z.qcow2", VSIZE, {}, backing="/b/y.qcow2")
+    app = LedgerApplication("memory:")
+    a = ledger_service(app, storage, host="hosta")
+    b = ledger_service(app, storage, host="hostb")
+    a.adopt("va", {"vda": "/a/w.qcow2"})
+    b.adopt("vb1", {"vda": "/b/y.qcow2"})
+    with pytest.raises(Refused, match="active image of vb1/vda"):
+        b.adopt("vb2", {"vda": "/b/z.qcow2"})
