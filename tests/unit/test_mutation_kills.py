@@ -6,20 +6,33 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from dag_reference import eager_dag, lazy_dag
 
-from snapledger.adapters.compose import ledger_service
+from snapledger.adapters.compose import ledger_service, this_host
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
 from snapledger.domain.errors import (
     BadInput,
     BadPath,
+    BranchPointRefused,
     Refused,
     StrategyNotAllowed,
     UnknownDisk,
 )
-from snapledger.domain.steps import Commit, CreateOverlay, DeleteFile, Pull, SetActive
+from snapledger.domain.images import Origin, OwnerClass
+from snapledger.domain.steps import (
+    Commit,
+    CreateOverlay,
+    DeleteFile,
+    DetachImage,
+    Pull,
+    ReleaseImage,
+    SetActive,
+)
 from snapledger.projections.cost import CostModel
+from snapledger.projections.dag import ImageDag, owner_class
+from snapledger.projections.explain import explain_image
 from snapledger.projections.planners import plan_swap
 
 MIB = 1 << 20
@@ -238,7 +251,7 @@ def test_a_users_frozen_image_no_snapshot_or_child_needs_is_released_not_deleted
     ledger.swap_disk("vm", "vda", f"{IMG}/fresh.qcow2")
     ledger.gc("vm", include_detached=True)  # base.s1, the overlay over base.qcow2, goes
     plan = ledger.delete("vm", "s1")
-    assert not any(isinstance(s, DeleteFile) for s in plan.steps)
+    assert plan.steps == (ReleaseImage(BASE),)  # forgotten, left on disk: it rests on nothing
     assert storage.read_all(BASE) == {0: 0x10}
 
 
@@ -288,3 +301,174 @@ def test_another_hosts_vm_does_not_end_the_check_of_this_hosts_vms() -> None:
     b.adopt("vb1", {"vda": "/b/y.qcow2"})
     with pytest.raises(Refused, match="active image of vb1/vda"):
         b.adopt("vb2", {"vda": "/b/z.qcow2"})
+
+
+def test_a_branch_point_refusal_says_what_holds_each_branch() -> None:
+    storage, ledger = _vm(snapshots=2)
+    ledger.snapshot("vm", "s3")
+    ledger.revert("vm", "s2")
+    with pytest.raises(BranchPointRefused) as caught:
+        ledger.delete("vm", "s2")
+    assert "holds snapshot s3 of vm" in str(caught.value)
+    assert "active image of vm/vda" in str(caught.value)
+
+
+def test_an_abandoned_present_a_strange_file_rests_on_is_kept_as_detached() -> None:
+    storage, ledger = _vm(snapshots=1)
+    present = ledger.vm("vm").disks["vda"]
+    storage.make_image(f"{IMG}/users-clone.qcow2", VSIZE, {}, backing=present)  # the ledger's unknown
+    plan = ledger.revert("vm", "s1")
+    assert DetachImage(present) in plan.steps
+    assert ledger.vm("vm").images[present].detached and storage.exists(present)
+
+
+def test_another_hosts_vm_on_shared_storage_is_checked_disk_by_disk() -> None:
+    """Host a's VM has a local disk and one in the shared directory; host b's new disk rests on
+    the shared one, which host a's VM keeps writing."""
+    storage = SimulatedStorage()
+    storage.make_image("/a/w.qcow2", VSIZE, {})
+    storage.make_image("/shared/s.qcow2", VSIZE, {})
+    storage.make_image("/b/z.qcow2", VSIZE, {}, backing="/shared/s.qcow2")
+    app = LedgerApplication("memory:")
+    a = ledger_service(app, storage, host="hosta")
+    b = ledger_service(app, storage, host="hostb")
+    a.adopt("va", {"vda": "/a/w.qcow2", "vdb": "/shared/s.qcow2"}, shared=["/shared"])
+    with pytest.raises(Refused, match="active image of va/vdb"):
+        b.adopt("vb", {"vda": "/b/z.qcow2"}, shared=["/shared"])
+
+
+def test_a_vm_may_not_swap_a_disk_onto_the_image_its_other_disk_writes() -> None:
+    storage, ledger = _vm(snapshots=0, disks=("vda", "vdb"))
+    vdb = ledger.vm("vm").disks["vdb"]
+    storage.make_image(f"{IMG}/over-vdb.qcow2", VSIZE, {}, backing=vdb)
+    with pytest.raises(Refused, match="active image of vm/vdb"):
+        ledger.swap_disk("vm", "vda", f"{IMG}/over-vdb.qcow2")
+
+
+def test_a_commit_never_rebases_the_users_file_resting_on_the_image_it_removes() -> None:
+    """s2's frozen image has one child, s3's frozen image, on which the user's own overlay (the
+    active disk) rests: committing would rewrite the user's file, so the delete pulls."""
+    storage, ledger = _vm(snapshots=3)
+    frozen_s3 = ledger.vm("vm").snapshots["s3"].disks["vda"]
+    own = f"{IMG}/own.qcow2"
+    storage.make_image(own, VSIZE, {9: 0x99}, backing=frozen_s3)
+    ledger.swap_disk("vm", "vda", own)
+    ledger.gc("vm", include_detached=True)
+    plan = ledger.delete("vm", "s2", dry_run=True)
+    assert all(own not in (getattr(s, "path", None), getattr(s, "image", None)) for s in plan.steps)
+    assert not any(isinstance(s, Commit) for s in plan.steps), plan.strategy
+
+
+# --- the image DAG (projections/dag.py): the lazy DAG against the one built at once --------------
+
+
+def _branches() -> tuple[SimulatedStorage, Snapledger]:
+    storage, ledger = _vm(snapshots=2)
+    ledger.snapshot("vm", "s3")
+    ledger.revert("vm", "s2")
+    return storage, ledger
+
+
+def _swapped() -> tuple[SimulatedStorage, Snapledger]:
+    storage, ledger = _vm(snapshots=3)
+    frozen = ledger.vm("vm").snapshots["s3"].disks["vda"]
+    storage.make_image(f"{IMG}/own.qcow2", VSIZE, {9: 0x99}, backing=frozen)
+    ledger.swap_disk("vm", "vda", f"{IMG}/own.qcow2")  # base.s3 detached, kept
+    ledger.snapshot("vm", "s4")
+    return storage, ledger
+
+
+def _shared_frozen() -> tuple[SimulatedStorage, Snapledger]:
+    storage, ledger = _branches()
+    frozen = ledger.vm("vm").snapshots["s2"].disks["vda"]
+    storage.make_image("/vms/vm2/d.qcow2", VSIZE, {}, backing=frozen)
+    ledger.adopt("vm2", {"vda": "/vms/vm2/d.qcow2"}, pools=[IMG])
+    ledger.snapshot("vm2", "t1")
+    return storage, ledger
+
+
+def _template() -> tuple[SimulatedStorage, Snapledger]:
+    storage = SimulatedStorage()
+    storage.make_image("/pool/t.qcow2", VSIZE, {0: 0x10})
+    storage.make_image("/pool/u.qcow2", VSIZE, {1: 0x11}, backing="/pool/t.qcow2")
+    storage.make_image("/vms/a/a.qcow2", VSIZE, {}, backing="/pool/u.qcow2")
+    storage.make_image("/vms/b/b.qcow2", VSIZE, {}, backing="/pool/t.qcow2")
+    ledger = ledger_service(LedgerApplication("memory:"), storage)
+    ledger.adopt("a", {"vda": "/vms/a/a.qcow2"}, pools=["/pool"])
+    ledger.adopt("b", {"vda": "/vms/b/b.qcow2"}, pools=["/pool"])
+    ledger.snapshot("a", "s1")
+    ledger.snapshot("b", "s1")
+    return storage, ledger
+
+
+SCENARIOS = {
+    "chain": lambda: _vm(snapshots=3),
+    "branches": _branches,
+    "swapped": _swapped,
+    "shared frozen": _shared_frozen,
+    "template": _template,
+}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_the_lazy_dag_is_the_one_built_at_once(scenario: str) -> None:
+    storage, ledger = SCENARIOS[scenario]()
+    view = ledger.view
+    present = {vm.disks["vda"] for vm in view.live_vms().values()}
+    strange = {p: [f"{p}.users-clone"] for p in sorted(present)[:1]}
+    for options in [
+        {},
+        {"ignore_detached_of": "vm"},
+        {"dependants": strange},
+        {"home": this_host()},
+    ]:
+        whole = eager_dag(view, **options)
+        assert lazy_dag(view, **options) == whole, options
+        for path in sorted(whole, reverse=True):  # one image first, as a planner asks
+            one = ImageDag(view, **options)
+            assert one.needed(path) == bool(whole[path]["needs"]), path
+            assert one.needed_children(path) == [
+                c for c in whole[path]["children"] if whole[c]["needs"]
+            ], path
+            chain = [path]
+            while (below := whole[chain[-1]]["facts"].backing) in whole:
+                chain.append(below)
+            assert one.chain(path) == chain and one.depth(path) == len(chain)
+            assert one.dependants(path) == list(options.get("dependants", {}).get(path, []))
+        dag = ImageDag(view, **options)
+        assert len(dag.nodes) == len(whole) and len(dag.children) == sum(
+            1 for p in whole if whole[p]["children"]
+        )
+        assert "/nowhere.qcow2" not in dag.nodes and None not in dag.nodes
+
+
+def test_who_owns_an_image() -> None:
+    """semantics.md, "Who owns an image": read-only if two or more VMs use it or it was found
+    below an adopted disk; else adopted if any holder adopted it; else managed."""
+    assert owner_class({"a"}, {Origin.MANAGED}) is OwnerClass.MANAGED
+    assert owner_class(set(), {Origin.MANAGED}) is OwnerClass.MANAGED
+    assert owner_class({"a"}, {Origin.ADOPTED}) is OwnerClass.ADOPTED
+    assert owner_class({"a", "b"}, {Origin.MANAGED}) is OwnerClass.READ_ONLY
+    assert owner_class({"a", "b", "c"}, {Origin.ADOPTED}) is OwnerClass.READ_ONLY
+    assert owner_class({"a"}, {Origin.FOUND, Origin.ADOPTED}) is OwnerClass.READ_ONLY
+
+
+def test_what_may_be_written_and_deleted() -> None:
+    storage, ledger = _swapped()
+    view, vm = ledger.view, ledger.vm("vm")
+    dag = ImageDag(view)
+    detached = vm.snapshots["s3"].disks["vda"]  # base.s2, frozen by s3; base.s3 is detached
+    leftover = next(p for p, r in vm.images.items() if r.detached)
+    assert not dag.nodes[leftover].may_delete  # detached: kept until gc --include-detached
+    assert ImageDag(view, ignore_detached_of="vm").nodes[leftover].may_delete
+    assert not dag.nodes[BASE].may_delete  # the user's file, frozen by s1
+    assert not dag.nodes[detached].may_delete
+    assert not dag.may_write(leftover, "vm")  # detached: kept as it is until discarded
+    assert not dag.may_write(BASE, "vm")  # frozen by s1
+    assert dag.may_write(BASE, "vm", ignoring_snapshot="s1")  # its children are the caller's
+    s1_child = vm.snapshots["s2"].disks["vda"]
+    assert not dag.may_write(s1_child, "vm")
+    assert dag.may_write(s1_child, "vm", ignoring_snapshot="s2")
+    assert not dag.may_write(s1_child, "vm", ignoring_snapshot="s3")
+    assert not dag.may_write(s1_child, "other", ignoring_snapshot="s2")
+    assert not explain_image(view, "vm", leftover).may_delete
