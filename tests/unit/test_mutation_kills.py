@@ -11,7 +11,7 @@ from dag_reference import eager_dag, lazy_dag
 from snapledger.adapters.compose import ledger_service, this_host
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.service.commands import Snapledger
-from snapledger.adapters.storage.simulated import CLUSTER, SimulatedStorage
+from snapledger.adapters.storage.simulated import CLUSTER, SimulatedCrash, SimulatedStorage
 from snapledger.domain.errors import (
     BadInput,
     BadPath,
@@ -401,12 +401,44 @@ def _template() -> tuple[SimulatedStorage, Snapledger]:
     return storage, ledger
 
 
+def _crashed() -> tuple[SimulatedStorage, Snapledger]:
+    """A delete killed after its first storage step: the operation is open."""
+    storage, ledger = _vm(snapshots=3)
+    storage.inject(crash_at=1)
+    with pytest.raises(SimulatedCrash):
+        ledger.delete("vm", "s2")
+    return storage, ledger
+
+
+def _two_hosts_shared() -> tuple[SimulatedStorage, Snapledger]:
+    """One template in a shared directory under a VM of host a (adopted first) and of host b."""
+    storage = SimulatedStorage()
+    storage.make_image("/shared/t.qcow2", VSIZE, {0: 0x10})
+    storage.make_image("/a/a.qcow2", VSIZE, {}, backing="/shared/t.qcow2")
+    storage.make_image("/b/b.qcow2", VSIZE, {}, backing="/shared/t.qcow2")
+    app = LedgerApplication("memory:")
+    a = ledger_service(app, storage, host="hosta")
+    b = ledger_service(app, storage, host="hostb")
+    a.adopt("va", {"vda": "/a/a.qcow2"}, shared=["/shared"])
+    b.adopt("vb", {"vda": "/b/b.qcow2"}, shared=["/shared"])
+    b.snapshot("vb", "s1")
+    # hostb's VM freezes an image in the shared directory that host a's VM then rests on
+    storage.make_image("/shared/z.qcow2", VSIZE, {2: 0x12})
+    b.adopt("zb", {"vda": "/shared/z.qcow2"}, shared=["/shared"])
+    b.snapshot("zb", "s1")
+    storage.make_image("/a/aa.qcow2", VSIZE, {}, backing="/shared/z.qcow2")
+    a.adopt("aa", {"vda": "/a/aa.qcow2"}, shared=["/shared"])
+    return storage, b
+
+
 SCENARIOS = {
     "chain": lambda: _vm(snapshots=3),
     "branches": _branches,
     "swapped": _swapped,
     "shared frozen": _shared_frozen,
     "template": _template,
+    "crashed": _crashed,
+    "two hosts": _two_hosts_shared,
 }
 
 
@@ -421,6 +453,7 @@ def test_the_lazy_dag_is_the_one_built_at_once(scenario: str) -> None:
         {"ignore_detached_of": "vm"},
         {"dependants": strange},
         {"home": this_host()},
+        {"home": "hostb"},
     ]:
         whole = eager_dag(view, **options)
         assert lazy_dag(view, **options) == whole, options
