@@ -337,12 +337,13 @@ def test_another_hosts_vm_on_shared_storage_is_checked_disk_by_disk() -> None:
         b.adopt("vb", {"vda": "/b/z.qcow2"}, shared=["/shared"])
 
 
-def test_a_vm_may_not_swap_a_disk_onto_the_image_its_other_disk_writes() -> None:
+@pytest.mark.parametrize(("disk", "other"), [("vda", "vdb"), ("vdb", "vda")])
+def test_a_vm_may_not_swap_a_disk_onto_the_image_its_other_disk_writes(disk: str, other: str) -> None:
     storage, ledger = _vm(snapshots=0, disks=("vda", "vdb"))
-    vdb = ledger.vm("vm").disks["vdb"]
-    storage.make_image(f"{IMG}/over-vdb.qcow2", VSIZE, {}, backing=vdb)
-    with pytest.raises(Refused, match="active image of vm/vdb"):
-        ledger.swap_disk("vm", "vda", f"{IMG}/over-vdb.qcow2")
+    written = ledger.vm("vm").disks[other]
+    storage.make_image(f"{IMG}/over.qcow2", VSIZE, {}, backing=written)
+    with pytest.raises(Refused, match=f"active image of vm/{other}"):
+        ledger.swap_disk("vm", disk, f"{IMG}/over.qcow2")
 
 
 def test_a_commit_never_rebases_the_users_file_resting_on_the_image_it_removes() -> None:
@@ -357,6 +358,8 @@ def test_a_commit_never_rebases_the_users_file_resting_on_the_image_it_removes()
     plan = ledger.delete("vm", "s2", dry_run=True)
     assert all(own not in (getattr(s, "path", None), getattr(s, "image", None)) for s in plan.steps)
     assert not any(isinstance(s, Commit) for s in plan.steps), plan.strategy
+    with pytest.raises(StrategyNotAllowed, match="not managed"):
+        ledger.delete("vm", "s2", strategy="commit")
 
 
 # --- the image DAG (projections/dag.py): the lazy DAG against the one built at once --------------
