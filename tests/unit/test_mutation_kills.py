@@ -508,3 +508,19 @@ def test_what_may_be_written_and_deleted() -> None:
     assert not dag.may_write(s1_child, "vm", ignoring_snapshot="s3")
     assert not dag.may_write(s1_child, "other", ignoring_snapshot="s2")
     assert not explain_image(view, "vm", leftover).may_delete
+
+
+def test_a_template_no_one_needs_any_more_is_never_deleted() -> None:
+    storage = SimulatedStorage()
+    storage.make_image("/pool/t.qcow2", VSIZE, {0: 0x10})
+    storage.make_image("/vms/a/a.qcow2", VSIZE, {}, backing="/pool/t.qcow2")
+    storage.make_image("/vms/a/fresh.qcow2", VSIZE, {})
+    ledger = ledger_service(LedgerApplication("memory:"), storage)
+    ledger.adopt("a", {"vda": "/vms/a/a.qcow2"}, pools=["/pool"])
+    ledger.swap_disk("a", "vda", "/vms/a/fresh.qcow2")
+    dag = ImageDag(ledger.view, ignore_detached_of="a")
+    assert dag.nodes["/pool/t.qcow2"].owner is OwnerClass.READ_ONLY
+    assert not dag.nodes["/pool/t.qcow2"].may_delete
+    ledger.gc("a", include_detached=True)
+    assert storage.read_all("/pool/t.qcow2") == {0: 0x10}
+    assert storage.exists("/vms/a/a.qcow2")
