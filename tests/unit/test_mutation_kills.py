@@ -16,6 +16,7 @@ from snapledger.domain.errors import (
     BadInput,
     BadPath,
     BranchPointRefused,
+    OperationInProgress,
     Refused,
     StrategyNotAllowed,
     UnknownDisk,
@@ -524,3 +525,82 @@ def test_a_template_no_one_needs_any_more_is_never_deleted() -> None:
     ledger.gc("a", include_detached=True)
     assert storage.read_all("/pool/t.qcow2") == {0: 0x10}
     assert storage.exists("/vms/a/a.qcow2")
+
+
+# --- the VM aggregate (domain/vm.py) ------------------------------------------------------------
+
+AT = "2026-01-01T00:00:00+00:00"
+
+
+def test_only_the_operation_in_progress_may_be_carried_on() -> None:
+    storage, ledger = _crashed()
+    vm = ledger.vm("vm")
+    assert vm.operation is not None
+    with pytest.raises(OperationInProgress):
+        vm.complete_step("not-this-one", vm.operation.done, [])
+    with pytest.raises(OperationInProgress):
+        vm.resume_operation("not-this-one", {"pid": 1}, AT)
+    _, other = _vm(snapshots=1)
+    with pytest.raises(OperationInProgress):
+        other.vm("vm").fail_operation("no-operation", 0, "boom")
+
+
+def test_a_resumed_operation_is_recorded_with_its_new_runner() -> None:
+    storage, ledger = _crashed()
+    vm = ledger.vm("vm")
+    op = vm.operation
+    assert op is not None
+    vm.collect_events()
+    vm.resume_operation(op.op_id, {"pid": 4242}, AT)
+    assert [type(e).__name__ for e in vm.collect_events()] == ["OperationResumed"]
+    assert vm.operation is not None and vm.operation.runner == {"pid": 4242}
+
+
+def test_our_own_pivot_supersedes_the_operators_word_for_that_step() -> None:
+    storage, ledger = _crashed()
+    vm = ledger.vm("vm")
+    op = vm.operation
+    assert op is not None
+    vm.record_pivot(op.op_id, op.done, "vda", "/images/base.s1", AT, vouched=True)
+    assert vm.operation is not None and vm.operation.pivot_vouched(op.done)
+    vm.record_pivot(op.op_id, op.done, "vda", "/images/base.s1", AT)
+    assert not vm.operation.pivot_vouched(op.done)
+    assert vm.operation.pivot_requested(op.done, "vda") == "/images/base.s1"
+
+
+def test_a_detached_image_made_active_again_is_no_longer_detached() -> None:
+    storage, ledger, own = _user_overlay_over_frozen_s2()
+    frozen = ledger.vm("vm").snapshots["s2"].disks["vda"]
+    storage.make_image(f"{IMG}/again.qcow2", VSIZE, {}, backing=frozen)
+    ledger.swap_disk("vm", "vda", f"{IMG}/again.qcow2")
+    assert ledger.vm("vm").images[own].detached
+    ledger.swap_disk("vm", "vda", own)
+    assert not ledger.vm("vm").images[own].detached
+
+
+def test_deleting_a_snapshot_hands_its_children_to_its_parent_and_no_one_else() -> None:
+    storage, ledger = _vm(snapshots=3)
+    ledger.revert("vm", "s1")
+    ledger.snapshot("vm", "s4")
+    ledger.delete("vm", "s2")
+    parents = {name: s.parent for name, s in ledger.vm("vm").snapshots.items()}
+    assert parents == {"s1": None, "s3": "s1", "s4": "s1"}
+
+
+def test_snapshots_imported_from_another_tool_keep_their_tree() -> None:
+    storage, ledger = _vm(snapshots=0)
+    vm = ledger.vm("vm")
+    made = {"created": AT, "domain_xml": None, "description": None}
+    vm.import_snapshots(
+        [
+            {"name": "a", "parent": None, "disks": {"vda": BASE}, **made},
+            {"name": "b", "parent": "a", "disks": {"vda": BASE}, **made},
+        ],
+        current="b",
+        at=AT,
+    )
+    assert {n: s.parent for n, s in vm.snapshots.items()} == {"a": None, "b": "a"}
+    with pytest.raises(BadInput, match="unknown"):
+        ledger.vm("vm").import_snapshots(
+            [{"name": "c", "parent": "nowhere", "disks": {"vda": BASE}, **made}], None, AT
+        )
