@@ -604,3 +604,29 @@ def test_snapshots_imported_from_another_tool_keep_their_tree() -> None:
         ledger.vm("vm").import_snapshots(
             [{"name": "c", "parent": "nowhere", "disks": {"vda": BASE}, **made}], None, AT
         )
+
+
+def test_images_and_definitions_are_recorded_only_when_they_changed() -> None:
+    storage, ledger = _vm(snapshots=1)
+    vm = ledger.vm("vm")
+    vm.collect_events()
+    present = vm.images[vm.disks["vda"]].facts
+    vm.observe_images([dataclasses.replace(present)])  # an equal copy: nothing new
+    vm.record_definition("".join(["<domain>", "</domain>"]), AT)
+    vm.record_definition("".join(["<domain>", "</domain>"]), AT)  # the same again
+    assert [type(e).__name__ for e in vm.collect_events()] == ["DefinitionRecorded"]
+    vm.observe_images([dataclasses.replace(present, allocated=present.allocated + CLUSTER)])
+    assert [type(e).__name__ for e in vm.collect_events()] == ["ImagesObserved"]
+
+
+@pytest.mark.parametrize("count", [1, 3, 4])
+def test_a_vm_with_files_on_its_hosts_own_storage_cannot_move(count: int) -> None:
+    storage, ledger = _vm(snapshots=count - 1)
+    vm = ledger.vm("vm")
+    local = sorted(vm.images)
+    assert len(local) == count
+    with pytest.raises(Refused) as caught:
+        vm.move_home("elsewhere", AT, taken_over=False, shared=())
+    said = str(caught.value)
+    assert f": {', '.join(local[:3])}{' ...' if count > 3 else ''} " in said
+    assert (" is not on shared storage" if count == 1 else " are not on shared storage") in said
