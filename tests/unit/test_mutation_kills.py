@@ -565,6 +565,9 @@ def test_our_own_pivot_supersedes_the_operators_word_for_that_step() -> None:
     assert vm.operation is not None and vm.operation.pivot_vouched(op.done)
     vm.record_pivot(op.op_id, op.done, "vda", "/images/base.s1", AT)
     assert not vm.operation.pivot_vouched(op.done)
+    for index in (op.done - 1, op.done + 1):  # only the step in progress pivots
+        with pytest.raises(BadInput):
+            vm.record_pivot(op.op_id, index, "vda", "/images/base.s1", AT)
     assert vm.operation.pivot_requested(op.done, "vda") == "/images/base.s1"
 
 
@@ -628,5 +631,50 @@ def test_a_vm_with_files_on_its_hosts_own_storage_cannot_move(count: int) -> Non
     with pytest.raises(Refused) as caught:
         vm.move_home("elsewhere", AT, taken_over=False, shared=())
     said = str(caught.value)
-    assert f": {', '.join(local[:3])}{' ...' if count > 3 else ''} " in said
-    assert (" is not on shared storage" if count == 1 else " are not on shared storage") in said
+    named = ", ".join(local[:3]) + (" ..." if count > 3 else "")
+    verb = "is" if count == 1 else "are"
+    assert f"can't move: {named} {verb} not on shared storage" in said
+
+
+def test_a_revert_brings_back_the_definition_the_snapshot_kept() -> None:
+    storage, ledger = _vm(snapshots=0)
+    ledger.snapshot("vm", "s1", domain_xml="<domain>one</domain>")
+    ledger.snapshot("vm", "s2")  # no definition kept
+    vm = ledger.vm("vm")
+    vm.record_definition("<domain>two</domain>", AT)
+    ledger.save(vm)
+    ledger.revert("vm", "s1")
+    assert ledger.vm("vm").domain_xml == "<domain>one</domain>"
+    ledger.revert("vm", "s2")
+    assert ledger.vm("vm").domain_xml == "<domain>one</domain>"
+
+
+def test_imported_snapshots_must_name_a_current_one_among_them() -> None:
+    storage, ledger = _vm(snapshots=0)
+    made = {"created": AT, "domain_xml": None, "description": None}
+    with pytest.raises(BadInput):
+        ledger.vm("vm").import_snapshots(
+            [{"name": "a", "parent": None, "disks": {"vda": BASE}, **made}], "nowhere", AT
+        )
+
+
+def test_reconciling_an_image_the_vm_does_not_hold_is_refused_naming_it() -> None:
+    storage, ledger = _vm(snapshots=0)
+    with pytest.raises(BadInput, match="holds no image /images/stranger.qcow2"):
+        ledger.vm("vm").reconcile(observed=[], found=[], gone=["/images/stranger.qcow2"],
+                                  disowned=[], at=AT)
+
+
+def test_an_operation_is_closed_only_when_finished_and_only_as_what_it_is() -> None:
+    storage, ledger = _crashed()  # a delete, its first step not done
+    vm = ledger.vm("vm")
+    op = vm.operation
+    assert op is not None and op.done < len(op.steps)
+    with pytest.raises(BadInput, match="not a finished delete"):
+        vm.record_snapshot_deleted(op.op_id, AT)
+    for index in range(op.done, len(op.steps)):
+        vm.complete_step(op.op_id, index, [])
+    with pytest.raises(BadInput, match="not a finished revert"):
+        vm.record_reverted(op.op_id, AT)
+    vm.record_snapshot_deleted(op.op_id, AT)
+    assert vm.operation is None and "s2" not in vm.snapshots
