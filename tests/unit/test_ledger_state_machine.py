@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 from hypothesis.stateful import initialize, invariant, rule
 from machine_world import FillableLedger, WorldActors
 from projection_helpers import rebuilt, view_state
-from recorded import changes
 
 from snapledger.adapters.checkpoint.audit import projection_findings
 from snapledger.adapters.checkpoint.memory import MemoryProjectionStore
@@ -30,6 +29,7 @@ from snapledger.projections.dag import ImageDag
 from snapledger.projections.dag_index import VmImageIndex, kept_index
 from snapledger.projections.documents import json_text, vm_document
 from snapledger.testing import ConformanceMachine
+from snapledger.testing.checks import changes
 
 CLUSTERS = ConformanceMachine.clusters
 SIZE = CLUSTERS * 64 * 1024

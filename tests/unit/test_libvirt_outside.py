@@ -9,7 +9,6 @@ from collections.abc import Mapping
 
 import pytest
 from libvirt_fake import FakeJob, FakeLibvirt
-from recorded import changes
 from test_libvirt_adapter import BASE, DOM, actions, guest_write, make
 
 from snapledger.adapters.compose import ledger_service
@@ -20,6 +19,7 @@ from snapledger.adapters.libvirt.xml_input import snapshot_request
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import SimulatedStorage
 from snapledger.domain.errors import BadInput, StorageError
+from snapledger.testing.checks import changes
 
 S1 = "/images/web.s1"
 

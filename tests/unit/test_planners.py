@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from recorded import changes
 
 from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
@@ -34,6 +33,7 @@ from snapledger.domain.names import (
 )
 from snapledger.domain.steps import Commit, DeleteFile, Plan, Pull, ReleaseImage
 from snapledger.projections.view import LedgerView
+from snapledger.testing.checks import changes
 
 VM = "vm"
 BASE = "/images/base.qcow2"

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from recorded import changes
 
 from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
@@ -22,6 +21,7 @@ from snapledger.domain.errors import BranchPointRefused
 from snapledger.domain.steps import Plan
 from snapledger.projections.cost import CostModel
 from snapledger.projections.view import LedgerView
+from snapledger.testing.checks import changes
 
 VM = "vm"
 DIR = "/images"

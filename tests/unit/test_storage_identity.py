@@ -11,7 +11,6 @@ import json
 import pytest
 from eventsourcing.persistence import StoredEvent
 from host_storage import HostStorage, HostWorld
-from recorded import changes
 
 from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
@@ -29,6 +28,7 @@ from snapledger.domain.image_registry import image_id
 from snapledger.domain.images import OwnerClass
 from snapledger.domain.ledger_hash import RecordedBy
 from snapledger.projections.dag import ImageDag
+from snapledger.testing.checks import changes
 
 VSIZE = 64 * CLUSTER
 
