@@ -17,7 +17,7 @@ from snapledger.domain.ledger_hash import BEFORE_CHAIN
 from snapledger.projections.documents import verify_document
 from snapledger.projections.history import parse_when
 from snapledger.projections.operations import KINDS, OperationEntry, chosen, operations
-from snapledger.projections.trail import EVENT_TYPES, TrailEntry, select, trail
+from snapledger.projections.trail import EVENT_TYPES, TrailEntry, done_by, select, trail
 
 T = TypeVar("T")
 
@@ -41,7 +41,7 @@ def log_entries(
     else:
         entries = select(whole_trail(app), vm, low, high, types)
     if by is not None:
-        entries = [e for e in entries if e.recorded_by and by in (e.recorded_by.actor, f"{e.recorded_by.actor}@{e.recorded_by.host}")]
+        entries = [e for e in entries if e.recorded_by and done_by(by, e.recorded_by.actor, e.recorded_by.host)]
     return last(entries, count, reverse)
 
 
@@ -60,8 +60,9 @@ def log_operations(
     _check_filters(by, count)
     _check_vm(app, vm)
     index = trail_index_for(app)
-    whole = index.select() if index is not None else whole_trail(app)
-    return last(chosen(operations(whole), vm, low, high, kinds, by), count, reverse)
+    # one VM's events are all its operations hold (times can't narrow them: an operation spans)
+    of_vm = index.select(vm) if index is not None else select(whole_trail(app), vm)
+    return last(chosen(operations(of_vm), vm, low, high, kinds, by), count, reverse)
 
 
 def is_event_type(name: str) -> bool:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .trail import TrailEntry
+from .trail import TrailEntry, done_by
 
 RESULTS = ("done", "failed", "refused", "rolled-back", "open")
 KINDS = frozenset({
@@ -149,7 +149,7 @@ def chosen(
             continue
         if kinds and op.kind not in kinds:
             continue
-        if by is not None and by not in (op.actor, f"{op.actor}@{op.host}"):
+        if by is not None and not done_by(by, op.actor, op.host):
             continue
         when = datetime.fromisoformat(op.started)
         if (since is not None and when < since) or (until is not None and when > until):

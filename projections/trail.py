@@ -101,7 +101,8 @@ def _summary(kind: str, data: dict[str, Any]) -> str:
     if kind == "OperationRolledBack":
         return f"rolled back: {data['reason']}"
     if kind == "OperationRefused":
-        return f"{data['kind']} {data['target'] or ''} refused: {data['why']}".replace("  ", " ")
+        what = " ".join(part for part in (data["kind"], data["target"]) if part)
+        return f"{what} refused: {data['why']}"
     if kind == "DriftDetected":
         return "; ".join(data["findings"])
     if kind == "ImagesDiscarded":
@@ -175,6 +176,11 @@ def trail(
             )
         )
     return entries
+
+
+def done_by(who: str, actor: str | None, host: str | None) -> bool:
+    """Whether `who` (`log --by`: an actor, or actor@host) is `actor` acting on `host`."""
+    return actor is not None and who in (actor, f"{actor}@{host}")
 
 
 def trail_time(when: datetime) -> str:

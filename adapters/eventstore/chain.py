@@ -144,7 +144,11 @@ def add_operation_column(c: Any) -> None:
     older records read as None, and hash as they always did)."""
     c.execute(f"PRAGMA table_info({CHAIN_TABLE})")
     if "operation" not in {row[1] for row in c.fetchall()}:
-        c.execute(f"ALTER TABLE {CHAIN_TABLE} ADD COLUMN operation TEXT")
+        try:
+            c.execute(f"ALTER TABLE {CHAIN_TABLE} ADD COLUMN operation TEXT")
+        except sqlite3.OperationalError as error:  # another process added it since we looked
+            if "duplicate column" not in str(error):
+                raise
 
 
 class ChainedPOPOApplicationRecorder(POPOApplicationRecorder):

@@ -94,7 +94,6 @@ class Snapledger(LedgerReading):
         self.operations = Operations(back, storage, clock, runners, hypervisor, back.guard)
         self._view: LedgerView | None = None
         self.begun: list[str] = []  # the operations this service began, oldest first
-        self._started: set[str] = set()  # the VM operations' ids it used
 
     def close(self) -> None:
         """Let go of the ledger's connections now: the projection's and the store's (dropping
@@ -325,12 +324,9 @@ class Snapledger(LedgerReading):
         if dry_run:
             return plan
         self.operations.storage_for(vm).check_tools()  # a missing qemu-img: before anything is recorded
-        # the VM's operation has the command's id (`show`'s open operation is `log`'s), unless
-        # one command starts two (a caller that began no operation)
+        # the VM's operation has the command's id (`show`'s open operation is `log`'s); every
+        # command that runs one begins its own (gc: one per VM), see recording.py
         op_id = self.app.operation or uuid.uuid4().hex
-        if op_id in self._started:
-            op_id = uuid.uuid4().hex
-        self._started.add(op_id)
         self.operations.start(vm, op_id, plan, target, details)
         self.execute(vm)
         if (hypervisor := self.operations.hypervisor_of(vm)) is not None:

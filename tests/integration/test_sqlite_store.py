@@ -255,3 +255,28 @@ def test_a_ledger_made_before_operations_gets_the_column_and_still_verifies(url:
     operations = [record.operation for record in app.chain()]
     assert all(op is not None for op in operations) and len(set(operations)) == 2
     assert ledger.recorded_operations()[-1] == (operations[-1], app.last_position())
+
+
+def test_two_processes_adding_the_operation_column_at_once_both_start(tmp_path: Path) -> None:
+    """Both looked before either altered: the second's ALTER finds the column there already."""
+    from snapledger.adapters.eventstore.chain import add_operation_column
+
+    path = tmp_path / "old.sqlite"
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("CREATE TABLE snapledger_chain (position INTEGER PRIMARY KEY, reason TEXT)")
+    stale = con.execute("PRAGMA table_info(snapledger_chain)").fetchall()  # the late one's look
+    add_operation_column(con.cursor())  # the first process
+
+    class LookedEarlier:
+        def __init__(self) -> None:
+            self.cursor, self.rows = con.cursor(), stale
+
+        def execute(self, sql: str) -> None:
+            if not sql.startswith("PRAGMA"):
+                self.cursor.execute(sql)
+
+        def fetchall(self) -> list[object]:
+            return self.rows
+
+    add_operation_column(LookedEarlier())
+    assert [row[1] for row in con.execute("PRAGMA table_info(snapledger_chain)")] == ["position", "reason", "operation"]

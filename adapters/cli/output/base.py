@@ -89,7 +89,10 @@ def in_one_directory(paths: Iterable[str]) -> str | None:
 
 
 def short(path: str, directory: str | None) -> str:
-    return path.rpartition("/")[2] if directory is not None and path.startswith(directory) else path
+    """`path`'s base name if it lies directly in `directory` (a sibling like `/img2/x` beside
+    `/img` keeps its whole path); else the whole path."""
+    folder, _, name = path.rpartition("/")
+    return name if directory is not None and (folder or "/") == directory else path
 
 
 def print_paged(rows: list[list[str]], paged: bool) -> None:
