@@ -18,7 +18,7 @@ means nothing (`prune --dry-run` plans a whole set of them).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from snapledger.domain.errors import SnapledgerError
@@ -88,12 +88,13 @@ def vm_space(
     cost: CostModel | None = None,
     dependants: Mapping[str, Sequence[str]] | None = None,
     notes: Sequence[str] = (),
-    unreadable: Collection[str] = (),
+    blocking: Mapping[str, str] | None = None,
 ) -> VmSpace:
     """`measured`: path -> the facts read on the disk now, for the images that could be read;
-    every other image of the VM counts as the ledger last recorded it. `unreadable`: images
-    that should be there and could not be read; a delete touching one would be refused (drift),
-    so it frees nothing now."""
+    every other image of the VM counts as the ledger last recorded it. `blocking`: images a
+    delete would be refused on now (drift, another name, unreadable; the check a command makes
+    before it records), with why: a snapshot whose delete touches one frees nothing now."""
+    blocking = blocking or {}
     view = with_measured(view, vm_name, measured)
     vm = view.vms[vm_name]
     dag = ImageDag(view, home=vm.home)
@@ -117,8 +118,8 @@ def vm_space(
             snapshots.append(SnapshotSpace(snap.name, allocated, None, None, str(refused)))
             continue
         touched = {p for step in plan.steps for p in (*touched_paths(step), *_deleted(step))}
-        if blocked := sorted(touched & set(unreadable)):
-            why = f"{', '.join(blocked)} can't be read now (drift: see verify)"
+        if blocked := sorted(touched & set(blocking)):
+            why = "the disk disagrees with the ledger: " + "; ".join(blocking[p] for p in blocked)
             snapshots.append(SnapshotSpace(snap.name, allocated, None, None, why))
             continue
         freed = bytes_freed(view, vm_name, plan)

@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from snapledger.adapters.service.ports import StoragePort
-from snapledger.domain.errors import BadInput, StorageError
+from snapledger.domain.errors import BadInput
 from snapledger.domain.images import ImageFacts
 from snapledger.domain.steps import DeleteFile, Plan
 from snapledger.domain.vm import VirtualMachine
@@ -25,23 +24,21 @@ if TYPE_CHECKING:
 
 
 def measure(
-    storage: StoragePort, vm: VirtualMachine, paths: Iterable[str], unreadable: list[str] | None = None
-) -> tuple[dict[str, ImageFacts], list[str]]:
-    """The facts on the disk now of each of `paths` the VM's ledger holds (opened with its
-    recorded format), and a note for each that could not be read (added to `unreadable`)."""
-    measured: dict[str, ImageFacts] = {}
-    notes: list[str] = []
-    for path in paths:
-        record = vm.images.get(path)
-        if record is None or record.missing or path in measured:
-            continue
-        try:
-            measured[path] = storage.inspect(path, record.facts.format)
-        except StorageError as error:
-            notes.append(f"{path}: not measured ({error}); its recorded size is shown")
-            if unreadable is not None:
-                unreadable.append(path)
-    return measured, notes
+    ledger: Snapledger, vm: VirtualMachine, paths: Iterable[str]
+) -> tuple[dict[str, ImageFacts], list[str], dict[str, str]]:
+    """What the disk holds now of each of `paths` (the same look a command's drift check takes,
+    each file once): the facts read, a note for each that could not be read, and, for each
+    image a delete would be refused on (drift, another name, unreadable), why."""
+    checks = ledger.checks(vm)
+    seen = checks.look(vm, [p for p in paths if p in vm.images and not vm.images[p].missing])
+    measured = {path: facts for path, facts in seen.items() if isinstance(facts, ImageFacts)}
+    notes = [f"{facts}; its recorded size is shown" for facts in seen.values() if isinstance(facts, str)]
+    refused = {}
+    for path, facts in seen.items():
+        findings = checks.drift(vm, {path: facts}) + checks.hard_links([path])
+        if findings:
+            refused[path] = "; ".join(findings)
+    return measured, notes, refused
 
 
 def usage(ledger: Snapledger, vm_name: str | None = None) -> list[space.VmSpace]:
@@ -64,14 +61,13 @@ def _vm_usage(ledger: Snapledger, view: LedgerView, name: str) -> space.VmSpace:
             view, name, {}, ledger.cost, None,
             [f"not measured ({where}): sizes as the ledger last recorded them"],
         )
-    unreadable: list[str] = []
-    measured, notes = measure(ledger.storage, vm, sorted(vm.images), unreadable)
-    return space.vm_space(view, name, measured, ledger.cost, ledger.dependants(vm, view), notes, unreadable)
+    measured, notes, refused = measure(ledger, vm, sorted(vm.images))
+    return space.vm_space(view, name, measured, ledger.cost, ledger.dependants(vm, view), notes, refused)
 
 
 def freed_by(ledger: Snapledger, vm: VirtualMachine, view: LedgerView, plan: Plan) -> int:
     """The bytes of the files `plan` deletes, measured on the disks now (recorded where one
     can't be read)."""
     deleted = [step.path for step in plan.steps if isinstance(step, DeleteFile)]
-    measured, _ = measure(ledger.storage, vm, deleted)
+    measured, _, _ = measure(ledger, vm, deleted)
     return bytes_freed(view, vm.name, plan, measured)

@@ -4,6 +4,7 @@ once, and a snapshot's freeable bytes are what its delete then really removes.""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_planners import BASE, VM, make, write
@@ -12,7 +13,7 @@ from snapledger.adapters.compose import ledger_service
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.service.commands import Snapledger
 from snapledger.adapters.storage.simulated import CLUSTER, HEADER, SimulatedStorage
-from snapledger.domain.errors import BadInput, UnknownVm
+from snapledger.domain.errors import BadInput, DriftFound, UnknownVm
 from snapledger.domain.images import ImageFacts
 from snapledger.projections.documents import (
     json_text,
@@ -117,6 +118,21 @@ def test_a_delete_touching_an_image_gone_from_the_disk_frees_nothing_now() -> No
     shown = {s.name: s for s in only(ledger).snapshots}
     assert shown["s2"].freeable is None and frozen in (shown["s2"].refused or "")
     assert any(frozen in note for note in only(ledger).notes)
+
+
+def test_a_delete_the_disks_would_refuse_frees_nothing_now() -> None:
+    """Found reviewing the change: a hard link made to a frozen image. Its delete is refused
+    (drift: another name) and usage must say so, not promise the file's bytes; the same check
+    a delete makes, not a second one."""
+    storage, ledger = make(snapshots=3)
+    frozen = ledger.vm(VM).snapshot("s2").disks["vda"]
+    promised = {s.name: s.freeable for s in only(ledger).snapshots}
+    assert promised["s2"]
+    storage.hard_link(frozen)
+    shown = {s.name: s for s in only(ledger).snapshots}
+    assert shown["s2"].freeable is None and "hard links" in (shown["s2"].refused or "")
+    with pytest.raises(DriftFound):
+        ledger.delete(VM, "s2", dry_run=True)
 
 
 def test_unknown_and_retired_vms_are_bad_input() -> None:
