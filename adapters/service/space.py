@@ -69,5 +69,6 @@ def freed_by(ledger: Snapledger, vm: VirtualMachine, view: LedgerView, plan: Pla
     """The bytes of the files `plan` deletes, measured on the disks now (recorded where one
     can't be read)."""
     deleted = [step.path for step in plan.steps if isinstance(step, DeleteFile)]
-    measured, _, _ = measure(ledger, vm, deleted)
+    seen = ledger.checks(vm).look(vm, deleted)  # sizes only: the plan's checks come after
+    measured = {path: facts for path, facts in seen.items() if isinstance(facts, ImageFacts)}
     return bytes_freed(view, vm.name, plan, measured)
