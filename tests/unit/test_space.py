@@ -137,19 +137,11 @@ def test_a_delete_the_disks_would_refuse_frees_nothing_now() -> None:
 
 def test_unknown_and_retired_vms_are_bad_input() -> None:
     _, ledger = make(snapshots=1)
-    try:
+    with pytest.raises(UnknownVm):
         ledger.usage("ghost")
-    except UnknownVm:
-        pass
-    else:
-        raise AssertionError("an unknown VM was measured")
     ledger.retire(VM)
-    try:
+    with pytest.raises(BadInput, match="retired"):
         ledger.usage(VM)
-    except BadInput as error:
-        assert "retired" in str(error)
-    else:
-        raise AssertionError("a retired VM was measured")
     assert ledger.usage() == []
 
 
