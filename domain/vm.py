@@ -18,23 +18,14 @@ from eventsourcing.domain import Aggregate, event
 from .errors import (
     BadInput,
     OperationInProgress,
-    Refused,
 )
 from .images import ImageFacts, ImageRecord, Origin
-from .names import check_name, is_within
+from .names import check_name
 from .steps import (
-    DOMAIN_STEPS,
-    Commit,
-    CreateOverlay,
     DeleteFile,
-    DetachImage,
-    MoveFrozen,
     Plan,
-    Pull,
-    RebaseUnsafe,
     ReleaseImage,
     SetActive,
-    Step,
     step_from_dict,
 )
 from .vm_queries import VmQueries
@@ -46,6 +37,7 @@ from .vm_records import (
     record_from_dict,
     vm_id,
 )
+from .vm_steps import apply_step, observe
 
 
 class VirtualMachine(VmQueries, Aggregate):
@@ -142,7 +134,7 @@ class VirtualMachine(VmQueries, Aggregate):
         details: dict[str, Any],
         at: str,
     ) -> None:
-        self._observe(observed)
+        observe(self.images, observed)
         steps = tuple(step_from_dict(s) for s in plan["steps"])
         self.operation = OperationRecord(op_id, kind, target, steps, 0, None, dict(details))
 
@@ -160,47 +152,9 @@ class VirtualMachine(VmQueries, Aggregate):
     @event("StorageStepCompleted")
     def _step_completed(self, op_id: str, index: int, observed: list[dict[str, Any]]) -> None:
         assert self.operation is not None
-        self._apply_step(self.operation.steps[index])
-        self._observe(observed)
+        apply_step(self.images, self.disks, self.snapshots, self.operation.steps[index])
+        observe(self.images, observed)
         self.operation = replace(self.operation, done=index + 1, failure=None)
-
-    def _apply_step(self, step: Step) -> None:
-        """The ledger side of a step: what it changes in the image graph and the metadata."""
-        if isinstance(step, CreateOverlay):
-            facts = ImageFacts(
-                step.path, "qcow2", step.backing, step.backing_format, step.virtual_size, 0, 0, 0, 0
-            )
-            self.images[step.path] = ImageRecord(facts, Origin.MANAGED)
-        elif isinstance(step, (Pull, RebaseUnsafe)):
-            record = self.images[step.image]
-            self.images[step.image] = replace(
-                record, facts=record.facts.with_backing(step.new_backing, step.new_backing_format)
-            )
-        elif isinstance(step, (DeleteFile, ReleaseImage)):
-            self.images.pop(step.path, None)
-        elif isinstance(step, SetActive):
-            self.disks[step.disk] = step.path
-            record = self.images[step.path]
-            if record.detached:
-                self.images[step.path] = replace(record, detached=False)
-        elif isinstance(step, DetachImage):
-            self.images[step.path] = replace(self.images[step.path], detached=True)
-        elif isinstance(step, MoveFrozen):
-            snap = self.snapshots[step.snapshot]
-            self.snapshots[step.snapshot] = replace(
-                snap, disks={**snap.disks, step.disk: step.path}
-            )
-        elif isinstance(step, DOMAIN_STEPS):
-            pass  # the hypervisor's side; disks change in the ledger by their SetActive steps
-        else:
-            assert isinstance(step, Commit)  # content moves; facts arrive as observations
-
-    def _observe(self, observed: list[dict[str, Any]]) -> None:
-        for item in observed:
-            facts = ImageFacts.from_dict(item)
-            record = self.images.get(facts.path)
-            if record is not None:
-                self.images[facts.path] = replace(record, facts=facts)
 
     def resume_operation(self, op_id: str, runner: dict[str, Any], at: str) -> None:
         """`recover` takes over the open operation `op_id`, whose runner is gone: recorded
@@ -339,18 +293,8 @@ class VirtualMachine(VmQueries, Aggregate):
 
     def swap_disk(self, disk: str, chain: list[ImageFacts], at: str) -> None:
         """The user put another image in place: it becomes adopted and active."""
-        self.check_idle()
-        self.check_disk(disk)
         new = chain[0].path
-        if new == self.disks[disk]:
-            raise BadInput(f"{new} is already the active image of {disk}")
-        if new in self.frozen_images():
-            snap, _ = self.frozen_images()[new]
-            raise Refused(
-                f"{new} holds snapshot {snap!r}; writing it would change that snapshot"
-            )
-        if new in self.disks.values():
-            raise BadInput(f"{new} is already active for another disk of {self.name!r}")
+        self.check_swappable(disk, new)
         added = []
         for i, facts in enumerate(chain):
             if facts.path not in self.images:
@@ -387,7 +331,7 @@ class VirtualMachine(VmQueries, Aggregate):
 
     @event("ImagesObserved")
     def _images_observed(self, observed: list[dict[str, Any]]) -> None:
-        self._observe(observed)
+        observe(self.images, observed)
 
     def bind_libvirt(self, uri: str, domain: str) -> None:
         """This VM is the libvirt domain `domain` on `uri` (recorded at adopt --libvirt)."""
@@ -439,18 +383,7 @@ class VirtualMachine(VmQueries, Aggregate):
         """Snapshots another tool took (libvirt's metadata), in parent-first order: each a dict
         of name, parent, disks (target -> frozen image, an image this VM holds), created,
         domain_xml and description."""
-        self.check_idle()
-        names = {s["name"] for s in snapshots}
-        for snap in snapshots:
-            self.check_new_snapshot_name(snap["name"])
-            if snap["parent"] is not None and snap["parent"] not in names:
-                raise BadInput(f"snapshot {snap['name']!r}: parent {snap['parent']!r} is unknown")
-            for disk, path in snap["disks"].items():
-                self.check_disk(disk)
-                if path not in self.images:
-                    raise BadInput(f"snapshot {snap['name']!r}: {path} is not in {disk}'s chain")
-        if current is not None and current not in names:
-            raise BadInput(f"current snapshot {current!r} is unknown")
+        self.check_importable(snapshots, current)
         self._snapshots_imported(snapshots=snapshots, current=current, at=at)
 
     @event("SnapshotsImported")
@@ -477,10 +410,7 @@ class VirtualMachine(VmQueries, Aggregate):
         a chain (read-only), `gone` images no longer on disk, `disowned` managed images replaced
         by another file (now the user's: adopted, never deleted)."""
         self.check_idle()
-        unknown = [f.path for f in observed if f.path not in self.images]
-        unknown += [p for p in [*gone, *disowned] if p not in self.images]
-        if unknown:
-            raise BadInput(f"VM {self.name!r} holds no image {unknown[0]}")
+        self.check_holds([*(f.path for f in observed), *gone, *disowned])
         self._reconciled(
             observed=[f.to_dict() for f in observed],
             found=[{**f.to_dict(), "origin": Origin.FOUND.value} for f in found],
@@ -525,21 +455,7 @@ class VirtualMachine(VmQueries, Aggregate):
         `taken_over`: the new host takes the VM from a dead one, on the operator's word; an
         operation the dead host left open stays, for `recover` on the new home. Otherwise the
         VM must be idle (its home finishes what it started first)."""
-        if to == self.home:
-            raise BadInput(f"VM {self.name!r} already lives on host {to!r}")
-        if not taken_over:
-            self.check_idle()
-        local = sorted(
-            path for path, record in self.images.items()
-            if not record.missing and not is_within(path, shared)
-        )
-        if local:
-            raise Refused(
-                f"VM {self.name!r} can't move: {', '.join(local[:3])}{' ...' if len(local) > 3 else ''} "
-                f"{'is' if len(local) == 1 else 'are'} not on shared storage (declare the "
-                "directory with adopt --shared, or copy the images there first); the new host "
-                "would not see the files the ledger names"
-            )
+        self.check_movable(to, taken_over, shared)
         self._home_moved(to=to, previous=self.home, taken_over=taken_over, at=at)
 
     @event("HomeMoved")

@@ -5,18 +5,19 @@ recorded them. A mixin of the aggregate (vm.py), kept apart from the facts that 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     BadInput,
     DuplicateName,
     HomeElsewhere,
     OperationInProgress,
+    Refused,
     UnknownDisk,
     UnknownSnapshot,
 )
 from .ledger_hash import UNKNOWN_HOST
-from .names import check_disk_target, check_name
+from .names import check_disk_target, check_name, is_within
 
 if TYPE_CHECKING:
     from .images import ImageRecord
@@ -123,3 +124,56 @@ class VmQueries:
         shared directories. Every file of every chain must resolve inside one of them (or below
         one)."""
         return set(self.adopted_dirs) | set(self.pools) | set(self.shared)
+
+    # ---- the rules of the facts without storage steps (vm.py records them) --------------
+
+    def check_swappable(self, disk: str, new: str) -> None:
+        """`new`, an image the user put in place, may become `disk`'s active image."""
+        self.check_idle()
+        self.check_disk(disk)
+        if new == self.disks[disk]:
+            raise BadInput(f"{new} is already the active image of {disk}")
+        if new in self.frozen_images():
+            snap, _ = self.frozen_images()[new]
+            raise Refused(f"{new} holds snapshot {snap!r}; writing it would change that snapshot")
+        if new in self.disks.values():
+            raise BadInput(f"{new} is already active for another disk of {self.name!r}")
+
+    def check_importable(self, snapshots: list[dict[str, Any]], current: str | None) -> None:
+        """Snapshots another tool took may be recorded (import_snapshots)."""
+        self.check_idle()
+        names = {s["name"] for s in snapshots}
+        for snap in snapshots:
+            self.check_new_snapshot_name(snap["name"])
+            if snap["parent"] is not None and snap["parent"] not in names:
+                raise BadInput(f"snapshot {snap['name']!r}: parent {snap['parent']!r} is unknown")
+            for disk, path in snap["disks"].items():
+                self.check_disk(disk)
+                if path not in self.images:
+                    raise BadInput(f"snapshot {snap['name']!r}: {path} is not in {disk}'s chain")
+        if current is not None and current not in names:
+            raise BadInput(f"current snapshot {current!r} is unknown")
+
+    def check_holds(self, paths: list[str]) -> None:
+        """Every one of `paths` is an image this VM holds."""
+        unknown = [p for p in paths if p not in self.images]
+        if unknown:
+            raise BadInput(f"VM {self.name!r} holds no image {unknown[0]}")
+
+    def check_movable(self, to: str, taken_over: bool, shared: tuple[str, ...]) -> None:
+        """The VM may get the home host `to`: each image it holds lies on `shared` storage."""
+        if to == self.home:
+            raise BadInput(f"VM {self.name!r} already lives on host {to!r}")
+        if not taken_over:
+            self.check_idle()
+        local = sorted(
+            path for path, record in self.images.items()
+            if not record.missing and not is_within(path, shared)
+        )
+        if local:
+            raise Refused(
+                f"VM {self.name!r} can't move: {', '.join(local[:3])}{' ...' if len(local) > 3 else ''} "
+                f"{'is' if len(local) == 1 else 'are'} not on shared storage (declare the "
+                "directory with adopt --shared, or copy the images there first); the new host "
+                "would not see the files the ledger names"
+            )
