@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from snapledger.domain.images import ImageFacts, ImageRecord, Origin, OwnerClass
 from snapledger.domain.steps import CreateOverlay, touched_paths
@@ -18,23 +19,35 @@ from .scope import in_scope, is_shared, registration_scope, shared_dirs
 from .view import LedgerView
 
 
+class NeedKind(StrEnum):
+    """Why an image stays (an enum: compared by identity, printed as its value)."""
+
+    ACTIVE = "active"  # a disk of a VM writes it; detail: the disk
+    FROZEN = "frozen"  # a snapshot holds it; detail: the snapshot
+    DETACHED = "detached"  # kept for its VM until discarded; detail: the image
+    OPERATION = "operation"  # an unfinished operation uses it; detail: its id
+    DEPENDANT = "dependant"  # a file the ledger does not know rests on it; detail: that file
+    ELSEWHERE = "elsewhere"  # a VM of another host holds it; detail: that host
+    BELOW = "below"  # a needed image rests on it; detail: the image above
+
+
 @dataclass(frozen=True)
 class Need:
     """One reason an image needs to stay."""
 
-    kind: str  # active | frozen | detached | operation | dependant | elsewhere | below
+    kind: NeedKind
     vm: str
     detail: str  # the disk, snapshot, operation id, the unknown file, or the image above
 
     def describe(self) -> str:
         return {
-            "active": f"active image of {self.vm}/{self.detail}",
-            "frozen": f"holds snapshot {self.detail} of {self.vm}",
-            "detached": f"detached from {self.vm}/{self.detail}, kept until discarded",
-            "operation": f"in use by unfinished operation {self.detail} of {self.vm}",
-            "dependant": f"{self.detail} depends on it (a file the ledger does not know)",
-            "elsewhere": f"held by {self.vm}, which lives on host {self.detail}",
-            "below": f"backing file of {self.detail}",
+            NeedKind.ACTIVE: f"active image of {self.vm}/{self.detail}",
+            NeedKind.FROZEN: f"holds snapshot {self.detail} of {self.vm}",
+            NeedKind.DETACHED: f"detached from {self.vm}/{self.detail}, kept until discarded",
+            NeedKind.OPERATION: f"in use by unfinished operation {self.detail} of {self.vm}",
+            NeedKind.DEPENDANT: f"{self.detail} depends on it (a file the ledger does not know)",
+            NeedKind.ELSEWHERE: f"held by {self.vm}, which lives on host {self.detail}",
+            NeedKind.BELOW: f"backing file of {self.detail}",
         }[self.kind]
 
 
@@ -56,7 +69,7 @@ class ImageNode:
 
     @property
     def direct_needs(self) -> list[Need]:
-        return [n for n in self.needs if n.kind != "below"]
+        return [n for n in self.needs if n.kind is not NeedKind.BELOW]
 
 
 def owner_class(users: set[str], origins: set[Origin]) -> OwnerClass:
@@ -117,7 +130,7 @@ class ImageDag:
                 for step in vm.operation.steps[vm.operation.done :]:
                     paths = (step.path,) if isinstance(step, CreateOverlay) else ()
                     for path in paths + touched_paths(step):
-                        needs[path].append(Need("operation", vm.name, vm.operation.op_id))
+                        needs[path].append(Need(NeedKind.OPERATION, vm.name, vm.operation.op_id))
         return needs
 
     def _holders(self, path: str) -> list[tuple[VirtualMachine, ImageRecord]]:
@@ -157,7 +170,7 @@ class ImageDag:
                 facts, owner, tuple(sorted(users)), detached=any(r.detached for _, r in holders)
             )
             made.needs.extend(self._direct_needs(path, holders))
-            made.needs.extend(Need("below", "", c) for c in self.children_of(path) if self.needed(c))
+            made.needs.extend(Need(NeedKind.BELOW, "", c) for c in self.children_of(path) if self.needed(c))
         self._nodes[path] = made
         return made
 
@@ -167,15 +180,15 @@ class ImageDag:
         return self._direct[path]
 
     def _needs_held(self, path: str, holders: list[tuple[VirtualMachine, ImageRecord]]) -> list[Need]:
-        needs = [Need("elsewhere", vm.name, vm.home) for vm, _ in holders if vm.name not in self._local]
+        needs = [Need(NeedKind.ELSEWHERE, vm.name, vm.home) for vm, _ in holders if vm.name not in self._local]
         for vm, record in holders:
             if vm.name not in self._local:
                 continue
-            needs += [Need("active", vm.name, disk) for disk, p in vm.disks.items() if p == path]
-            needs += [Need("frozen", vm.name, snap) for snap, _ in index_of(vm).frozen.get(path, ())]
+            needs += [Need(NeedKind.ACTIVE, vm.name, disk) for disk, p in vm.disks.items() if p == path]
+            needs += [Need(NeedKind.FROZEN, vm.name, snap) for snap, _ in index_of(vm).frozen.get(path, ())]
             if record.detached and vm.name != self._ignore_detached_of:
-                needs.append(Need("detached", vm.name, path))
-            needs += [Need("dependant", vm.name, d) for d in self._dependants.get(path, ())]
+                needs.append(Need(NeedKind.DETACHED, vm.name, path))
+            needs += [Need(NeedKind.DEPENDANT, vm.name, d) for d in self._dependants.get(path, ())]
         return needs + self._operation_needs.get(path, [])
 
     def children_of(self, path: str) -> list[str]:
@@ -248,7 +261,7 @@ class ImageDag:
 
     def dependants(self, path: str) -> list[str]:
         """Files the ledger does not know that rest on `path` (as the storage scan found)."""
-        return [n.detail for n in self.nodes[path].needs if n.kind == "dependant"]
+        return [n.detail for n in self.nodes[path].needs if n.kind is NeedKind.DEPENDANT]
 
     def needed_children(self, path: str) -> list[str]:
         return [c for c in self.children_of(path) if self.needed(c)]
@@ -263,7 +276,7 @@ class ImageDag:
         if node.owner is OwnerClass.READ_ONLY or node.vms != (vm,) or node.detached:
             return False
         return all(
-            n.kind == "below" or (n.kind == "frozen" and n.vm == vm and n.detail == ignoring_snapshot)
+            n.kind is NeedKind.BELOW or (n.kind is NeedKind.FROZEN and n.vm == vm and n.detail == ignoring_snapshot)
             for n in node.needs
         )
 

@@ -21,7 +21,7 @@ from snapledger.domain.steps import Commit
 from snapledger.domain.vm import VirtualMachine
 
 from .cost import CostModel
-from .dag import ImageDag, Need
+from .dag import ImageDag, Need, NeedKind
 from .freeing import delete_command, freeing, try_plan
 from .holds import Hold, Route, read_only_because, resting_on
 from .planners import plan_delete
@@ -70,7 +70,7 @@ class Explanation:
                 for p, needed, detached in self.children
             ],
             "needs": [
-                {"kind": n.kind, "vm": n.vm or None, "detail": n.detail, "text": n.describe()}
+                {"kind": n.kind.value, "vm": n.vm or None, "detail": n.detail, "text": n.describe()}
                 for n in self.needs
             ],
             "frozen_by": [
@@ -167,10 +167,10 @@ def _owner_reason(view: LedgerView, owner: OwnerClass, vms: tuple[str, ...], pat
 def _state(dag: ImageDag, path: str) -> tuple[str, ...]:
     node = dag.nodes[path]
     kinds = {n.kind for n in node.direct_needs}
-    state: list[str] = [kind for kind in ("active", "frozen") if kind in kinds]
+    state: list[str] = [kind.value for kind in (NeedKind.ACTIVE, NeedKind.FROZEN) if kind in kinds]
     if node.detached:
         state.append("detached")
-    if "operation" in kinds:
+    if NeedKind.OPERATION in kinds:
         state.append("operation")
     if not state:
         state.append("backing" if node.needs else "unneeded")
@@ -217,17 +217,17 @@ def _write_reasons(
     if node.detached:
         reasons.append("detached: kept as it is until discarded")
     for need in node.direct_needs:
-        if need.kind == "active":
+        if need.kind is NeedKind.ACTIVE:
             reasons.append(f"{need.describe()}: the guest writes it, nothing commits into it")
-        elif need.kind == "frozen":
+        elif need.kind is NeedKind.FROZEN:
             reasons.append(f"{need.describe()}: writing it would change that snapshot")
-        elif need.kind == "operation":
+        elif need.kind is NeedKind.OPERATION:
             reasons.append(need.describe())
     if len(needed_children) > 1:
         reasons.append(f"{len(needed_children)} branches rest on it: {', '.join(needed_children)}")
     elif needed_children:
         reasons.append(f"{needed_children[0]} rests on it")
-    for snapshot in sorted({n.detail for n in node.direct_needs if n.kind == "frozen" and n.vm == vm}):
+    for snapshot in sorted({n.detail for n in node.direct_needs if n.kind is NeedKind.FROZEN and n.vm == vm}):
         commit = try_plan(plan_delete, view, vm, snapshot, "commit", "forbid", cost)
         targets = [s.top for s in commit.steps if isinstance(s, Commit) and s.base == path] if commit else []
         if targets:

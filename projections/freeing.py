@@ -14,7 +14,7 @@ from snapledger.domain.steps import Commit, DeleteFile, Plan, Pull
 from snapledger.domain.vm import VirtualMachine
 
 from .cost import CostModel
-from .dag import ImageDag
+from .dag import ImageDag, NeedKind
 from .holds import Hold, Route, holds_of, read_only_because, resting_on
 from .planners import plan_delete, plan_gc, plan_revert
 from .view import LedgerView, private_copy, replacing
@@ -108,7 +108,7 @@ def freeing(
     every, why_not = _every_hold_released(view, dag, vm, path, cost)
     if every is not None and len(every.commands) > 1:
         routes.append(every)
-    if node.detached or any(h.kind == "detached" for h in resting_on(dag, path)):
+    if node.detached or any(h.kind is NeedKind.DETACHED for h in resting_on(dag, path)):
         routes += _after_discarding_detached(view, vm, path, cost, bool(routes))
     if routes:
         return tuple(routes), None
@@ -179,7 +179,7 @@ def _every_hold_released(
     so that no data moves; possible when nothing else (a present, a detached file, another VM's
     snapshot) rests on it. Checked on a simulated ledger: the route, or why there is none."""
     holds = holds_of(dag, path) + list(resting_on(dag, path))
-    blockers = [h for h in holds if not (h.kind == "frozen" and h.vm == vm.name)]
+    blockers = [h for h in holds if not (h.kind is NeedKind.FROZEN and h.vm == vm.name)]
     if blockers:
         return None, "no deletion frees it: " + "; ".join(_blocker_hint(h, path) for h in blockers)
     depth = {image: dag.depth(image) for image in {h.image for h in holds}}
@@ -217,14 +217,14 @@ def _every_hold_released(
 
 def _blocker_hint(hold: Hold, path: str) -> str:
     itself = hold.image == path
-    if hold.kind == "active":
+    if hold.kind is NeedKind.ACTIVE:
         where = "it is" if itself else f"{hold.image} rests on it:"
         return f"{where} the present of {hold.vm}/{hold.detail}, which a revert or a swap-disk abandons first"
-    if hold.kind == "detached":
+    if hold.kind is NeedKind.DETACHED:
         if hold.owner is OwnerClass.MANAGED:
             what = "it is detached" if itself else f"detached {hold.image} rests on it"
             return f"{what}: 'snapledger gc {hold.vm} --include-detached' discards it"
         return f"the user's detached file {hold.image} rests on it and is kept with its whole chain"
-    if hold.kind == "operation":
+    if hold.kind is NeedKind.OPERATION:
         return f"{hold.text}: run 'snapledger recover {hold.vm}'"
     return f"{hold.text} ({hold.image})"

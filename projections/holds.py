@@ -9,7 +9,7 @@ from typing import Any
 
 from snapledger.domain.images import Origin, OwnerClass
 
-from .dag import ImageDag
+from .dag import ImageDag, NeedKind
 from .view import LedgerView
 
 
@@ -18,7 +18,7 @@ class Hold:
     """Something that needs the image to stay: a reason the DAG gives for the image itself or for
     an image resting on it (above it in a chain)."""
 
-    kind: str  # frozen | active | detached | operation
+    kind: NeedKind  # frozen, active, detached, operation, dependant or elsewhere
     vm: str
     detail: str  # the snapshot, disk, detached path or operation id
     image: str  # the image that carries the hold
@@ -27,7 +27,7 @@ class Hold:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
+            "kind": self.kind.value,
             "vm": self.vm,
             "detail": self.detail,
             "image": self.image,

@@ -37,7 +37,7 @@ from snapledger.domain.steps import (
 from snapledger.domain.vm import VirtualMachine
 
 from .cost import CostModel
-from .dag import ImageDag
+from .dag import ImageDag, NeedKind
 from .dag_index import index_of
 from .leftovers import plan_gc as plan_gc
 from .leftovers import rests_on_managed, with_leftovers_first
@@ -156,7 +156,7 @@ def plan_revert(
         creates.append(CreateOverlay(path, frozen.path, frozen.format, frozen.virtual_size))
         activations.append(SetActive(disk, path))
         abandoned = dag.nodes[vm.disks[disk]]
-        others = [n for n in abandoned.needs if not (n.kind == "active" and n.vm == vm.name and n.detail == disk)]
+        others = [n for n in abandoned.needs if not (n.kind is NeedKind.ACTIVE and n.vm == vm.name and n.detail == disk)]
         unknown = dag.dependants(abandoned.facts.path)
         if abandoned.owner is OwnerClass.MANAGED and not others:
             deletions.append(DeleteFile(abandoned.facts.path))
@@ -270,7 +270,7 @@ def _plan_disk_delete(
     kept = dag.needed_children(frozen_path)
     forced = strategy is not Strategy.AUTO
     other_holds = [
-        n for n in frozen.direct_needs if not (n.kind == "frozen" and n.vm == vm.name and n.detail == snapshot)
+        n for n in frozen.direct_needs if not (n.kind is NeedKind.FROZEN and n.vm == vm.name and n.detail == snapshot)
     ]
 
     def metadata_only(why: str) -> _DiskMerge:
