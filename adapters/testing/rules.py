@@ -304,6 +304,7 @@ class OperationRules:
             "a disk backed by another VM's active image was adopted",
         )
         self.storage.delete(path)
+        assert not self.storage.exists(path), f"the storage adapter's delete({path!r}) left the file"
 
 
 def closed_since(app: Any, ledger: Snapledger, before: int, vm: str) -> bool:
