@@ -6,6 +6,7 @@ exported history (`snapledger export --format jsonl`) into one, so an incident i
 from __future__ import annotations
 
 import itertools
+import posixpath
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -88,6 +89,8 @@ class World:
     def apply(self, op: Op) -> str:
         """Run one operation as a user (or a guest) would; what came of it."""
         view = self.ledger.refresh()
+        if op.vm not in view.vms:  # a typo would make every step a no-op and the test pass
+            raise ValueError(f"{op}: the ledger has no VM {op.vm!r} (it has {', '.join(sorted(view.vms)) or 'none'})")
         vm = view.live_vms().get(op.vm)
         if vm is None or vm.operation is not None:
             return "no such VM"
@@ -120,14 +123,17 @@ class World:
         return self._attempt(op, action, snap)
 
     def _swap(self, op: Op, snap: SnapRef | None) -> str:
-        path = f"/vms/{op.vm}/swapped{next(self.names)}.qcow2"
+        disks = self.ledger.view.vms[op.vm].disks
+        if op.disk not in disks:
+            return "no such disk"
+        # beside the disk's active image: a directory the VM may use (a replayed VM's are its own)
+        path = f"{posixpath.dirname(disks[op.disk])}/swapped{next(self.names)}.qcow2"
         below, backing = {}, None
         if op.flag and snap is not None and op.disk in self.model.taken[snap]:
             backing = self.ledger.view.vms[op.vm].snapshots[snap.name].disks[op.disk]
             below = self.model.taken[snap][op.disk]
-        if op.disk not in self.ledger.view.vms[op.vm].disks:
-            return "no such disk"
-        self.storage.make_image(path, CLUSTERS * CLUSTER, op.content, backing=backing)
+        size = self.storage.inspect(disks[op.disk]).virtual_size  # a replayed disk's, not ours
+        self.storage.make_image(path, size, op.content, backing=backing)
         self.model.user_file(path, op.content or {})
         self.ledger.swap_disk(op.vm, op.disk, path)
         self.model.disk(op.vm, op.disk, {**below, **(op.content or {})})

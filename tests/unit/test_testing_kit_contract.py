@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from snapledger.adapters.storage.simulated import SimulatedStorage
-from snapledger.testing import ConformanceMachine, FaultyPort
+from snapledger.testing import ConformanceMachine, FaultyPort, World
+from snapledger.testing.strategies import Op
 
 SIZE = 12 * 64 * 1024
 
@@ -103,3 +104,32 @@ def test_the_machine_says_a_delete_did_not_delete() -> None:
                     database=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck))
     with pytest.raises(AssertionError, match=r"delete\(.*\) (left the file|returned, but the file is still there)"):
         run_state_machine_as_test(Conformance, settings=fast)
+
+
+def adopted(path: str, size: int, content: dict[int, int]) -> World:
+    world = World()
+    world.storage.make_image(path, size, content)
+    world.ledger.adopt("web1", {"vda": path})
+    world.model.user_file(path, content)
+    world.model.disk("web1", "vda", content)
+    return world
+
+
+def test_a_swap_goes_beside_the_disk_not_under_vms() -> None:
+    """A VM whose disks are elsewhere (a replayed one's are where production had them) may swap."""
+    world = adopted("/srv/images/web1/vda.qcow2", SIZE, {0: 1})
+    assert world.run([Op("snapshot", "web1"), Op("swap", "web1", content={1: 2}, flag=True)])[-1] == "swapped"
+
+
+def test_a_swap_over_a_snapshot_of_a_bigger_disk_reads_all_of_it() -> None:
+    """The swapped-in overlay is the disk's size: 12 clusters over a 4 MiB disk hid cluster 20."""
+    world = adopted("/vms/web1/vda.qcow2", 64 * 64 * 1024, {20: 7})
+    world.run([Op("snapshot", "web1"), Op("swap", "web1", content={1: 2}, flag=True)])
+    assert world.storage.read_all(world.ledger.vm("web1").disks["vda"]) == {1: 2, 20: 7}
+
+
+def test_an_op_on_a_vm_the_ledger_never_knew_is_an_error() -> None:
+    """A typo in a VM's name would make every step 'no such VM' and the test pass, vacuously."""
+    world = adopted("/vms/web1/vda.qcow2", SIZE, {0: 1})
+    with pytest.raises(ValueError, match=r"no VM 'web2' \(it has web1\)"):
+        world.run([Op("snapshot", "web2")])
