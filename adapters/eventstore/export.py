@@ -99,9 +99,7 @@ def read_export(lines: Iterable[str], source: str) -> ExportedHistory:
     for number, text in enumerate(lines, start=1):
         try:
             if header is None:
-                header = json.loads(text)
-                if header.get("format") != FORMAT or header.get("version") != FORMAT_VERSION:
-                    raise ValueError("no snapledger export header (version 1)")
+                header = _header(text)
                 int(header["head"]["position"]), str(header["head"]["hash"])
             elif text.strip():
                 _read_event(json.loads(text), rows, records)
@@ -112,6 +110,20 @@ def read_export(lines: Iterable[str], source: str) -> ExportedHistory:
     return ExportedHistory(
         header.get("vm"), header["head"]["position"], header["head"]["hash"], rows, records
     )
+
+
+def _header(text: str) -> dict[str, Any]:
+    """The first line: an object naming the format, or a clear word on what the file is instead."""
+    try:
+        header = json.loads(text)
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or "format" not in header:
+        raise ValueError("its first line is not a snapledger export header (JSON lines, as "
+                         "'snapledger export --format jsonl' writes; not one JSON document)")
+    if header.get("format") != FORMAT or header.get("version") != FORMAT_VERSION:
+        raise ValueError("no snapledger export header (version 1)")
+    return header
 
 
 def _read_event(item: dict[str, Any], rows: list[StoredEventRow], records: list[ChainRecord]) -> None:

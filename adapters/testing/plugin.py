@@ -24,9 +24,22 @@ def simulated_ledger() -> World:
 
 
 @pytest.fixture
-def replayed_history() -> Callable[[str | Path], World]:
+def replayed_history(request: pytest.FixtureRequest) -> Callable[[str | Path], World]:
     """`replayed_history(path)`: an exported history (`snapledger export --format jsonl`) on
-    simulated storage, every invariant checked; continue it with `world.run(ops)`."""
+    simulated storage, every invariant checked; continue it with `world.run(ops)`. A relative
+    `path` is looked for beside the test's file first, then in the working directory."""
     from snapledger.testing.world import replayed
 
-    return replayed
+    here = request.path.parent
+
+    def replay(path: str | Path) -> World:
+        given = Path(path)
+        if not given.is_absolute() and (here / given).exists():
+            given = here / given
+        elif not given.exists():
+            where = f" nor beside the test ({here / given})" if not given.is_absolute() else ""
+            raise FileNotFoundError(f"no exported history at {str(path)!r}: not in the working "
+                                    f"directory ({Path.cwd()}){where}")
+        return replayed(given)
+
+    return replay

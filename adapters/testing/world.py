@@ -188,7 +188,10 @@ def replayed(path: str | Path) -> World:
 
     Each image is made as recorded (format, backing, size, device and inode) holding one cluster
     of its own pattern byte (the production bytes are not in an export), and `reconcile` records
-    the simulated files' times and sizes, so operations can go on from there (`World.run`)."""
+    the simulated files' times and sizes, so operations can go on from there (`World.run`). An
+    operation the export leaves open (the host died in it) is recovered first, as `snapledger
+    recover` would on the host, and no other snapshot or present may read differently after it
+    (`World.outcomes` says which)."""
     with open(path, encoding="utf-8") as lines:
         app = replay_store(read_export(lines, str(path)))
     app.read_only = False  # a copy in memory: a history run on it records there, and only there
@@ -216,13 +219,21 @@ def replayed(path: str | Path) -> World:
         make(path)
     dag = ImageDag(view)
     for name, vm in sorted(view.live_vms().items()):
-        world.ledger.reconcile(name)
         for disk, active in vm.disks.items():
             world.model.disk(name, disk, world.storage.read_all(active))
         for snapshot, record in vm.snapshots.items():
             world.model.taken[SnapRef(name, snapshot)] = {
                 d: world.storage.read_all(p) for d, p in record.disks.items()
             }
+    for name, vm in sorted(view.live_vms().items()):
+        unfinished = vm.operation
+        if unfinished is not None:  # the host died mid-operation: recover, as it would there
+            world.outcomes.append(f"{name}: unfinished {unfinished.kind} recovered")
+            before = world.app.recorder.max_notification_id() or 0
+            world.ledger.recover(name)
+            target = SnapRef(name, unfinished.target or "")
+            world._learn(name, before, target if target in world.model.taken else None)
+        world.ledger.reconcile(name)
     for path, node in dag.nodes.items():
         if node.owner is not OwnerClass.MANAGED and path in made:
             world.model.user_file(path, world.storage.read_all(path), frozen=node.owner is OwnerClass.READ_ONLY)
