@@ -24,6 +24,9 @@ import posixpath
 from collections.abc import Callable
 from typing import ClassVar
 
+import snapledger.testing.needs  # noqa: F401  (first: a clear error without hypothesis)
+
+# isort: split
 from hypothesis import assume, event, note
 from hypothesis import strategies as st
 from hypothesis.stateful import (

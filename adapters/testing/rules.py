@@ -7,6 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import snapledger.testing.needs  # noqa: F401  (first: a clear error without hypothesis)
+
+# isort: split
 from hypothesis import assume, event, note
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, precondition, rule

@@ -11,8 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from hypothesis import strategies as st
+import snapledger.testing.needs  # noqa: F401  (first: a clear error without hypothesis)
 
+# isort: split
+from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
+
+from snapledger.domain.errors import BadName
+from snapledger.domain.names import check_disk_target, check_name
 from snapledger.testing.model import Content
 
 if TYPE_CHECKING:
@@ -76,10 +82,21 @@ def crashes(max_call: int = 4) -> st.SearchStrategy[Crash | None]:
     return st.none() | st.builds(Crash, st.integers(1, max_call), st.booleans())
 
 
+def layouts(vm: str = "vm", max_disks: int = 2, max_sharing: int = 1) -> st.SearchStrategy[Layout]:
+    """A VM of 1..max_disks disks (the first maybe raw, or over the template) and maybe up to
+    `max_sharing` other VMs (`<vm>-shares<n>`) over the same template."""
+    _valid_vm("layouts", vm)
+    if not 1 <= max_disks <= 26:
+        raise InvalidArgument(f"layouts(max_disks={max_disks!r}): a VM has 1 to 26 disks (vda to vdz)")
+    if max_sharing < 0:
+        raise InvalidArgument(f"layouts(max_sharing={max_sharing!r}): the VMs sharing the template are 0 or more")
+    if max_sharing:
+        _valid_vm("layouts", f"{vm}-shares{max_sharing - 1}", "the name of a VM sharing its template")
+    return _layouts(vm, max_disks, max_sharing)
+
+
 @st.composite
-def layouts(draw: st.DrawFn, vm: str = "vm", max_disks: int = 2, max_sharing: int = 1) -> Layout:
-    """A VM of 1..max_disks disks (the first maybe raw, or over the template) and maybe other VMs
-    over the same template."""
+def _layouts(draw: st.DrawFn, vm: str, max_disks: int, max_sharing: int) -> Layout:
     count = draw(st.integers(1, max_disks))
     disks = []
     for i in range(count):
@@ -91,19 +108,42 @@ def layouts(draw: st.DrawFn, vm: str = "vm", max_disks: int = 2, max_sharing: in
     return Layout(vm, tuple(disks), template, sharing)
 
 
+def _valid_vm(where: str, vm: object, what: str = "vm") -> None:
+    try:
+        check_name("VM", vm)  # type: ignore[arg-type]
+    except BadName as bad:
+        raise InvalidArgument(f"{where}({what}={vm!r}): {bad}") from None
+
+
 def histories(
     vm: str | None = "vm", max_ops: int = 20, disks: tuple[str, ...] = ("vda",),
     starting_from: World | None = None, min_ops: int = 0,
 ) -> st.SearchStrategy[list[Op]]:
     """Lists of `min_ops` to `max_ops` operations on `vm`'s `disks`; `starting_from` a World (a replayed
     history, say), on its VMs (`vm` None: any of them) and their disks."""
-    targets: list[tuple[str, tuple[str, ...]]] = [(vm or "vm", disks)]
+    if not 0 <= min_ops <= max_ops:
+        raise InvalidArgument(f"histories(min_ops={min_ops!r}, max_ops={max_ops!r}): "
+                              "0 <= min_ops <= max_ops")
+    if vm is not None:
+        _valid_vm("histories", vm)
+    if not disks:
+        raise InvalidArgument("histories(disks=()): name at least one disk target (vda, ...)")
+    for disk in disks:
+        try:
+            check_disk_target(disk)
+        except BadName as bad:
+            raise InvalidArgument(f"histories(disks={disks!r}): {bad}") from None
+    targets: list[tuple[str, tuple[str, ...]]] = [(vm or "", disks)]
+    if starting_from is None and vm is None:
+        raise InvalidArgument("histories(vm=None) means any VM of `starting_from`: give starting_from")
     if starting_from is not None:
         live = starting_from.ledger.view.live_vms()
         names = sorted(live) if vm is None else [vm]
         targets = [(n, tuple(sorted(live[n].disks))) for n in names if n in live]
         if not targets:
-            raise ValueError(f"no VM {vm!r} in the state histories start from")
+            have = ", ".join(sorted(live)) or "none"
+            raise InvalidArgument(f"histories(vm={vm!r}, starting_from=...): no such live VM in that "
+                                  f"World (its live VMs: {have})")
     return st.lists(operations(targets), min_size=min_ops, max_size=max_ops)
 
 
