@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["pytester"]
+
 DOC = Path(__file__).resolve().parents[2] / "docs" / "testing.md"
 
 
@@ -31,3 +33,24 @@ def test_without_the_bug_the_same_run_passes() -> None:
     storage = namespace["OffByOneStorage"]
     del storage.commit  # type: ignore[attr-defined]
     exec(compile(run.replace("max_examples=500", "max_examples=8"), f"{DOC}:run", "exec"), namespace)
+
+
+def test_the_incident_snippets_run_as_written(pytester: pytest.Pytester) -> None:
+    """The regression-test snippets (```py), pasted into a test module beside an export of a VM
+    web1, pass when pytest runs from another directory: their imports are all there and
+    `incident.jsonl` is found beside the module."""
+    from test_testing_kit_input import a_world
+    from test_testing_kit_input import export as exported
+
+    three_lines, after = re.findall(r"```py\n(.*?)```", DOC.read_text(), flags=re.S)
+    sub = pytester.mkpydir("regressions")
+    (sub / "incident.jsonl").write_text(exported(a_world()))
+    (sub / "test_three_lines.py").write_text(three_lines)
+    (sub / "test_after.py").write_text(after)
+    (sub / "conftest.py").write_text(
+        "from hypothesis import settings\n"
+        "settings.register_profile('docs', max_examples=3, deadline=None)\n"
+        "settings.load_profile('docs')\n"
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0", "-q", "regressions")
+    result.assert_outcomes(passed=2)
