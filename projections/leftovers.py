@@ -105,4 +105,4 @@ def plan_gc(
     notes = tuple(
         f"{p} is the user's file and rests on managed images: kept with its chain" for p in kept_user_files
     )
-    return Plan(OperationKind.GC, tuple(steps), f"{len(steps)} images nothing needs", notes)
+    return Plan(OperationKind.GC, tuple(steps), f"{len(steps)} image{'' if len(steps) == 1 else 's'} nothing needs", notes)

@@ -103,3 +103,9 @@ def test_a_template_no_one_needs_any_more_is_never_deleted() -> None:
     ledger.gc("a", include_detached=True)
     assert storage.read_all("/pool/t.qcow2") == {0: 0x10}
     assert storage.exists("/vms/a/a.qcow2")
+
+
+def test_a_gc_plan_counts_its_images_in_words() -> None:
+    storage, ledger = swapped()
+    (one,) = ledger.gc("vm", include_detached=True, dry_run=True)
+    assert len(one.steps) == 1 and one.strategy == "1 image nothing needs"

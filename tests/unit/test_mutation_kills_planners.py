@@ -26,6 +26,7 @@ from snapledger.domain.errors import (
     StrategyNotAllowed,
     UnknownDisk,
 )
+from snapledger.domain.images import OwnerClass
 from snapledger.domain.steps import (
     Commit,
     CreateOverlay,
@@ -36,6 +37,7 @@ from snapledger.domain.steps import (
     SetActive,
 )
 from snapledger.projections.cost import CostModel
+from snapledger.projections.dag import ImageDag
 from snapledger.projections.planners import plan_swap
 
 MIB = 1 << 20
@@ -325,3 +327,44 @@ def test_a_commit_never_rebases_the_users_file_resting_on_the_image_it_removes()
     assert not any(isinstance(s, Commit) for s in plan.steps), plan.strategy
     with pytest.raises(StrategyNotAllowed, match="not managed"):
         ledger.delete("vm", "s2", strategy="commit")
+
+
+def test_a_forced_strategy_on_a_snapshot_left_as_metadata_only_is_not_refused() -> None:
+    """A snapshot whose files can't move (one of them is gone) loses only its metadata, with or
+    without --strategy: forcing a way to merge matters only where one child would be merged."""
+    storage, ledger = vm_with(snapshots=2)  # base <- base.s1 <- base.s2 (active)
+    ledger.revert("vm", "s1")  # base.s2 goes; base.s1 (s2's) has no child, base has two
+    frozen_s2 = ledger.vm("vm").snapshots["s2"].disks["vda"]
+    storage.delete(frozen_s2)
+    ledger.reconcile("vm")
+    for strategy in ("commit", "pull"):
+        childless = ledger.delete("vm", "s2", strategy=strategy, dry_run=True)
+        assert childless.steps == () and "is gone" in childless.strategy
+        two_children = ledger.delete("vm", "s1", strategy=strategy, dry_run=True)
+        assert two_children.steps == () and "is gone" in two_children.strategy
+
+
+def test_a_deleted_snapshot_leaves_its_read_only_image_as_it_is_even_with_no_child() -> None:
+    """A snapshot imported with the VM freezes an image found below the adopted disk (read-only);
+    once nothing rests on it, deleting the snapshot still only drops the snapshot's metadata."""
+    storage = SimulatedStorage()
+    storage.make_image("/vms/base.qcow2", VSIZE, {0: 0x10})
+    storage.make_image("/vms/top.qcow2", VSIZE, {1: 0x11}, backing="/vms/base.qcow2")
+    storage.make_image("/vms/fresh.qcow2", VSIZE, {})
+    ledger = ledger_service(LedgerApplication("memory:"), storage)
+    ledger.adopt("vm", {"vda": "/vms/top.qcow2"})
+    vm = ledger.vm("vm")
+    at = "2026-01-01T00:00:00+00:00"
+    made = {"created": at, "domain_xml": None, "description": None}
+    vm.import_snapshots([{"name": "a", "parent": None, "disks": {"vda": "/vms/base.qcow2"}, **made}],
+                        current="a", at=at)
+    ledger.save(vm)
+    ledger.swap_disk("vm", "vda", "/vms/fresh.qcow2")
+    ledger.gc("vm", include_detached=True)  # the user's top.qcow2 is let go; then they remove it
+    storage.delete("/vms/top.qcow2")
+    dag = ImageDag(ledger.refresh())
+    assert dag.nodes["/vms/base.qcow2"].owner is OwnerClass.READ_ONLY
+    assert dag.needed_children("/vms/base.qcow2") == []
+    plan = ledger.delete("vm", "a")
+    assert plan.steps == () and "/vms/base.qcow2 is read-only" in plan.strategy
+    assert "/vms/base.qcow2" in ledger.vm("vm").images and storage.read_all("/vms/base.qcow2") == {0: 0x10}
