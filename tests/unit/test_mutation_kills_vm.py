@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from eventsourcing.domain import Snapshot
 from small_histories import (
     BASE,
     IMG,
@@ -21,6 +22,10 @@ from snapledger.domain.errors import (
     OperationInProgress,
     Refused,
 )
+from snapledger.domain.images import ImageFacts, Origin
+from snapledger.domain.steps import CreateOverlay, SetActive
+from snapledger.domain.vm import VirtualMachine
+from snapledger.projections.planners import plan_snapshot
 
 # --- the VM aggregate (domain/vm.py) ------------------------------------------------------------
 
@@ -173,3 +178,113 @@ def test_an_operation_is_closed_only_when_finished_and_only_as_what_it_is() -> N
         vm.record_reverted(op.op_id, AT)
     vm.record_snapshot_deleted(op.op_id, AT)
     assert vm.operation is None and "s2" not in vm.snapshots
+
+
+# --- events stored by older versions, and checkpoints of them -----------------------------------
+
+
+def _adopted_as_before(**new_fields: object) -> VirtualMachine:
+    """An Adopted event as a version before `confined` and `generation` stored it (or with them)."""
+    found = {**ImageFacts("/pool/base.qcow2", "qcow2", None, None, VSIZE, 0, 0, 0, 0).to_dict(),
+             "origin": Origin.FOUND.value}
+    top = {**ImageFacts("/vms/top.qcow2", "qcow2", "/pool/base.qcow2", "qcow2", VSIZE, 0, 0, 0, 0)
+           .to_dict(), "origin": Origin.ADOPTED.value}
+    return VirtualMachine(name="old", disks={"vda": "/vms/top.qcow2"}, images=[top, found],
+                          pools=[], domain_xml=None, at=AT, **new_fields)
+
+
+def test_a_vm_adopted_before_chains_were_confined_keeps_every_directory_it_recorded() -> None:
+    assert _adopted_as_before().adopted_dirs == {"/vms", "/pool"}
+    assert _adopted_as_before(confined=True).adopted_dirs == {"/vms"}
+    assert _adopted_as_before(confined=False).adopted_dirs == {"/vms", "/pool"}
+
+
+def test_a_vm_recorded_before_generations_is_the_first_of_its_name() -> None:
+    vm = _adopted_as_before()
+    assert vm.generation == 1 and vm.id == VirtualMachine.create_id("old", 1)
+    checkpoint = Snapshot.take(vm)  # as a checkpoint of a version without generations held it
+    del checkpoint.state["generation"]
+    assert checkpoint.mutate(None).generation == 1
+
+
+# --- the operation in progress ------------------------------------------------------------------
+
+
+def test_an_operation_is_named_by_its_id_whatever_the_string_object() -> None:
+    storage, ledger = crashed()
+    vm = ledger.vm("vm")
+    op = vm.operation
+    assert op is not None
+    for other in ("0", "~"):  # ids that sort before and after every hex id
+        with pytest.raises(OperationInProgress):
+            vm.complete_step(other, op.done, [])
+    for index in (op.done - 1, op.done + 1):
+        with pytest.raises(BadInput, match="out of order"):
+            vm.complete_step(op.op_id, index, [])
+    vm.complete_step("".join(op.op_id), op.done, [])  # an equal id read back from elsewhere
+    assert vm.operation is not None and vm.operation.done == op.done + 1
+
+
+def test_rolling_back_puts_back_the_disks_it_switched_and_forgets_the_overlays_it_made() -> None:
+    storage, ledger = vm_with(snapshots=0, disks=("vda", "vdb"))
+    vm = ledger.vm("vm")
+    before, images = dict(vm.disks), set(vm.images)
+    plan = plan_snapshot(ledger.view, "vm", "s1", storage.exists)
+    made = [s.path for s in plan.steps if isinstance(s, CreateOverlay)]
+    switched = [i for i, s in enumerate(plan.steps) if isinstance(s, SetActive)]
+    assert len(made) == 2 and switched  # both overlays come before the first switch
+    vm.start_operation("op1", plan.kind, "s1", plan, [], {"previous_active": before}, AT)
+    for index in range(switched[0] + 1):
+        vm.complete_step("op1", index, [])
+    assert vm.disks != before
+    vm.roll_back_operation("op1", made, "the next step failed")
+    assert vm.disks == before and set(vm.images) == images and vm.operation is None
+
+
+def test_a_finished_operation_is_closed_only_as_its_own_kind_whichever_sorts_first() -> None:
+    storage, ledger = vm_with(snapshots=1)
+    vm = ledger.vm("vm")
+    plan = plan_snapshot(ledger.view, "vm", "s2", storage.exists)
+    details = {"previous_active": dict(vm.disks), "frozen": dict(vm.disks)}
+    vm.start_operation("op2", plan.kind, "s2", plan, [], details, AT)
+    for index in range(len(plan.steps)):
+        vm.complete_step("op2", index, [])
+    for wrong in (vm.record_reverted, vm.record_snapshot_deleted):  # "snapshot" sorts after both
+        with pytest.raises(BadInput, match="not a finished"):
+            wrong("op2", AT)
+    vm.record_snapshot_taken("op2", AT)
+    assert "s2" in vm.snapshots and vm.operation is None
+
+
+# --- facts recorded as events -------------------------------------------------------------------
+
+
+def test_a_pivot_is_an_event_and_the_operators_word_holds_until_our_own_pivot() -> None:
+    storage, ledger = crashed()
+    vm = ledger.vm("vm")
+    op = vm.operation
+    assert op is not None
+    vm.collect_events()
+    vm.record_pivot(op.op_id, op.done, "vda", "/images/base.s1", AT, vouched=True)
+    vm.record_pivot(op.op_id, op.done, "vda", "/images/base.s1", AT, vouched=True)  # said twice
+    assert vm.operation is not None and vm.operation.pivot_vouched(op.done)
+    assert [type(e).__name__ for e in vm.collect_events()] == ["PivotRequested"] * 2
+    vm._pivot_requested(op_id=op.op_id, index=op.done, disk="vda", base="/images/base.s1", at=AT)
+    assert not vm.operation.pivot_vouched(op.done)  # a pivot event stored before `vouched` was
+
+
+def test_imported_snapshots_are_an_event() -> None:
+    storage, ledger = vm_with(snapshots=0)
+    vm = ledger.vm("vm")
+    vm.collect_events()
+    made = {"created": AT, "domain_xml": None, "description": None}
+    vm.import_snapshots([{"name": "a", "parent": None, "disks": {"vda": BASE}, **made}], "a", AT)
+    assert [type(e).__name__ for e in vm.collect_events()] == ["SnapshotsImported"]
+
+
+def test_reconcile_records_the_images_it_found_in_a_chain_as_read_only_finds() -> None:
+    storage, ledger = vm_with(snapshots=0)
+    vm = ledger.vm("vm")
+    below = ImageFacts("/images/below.qcow2", "qcow2", None, None, VSIZE, 0, 0, 0, 0)
+    vm.reconcile(observed=[], found=[below], gone=[], disowned=[], at=AT)
+    assert vm.images["/images/below.qcow2"].origin is Origin.FOUND
