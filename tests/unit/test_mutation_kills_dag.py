@@ -3,20 +3,24 @@ docs/reliability.md, "Mutation score"). Each states a rule the code depends on, 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from dag_reference import eager_dag, lazy_dag
 from small_histories import (
     BASE,
+    IMG,
     SCENARIOS,
     VSIZE,
     swapped,
+    vm_with,
 )
 
 from snapledger.adapters.compose import ledger_service, this_host
 from snapledger.adapters.eventstore.application import LedgerApplication
 from snapledger.adapters.storage.simulated import SimulatedStorage
 from snapledger.domain.images import Origin, OwnerClass
-from snapledger.projections.dag import ImageDag, owner_class
+from snapledger.projections.dag import ImageDag, Need, NeedKind, owner_class
 from snapledger.projections.explain import explain_image
 
 # --- the image DAG (projections/dag.py): the lazy DAG against the one built at once --------------
@@ -109,3 +113,51 @@ def test_a_gc_plan_counts_its_images_in_words() -> None:
     storage, ledger = swapped()
     (one,) = ledger.gc("vm", include_detached=True, dry_run=True)
     assert len(one.steps) == 1 and one.strategy == "1 image nothing needs"
+
+
+def test_a_chain_seen_from_another_host_ends_at_its_last_shared_image() -> None:
+    """Host a's VM has its disk in the shared directory over a file of host a's own: host b
+    sees the shared image and not the local file below it."""
+    storage = SimulatedStorage()
+    storage.make_image("/a/w.qcow2", VSIZE, {0: 0x10})
+    storage.make_image("/shared/s.qcow2", VSIZE, {}, backing="/a/w.qcow2")
+    a = ledger_service(LedgerApplication("memory:"), storage, host="hosta")
+    a.adopt("vs", {"vda": "/shared/s.qcow2"}, shared=["/shared"], pools=["/a"])
+    assert ImageDag(a.refresh(), home="hosta").chain("/shared/s.qcow2") == ["/shared/s.qcow2", "/a/w.qcow2"]
+    from_b = ImageDag(a.refresh(), home="hostb")
+    assert from_b.chain("/shared/s.qcow2") == ["/shared/s.qcow2"] and from_b.depth("/shared/s.qcow2") == 1
+
+
+def test_an_image_is_needed_through_images_that_no_one_holds_directly() -> None:
+    """base <- mid <- top: only top (the active disk) is held; asked first, base is needed
+    through two levels of images whose own need is not known yet."""
+    storage = SimulatedStorage()
+    storage.make_image("/p/base.qcow2", VSIZE, {0: 1})
+    storage.make_image("/p/mid.qcow2", VSIZE, {1: 1}, backing="/p/base.qcow2")
+    storage.make_image("/v/top.qcow2", VSIZE, {}, backing="/p/mid.qcow2")
+    ledger = ledger_service(LedgerApplication("memory:"), storage)
+    ledger.adopt("deep", {"vda": "/v/top.qcow2"}, pools=["/p"])
+    assert ImageDag(ledger.view).needed("/p/base.qcow2")
+    assert ImageDag(ledger.view).needed("/p/mid.qcow2")
+
+
+def test_a_need_is_a_value() -> None:
+    need = Need(NeedKind.ACTIVE, "vm", "vda")
+    assert len({need, Need(NeedKind.ACTIVE, "vm", "vda")}) == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        need.vm = "other"  # type: ignore[misc]
+
+
+def test_an_image_one_vm_holds_may_not_be_written_for_any_other() -> None:
+    """base.s1 was s2's frozen image; s2 went as metadata only (a user's clone rested on it),
+    then the clone went: only the present rests on base.s1, and it is vm's alone."""
+    storage, ledger = vm_with(snapshots=2)
+    s1_child = ledger.vm("vm").snapshots["s2"].disks["vda"]
+    storage.make_image(f"{IMG}/clone.qcow2", VSIZE, {}, backing=s1_child)
+    assert ledger.delete("vm", "s2").steps == ()
+    storage.delete(f"{IMG}/clone.qcow2")
+    dag = ImageDag(ledger.refresh())
+    assert all(n.kind is NeedKind.BELOW for n in dag.nodes[s1_child].needs)
+    assert dag.may_write(s1_child, "vm")
+    for other in ("a", "zz"):  # names sorting before and after the holder's
+        assert not dag.may_write(s1_child, other)
