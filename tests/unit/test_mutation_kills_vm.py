@@ -288,3 +288,29 @@ def test_reconcile_records_the_images_it_found_in_a_chain_as_read_only_finds() -
     below = ImageFacts("/images/below.qcow2", "qcow2", None, None, VSIZE, 0, 0, 0, 0)
     vm.reconcile(observed=[], found=[below], gone=[], disowned=[], at=AT)
     assert vm.images["/images/below.qcow2"].origin is Origin.FOUND
+
+
+def test_a_pivot_asked_of_libvirt_is_never_taken_for_the_operators_word() -> None:
+    storage, ledger = crashed()
+    vm = ledger.vm("vm")
+    op = vm.operation
+    assert op is not None
+    vm.record_pivot(op.op_id, op.done, "vda", "/images/base.s1", AT)
+    assert vm.operation is not None and not vm.operation.pivot_vouched(op.done)
+
+
+def test_reconcile_makes_a_replaced_managed_image_the_users() -> None:
+    storage, ledger = vm_with(snapshots=1)
+    vm = ledger.vm("vm")
+    present = vm.disks["vda"]
+    assert vm.images[present].origin is Origin.MANAGED
+    vm.reconcile(observed=[], found=[], gone=[], disowned=[present], at=AT)
+    assert vm.images[present].origin is Origin.ADOPTED
+
+
+def test_a_refusal_is_an_event() -> None:
+    storage, ledger = vm_with(snapshots=0)
+    vm = ledger.vm("vm")
+    vm.collect_events()
+    vm.record_refusal("delete", "s9", "no snapshot s9", AT)
+    assert [type(e).__name__ for e in vm.collect_events()] == ["OperationRefused"]
