@@ -5,6 +5,7 @@ Run by hand from the checkout's top, in a venv with `pip install -e '.[test]' co
     .venv/bin/python bench/mutation_score.py                      # every module, one after another
     .venv/bin/python bench/mutation_score.py projections/cost.py  # one slice
     .venv/bin/python bench/mutation_score.py --report             # the counts and survivors again
+    .venv/bin/python bench/mutation_score.py --retest-survivors   # only the survivors, after new tests
 
 cosmic-ray mutates the file in place (the editable install imports the checkout's own folders,
 whatever the package-dir mapping) and runs the fast unit tests once per mutant, one at a time. A
@@ -145,6 +146,28 @@ def sample(session: Path, size: int, seed: int) -> int:
     return len(kept)
 
 
+def source_digest(module: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(module).read_bytes()).hexdigest()
+
+
+def check_unchanged(session: Path, module: str) -> None:
+    """A session's mutants are positions in the module as it was: testing them on another
+    version of it would mutate the wrong code."""
+    recorded = session.with_suffix(".source")
+    if recorded.exists() and recorded.read_text() != source_digest(module):
+        sys.exit(f"{module} changed since its session began: run again with --fresh")
+
+
+def retest_survivors(session: Path) -> int:
+    """Forget the survivors' results, so that the next run tests them again (after new tests)."""
+    import sqlite3
+
+    with sqlite3.connect(session) as db:
+        return db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'").rowcount
+
+
 def report(session: Path, module: str) -> dict[str, int]:
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import TestOutcome, WorkerOutcome
@@ -186,6 +209,8 @@ def main() -> int:
     parser.add_argument("--sample", type=int, help="test only this many mutants, drawn at random")
     parser.add_argument("--seed", type=int, default=15, help="the draw's seed")
     parser.add_argument("--init-only", action="store_true", help="make the sessions, test none")
+    parser.add_argument("--retest-survivors", action="store_true",
+                        help="test the survivors again (the module unchanged, the tests new)")
     args = parser.parse_args()
     args.out.mkdir(exist_ok=True)
     for folder in ("domain", "projections"):
@@ -198,9 +223,13 @@ def main() -> int:
             if args.fresh or not session.exists():
                 session.unlink(missing_ok=True)
                 subprocess.run([CR, "init", str(config), str(session)], check=True)
+                session.with_suffix(".source").write_text(source_digest(module))
                 print(f"{module}: set aside (annotation only, not Python): {set_aside(session)}")
                 if args.sample:
                     print(f"{module}: sampled {sample(session, args.sample, args.seed)}")
+            check_unchanged(session, module)
+            if args.retest_survivors:
+                print(f"{module}: {retest_survivors(session)} survivors to test again")
             if args.init_only:
                 continue
             started = time.monotonic()
