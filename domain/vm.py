@@ -59,7 +59,7 @@ class VirtualMachine(VmQueries, Aggregate):
     taken_over_from: tuple[str, ...] = ()
 
     @staticmethod
-    def create_id(name: str, generation: int = 1, **_: Any) -> UUID:
+    def create_id(name: str, generation: int, **_: Any) -> UUID:
         return vm_id(name, generation)
 
     @event("Adopted")

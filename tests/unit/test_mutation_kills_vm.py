@@ -23,7 +23,7 @@ from snapledger.domain.errors import (
     Refused,
 )
 from snapledger.domain.images import ImageFacts, Origin
-from snapledger.domain.steps import CreateOverlay, SetActive
+from snapledger.domain.steps import CreateOverlay, Plan, ReleaseImage, SetActive
 from snapledger.domain.vm import VirtualMachine
 from snapledger.projections.planners import plan_snapshot
 
@@ -314,3 +314,56 @@ def test_a_refusal_is_an_event() -> None:
     vm.collect_events()
     vm.record_refusal("delete", "s9", "no snapshot s9", AT)
     assert [type(e).__name__ for e in vm.collect_events()] == ["OperationRefused"]
+
+
+def test_an_operation_of_hundreds_of_steps_is_carried_out_and_closed_step_by_step() -> None:
+    """Step numbers past 256 are other int objects each time they are computed (a gc of many
+    images has that many steps): the checks compare them by value."""
+    storage, ledger = vm_with(snapshots=0)
+    vm = ledger.vm("vm")
+    steps = tuple(ReleaseImage(f"/nowhere/{i}.qcow2") for i in range(300))
+    vm.start_operation("big", "gc", None, Plan("gc", steps), [], {}, AT)
+    for index in range(300):
+        if index == 280:
+            vm.record_pivot("big", int(str(index)), "vda", BASE, AT)
+        vm.complete_step("big", int(str(index)), [])
+    vm.record_images_discarded("big", AT)
+    assert vm.operation is None
+
+
+def test_a_swapped_in_image_is_the_users_and_the_files_below_it_are_found() -> None:
+    storage, ledger = vm_with(snapshots=0)
+    storage.make_image(f"{IMG}/new-base.qcow2", VSIZE, {0: 0x44})
+    storage.make_image(f"{IMG}/new.qcow2", VSIZE, {}, backing=f"{IMG}/new-base.qcow2")
+    ledger.swap_disk("vm", "vda", f"{IMG}/new.qcow2")
+    images = ledger.vm("vm").images
+    assert images[f"{IMG}/new.qcow2"].origin is Origin.ADOPTED
+    assert images[f"{IMG}/new-base.qcow2"].origin is Origin.FOUND
+
+
+def test_a_step_that_makes_a_detached_image_active_again_undetaches_it_and_no_other() -> None:
+    storage, ledger, own = user_overlay_over_frozen_s2()
+    frozen = ledger.vm("vm").snapshots["s2"].disks["vda"]
+    storage.make_image(f"{IMG}/again.qcow2", VSIZE, {}, backing=frozen)
+    ledger.swap_disk("vm", "vda", f"{IMG}/again.qcow2")
+    vm = ledger.vm("vm")
+    assert vm.images[own].detached and not vm.images[f"{IMG}/again.qcow2"].detached
+    back = Plan("revert", (SetActive("vda", own),))
+    vm.start_operation("back", "revert", "s2", back, [], {"previous_active": dict(vm.disks)}, AT)
+    vm.complete_step("back", 0, [])
+    assert vm.disks["vda"] == own and not vm.images[own].detached
+    assert not vm.images[f"{IMG}/again.qcow2"].detached
+
+
+def test_an_overlay_made_and_not_yet_observed_is_recorded_with_no_measured_facts() -> None:
+    """What a simulated plan (freeing.py) and the aggregate alone see until the adapter's
+    observation, carried by the same event in a real run, replaces it."""
+    storage, ledger = vm_with(snapshots=0)
+    vm = ledger.vm("vm")
+    plan = plan_snapshot(ledger.view, "vm", "s1", storage.exists)
+    vm.start_operation("op", plan.kind, "s1", plan, [], {"previous_active": dict(vm.disks)}, AT)
+    vm.complete_step("op", 0, [])
+    (made,) = [s for s in plan.steps if isinstance(s, CreateOverlay)]
+    assert vm.images[made.path].facts == ImageFacts(
+        made.path, "qcow2", made.backing, made.backing_format, made.virtual_size, 0, 0, 0, 0
+    )
