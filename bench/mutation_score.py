@@ -54,6 +54,7 @@ FAST_TESTS = [
     "tests/unit/test_mutation_kills_planners.py",
     "tests/unit/test_mutation_kills_dag.py",
     "tests/unit/test_mutation_kills_vm.py",
+    "tests/unit/test_mutation_kills_vm_records.py",
     "tests/unit/test_read_back.py",
     "tests/unit/test_read_models.py",
     "tests/unit/test_space.py",

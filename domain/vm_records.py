@@ -39,7 +39,7 @@ class OperationRecord:
     kind: str
     target: str | None  # the snapshot it is about, if any
     steps: tuple[Step, ...]
-    done: int = 0
+    done: int  # steps finished on disk, in order
     failure: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
