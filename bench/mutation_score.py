@@ -56,6 +56,7 @@ FAST_TESTS = [
     "tests/unit/test_mutation_kills_dag_index.py",
     "tests/unit/test_mutation_kills_vm.py",
     "tests/unit/test_mutation_kills_vm_records.py",
+    "tests/unit/test_mutation_kills_vm_queries.py",
     "tests/unit/test_read_back.py",
     "tests/unit/test_read_models.py",
     "tests/unit/test_space.py",
