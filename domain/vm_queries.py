@@ -116,9 +116,6 @@ class VmQueries:
             for disk, path in snap.disks.items()
         }
 
-    def children_of(self, snapshot: str | None) -> list[str]:
-        return sorted(s.name for s in self.snapshots.values() if s.parent == snapshot)
-
     def allowed_dirs(self) -> set[str]:
         """Where this VM's files may be: the directories of its adopted disks, its pools and its
         shared directories. Every file of every chain must resolve inside one of them (or below

@@ -73,20 +73,6 @@ def test_a_file_the_vm_does_not_hold_has_no_chain_as_the_vm_recorded_it() -> Non
     assert ledger.vm("vm").chain_of(f"{IMG}/stranger.qcow2") == []
 
 
-# --- the snapshot tree --------------------------------------------------------------------------
-
-
-def test_a_snapshots_children_are_those_taken_from_it_and_the_roots_have_none_above() -> None:
-    storage, ledger = vm_with(snapshots=3)
-    ledger.revert("vm", "s2")
-    ledger.snapshot("vm", "s4")  # s1 <- s2 <- {s3, s4}
-    vm = ledger.vm("vm")
-    assert vm.children_of(None) == ["s1"]
-    assert vm.children_of(fresh("s2")) == ["s3", "s4"]
-    assert vm.children_of(fresh("s1")) == ["s2"]
-    assert vm.children_of(fresh("s4")) == []
-
-
 # --- where the VM's files may be ----------------------------------------------------------------
 
 
