@@ -54,6 +54,7 @@ FAST_TESTS = [
     "tests/unit/test_mutation_kills_planners.py",
     "tests/unit/test_mutation_kills_dag.py",
     "tests/unit/test_mutation_kills_dag_index.py",
+    "tests/unit/test_mutation_kills_dag_more.py",
     "tests/unit/test_mutation_kills_vm.py",
     "tests/unit/test_mutation_kills_vm_records.py",
     "tests/unit/test_mutation_kills_vm_queries.py",
