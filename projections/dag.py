@@ -281,11 +281,13 @@ class ImageDag:
         )
 
     def chain(self, path: str) -> list[str]:
-        chain = [path]
+        chain, seen = [path], {path}
         while (facts := self.node_facts(chain[-1])) is not None and facts.backing is not None:
-            if self.node_facts(facts.backing) is None:
+            # a loop ends here: two VMs' records of files rebased by hand can make one
+            if facts.backing in seen or self.node_facts(facts.backing) is None:
                 break
             chain.append(facts.backing)
+            seen.add(facts.backing)
         return chain
 
     def depth(self, path: str) -> int:

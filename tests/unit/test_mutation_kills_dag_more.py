@@ -4,6 +4,9 @@ depends on, not how it is written."""
 
 from __future__ import annotations
 
+import signal
+from types import FrameType
+
 import pytest
 from small_histories import BASE, IMG, VSIZE, swapped, template, two_hosts_shared, vm_with
 
@@ -170,3 +173,35 @@ def test_the_chain_of_an_image_the_dag_does_not_know_is_that_image_alone() -> No
     changed = diff(ledger, "vm", start, ledger.last_position())
     assert changed["disks"]["vda"]["chain"] == {"from": [active, BASE], "to": [active]}
 
+
+def _too_long(signum: int, frame: FrameType | None) -> None:
+    raise TimeoutError("still walking after 10 s")
+
+
+def test_a_loop_of_backing_files_made_by_hand_ends_every_chain() -> None:
+    """VM b (adopted first) swaps onto a file over t after a user rebased, by hand, a's frozen
+    t.s1 onto nothing and a's t onto t.s1. b's records say t rests on t.s1, a's (t.s1 is a's
+    overlay, so its record wins) that t.s1 rests on t: a loop. Every chain stops before it
+    repeats an image, and swap-disk finishes (it once walked the loop for ever)."""
+    storage = SimulatedStorage()
+    storage.make_image(f"{IMG}/b.qcow2", VSIZE, {0: 1})
+    storage.make_image(f"{IMG}/t.qcow2", VSIZE, {0: 2})
+    ledger = ledger_service(LedgerApplication("memory:"), storage)
+    ledger.adopt("b", {"vda": f"{IMG}/b.qcow2"})
+    ledger.adopt("a", {"vda": f"{IMG}/t.qcow2"})
+    ledger.snapshot("a", "s1")
+    ledger.snapshot("a", "s2")
+    storage.rebase_unsafe(f"{IMG}/t.s1", None, None, fmt="qcow2")
+    storage.rebase_unsafe(f"{IMG}/t.qcow2", f"{IMG}/t.s1", "qcow2", fmt="qcow2")
+    storage.make_image(f"{IMG}/own.qcow2", VSIZE, {}, backing=f"{IMG}/t.qcow2")
+    previous = signal.signal(signal.SIGALRM, _too_long)
+    signal.alarm(10)
+    try:
+        ledger.swap_disk("b", "vda", f"{IMG}/own.qcow2")
+        dag = ImageDag(ledger.refresh())
+        assert dag.chain(f"{IMG}/own.qcow2") == [f"{IMG}/own.qcow2", f"{IMG}/t.qcow2", f"{IMG}/t.s1"]
+        assert dag.chain(f"{IMG}/t.s1") == [f"{IMG}/t.s1", f"{IMG}/t.qcow2"]
+        assert dag.depth(f"{IMG}/t.s2") == 3 and dag.needed(f"{IMG}/t.qcow2")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
