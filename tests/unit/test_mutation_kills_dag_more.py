@@ -205,3 +205,28 @@ def test_a_loop_of_backing_files_made_by_hand_ends_every_chain() -> None:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_an_image_in_a_loop_of_backing_files_is_needed_through_the_image_above_the_loop() -> None:
+    """d (the disk) rests on m, m on n; a rebase by hand made n rest on m again, and the facts
+    observed say so: m and n, held by no one directly, form a loop. Asked first, n is needed
+    (through m, which d rests on); the walk ends, and ends at once."""
+    storage = SimulatedStorage()
+    storage.make_image("/pool/n.qcow2", VSIZE, {0: 1})
+    storage.make_image("/pool/m.qcow2", VSIZE, {1: 1}, backing="/pool/n.qcow2")
+    storage.make_image(f"{IMG}/d.qcow2", VSIZE, {}, backing="/pool/m.qcow2")
+    ledger = ledger_service(LedgerApplication("memory:"), storage)
+    ledger.adopt("vm", {"vda": f"{IMG}/d.qcow2"}, pools=["/pool"])
+    vm = ledger.vm("vm")
+    looped = vm.images["/pool/n.qcow2"].facts.with_backing("/pool/m.qcow2", "qcow2")
+    vm.observe_images([looped])
+    ledger.save(vm)
+    previous = signal.signal(signal.SIGALRM, _too_long)
+    signal.alarm(10)
+    try:
+        dag = ImageDag(ledger.refresh())
+        assert dag.needed("/pool/n.qcow2") and dag.needed("/pool/m.qcow2")
+        assert not dag.nodes["/pool/n.qcow2"].direct_needs
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
