@@ -98,15 +98,19 @@ def crashed() -> tuple[SimulatedStorage, Snapledger]:
     return storage, ledger
 
 
+def two_hosts(storage: SimulatedStorage) -> tuple[Snapledger, Snapledger]:
+    """Services of hosts `hosta` and `hostb` on one in-memory ledger and one simulated storage."""
+    app = LedgerApplication("memory:")
+    return ledger_service(app, storage, host="hosta"), ledger_service(app, storage, host="hostb")
+
+
 def two_hosts_shared() -> tuple[SimulatedStorage, Snapledger]:
     """One template in a shared directory under a VM of host a (adopted first) and of host b."""
     storage = SimulatedStorage()
     storage.make_image("/shared/t.qcow2", VSIZE, {0: 0x10})
     storage.make_image("/a/a.qcow2", VSIZE, {}, backing="/shared/t.qcow2")
     storage.make_image("/b/b.qcow2", VSIZE, {}, backing="/shared/t.qcow2")
-    app = LedgerApplication("memory:")
-    a = ledger_service(app, storage, host="hosta")
-    b = ledger_service(app, storage, host="hostb")
+    a, b = two_hosts(storage)
     a.adopt("va", {"vda": "/a/a.qcow2"}, shared=["/shared"])
     b.adopt("vb", {"vda": "/b/b.qcow2"}, shared=["/shared"])
     b.snapshot("vb", "s1")

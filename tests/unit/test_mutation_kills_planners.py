@@ -10,6 +10,7 @@ from small_histories import (
     BASE,
     IMG,
     VSIZE,
+    two_hosts,
     two_vms,
     user_overlay_over_frozen_s2,
     vm_with,
@@ -169,9 +170,7 @@ def test_a_hosts_own_file_at_a_path_another_host_uses_is_its_own_even_over_a_sha
     storage = SimulatedStorage()
     storage.make_image("/shared/t.qcow2", VSIZE, {0: 0x10})
     storage.make_image("/a/w.qcow2", VSIZE, {1: 0x11}, backing="/shared/t.qcow2")
-    app = LedgerApplication("memory:")
-    a = ledger_service(app, storage, host="hosta")
-    b = ledger_service(app, storage, host="hostb")
+    a, b = two_hosts(storage)
     a.adopt("va", {"vda": "/a/w.qcow2"}, shared=["/shared"])
     b.adopt("vb", {"vda": "/a/w.qcow2"}, shared=["/shared"])
     assert b.vm("vb").home == "hostb" and b.vm("vb").disks["vda"] == "/a/w.qcow2"
@@ -204,9 +203,7 @@ def test_another_hosts_active_image_at_a_path_is_not_this_hosts_file_at_that_pat
     storage = SimulatedStorage()
     storage.make_image("/a/w.qcow2", VSIZE, {0: 0x10})
     storage.make_image("/b/x.qcow2", VSIZE, {1: 0x11}, backing="/a/w.qcow2")
-    app = LedgerApplication("memory:")
-    a = ledger_service(app, storage, host="hosta")
-    b = ledger_service(app, storage, host="hostb")
+    a, b = two_hosts(storage)
     a.adopt("va", {"vda": "/a/w.qcow2"})
     b.adopt("vb", {"vda": "/b/x.qcow2"}, pools=["/a"])  # hostb's own /a/w.qcow2
     assert b.vm("vb").disks["vda"] == "/b/x.qcow2"
@@ -261,9 +258,7 @@ def test_another_hosts_vm_does_not_end_the_check_of_this_hosts_vms() -> None:
     storage.make_image("/a/w.qcow2", VSIZE, {})
     storage.make_image("/b/y.qcow2", VSIZE, {})
     storage.make_image("/b/z.qcow2", VSIZE, {}, backing="/b/y.qcow2")
-    app = LedgerApplication("memory:")
-    a = ledger_service(app, storage, host="hosta")
-    b = ledger_service(app, storage, host="hostb")
+    a, b = two_hosts(storage)
     a.adopt("va", {"vda": "/a/w.qcow2"})
     b.adopt("vb1", {"vda": "/b/y.qcow2"})
     with pytest.raises(Refused, match="active image of vb1/vda"):
@@ -296,9 +291,7 @@ def test_another_hosts_vm_on_shared_storage_is_checked_disk_by_disk() -> None:
     storage.make_image("/a/w.qcow2", VSIZE, {})
     storage.make_image("/shared/s.qcow2", VSIZE, {})
     storage.make_image("/b/z.qcow2", VSIZE, {}, backing="/shared/s.qcow2")
-    app = LedgerApplication("memory:")
-    a = ledger_service(app, storage, host="hosta")
-    b = ledger_service(app, storage, host="hostb")
+    a, b = two_hosts(storage)
     a.adopt("va", {"vda": "/a/w.qcow2", "vdb": "/shared/s.qcow2"}, shared=["/shared"])
     with pytest.raises(Refused, match="active image of va/vdb"):
         b.adopt("vb", {"vda": "/b/z.qcow2"}, shared=["/shared"])
