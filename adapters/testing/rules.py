@@ -219,7 +219,8 @@ class OperationRules:
         attempt, expect = self.an_operation(data, vm)
         target = data.draw(st.sampled_from(sorted(p for p in self.ledger.view.vms[vm].images
                                                   if self.storage.exists(p))))
-        before = checks.changes(self.app)
+        # a ledger position, not a count of changes: refusals recorded earlier are events too
+        before = self.app.recorder.max_notification_id() or 0
         files_before = self.files_state()
         if trouble == "tool missing":
             self.port.tool_missing = True
@@ -311,7 +312,9 @@ class OperationRules:
 
 
 def closed_since(app: Any, ledger: Snapledger, before: int, vm: str) -> bool:
-    """Whether an operation of `vm` closed after position `before` (it was done, in the end)."""
+    """Whether an operation of `vm` closed after ledger position `before` (it was done, in the
+    end). A position, as `app.recorder.max_notification_id()` gives it: not `checks.changes`,
+    which leaves recorded refusals out."""
     closers = {"SnapshotTaken", "Reverted", "SnapshotDeleted", "ImagesDiscarded"}
     vm_id = ledger.view.vms[vm].id
     return any(ev.originator_id == vm_id and type(ev).__name__ in closers
