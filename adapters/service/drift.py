@@ -90,21 +90,27 @@ class DiskChecks:
         guest writes; every other image must keep its size too, and one that is not detached
         its content: a moved mtime is drift (and a moved ctime, unless libvirt runs the VM:
         its security driver chowns the whole chain at each start). See `frozen_rules`."""
+        return [finding for found in self.drift_by_path(vm, seen_on_disk).values() for finding in found]
+
+    def drift_by_path(self, vm: VirtualMachine, seen_on_disk: Mapping[str, Seen]) -> dict[str, list[str]]:
+        """`drift`'s findings by the image they are about (only images with findings)."""
         allowed = self.resolved_dirs(vm)
-        findings: list[str] = []
+        by_path: dict[str, list[str]] = {}
         for path, seen in seen_on_disk.items():
+            findings: list[str] = []
             if vm.images[path].missing:  # recorded gone by reconcile: gone is no news
                 if not isinstance(seen, str):
                     findings.append(f"{path}: recorded gone, but it is back on the disk")
-                continue
-            if isinstance(seen, str):
+            elif isinstance(seen, str):
                 findings.append(seen)
-                continue
-            changed = vm.images[path].facts.identity_differs(seen, **frozen_rules(vm, path))
-            if changed:
-                findings.append(f"{path}: {', '.join(changed)}")
-            findings += self.outside(seen, allowed)
-        return findings
+            else:
+                changed = vm.images[path].facts.identity_differs(seen, **frozen_rules(vm, path))
+                if changed:
+                    findings.append(f"{path}: {', '.join(changed)}")
+                findings += self.outside(seen, allowed)
+            if findings:
+                by_path[path] = findings
+        return by_path
 
     def same_files(self, vm: VirtualMachine, step: Step) -> list[str]:
         """Right before a destructive step: each file is still the one the ledger knows (device

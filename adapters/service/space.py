@@ -33,9 +33,10 @@ def measure(
     seen = checks.look(vm, [p for p in paths if p in vm.images and not vm.images[p].missing])
     measured = {path: facts for path, facts in seen.items() if isinstance(facts, ImageFacts)}
     notes = [f"{facts}; its recorded size is shown" for facts in seen.values() if isinstance(facts, str)]
+    drift = checks.drift_by_path(vm, seen)  # the VM's directories resolved once, not per image
     refused = {}
-    for path, facts in seen.items():
-        findings = checks.drift(vm, {path: facts}) + checks.hard_links([path])
+    for path in seen:
+        findings = drift.get(path, []) + checks.hard_links([path])
         if findings:
             refused[path] = "; ".join(findings)
     return measured, notes, refused
